@@ -1,0 +1,1 @@
+"""Everything about data: task definitions, GLUE readers, features, batching, metrics, submissions."""

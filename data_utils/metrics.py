@@ -1,0 +1,51 @@
+"""Task metrics from scikit-learn and scipy, and the GLUE average."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+
+def _finite(x: float) -> float:
+    """Correlations of a constant prediction are undefined: report 0 rather than NaN."""
+    return float(x) if math.isfinite(float(x)) else 0.0
+
+
+def compute_metrics(names: Sequence[str], predictions: Sequence, labels: Sequence) -> dict[str, float]:
+    """``predictions``: class ids (classification) or scores (regression), aligned with ``labels``.
+
+    acc = accuracy; f1 = binary F1 of class 1 (MRPC, QQP); mcc = Matthews correlation (CoLA);
+    pearson / spearman = correlations (STS-B).
+    """
+    preds = np.asarray(predictions)
+    gold = np.asarray(labels)
+    if len(preds) != len(gold):
+        raise ValueError(f"{len(preds)} predictions for {len(gold)} labels")
+    out: dict[str, float] = {}
+    for name in names:
+        if name == "acc":
+            out[name] = float(accuracy_score(gold, preds))
+        elif name == "f1":
+            out[name] = float(f1_score(gold, preds, zero_division=0.0))
+        elif name == "mcc":
+            out[name] = _finite(matthews_corrcoef(gold, preds))
+        elif name == "pearson":
+            out[name] = _finite(pearsonr(preds, gold)[0]) if np.std(preds) > 0 else 0.0
+        elif name == "spearman":
+            out[name] = _finite(spearmanr(preds, gold)[0]) if np.std(preds) > 0 else 0.0
+        else:
+            raise ValueError(f"unknown metric {name!r}")
+    return out
+
+
+def task_score(metrics: dict[str, float]) -> float:
+    """GLUE's per-task score: the mean of the task's metrics (MRPC acc/F1, STS-B Pearson/Spearman)."""
+    return float(np.mean(list(metrics.values())))
+
+
+def glue_average(per_task: dict[str, dict[str, float]]) -> float:
+    """The GLUE average: mean over tasks of each task's score."""
+    return float(np.mean([task_score(m) for m in per_task.values()])) if per_task else float("nan")

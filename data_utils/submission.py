@@ -1,0 +1,418 @@
+"""GLUE test-server submissions: write the 11 prediction files and their zip, and validate a zip.
+
+The server takes one flat zip holding one file per test split (``CoLA.tsv`` ... ``AX.tsv``; the names are
+the ``submission`` keys of the test splits in ``glue_tasks.yml``). Each file is UTF-8 with LF line endings,
+starts with the header line ``index<TAB>prediction`` and has one row per test example, in test-file
+order. Classification tasks write a label string from ``task.labels``; regression (STS-B) writes a score
+clipped to ``task.score_range`` with exactly three decimals.
+
+Everything here is derived from the task definitions: file names, expected row counts, label vocabularies.
+
+Command line::
+
+    python -m data_utils.submission --check submission.zip [--glue_dir DIR] [--task_def FILE ...]
+    python -m data_utils.submission --baseline OUT_DIR [--glue_dir DIR] [--task_def FILE ...]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import operator
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence, TextIO
+
+from data_utils.glue import DataError, read_split, split_path
+from data_utils.task_def import ConfigError, SplitDef, TaskDef, load_task_defs
+
+logger = logging.getLogger(__name__)
+
+HEADER = "index\tprediction"
+MAX_EXAMPLES = 3  # how many offending lines a problem message quotes
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------------
+
+def submission_files(tasks: dict[str, TaskDef]) -> dict[str, tuple[TaskDef, SplitDef]]:
+    """Submission file name -> (task, test split), for every test split that has a ``submission`` name."""
+    files: dict[str, tuple[TaskDef, SplitDef]] = {}
+    for task in tasks.values():
+        for split in task.splits_of("test"):
+            if not split.submission:
+                continue
+            if split.submission in files:
+                other = files[split.submission]
+                raise ConfigError(f"submission file {split.submission} is named by both {other[0].name}/"
+                                  f"{other[1].name} and {task.name}/{split.name}")
+            files[split.submission] = (task, split)
+    return files
+
+
+def format_prediction(task: TaskDef, value: object) -> str:
+    """One prediction as the server wants it.
+
+    Classification: a class id (an int, numpy ints included) becomes its label string; a label string
+    passes through. Regression: a number becomes a float clipped to ``task.score_range``, with 3 decimals.
+    """
+    if task.type == "classification":
+        labels = task.labels or ()
+        if isinstance(value, str):
+            if value in labels:
+                return value
+            raise ValueError(f"task {task.name}: {value!r} is not one of its labels {', '.join(labels)}")
+        if isinstance(value, bool):
+            raise ValueError(f"task {task.name}: a class id must be an int, got {value!r}")
+        try:
+            class_id = operator.index(value)  # type: ignore[arg-type]
+        except TypeError:
+            raise ValueError(f"task {task.name}: a class id must be an int, got {value!r}") from None
+        if not 0 <= class_id < len(labels):
+            raise ValueError(f"task {task.name}: class id {class_id} outside 0..{len(labels) - 1}")
+        return labels[class_id]
+    try:
+        score = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"task {task.name}: a score must be a number, got {value!r}") from None
+    if not math.isfinite(score):
+        raise ValueError(f"task {task.name}: a score must be finite, got {score!r}")
+    if task.score_range is not None:
+        low, high = task.score_range
+        score = min(max(score, low), high)
+    text = f"{score:.3f}"
+    return "0.000" if float(text) == 0.0 else text  # never "-0.000"
+
+
+def baseline_rows(task: TaskDef, split: SplitDef, glue_dir: str | Path | None = None) -> list[tuple[str, str]]:
+    """Rows that predict ``task.baseline_label`` everywhere.
+
+    The indices are those of the real test file when ``glue_dir`` holds it, else ``0 .. rows-1``.
+    """
+    prediction = format_prediction(task, task.baseline_label if task.labels else float(task.baseline_label))
+    if glue_dir is not None and split_path(glue_dir, task, split).is_file():
+        indices = [ex.index for ex in read_split(glue_dir, task, split)]
+    else:
+        if split.rows is None:
+            raise ConfigError(f"task {task.name}, split {split.name}: no row count and no test file "
+                              f"to take the indices from")
+        indices = [str(i) for i in range(split.rows)]
+    return [(index, prediction) for index in indices]
+
+
+def _file_bytes(name: str, rows: Sequence[tuple[str, str]]) -> bytes:
+    """A submission file's bytes; refuses a row that would break the format."""
+    lines = [HEADER]
+    for n, row in enumerate(rows):
+        if len(row) != 2 or not all(isinstance(x, str) for x in row):
+            raise ValueError(f"{name}: row {n} must be two strings (index, prediction), got {row!r}")
+        for x in row:
+            if not x or any(c in x for c in "\t\r\n"):
+                raise ValueError(f"{name}: row {n} has an empty value or a tab/newline in it: {row!r}")
+        lines.append(f"{row[0]}\t{row[1]}")
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def write_submission(out_dir: str | Path, rows_by_file: dict[str, Sequence[tuple[str, str]]],
+                     zip_name: str = "submission.zip", tasks: dict[str, TaskDef] | None = None) -> Path:
+    """Write every submission file into ``out_dir`` and the flat zip ``out_dir/zip_name``; return the zip.
+
+    ``rows_by_file`` maps each official file name to its ``(index, prediction)`` rows (already formatted,
+    see :func:`format_prediction`), written in the order given. The set of files must be exactly the
+    official one (from ``tasks``, by default the packaged GLUE tasks). Everything is first written into a
+    temporary folder next to ``out_dir`` and then moved into place, so a failure leaves no partial file.
+    """
+    tasks = load_task_defs() if tasks is None else tasks
+    official = submission_files(tasks)
+    missing = sorted(set(official) - set(rows_by_file))
+    extra = sorted(set(rows_by_file) - set(official))
+    if missing or extra:
+        parts = ([f"missing {', '.join(missing)}"] if missing else []) + \
+                ([f"unexpected {', '.join(extra)}"] if extra else [])
+        raise ConfigError(f"a GLUE submission has exactly the files {', '.join(official)}: {'; '.join(parts)}")
+    if "/" in zip_name or "\\" in zip_name or not zip_name.endswith(".zip"):
+        raise ConfigError(f"zip name must be a plain *.zip file name, got {zip_name!r}")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        with zipfile.ZipFile(tmp / zip_name, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for name in official:  # task-definition order
+                data = _file_bytes(name, rows_by_file[name])
+                (tmp / name).write_bytes(data)
+                zf.writestr(name, data)
+        out_dir.mkdir(exist_ok=True)
+        for name in official:
+            os.replace(tmp / name, out_dir / name)
+        os.replace(tmp / zip_name, out_dir / zip_name)  # last: the zip appears only when complete
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("wrote %d submission files and %s", len(official), out_dir / zip_name)
+    return out_dir / zip_name
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checking
+# ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class FileReport:
+    """What the check found in one submission file."""
+
+    name: str
+    rows: int | None = None  # data rows read (None when the file could not be read)
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SubmissionReport:
+    """Problems of the zip as a whole plus one :class:`FileReport` per official file."""
+
+    problems: list[str] = field(default_factory=list)
+    files: dict[str, FileReport] = field(default_factory=dict)
+
+    def all_problems(self) -> list[str]:
+        out = list(self.problems)
+        for report in self.files.values():
+            out += [f"{report.name}: {p}" for p in report.problems]
+        return out
+
+
+def _examples(items: list[str]) -> str:
+    shown = ", ".join(items[:MAX_EXAMPLES])
+    return shown + (f" (and {len(items) - MAX_EXAMPLES} more)" if len(items) > MAX_EXAMPLES else "")
+
+
+def _check_values(task: TaskDef, values: list[tuple[int, str]]) -> list[str]:
+    """Problems with the predictions of one file; ``values`` are (line number, prediction)."""
+    problems: list[str] = []
+    if task.type == "classification":
+        vocab = set(task.labels or ())
+        bad = [f"line {ln}: {v!r}" for ln, v in values if v not in vocab]
+        if bad:
+            problems.append(f"{len(bad)} label(s) not in {', '.join(task.labels or ())}: {_examples(bad)}")
+        return problems
+    not_float, not_finite, outside = [], [], []
+    low, high = task.score_range if task.score_range is not None else (-math.inf, math.inf)
+    for ln, v in values:
+        try:
+            x = float(v)
+        except ValueError:
+            not_float.append(f"line {ln}: {v!r}")
+            continue
+        if not math.isfinite(x):
+            not_finite.append(f"line {ln}: {v!r}")
+        elif not low <= x <= high:
+            outside.append(f"line {ln}: {v!r}")
+    if not_float:
+        problems.append(f"{len(not_float)} score(s) not a number: {_examples(not_float)}")
+    if not_finite:
+        problems.append(f"{len(not_finite)} score(s) not finite: {_examples(not_finite)}")
+    if outside:
+        problems.append(f"{len(outside)} score(s) outside [{low:g}, {high:g}]: {_examples(outside)}")
+    return problems
+
+
+def _check_indices(task: TaskDef, split: SplitDef, indices: list[tuple[int, str]],
+                   glue_dir: str | Path | None) -> list[str]:
+    """Duplicate indices; and, when the test file is under ``glue_dir``, the same ids in the same order."""
+    problems: list[str] = []
+    first_seen: dict[str, int] = {}
+    repeats: list[str] = []
+    for ln, index in indices:
+        if index in first_seen:
+            repeats.append(f"{index!r} (lines {first_seen[index]} and {ln})")
+        else:
+            first_seen[index] = ln
+    if repeats:
+        problems.append(f"{len(repeats)} duplicate index(es): {_examples(repeats)}")
+    if glue_dir is None or not split_path(glue_dir, task, split).is_file():
+        return problems
+    try:
+        expected = [ex.index for ex in read_split(glue_dir, task, split)]
+    except DataError as exc:
+        return problems + [f"cannot compare indices with the test file: {exc}"]
+    got = [index for _, index in indices]
+    missing = sorted(set(expected) - set(got), key=_index_key)
+    unknown = sorted(set(got) - set(expected), key=_index_key)
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} test id(s) missing: {_examples(missing)}")
+        if unknown:
+            parts.append(f"{len(unknown)} id(s) not in the test file: {_examples(unknown)}")
+        problems.append(f"indices differ from {split_path(glue_dir, task, split)}: {'; '.join(parts)}")
+    elif not repeats and got != expected:
+        at = next(i for i, (a, b) in enumerate(zip(got, expected)) if a != b)
+        problems.append(f"rows are not in test-file order (line {at + 2} has index {got[at]!r}, "
+                        f"the test file has {expected[at]!r})")
+    return problems
+
+
+def _index_key(index: str) -> tuple[int, int | str]:
+    return (0, int(index)) if index.isdigit() else (1, index)
+
+
+def _check_file(task: TaskDef, split: SplitDef, name: str, data: bytes,
+                glue_dir: str | Path | None) -> FileReport:
+    report = FileReport(name)
+    if not data.strip():
+        report.problems.append("empty file")
+        return report
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        report.problems.append(f"not UTF-8 (line {line}: bytes {data[exc.start:exc.start + 4]!r})")
+        return report
+    if "\r" in text:
+        line = text.count("\n", 0, text.index("\r")) + 1
+        report.problems.append(f"CR or CRLF line endings (first at line {line}); use LF only")
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if text.startswith("\ufeff"):
+        report.problems.append("starts with a byte-order mark")
+        text = text[1:]
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    if lines[0] != HEADER:
+        report.problems.append(f"header is {lines[0][:60]!r}, expected {HEADER!r}")
+    body = lines[1:]
+    report.rows = len(body)
+    if split.rows is not None and len(body) != split.rows:
+        report.problems.append(f"{len(body)} rows, expected {split.rows}")
+    malformed: list[str] = []
+    indices: list[tuple[int, str]] = []
+    values: list[tuple[int, str]] = []
+    for offset, line_text in enumerate(body):
+        ln = offset + 2
+        fields = line_text.split("\t")
+        if len(fields) != 2 or not fields[0]:
+            malformed.append(f"line {ln}: {line_text[:40]!r}")
+            continue
+        indices.append((ln, fields[0]))
+        values.append((ln, fields[1]))
+    if malformed:
+        report.problems.append(f"{len(malformed)} row(s) are not 'index<TAB>prediction': {_examples(malformed)}")
+    report.problems += _check_indices(task, split, indices, glue_dir)
+    report.problems += _check_values(task, values)
+    return report
+
+
+def inspect_submission(zip_path: str | Path, tasks: dict[str, TaskDef],
+                       glue_dir: str | Path | None = None) -> SubmissionReport:
+    """Check a submission zip; the report holds per-file row counts and problems (see :func:`check_submission`)."""
+    zip_path = Path(zip_path)
+    official = submission_files(tasks)
+    report = SubmissionReport()
+    if not zip_path.is_file():
+        report.problems.append(f"{zip_path}: no such file")
+        return report
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            infos = zf.infolist()
+            bad_member = zf.testzip()
+            if bad_member is not None:
+                report.problems.append(f"{zip_path}: corrupt zip (member {bad_member} fails its CRC check)")
+                return report
+            contents: dict[str, bytes] = {}
+            seen: set[str] = set()
+            for info in infos:
+                name = info.filename
+                if name in seen:
+                    report.problems.append(f"{name} appears more than once in the zip")
+                    continue
+                seen.add(name)
+                if "/" in name or "\\" in name:
+                    report.problems.append(f"nested path {name!r}: files must sit at the top of the zip")
+                elif name not in official:
+                    report.problems.append(f"unexpected file {name!r} (expected only {', '.join(official)})")
+                else:
+                    contents[name] = zf.read(info)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as exc:
+        report.problems.append(f"{zip_path}: not a readable zip file ({exc})")
+        return report
+    for name, (task, split) in official.items():
+        if name not in contents:
+            report.files[name] = FileReport(name, problems=["missing from the zip"])
+        else:
+            report.files[name] = _check_file(task, split, name, contents[name], glue_dir)
+    return report
+
+
+def check_submission(zip_path: str | Path, tasks: dict[str, TaskDef],
+                     glue_dir: str | Path | None = None) -> list[str]:
+    """One line per problem found in a submission zip; an empty list means it is valid.
+
+    Checked: the zip opens and its members pass their CRC; exactly the official files, flat; each file is
+    non-empty UTF-8 with LF endings, the exact header, the official row count, ``index<TAB>prediction`` rows,
+    no repeated index, labels from the task's vocabulary, finite in-range scores. With ``glue_dir``, the
+    indices of each file are compared with those of the test file there (when present).
+    """
+    return inspect_submission(zip_path, tasks, glue_dir).all_problems()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------
+
+def _print_report(zip_path: Path, report: SubmissionReport, out: TextIO) -> None:
+    width = max([len("file")] + [len(n) for n in report.files])
+    print(f"{'file':<{width}}  {'rows':>7}  status", file=out)
+    for name, fr in report.files.items():
+        rows = "-" if fr.rows is None else str(fr.rows)
+        status = "ok" if not fr.problems else f"{len(fr.problems)} problem(s)"
+        print(f"{name:<{width}}  {rows:>7}  {status}", file=out)
+    problems = report.all_problems()
+    if not problems:
+        print(f"OK: {zip_path} is a valid GLUE submission", file=out)
+        return
+    for p in problems:
+        print(f"PROBLEM: {p}", file=out)
+    print(f"INVALID: {zip_path} has {len(problems)} problem(s)", file=out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m data_utils.submission",
+        description="Check a GLUE test-server submission zip, or write a baseline (majority class) one.")
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--check", metavar="ZIP", help="validate this submission zip")
+    action.add_argument("--baseline", metavar="OUT_DIR",
+                        help="write a baseline submission (each task's baseline_label) into OUT_DIR")
+    parser.add_argument("--glue_dir", help="GLUE data folder: test ids are taken from / compared with its test files")
+    parser.add_argument("--task_def", action="append", default=[], metavar="FILE",
+                        help="extra task definition YAML (adds or overrides tasks); may repeat")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        tasks = load_task_defs(args.task_def)
+        if args.glue_dir is not None and not Path(args.glue_dir).is_dir():
+            raise ConfigError(f"--glue_dir {args.glue_dir}: no such folder")
+        if args.baseline is not None:
+            rows = {name: baseline_rows(task, split, args.glue_dir)
+                    for name, (task, split) in submission_files(tasks).items()}
+            path = write_submission(args.baseline, rows, tasks=tasks)
+            print(f"wrote {path}")
+            return 0
+        zip_path = Path(args.check)
+        if not zip_path.is_file():
+            print(f"error: {zip_path}: no such file", file=sys.stderr)
+            return 2
+        report = inspect_submission(zip_path, tasks, args.glue_dir)
+    except (ConfigError, DataError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _print_report(zip_path, report, sys.stdout)
+    return 0 if not report.all_problems() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""Task definitions: GLUE tasks as data (``glue_tasks.yml``), loaded into validated dataclasses.
+
+A task block in YAML becomes one :class:`TaskDef`. Loading is strict: an unknown key, a missing key or
+a value outside its choices raises :class:`ConfigError` naming the task (and the file), so a typo never
+silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+TASK_TYPES = ("classification", "regression")
+INPUT_KINDS = ("single", "pair")
+METRICS = ("acc", "f1", "mcc", "pearson", "spearman")
+LOSSES = ("cross_entropy", "mse")
+REG_LOSSES = ("sym_kl", "mse")
+SPLIT_KINDS = ("train", "dev", "test")
+
+
+class ConfigError(ValueError):
+    """A bad task definition, flag or configuration: reported to the user as one line."""
+
+
+@dataclass(frozen=True)
+class SplitDef:
+    """One file of a task: ``kind`` is train, dev or test (from the split's name)."""
+
+    name: str
+    kind: str
+    file: str
+    header: bool = True
+    columns: tuple[str, ...] | None = None  # column names when the file has no header line
+    rows: int | None = None  # official number of data rows, when known
+    submission: str | None = None  # GLUE server file name (test splits)
+
+
+@dataclass(frozen=True)
+class TaskDef:
+    """One task as data. ``labels`` is None for regression."""
+
+    name: str
+    data_dir: str
+    type: str
+    input: str
+    metrics: tuple[str, ...]
+    loss: str
+    reg_loss: str
+    dropout: float
+    text_a: str
+    text_b: str | None
+    label: str
+    index: str
+    baseline_label: str
+    splits: dict[str, SplitDef]
+    labels: tuple[str, ...] | None = None
+    head: str | None = None  # predict with another task's head (AX uses mnli's)
+    score_range: tuple[float, float] | None = None
+
+    @property
+    def primary_metric(self) -> str:
+        return self.metrics[0]
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.type == "regression" else len(self.labels or ())
+
+    @property
+    def head_name(self) -> str:
+        return self.head or self.name
+
+    def splits_of(self, kind: str) -> list[SplitDef]:
+        return [s for s in self.splits.values() if s.kind == kind]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML block this task was loaded from (round-trips through :func:`parse_task_block`)."""
+        out = dataclasses.asdict(self)
+        out.pop("name")
+        for key in ("labels", "metrics", "score_range"):
+            if out[key] is not None:
+                out[key] = list(out[key])
+        out["splits"] = {}
+        for sname, s in self.splits.items():
+            d = {"file": s.file}
+            if not s.header:
+                d["header"] = False
+                d["columns"] = list(s.columns or ())
+            for key in ("rows", "submission"):
+                if getattr(s, key) is not None:
+                    d[key] = getattr(s, key)
+            out["splits"][sname] = d
+        return {k: v for k, v in out.items() if v is not None or k == "text_b"}
+
+
+_REQUIRED = ("data_dir", "type", "input", "metrics", "loss", "reg_loss", "dropout", "text_a", "text_b",
+             "label", "index", "baseline_label", "splits")
+_OPTIONAL = ("labels", "head", "score_range")
+_SPLIT_KEYS = ("file", "header", "columns", "rows", "submission")
+
+
+def _check_choice(where: str, key: str, value: Any, choices: Iterable[str]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(f"{where}: {key} is {value!r}; choose one of {', '.join(choices)}")
+
+
+def _parse_split(where: str, name: str, block: Any) -> SplitDef:
+    where = f"{where}, split {name!r}"
+    if not isinstance(block, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {block!r}")
+    unknown = sorted(set(block) - set(_SPLIT_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(_SPLIT_KEYS)}")
+    if "file" not in block:
+        raise ConfigError(f"{where}: missing key 'file'")
+    kind = next((k for k in SPLIT_KINDS if name.startswith(k)), None)
+    if kind is None:
+        raise ConfigError(f"{where}: a split's name must start with train, dev or test")
+    header = block.get("header", True)
+    columns = block.get("columns")
+    if not isinstance(header, bool):
+        raise ConfigError(f"{where}: header must be true or false, got {header!r}")
+    if not header and not columns:
+        raise ConfigError(f"{where}: a file without a header needs 'columns'")
+    if header and columns:
+        raise ConfigError(f"{where}: 'columns' is only for files without a header")
+    rows = block.get("rows")
+    if rows is not None and (not isinstance(rows, int) or rows < 0):
+        raise ConfigError(f"{where}: rows must be a non-negative integer, got {rows!r}")
+    if block.get("submission") and kind != "test":
+        raise ConfigError(f"{where}: only test splits have a submission file")
+    return SplitDef(name=name, kind=kind, file=str(block["file"]), header=header,
+                    columns=tuple(str(c) for c in columns) if columns else None, rows=rows,
+                    submission=block.get("submission"))
+
+
+def parse_task_block(name: str, block: Any, source: str = "task definitions") -> TaskDef:
+    """Validate one YAML block and build its :class:`TaskDef`."""
+    where = f"{source}: task {name!r}"
+    if not isinstance(block, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {block!r}")
+    unknown = sorted(set(block) - set(_REQUIRED) - set(_OPTIONAL))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; "
+                          f"valid keys: {', '.join(_REQUIRED + _OPTIONAL)}")
+    missing = [k for k in _REQUIRED if k not in block]
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {', '.join(missing)}")
+    _check_choice(where, "type", block["type"], TASK_TYPES)
+    _check_choice(where, "input", block["input"], INPUT_KINDS)
+    _check_choice(where, "loss", block["loss"], LOSSES)
+    _check_choice(where, "reg_loss", block["reg_loss"], REG_LOSSES)
+    metrics = block["metrics"]
+    if not isinstance(metrics, list) or not metrics:
+        raise ConfigError(f"{where}: metrics must be a non-empty list")
+    for m in metrics:
+        _check_choice(where, "metric", m, METRICS)
+    labels = block.get("labels")
+    if block["type"] == "classification":
+        if not isinstance(labels, list) or len(labels) < 2:
+            raise ConfigError(f"{where}: a classification task needs 'labels' (a list of at least 2)")
+        labels = tuple(str(x) for x in labels)
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"{where}: labels repeat: {list(labels)}")
+        if str(block["baseline_label"]) not in labels:
+            raise ConfigError(f"{where}: baseline_label {block['baseline_label']!r} is not one of {list(labels)}")
+        if block["loss"] != "cross_entropy":
+            raise ConfigError(f"{where}: a classification task uses loss cross_entropy")
+    else:
+        if labels is not None:
+            raise ConfigError(f"{where}: a regression task has no 'labels'")
+        try:
+            float(block["baseline_label"])
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: baseline_label must be a number for regression") from None
+        if block["loss"] != "mse" or block["reg_loss"] != "mse":
+            raise ConfigError(f"{where}: a regression task uses loss mse and reg_loss mse")
+    if block["input"] == "pair" and not block["text_b"]:
+        raise ConfigError(f"{where}: a pair task needs text_b")
+    if block["input"] == "single" and block["text_b"]:
+        raise ConfigError(f"{where}: a single-sentence task has text_b: null")
+    dropout = block["dropout"]
+    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"{where}: dropout must be a number in [0, 1), got {dropout!r}")
+    splits_block = block["splits"]
+    if not isinstance(splits_block, dict) or not splits_block:
+        raise ConfigError(f"{where}: splits must be a non-empty mapping")
+    splits = {str(k): _parse_split(where, str(k), v) for k, v in splits_block.items()}
+    if sum(s.kind == "train" for s in splits.values()) > 1:
+        raise ConfigError(f"{where}: at most one train split")
+    score_range = block.get("score_range")
+    if score_range is not None:
+        if block["type"] != "regression" or not isinstance(score_range, list) or len(score_range) != 2:
+            raise ConfigError(f"{where}: score_range is [low, high] for a regression task")
+        score_range = (float(score_range[0]), float(score_range[1]))
+    return TaskDef(
+        name=name, data_dir=str(block["data_dir"]), type=block["type"], input=block["input"],
+        metrics=tuple(metrics), loss=block["loss"], reg_loss=block["reg_loss"], dropout=float(dropout),
+        text_a=str(block["text_a"]), text_b=str(block["text_b"]) if block["text_b"] else None,
+        label=str(block["label"]), index=str(block["index"]), baseline_label=str(block["baseline_label"]),
+        splits=splits, labels=labels, head=block.get("head"), score_range=score_range)
+
+
+def _read_yaml(path: Path | str, text: str | None = None) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text if text is not None else Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: task definition file not found") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of task name to task block")
+    return data
+
+
+def builtin_task_file() -> str:
+    return str(resources.files("data_utils").joinpath("glue_tasks.yml"))
+
+
+def load_task_defs(extra_files: Iterable[str | Path] = ()) -> dict[str, TaskDef]:
+    """The packaged GLUE tasks, then each extra file in order (adding tasks or replacing them by name)."""
+    builtin = resources.files("data_utils").joinpath("glue_tasks.yml").read_text(encoding="utf-8")
+    tasks = {name: parse_task_block(name, block, "glue_tasks.yml")
+             for name, block in _read_yaml("glue_tasks.yml", builtin).items()}
+    for path in extra_files:
+        for name, block in _read_yaml(path).items():
+            if name in tasks:
+                logger.info("task %s redefined by %s", name, path)
+            tasks[str(name)] = parse_task_block(str(name), block, str(path))
+    for t in tasks.values():
+        if t.head and (t.head not in tasks or tasks[t.head].labels != t.labels):
+            raise ConfigError(f"task {t.name!r}: head {t.head!r} must be a task with the same labels")
+    return tasks
+
+
+def select_tasks(all_tasks: dict[str, TaskDef], names: str | Iterable[str]) -> list[TaskDef]:
+    """Tasks by name (a comma-separated string or a list); unknown names list the valid ones."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    names = list(names)
+    if not names:
+        raise ConfigError("no task given; valid tasks: " + ", ".join(sorted(all_tasks)))
+    unknown = [n for n in names if n not in all_tasks]
+    if unknown:
+        raise ConfigError(f"unknown task(s) {', '.join(unknown)}; valid tasks: {', '.join(sorted(all_tasks))}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"a task is named twice in {','.join(names)}")
+    return [all_tasks[n] for n in names]
+
+
+def dump_task_defs(tasks: Iterable[TaskDef], path: Path | str) -> None:
+    """Write tasks as YAML (used for ``best/tasks.yml``)."""
+    data = {t.name: t.to_dict() for t in tasks}
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")

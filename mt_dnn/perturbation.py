@@ -1,0 +1,310 @@
+"""Training regularizers behind one registry: standard, smart, rapt, r3f.
+
+Each method is one class with one call, ``reg(model, batch, clean_logits) -> (loss, logs)``: ``loss`` is the
+un-weighted regularizer term (a 0-dim fp32 tensor), ``logs`` a dict of floats. The trainer computes
+``task_loss + reg.alpha * loss`` (alpha is applied there, once) and never looks at a method's name.
+Before each step the trainer sets ``reg.step``; a method that needs something from the clean forward pass
+returns a context manager from ``clean_pass(model, batch)`` (RAPT's shared-lower-layers path does).
+
+A method's options are a dataclass, ``Options``; every field ``f`` becomes the CLI flag ``--<name>_<f>``.
+Adding a method is one class here and nothing else.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from data_utils.task_def import ConfigError
+from mt_dnn import losses
+from mt_dnn.model import LayerCapture, MultiTaskModel
+
+logger = logging.getLogger(__name__)
+
+REGISTRY: dict[str, type["Regularizer"]] = {}
+
+
+def register(cls: type["Regularizer"]) -> type["Regularizer"]:
+    """Class decorator: add a method to the registry under ``cls.name`` (duplicates and non-methods fail)."""
+    if not (isinstance(cls, type) and issubclass(cls, Regularizer)):
+        raise TypeError(f"{cls!r} is not a Regularizer subclass")
+    if not cls.name or cls.name in REGISTRY:
+        raise ValueError(f"method name {cls.name!r} is empty or already registered")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def method_names() -> list[str]:
+    return list(REGISTRY)
+
+
+def build_regularizer(name: str, options: dict[str, Any] | None = None, seed: int = 0) -> "Regularizer":
+    """The method ``name`` with its options (defaults for anything not given)."""
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(REGISTRY)}")
+    cls = REGISTRY[name]
+    valid = {f.name for f in fields(cls.Options)}
+    unknown = sorted(set(options or {}) - valid)
+    if unknown:
+        raise ConfigError(f"method {name} has no option(s) {', '.join(unknown)}; "
+                          f"its options: {', '.join(sorted(valid)) or 'none'}")
+    opts = cls.Options(**(options or {}))
+    for f in fields(opts):
+        choices = f.metadata.get("choices")
+        if choices and getattr(opts, f.name) not in choices:
+            raise ConfigError(f"--{name}_{f.name.rstrip('_')} is {getattr(opts, f.name)!r}; "
+                              f"choose one of {', '.join(map(str, choices))}")
+    return cls(opts, seed)
+
+
+def _opt(default, help: str, choices: tuple | None = None):
+    return field(default=default, metadata={"help": help, **({"choices": choices} if choices else {})})
+
+
+def _zero(device: torch.device) -> torch.Tensor:
+    return torch.zeros((), device=device, dtype=torch.float32)
+
+
+def _pad_mask(batch: dict, like: torch.Tensor) -> torch.Tensor:
+    """(B, T, 1) mask of real tokens, in ``like``'s dtype."""
+    return batch["attention_mask"].unsqueeze(-1).to(like.dtype)
+
+
+class Regularizer:
+    """Base class. Subclasses set ``name``, ``Options`` and implement ``__call__``."""
+
+    name: ClassVar[str] = ""
+    alpha_field: ClassVar[str] = "alpha"
+
+    @dataclass
+    class Options:
+        pass
+
+    def __init__(self, options: Any, seed: int = 0):
+        self.options = options
+        self.seed = seed
+        self.step = 0  # set by the trainer before each step
+
+    @property
+    def alpha(self) -> float:
+        return float(getattr(self.options, self.alpha_field, 0.0))
+
+    def check(self, model: MultiTaskModel) -> None:
+        """Raise ConfigError if the options cannot work with this model."""
+
+    def clean_pass(self, model: MultiTaskModel, batch: dict):
+        """A context manager wrapped around the clean forward pass (most methods need none)."""
+        return contextlib.nullcontext()
+
+    def __call__(self, model: MultiTaskModel, batch: dict, clean_logits: torch.Tensor
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+
+@register
+class Standard(Regularizer):
+    """Plain fine-tuning: no regularizer (loss 0)."""
+
+    name = "standard"
+
+    def __call__(self, model, batch, clean_logits):
+        return _zero(clean_logits.device), {}
+
+
+@register
+class Rapt(Regularizer):
+    """RAPT (Algorithm 1): scaled Gaussian noise on the output of a random layer r, divergence clean vs noisy.
+
+    Per step r ~ U{1..max_layer} as a function of (seed, step), so every rank draws the same r
+    (max_layer = 0: the embedding output, "RAPT (Embedding)"). delta ~ N(0, 1) of the hidden states' shape,
+    zero on padding, scaled to eta / ||delta||_inf per example (or per token). The paper's sigma cancels in
+    that scaling, so there is no sigma option. No extra backward pass.
+    """
+
+    name = "rapt"
+
+    @dataclass
+    class Options:
+        alpha: float = _opt(1.0, "weight of the clean-vs-noisy divergence")
+        eta: float = _opt(2.0, "inf-norm of the noise (paper: 0.01, 1.5, 2, 2.3, 2.5)")
+        max_layer: int = _opt(3, "r is drawn from 1..max_layer; 0 = embedding output only (RAPT Embedding)")
+        norm: str = _opt("example", "scale the noise per example (Algorithm 1) or per token", ("example", "token"))
+        share_lower_layers: bool = _opt(False, "noisy pass re-runs only the blocks above r on the clean pass's "
+                                               "state (faster; shares dropout masks below r: a variant)")
+
+    def check(self, model: MultiTaskModel) -> None:
+        if not 0 <= self.options.max_layer <= model.num_layers:
+            raise ConfigError(f"--rapt_max_layer {self.options.max_layer} is outside 0..{model.num_layers} "
+                              f"(this encoder has {model.num_layers} layers)")
+        if self.options.eta < 0:
+            raise ConfigError("--rapt_eta must be >= 0")
+
+    def layer_for_step(self, step: int) -> int:
+        """r as a function of (seed, step) only."""
+        if self.options.max_layer == 0:
+            return 0
+        return int(np.random.default_rng([self.seed, step, 0x52415054]).integers(1, self.options.max_layer + 1))
+
+    def noise(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """delta (B, T, H): N(0, 1), zero on padding, scaled so ||delta||_inf = eta per example (or token)."""
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        delta = torch.randn_like(hidden) * mask
+        dims = (1, 2) if self.options.norm == "example" else (2,)
+        peak = delta.abs().amax(dim=dims, keepdim=True)
+        return self.options.eta * delta / peak.clamp_min(torch.finfo(hidden.dtype).tiny)
+
+    @contextlib.contextmanager
+    def clean_pass(self, model, batch):
+        """Shared-lower-layers path: record layer r's state and the blocks' arguments during the clean pass."""
+        self._capture = None
+        if not self.options.share_lower_layers:
+            yield
+            return
+        with model.capture(self.layer_for_step(self.step)) as cap:
+            yield
+        self._capture = cap
+
+    def __call__(self, model, batch, clean_logits):
+        layer = self.layer_for_step(self.step)
+        task = model.task_defs[batch["task"]]
+        seen: dict[str, float] = {}
+        capture, self._capture = getattr(self, "_capture", None), None
+
+        def add_noise(h: torch.Tensor) -> torch.Tensor:
+            delta = self.noise(h, batch["attention_mask"])
+            seen["ratio"] = float(delta.detach().float().norm() /
+                                  (h.detach().float() * _pad_mask(batch, h.float())).norm().clamp_min(1e-12))
+            return h + delta
+
+        if capture is not None:  # shared lower layers: reuse the clean pass up to r
+            top = model.rerun_from(capture, add_noise(capture.hidden))
+            noisy = model.head_logits(batch["task"], top, batch["attention_mask"])
+        else:  # paper-literal: a full forward pass of its own
+            with model.perturb(layer, add_noise):
+                noisy = model(batch)
+        loss = losses.divergence(task.reg_loss, clean_logits, noisy)
+        return loss, {"rapt_layer": float(layer), "rapt_noise_ratio": seen["ratio"]}
+
+
+@register
+class Smart(Regularizer):
+    """SMART as MT-DNN's code runs it (the paper's baseline): virtual adversarial noise at the embedding output.
+
+    delta0 = N(0, 1) * noise_var; K ascent steps on KL(sg(p_clean) || p_noisy) (MSE for regression):
+    ``normalize``: delta <- normalise(delta + step_size * g) (MT-DNN; per-token inf / l2 norm or sign);
+    ``ball``: delta <- clip(delta + step_size * normalise(g), -radius, radius) (SMART paper's projection).
+    Then loss = sym_kl(clean, noisy(delta)) (MSE for regression). A non-finite gradient norm skips the term.
+    """
+
+    name = "smart"
+
+    @dataclass
+    class Options:
+        alpha: float = _opt(1.0, "weight of the adversarial term")
+        noise_var: float = _opt(1e-5, "scale of the initial noise N(0, 1) * noise_var")
+        step_size: float = _opt(1e-3, "ascent step size")
+        k: int = _opt(1, "number of ascent steps")
+        norm: str = _opt("inf", "normalisation of the step: per-token inf-norm, l2-norm, or sign (l1)",
+                         ("inf", "l2", "l1"))
+        epsilon: float = _opt(1e-6, "guards the normalising division")
+        projection: str = _opt("normalize", "normalize (MT-DNN) or ball (SMART paper: inf-ball of --smart_radius)",
+                               ("normalize", "ball"))
+        radius: float = _opt(1e-5, "inf-norm radius of the ball projection")
+
+    def __init__(self, options, seed=0):
+        super().__init__(options, seed)
+        self.skipped = 0
+
+    def check(self, model):
+        if self.options.k < 1:
+            raise ConfigError("--smart_k must be >= 1")
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Per token (last dim): x / (||x||_inf + eps), x / (||x||_2 + eps), or sign(x)."""
+        if self.options.norm == "inf":
+            return x / (x.abs().amax(dim=-1, keepdim=True) + self.options.epsilon)
+        if self.options.norm == "l2":
+            return x / (x.norm(dim=-1, keepdim=True) + self.options.epsilon)
+        return x.sign()
+
+    def ascend(self, delta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        o = self.options
+        if o.projection == "ball":
+            return (delta + o.step_size * self.normalise(grad)).clamp(-o.radius, o.radius)
+        return self.normalise(delta + o.step_size * grad)
+
+    def __call__(self, model, batch, clean_logits):
+        o = self.options
+        task = model.task_defs[batch["task"]]
+        ids = batch["input_ids"]
+        mask = batch["attention_mask"].unsqueeze(-1).float()  # (B, T, 1)
+        # delta (B, T, H) at layer 0, initialised N(0, 1) * noise_var, zero on padding; kept in fp32
+        delta = torch.randn(*ids.shape, model.encoder.config.hidden_size, device=ids.device) * o.noise_var * mask
+
+        def add_delta(h: torch.Tensor) -> torch.Tensor:
+            return h + delta.to(h.dtype)
+
+        share = 0.0
+        for _ in range(o.k):
+            delta.requires_grad_(True)
+            with model.perturb(0, add_delta):
+                noisy = model(batch)
+            inner = losses.adversarial_objective(task.reg_loss, clean_logits, noisy)
+            (grad,) = torch.autograd.grad(inner, delta)
+            delta = delta.detach()
+            if not torch.isfinite(grad.norm()):
+                self.skipped += 1
+                logger.warning("smart: non-finite gradient norm at step %d; adversarial term skipped", self.step)
+                return _zero(clean_logits.device), {"smart_skipped": 1.0, "smart_skipped_total": float(self.skipped)}
+            step = o.step_size * grad
+            share = float(step.norm() / (delta + step).norm().clamp_min(1e-30))
+            delta = self.ascend(delta, grad) * mask
+        with model.perturb(0, add_delta):
+            noisy = model(batch)
+        loss = losses.divergence(task.reg_loss, clean_logits, noisy)
+        return loss, {"smart_delta_inf": float(delta.abs().max()), "smart_grad_share": share,
+                      "smart_skipped": 0.0, "smart_skipped_total": float(self.skipped)}
+
+
+@register
+class R3f(Regularizer):
+    """R3F (Aghajanyan et al., 2020): uniform or normal noise of scale eps on the token embeddings,
+    symmetric KL (MSE for regression) between clean and noisy predictions, weighted by lambda."""
+
+    name = "r3f"
+    alpha_field = "lambda_"
+
+    @dataclass
+    class Options:
+        lambda_: float = _opt(1.0, "weight of the divergence")
+        eps: float = _opt(1e-5, "noise scale")
+        noise: str = _opt("uniform", "U(-eps, eps) or N(0, eps^2)", ("uniform", "normal"))
+
+    def __call__(self, model, batch, clean_logits):
+        o = self.options
+        task = model.task_defs[batch["task"]]
+
+        def add_noise(e: torch.Tensor) -> torch.Tensor:
+            if o.noise == "uniform":
+                z = torch.empty_like(e).uniform_(-o.eps, o.eps)
+            else:
+                z = torch.randn_like(e) * o.eps
+            return e + z
+
+        with model.perturb_token_embeddings(add_noise):
+            noisy = model(batch)
+        return losses.divergence(task.reg_loss, clean_logits, noisy), {}
+
+
+def option_flags() -> list[tuple[str, str, Any, dict, str]]:
+    """(method, flag, default, metadata, field name) for every method option: ``--<method>_<option>``."""
+    out = []
+    for name, cls in REGISTRY.items():
+        for f in fields(cls.Options):
+            out.append((name, f"{name}_{f.name.rstrip('_')}", f.default, dict(f.metadata), f.name))
+    return out

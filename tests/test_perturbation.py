@@ -1,0 +1,301 @@
+"""The mathematics of the regularizers, on tiny random encoders with dropout off where it matters."""
+from __future__ import annotations
+
+import collections
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from data_utils.task_def import ConfigError
+from mt_dnn import losses
+from mt_dnn.perturbation import REGISTRY, Rapt, Regularizer, Smart, build_regularizer, register
+from mt_dnn.trainer import TrainStep
+from tests.conftest import ARCHS, tiny_batch, tiny_model
+
+
+# ---- symmetric KL -------------------------------------------------------------------------------------------
+
+def test_sym_kl_zero_on_equal_and_symmetric():
+    a, b = torch.randn(4, 3), torch.randn(4, 3)
+    assert losses.sym_kl(a, a).item() == pytest.approx(0.0, abs=1e-7)
+    assert losses.sym_kl(a, b).item() == pytest.approx(losses.sym_kl(b, a).item(), rel=1e-6)
+    assert losses.sym_kl(a, b).item() > 0
+
+
+def test_sym_kl_value_and_gradient_match_mtdnn_form():
+    a = torch.randn(5, 3, requires_grad=True)
+    b = torch.randn(5, 3, requires_grad=True)
+    loss = losses.sym_kl(a, b)
+    pa, pb = F.softmax(a, -1), F.softmax(b, -1)
+    expected = ((pa * (pa.log() - pb.log())).sum() + (pb * (pb.log() - pa.log())).sum()) / 5
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    loss.backward()
+    # d/da: only KL(sg(p_b) || p_a) depends on a through its second argument -> (p_a - p_b) / B
+    assert torch.allclose(a.grad, (pa - pb).detach() / 5, atol=1e-6)
+    assert torch.allclose(b.grad, (pb - pa).detach() / 5, atol=1e-6)
+
+
+def test_sym_kl_is_fp32_for_half_inputs():
+    a, b = torch.randn(2, 3).to(torch.bfloat16), torch.randn(2, 3).to(torch.bfloat16)
+    assert losses.sym_kl(a, b).dtype == torch.float32
+
+
+# ---- registry ------------------------------------------------------------------------------------------------
+
+def test_registry_lists_methods_and_rejects_duplicates():
+    assert {"standard", "smart", "rapt", "r3f"} <= set(REGISTRY)
+    with pytest.raises(ValueError):
+        @register
+        class Again(Regularizer):
+            name = "rapt"
+    with pytest.raises(TypeError):
+        register(int)
+    with pytest.raises(ConfigError, match="choose one of"):
+        build_regularizer("nope")
+    with pytest.raises(ConfigError, match="has no option"):
+        build_regularizer("rapt", {"k": 1})
+    with pytest.raises(ConfigError, match="choose one of"):
+        build_regularizer("smart", {"norm": "l3"})
+
+
+# ---- RAPT ----------------------------------------------------------------------------------------------------
+
+def test_rapt_eta_zero_gives_exactly_zero():
+    model = tiny_model(dropout=0.0)
+    batch = tiny_batch()
+    for share in (False, True):
+        reg = build_regularizer("rapt", {"eta": 0.0, "share_lower_layers": share, "max_layer": 2})
+        for step in range(4):
+            reg.step = step
+            with reg.clean_pass(model, batch):
+                clean = model(batch)
+            loss, _ = reg(model, batch, clean)
+            assert loss.item() == 0.0
+
+
+@pytest.mark.parametrize("norm", ["example", "token"])
+def test_rapt_noise_scale_and_padding(norm):
+    reg = build_regularizer("rapt", {"eta": 2.0, "norm": norm})
+    h = torch.randn(3, 7, 16)
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[0, 4:] = 0
+    delta = reg.noise(h, mask)
+    assert torch.all(delta[0, 4:] == 0)
+    if norm == "example":
+        peaks = delta.abs().amax(dim=(1, 2))
+        assert torch.allclose(peaks, torch.full((3,), 2.0))
+    else:
+        peaks = delta.abs().amax(dim=-1)
+        assert torch.allclose(peaks[mask.bool()], torch.full((int(mask.sum()),), 2.0))
+
+
+def _layer_outputs(model, batch):
+    """Output of layer 0 (input of block 1) and of every block, in one pass."""
+    outs = {}
+    handles = [model.parts.blocks[0].register_forward_pre_hook(
+        lambda m, a, k: outs.__setitem__(0, (a[0] if a else k["hidden_states"]).detach().clone()), with_kwargs=True)]
+    for i, block in enumerate(model.parts.blocks):
+        handles.append(block.register_forward_hook(
+            lambda m, a, o, i=i: outs.__setitem__(i + 1, (o[0] if isinstance(o, tuple) else o).detach().clone())))
+    model(batch)
+    for h in handles:
+        h.remove()
+    return outs
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_only_the_chosen_layer_changes(layer):
+    model = tiny_model(dropout=0.0).eval()
+    batch = tiny_batch()
+    clean = _layer_outputs(model, batch)
+    added = {}
+
+    def add(h):
+        added["delta"] = torch.full_like(h, 0.5)
+        return h + added["delta"]
+
+    with model.perturb(layer, add):
+        noisy = _layer_outputs(model, batch)
+    for i in range(layer):
+        assert torch.equal(clean[i], noisy[i]), f"layer {i} below {layer} changed"
+    if layer < 2:  # hooks see the post-noise state of the chosen layer only as the next block's input
+        assert not torch.allclose(clean[layer + 1], noisy[layer + 1])
+    # the chosen layer's output itself carries exactly the noise
+    seen = {}
+    with model.capture(layer) as cap:
+        model(batch)
+    seen["h"] = cap.hidden
+    assert torch.allclose(seen["h"], clean[layer])
+
+
+def test_rapt_layer_draws_uniform_and_rank_independent():
+    a = build_regularizer("rapt", {"max_layer": 3}, seed=7)
+    b = build_regularizer("rapt", {"max_layer": 3}, seed=7)  # "another rank": same seed, fresh object
+    draws = [a.layer_for_step(s) for s in range(3000)]
+    assert draws == [b.layer_for_step(s) for s in range(3000)]
+    counts = collections.Counter(draws)
+    assert set(counts) == {1, 2, 3}
+    for r in (1, 2, 3):
+        assert abs(counts[r] / 3000 - 1 / 3) < 0.04
+    assert build_regularizer("rapt", {"max_layer": 0}).layer_for_step(5) == 0
+    assert [build_regularizer("rapt", {"max_layer": 3}, seed=8).layer_for_step(s) for s in range(50)] != draws[:50]
+
+
+def test_rapt_max_layer_above_depth_is_an_error():
+    model = tiny_model()
+    with pytest.raises(ConfigError, match="outside 0..2"):
+        build_regularizer("rapt", {"max_layer": 3}).check(model)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shared_lower_layers_equals_paper_literal_without_dropout(arch):
+    model = tiny_model(arch=arch, dropout=0.0)
+    batch = tiny_batch(token_types=arch not in ("distilbert", "roberta"))
+    for step in range(6):
+        lit = build_regularizer("rapt", {"max_layer": 2}, seed=3)
+        sha = build_regularizer("rapt", {"max_layer": 2, "share_lower_layers": True}, seed=3)
+        lit.step = sha.step = step
+        clean = model(batch)
+        torch.manual_seed(100 + step)
+        loss_lit, logs_lit = lit(model, batch, clean)
+        with sha.clean_pass(model, batch):
+            clean2 = model(batch)
+        assert torch.allclose(clean, clean2)
+        torch.manual_seed(100 + step)
+        loss_sha, logs_sha = sha(model, batch, clean2)
+        assert logs_lit["rapt_layer"] == logs_sha["rapt_layer"]
+        assert loss_lit.item() > 0
+        assert loss_sha.item() == pytest.approx(loss_lit.item(), rel=1e-4, abs=1e-7)
+
+
+def test_rapt_gradients_reach_encoder_and_regression_uses_mse():
+    model = tiny_model(tasks=("stsb",), dropout=0.0)
+    batch = tiny_batch("stsb", regression=True)
+    reg = build_regularizer("rapt", {"max_layer": 1})
+    reg.step = 0
+    clean = model(batch)
+    torch.manual_seed(0)
+    loss, _ = reg(model, batch, clean)
+    torch.manual_seed(0)
+    with model.perturb(1, lambda h: h + reg.noise(h, batch["attention_mask"])):
+        noisy = model(batch)
+    assert loss.item() == pytest.approx(F.mse_loss(clean, noisy).item(), rel=1e-5)
+    loss.backward()
+    grads = [p.grad for n, p in model.encoder.named_parameters() if "layer.0." in n]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+# ---- SMART ---------------------------------------------------------------------------------------------------
+
+def test_smart_norms_behave_as_documented():
+    x = torch.randn(2, 5, 8)
+    inf = build_regularizer("smart", {"norm": "inf"}).normalise(x)
+    assert torch.allclose(inf.abs().amax(-1), torch.ones(2, 5), atol=1e-5)
+    l2 = build_regularizer("smart", {"norm": "l2"}).normalise(x)
+    assert torch.allclose(l2.norm(dim=-1), torch.ones(2, 5), atol=1e-5)
+    l1 = build_regularizer("smart", {"norm": "l1"}).normalise(x)
+    assert set(l1.unique().tolist()) <= {-1.0, 0.0, 1.0}
+
+
+@pytest.mark.parametrize("norm", ["inf", "l2", "l1"])
+def test_smart_runs_each_norm_and_logs(norm):
+    model = tiny_model(dropout=0.0)
+    batch = tiny_batch()
+    reg = build_regularizer("smart", {"norm": norm})
+    loss, logs = reg(model, batch, model(batch))
+    assert torch.isfinite(loss) and loss.item() > 0
+    assert 0.0 <= logs["smart_grad_share"] <= 1.0
+    if norm == "inf":  # MT-DNN's default: per-token inf-norm m / (m + eps) ~ 1 (m ~ a few 1e-5, eps 1e-6)
+        assert 0.8 < logs["smart_delta_inf"] <= 1.0
+
+
+def test_smart_ball_projection_stays_in_ball():
+    model = tiny_model(dropout=0.0)
+    batch = tiny_batch()
+    reg = build_regularizer("smart", {"projection": "ball", "radius": 1e-5, "step_size": 1.0, "k": 2})
+    loss, logs = reg(model, batch, model(batch))
+    assert logs["smart_delta_inf"] <= 1e-5 + 1e-12
+
+
+def test_smart_ascent_beats_random_direction():
+    model = tiny_model(dropout=0.0).eval()
+    batch = tiny_batch(pad_last=0)
+    clean = model(batch).detach()
+    reg = build_regularizer("smart", {"projection": "ball", "radius": 0.05, "noise_var": 1e-3, "step_size": 1.0})
+    captured = {}
+    orig = reg.ascend
+
+    def spy(delta, grad):
+        out = orig(delta, grad)
+        captured["delta"] = out
+        return out
+
+    reg.ascend = spy
+    torch.manual_seed(0)
+    reg(model, batch, clean)
+    adv = captured["delta"]
+
+    def inner(delta):
+        with model.perturb(0, lambda h: h + delta):
+            return losses.kl(clean, model(batch)).item()
+
+    rand = torch.randn_like(adv).sign() * adv.abs().amax()
+    assert inner(adv) > inner(rand)
+
+
+def test_smart_non_finite_gradient_skips_term(monkeypatch):
+    model = tiny_model(dropout=0.0)
+    batch = tiny_batch()
+    monkeypatch.setattr(losses, "adversarial_objective", lambda kind, c, n: (n * float("nan")).sum())
+    reg = build_regularizer("smart")
+    step = TrainStep(model, reg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss, tl, rl, logs = step(batch)
+    assert rl.item() == 0.0 and logs["smart_skipped"] == 1.0 and reg.skipped == 1
+    loss.backward()
+    opt.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# ---- R3F and all methods on all encoders --------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", ["smart", "rapt", "r3f"])
+def test_every_method_on_every_encoder(arch, method):
+    model = tiny_model(arch=arch, dropout=0.1)
+    batch = tiny_batch(token_types=arch not in ("distilbert", "roberta"))
+    options = {"max_layer": 2} if method == "rapt" else {}
+    step = TrainStep(model, build_regularizer(method, options))
+    loss, tl, rl, _ = step(batch)
+    assert torch.isfinite(loss) and rl.item() > 0
+    loss.backward()
+    emb = model.parts.word_embeddings.weight.grad
+    assert emb is not None and emb.abs().sum() > 0
+
+
+def test_standard_has_zero_regularizer():
+    model = tiny_model()
+    loss, tl, rl, _ = TrainStep(model, build_regularizer("standard"))(tiny_batch())
+    assert rl.item() == 0.0 and loss.item() == pytest.approx(tl.item())
+
+
+@pytest.mark.parametrize("method", ["smart", "rapt", "r3f"])
+def test_same_seed_same_losses(method):
+    def run():
+        model = tiny_model(dropout=0.1, seed=1)
+        torch.manual_seed(5)
+        reg = build_regularizer(method, {"max_layer": 2} if method == "rapt" else {}, seed=5)
+        step = TrainStep(model, reg)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        out = []
+        for s in range(3):
+            reg.step = s
+            loss, _, rl, _ = step(tiny_batch(seed=s))
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            out.append((loss.item(), rl.item()))
+        return out
+
+    assert run() == run()

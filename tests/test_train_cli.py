@@ -1,0 +1,119 @@
+"""End-to-end runs of ``python -m mt_dnn.train`` on a tiny random BERT and fixture GLUE files."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mt_dnn.train import main
+from tests.conftest import REPO
+
+
+def _records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _train(tmp_path, glue_dir, model_dir, *extra):
+    out = tmp_path / "run"
+    argv = ["--glue_dir", str(glue_dir), "--model", str(model_dir), "--output_dir", str(out),
+            "--cache_dir", str(tmp_path / "cache"), "--batch_size", "8", "--lr", "1e-3", "--log_every", "1", *extra]
+    assert main(argv) == 0
+    return out
+
+
+def test_single_task_run_writes_the_contract(tmp_path, glue_dir, tiny_model_dir):
+    out = _train(tmp_path, glue_dir, tiny_model_dir, "--tasks", "rte", "--epochs", "2")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["world_size"] == 1 and cfg["method"] == "standard" and cfg["resolved_pooling"] == "cls"
+    recs = _records(out)
+    dev = [r for r in recs if r["split"] == "dev"]
+    assert [r["epoch"] for r in dev] == [0, 1]
+    for r in dev:
+        assert set(r) >= {"epoch", "step", "task", "split", "method", "seed", "train_seconds", "metrics"}
+        assert set(r["metrics"]) == {"acc"}
+    train = recs[-1]
+    assert train["split"] == "train" and train["steps"] == 6 and train["reg_loss"] == 0.0 and train["loss"] > 0
+    assert (out / "best" / "model.safetensors").is_file() and (out / "best" / "tasks.yml").is_file()
+    assert "epoch 1" in (out / "train.log").read_text()
+
+
+def test_multi_task_run_evaluates_every_task(tmp_path, glue_dir, tiny_model_dir):
+    out = _train(tmp_path, glue_dir, tiny_model_dir, "--tasks", "rte,mrpc,stsb,cola", "--max_steps", "5",
+                 "--method", "rapt", "--rapt_max_layer", "2")
+    recs = _records(out)
+    dev = {r["task"]: r["metrics"] for r in recs if r["split"] == "dev"}
+    assert set(dev) == {"rte", "mrpc", "stsb", "cola"}
+    assert set(dev["mrpc"]) == {"acc", "f1"} and set(dev["stsb"]) == {"pearson", "spearman"}
+    assert set(dev["cola"]) == {"mcc", "acc"}
+    assert recs[-1]["split"] == "train" and recs[-1]["steps"] == 5 and recs[-1]["reg_loss"] > 0
+
+
+@pytest.mark.parametrize("method,flags", [("smart", []), ("r3f", []), ("rapt", ["--rapt_share_lower_layers", "--rapt_max_layer", "2"])])
+def test_methods_report_positive_reg_loss(tmp_path, glue_dir, tiny_model_dir, method, flags):
+    out = _train(tmp_path, glue_dir, tiny_model_dir, "--tasks", "mrpc", "--max_steps", "3", "--method", method,
+                 "--no_eval", *flags)
+    rec = _records(out)[-1]
+    assert rec["split"] == "train" and rec["reg_loss"] > 0
+    assert (out / "best" / "model.safetensors").is_file()
+
+
+def test_learns_the_fixture_task(tmp_path, tiny_model_dir):
+    """The cue-word SST fixture is learnable: a few epochs of a tiny model beat chance clearly."""
+    from tests.glue_fixtures import write_glue
+
+    glue = write_glue(tmp_path / "g", tasks=("sst",), n_train=160, n_dev=40)
+    out = _train(tmp_path, glue, tiny_model_dir, "--tasks", "sst", "--epochs", "8", "--lr", "2e-3")
+    best = max(r["metrics"]["acc"] for r in _records(out) if r["split"] == "dev")
+    assert best >= 0.75
+
+
+def test_init_checkpoint_loads_encoder_and_heads(tmp_path, glue_dir, tiny_model_dir):
+    first = _train(tmp_path, glue_dir, tiny_model_dir, "--tasks", "rte,mrpc", "--max_steps", "2")
+    second = tmp_path / "second"
+    assert main(["--glue_dir", str(glue_dir), "--init_checkpoint", str(first), "--output_dir", str(second),
+                 "--cache_dir", str(tmp_path / "cache"), "--tasks", "rte", "--max_steps", "1", "--lr", "1e-12"]) == 0
+    import torch
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(first / "best" / "model.safetensors")), load_file(str(second / "best" / "model.safetensors"))
+    assert torch.allclose(a["heads.rte.out.weight"], b["heads.rte.out.weight"], atol=1e-6)
+
+
+def _cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "mt_dnn.train", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+
+def test_help_lists_methods_and_options():
+    r = _cli("--help")
+    assert r.returncode == 0
+    for text in ("standard", "smart", "rapt", "r3f", "--rapt_eta", "--smart_step_size", "--r3f_lambda",
+                 "--rapt_share_lower_layers", "--task_sampling"):
+        assert text in r.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--tasks", "nope"], "unknown task(s) nope; valid tasks:"),
+    (["--tasks", "rte", "--method", "rapt", "--smart_k", "2"], "--smart_k is an option of --method smart"),
+    (["--tasks", "rte", "--precision", "fp32", "--batch_size", "0"], "--batch_size must be >= 1"),
+])
+def test_bad_flags_are_one_line_errors(tmp_path, args, message):
+    r = _cli("--glue_dir", str(tmp_path), "--output_dir", str(tmp_path / "o"), *args)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert message in r.stderr.strip().splitlines()[-1]
+
+
+def test_bad_data_is_a_one_line_error(tmp_path, glue_dir, tiny_model_dir):
+    path = glue_dir / "RTE" / "train.tsv"
+    lines = path.read_text().splitlines()
+    lines[3] = lines[3].rsplit("\t", 1)[0] + "\tmaybe"
+    path.write_text("\n".join(lines) + "\n")
+    r = _cli("--glue_dir", str(glue_dir), "--model", str(tiny_model_dir), "--output_dir", str(tmp_path / "o"),
+             "--cache_dir", str(tmp_path / "c"), "--tasks", "rte")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert f"{path}:4: unknown label 'maybe'" in last
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
