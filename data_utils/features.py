@@ -54,7 +54,11 @@ def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise DataError(f"tokenizer {type(tokenizer).__name__} is not a fast tokenizer")
-    h = hashlib.sha256(backend.to_str().encode("utf-8"))
+    definition = json.loads(backend.to_str())
+    # truncation/padding hold the settings of the last call, not the tokenizer: max_len is keyed separately
+    definition.pop("truncation", None)
+    definition.pop("padding", None)
+    h = hashlib.sha256(json.dumps(definition, sort_keys=True).encode("utf-8"))
     h.update(json.dumps(list(tokenizer.model_input_names)).encode())
     return h.hexdigest()
 
@@ -89,7 +93,9 @@ def _save(features: Features, path: Path) -> None:
         "input_ids": torch.cat(features.input_ids).to(torch.int32),
         "token_type_ids": (torch.cat(features.token_type_ids).to(torch.int8)
                            if features.token_type_ids is not None else None),
-        "labels": torch.tensor(features.labels) if features.labels is not None else None,
+        # float64 keeps regression scores exactly as read (2.857 stays 2.857)
+        "labels": (torch.tensor(features.labels, dtype=torch.float64 if any(isinstance(x, float) for x in
+                                features.labels) else torch.long) if features.labels is not None else None),
         "indices": features.indices,
     }
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ class Example:
     text_a: str
     text_b: str | None
     label: int | float | None
-    index: str  # the row's id in the file (the test index; the line number where a file has no id column)
+    index: str  # the row's id column (test index); the 0-based row number where a file has no id column
     line: int  # 1-based line number in the file
 
 

@@ -127,12 +127,14 @@ def _parse_split(where: str, name: str, block: Any) -> SplitDef:
     columns = block.get("columns")
     if not isinstance(header, bool):
         raise ConfigError(f"{where}: header must be true or false, got {header!r}")
+    if columns is not None and (not isinstance(columns, list) or not all(isinstance(c, str) for c in columns)):
+        raise ConfigError(f"{where}: columns must be a list of column names, got {columns!r}")
     if not header and not columns:
         raise ConfigError(f"{where}: a file without a header needs 'columns'")
     if header and columns:
         raise ConfigError(f"{where}: 'columns' is only for files without a header")
     rows = block.get("rows")
-    if rows is not None and (not isinstance(rows, int) or rows < 0):
+    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 0):
         raise ConfigError(f"{where}: rows must be a non-negative integer, got {rows!r}")
     if block.get("submission") and kind != "test":
         raise ConfigError(f"{where}: only test splits have a submission file")
@@ -162,6 +164,8 @@ def parse_task_block(name: str, block: Any, source: str = "task definitions") ->
         raise ConfigError(f"{where}: metrics must be a non-empty list")
     for m in metrics:
         _check_choice(where, "metric", m, METRICS)
+    if len(set(metrics)) != len(metrics):
+        raise ConfigError(f"{where}: metrics repeat: {metrics}")
     labels = block.get("labels")
     if block["type"] == "classification":
         if not isinstance(labels, list) or len(labels) < 2:

@@ -132,9 +132,6 @@ def test_subset(glue, tasks, tokenizer):
     assert torch.equal(sub.input_ids[0], feats.input_ids[3]) and sub.indices == [feats.indices[3], feats.indices[0]]
 
 
-@pytest.mark.xfail(strict=False, reason="BUG features.tokenizer_fingerprint hashes backend_tokenizer.to_str(), which "
-                   "includes the truncation settings the previous tokenizer call left behind, so the fingerprint "
-                   "(and the cache key) of the same tokenizer changes once it has tokenized anything")
 def test_fingerprint_is_stable_across_tokenizer_calls(tokenizer_dir):
     from transformers import AutoTokenizer
 
@@ -144,8 +141,6 @@ def test_fingerprint_is_stable_across_tokenizer_calls(tokenizer_dir):
     assert tokenizer_fingerprint(tok) == before
 
 
-@pytest.mark.xfail(strict=False, reason="BUG same as above: without an explicit fingerprint the second "
-                   "load_features call of a fresh tokenizer misses the cache the first call wrote")
 def test_cache_hit_without_explicit_fingerprint(tmp_path, tasks, tokenizer_dir, monkeypatch):
     from transformers import AutoTokenizer
 

@@ -1,0 +1,119 @@
+"""Step-time benchmark: standard, SMART and both RAPT paths on the same real RTE batches, interleaved.
+
+    python -m experiments.rapt.speed --glue_dir $GLUE_DIR --steps 30 --out experiments/rapt/results/speed.json
+
+Each method has its own copy of the model and optimizer, so all start from the same weights; at step i every
+method trains on batch i, in a rotating order, so machine noise hits them alike. A step is the full
+training step (forward passes, backward, clip, optimizer, scheduler). Reports each method's median step time
+and the ratios RAPT/SMART and RAPT/standard. RAPT's layer r varies with the step, so use >= 30 steps.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from data_utils.batching import MultiTaskSampler, collate
+from data_utils.features import load_features
+from data_utils.task_def import load_task_defs
+from mt_dnn.cli_utils import run_cli, setup_logging
+from mt_dnn.model import MultiTaskModel, checkpoint_pooling, load_encoder, resolve_model
+from mt_dnn.perturbation import build_regularizer
+from mt_dnn.trainer import TrainStep, seed_everything
+
+logger = logging.getLogger(__name__)
+
+METHODS = {
+    "standard": ("standard", {}),
+    "smart": ("smart", {}),
+    "rapt": ("rapt", {}),
+    "rapt_shared": ("rapt", {"share_lower_layers": True}),
+}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.rapt.speed", description=__doc__.splitlines()[0])
+    p.add_argument("--glue_dir", default="../shared/glue_data")
+    p.add_argument("--task", default="rte")
+    p.add_argument("--model", default=None, help="default: the packaged all-MiniLM-L6-v2")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per method")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per method first")
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--max_seq_len", type=int, default=128)
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--cache_dir", default=".cache/features")
+    p.add_argument("--out", default="experiments/rapt/results/speed.json")
+    args = p.parse_args(argv)
+    setup_logging()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(1)
+    task = load_task_defs()[args.task]
+    path = resolve_model(args.model)
+    encoder, tokenizer = load_encoder(path)
+    base = MultiTaskModel(encoder, [task], checkpoint_pooling(path))
+    feats = load_features(args.glue_dir, task, task.splits_of("train")[0], tokenizer, args.max_seq_len, args.cache_dir)
+    sampler = MultiTaskSampler({task.name: len(feats)}, args.batch_size, seed=1)
+    plan = sampler.epoch_plan(0)
+    total = args.warmup + args.steps
+    batches = [collate(feats, rows.tolist(), tokenizer.pad_token_id, task.type == "regression")
+               for _, rows in (plan * (total // len(plan) + 1))[:total]]
+    names = [m for m in args.methods.split(",") if m]
+    runs = {}
+    for name in names:
+        method, opts = METHODS[name]
+        model = copy.deepcopy(base).train()
+        reg = build_regularizer(method, opts, seed=1)
+        reg.check(model)
+        opt = torch.optim.AdamW(model.parameters(), lr=2e-5)
+        runs[name] = {"step": TrainStep(model, reg), "model": model, "opt": opt, "reg": reg, "times": []}
+    for i, batch in enumerate(batches):
+        order = names[i % len(names):] + names[: i % len(names)]
+        for name in order:
+            r = runs[name]
+            r["reg"].step = i
+            t0 = time.perf_counter()
+            loss, _, _, _ = r["step"](batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(r["model"].parameters(), 1.0)
+            r["opt"].step()
+            r["opt"].zero_grad(set_to_none=True)
+            dt = time.perf_counter() - t0
+            if i >= args.warmup:
+                r["times"].append(dt)
+        logger.info("step %d/%d  %s", i + 1, total,
+                    "  ".join(f"{n} {runs[n]['times'][-1]:.2f}s" for n in names if runs[n]["times"]))
+    med = {n: statistics.median(runs[n]["times"]) for n in names}
+    result = {
+        "task": args.task, "model": path, "steps": args.steps, "batch_size": args.batch_size,
+        "max_seq_len": args.max_seq_len, "threads": torch.get_num_threads(),
+        "mean_tokens_per_batch": sum(int(b["attention_mask"].sum()) for b in batches) / len(batches),
+        "median_seconds": med,
+        "mean_seconds": {n: statistics.mean(runs[n]["times"]) for n in names},
+        "ratios": {},
+    }
+    for a, b in (("rapt", "smart"), ("rapt_shared", "smart"), ("rapt", "standard"), ("rapt_shared", "standard"),
+                 ("smart", "standard")):
+        if a in med and b in med:
+            result["ratios"][f"{a}/{b}"] = med[a] / med[b]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"median step time over {args.steps} interleaved steps ({args.task}, batch {args.batch_size}):")
+    for n in names:
+        print(f"  {n:12s} {med[n]:.3f} s")
+    for k, v in result["ratios"].items():
+        print(f"  {k:22s} {v:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
