@@ -210,9 +210,6 @@ def test_cache_regression_labels_close(tmp_path, tasks, tokenizer, fp, monkeypat
     assert all(isinstance(x, float) for x in cached.labels)
 
 
-@pytest.mark.xfail(strict=False, reason="BUG features._save stores regression labels as float32 "
-                   "(torch.tensor(list of floats)), so scores like 2.857 come back from the cache as "
-                   "2.8570001125...: cached labels differ from freshly read ones")
 def test_cache_regression_labels_exact(tmp_path, tasks, tokenizer, fp, monkeypatch):
     root = write_glue(tmp_path / "glue", tasks=("stsb",))
     task, split = tasks["stsb"], tasks["stsb"].splits["train"]
