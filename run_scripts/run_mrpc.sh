@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Fine-tune on GLUE MRPC with the paper's defaults. usage: run_mrpc.sh {standard|smart|rapt|r3f} [flags...]
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+run_task mrpc "$@"
