@@ -254,6 +254,27 @@ class MultiTaskModel(nn.Module):
 
 # ---- saving and loading a trained model -----------------------------------------------------------------
 
+def swap_in(tmp: Path, final: Path) -> None:
+    """Publish a fully written folder ``tmp`` as ``final`` by renames, so a kill never leaves a broken one.
+
+    The old ``final`` is moved to ``final.old`` first and removed last; readers fall back to ``.old`` if a
+    kill lands between the two renames.
+    """
+    import os
+    import shutil
+
+    for f in tmp.rglob("*"):  # make the bytes durable before the rename publishes them
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    old = final.with_name(final.name + ".old")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def save_model(model: MultiTaskModel, tokenizer, tasks: list[TaskDef], out_dir: str | Path,
                extra: dict | None = None) -> None:
     """Write ``out_dir/``: encoder config + tokenizer (``encoder/``), all weights (``model.safetensors``),
@@ -262,7 +283,11 @@ def save_model(model: MultiTaskModel, tokenizer, tasks: list[TaskDef], out_dir: 
 
     from data_utils.task_def import dump_task_defs
 
-    out = Path(out_dir)
+    final = Path(out_dir)
+    out = final.with_name(final.name + ".tmp")
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
     (out / "encoder").mkdir(parents=True, exist_ok=True)
     model.encoder.config.save_pretrained(out / "encoder")
     tokenizer.save_pretrained(out / "encoder")
@@ -273,6 +298,7 @@ def save_model(model: MultiTaskModel, tokenizer, tasks: list[TaskDef], out_dir: 
             "heads": sorted(model.heads.keys()),
             "labels": {t.name: list(t.labels) if t.labels else None for t in tasks}, **(extra or {})}
     (out / "model.json").write_text(json.dumps(meta, indent=2))
+    swap_in(out, final)
 
 
 def load_model(model_dir: str | Path):

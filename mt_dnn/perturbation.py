@@ -22,7 +22,7 @@ import torch
 
 from data_utils.task_def import ConfigError
 from mt_dnn import losses
-from mt_dnn.model import LayerCapture, MultiTaskModel
+from mt_dnn.model import MultiTaskModel
 
 logger = logging.getLogger(__name__)
 

@@ -51,6 +51,8 @@ HELP = {
     "grad_accumulation_steps": "micro-batches per optimizer step",
     "init_checkpoint": "start from a trained run (its encoder and the heads of matching tasks)",
     "max_bad_steps": "stop after this many consecutive non-finite steps",
+    "save_every_steps": "write a resumable checkpoint/ every N steps (and at each epoch end)",
+    "resume": "continue from <output_dir>/checkpoint exactly (bit-identical on CPU); no checkpoint = fresh start",
     "log_every": "log the running loss every N steps",
     "device": "auto (cuda if available), cpu, cuda, cuda:1, ...",
 }
@@ -74,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m mt_dnn.train",
         description="Multi-task fine-tuning on GLUE with standard, SMART, RAPT or R3F training. "
                     f"Methods: {', '.join(methods)}.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file of flag values (flags given here win)")
     main = parser.add_argument_group("run")
     for f in dataclasses.fields(TrainConfig):
@@ -82,13 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         name = f"--{f.name}"
         default = f.default if f.default is not dataclasses.MISSING else None
+        if f.name in ("glue_dir", "output_dir"):
+            default = None  # resolved later ($GLUE_DIR; a name from the run's settings)
+        text = HELP[f.name] + (f" (default: {default})" if default not in (None, False) else "")
         if f.name == "task_def":
             main.add_argument(name, action="append", default=[], help=HELP[f.name])
-        elif f.name == "no_eval":
+        elif f.name in ("no_eval", "resume"):
             main.add_argument(name, action="store_true", help=HELP[f.name])
         else:
             choices = methods if f.name == "method" else CHOICES.get(f.name)
-            main.add_argument(name, type=_type_of(f), default=default, choices=choices, help=HELP[f.name])
+            main.add_argument(name, type=_type_of(f), default=default, choices=choices, help=text)
     for method in methods:
         group = parser.add_argument_group(f"--method {method} options ({REGISTRY[method].__doc__.splitlines()[0]})")
         for m, flag, default, meta, field_name in option_flags():
@@ -162,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(Path(cfg.output_dir) / "train.log")
     logger.info("command: %s", " ".join(sys.argv))
     trainer.train()
-    if not cfg.no_eval:
+    if not cfg.no_eval and trainer.is_main:
         print(f"best dev score {trainer.best_score:.4f}; model in {Path(cfg.output_dir) / 'best'}")
     return 0
 

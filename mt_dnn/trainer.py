@@ -5,12 +5,14 @@ last micro-step) unscale, clip, optimizer step, scheduler step, zero_grad(set_to
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,8 @@ from data_utils.features import Features, load_features, tokenizer_fingerprint
 from data_utils.metrics import compute_metrics
 from data_utils.task_def import ConfigError, TaskDef, load_task_defs, select_tasks
 from mt_dnn import losses
-from mt_dnn.model import MultiTaskModel, checkpoint_pooling, load_encoder, load_model, resolve_model, save_model
+from mt_dnn.model import (MultiTaskModel, checkpoint_pooling, load_encoder, load_model, resolve_model, save_model,
+                          swap_in)
 from mt_dnn.perturbation import Regularizer, build_regularizer
 
 logger = logging.getLogger(__name__)
@@ -66,6 +69,8 @@ class TrainConfig:
     grad_accumulation_steps: int = 1
     init_checkpoint: str | None = None
     max_bad_steps: int = 10
+    save_every_steps: int | None = None
+    resume: bool = False
     log_every: int = 50
     device: str = "auto"
     world_size: int = 1
@@ -87,6 +92,7 @@ class TrainConfig:
         need(self.max_seq_len >= 8, "--max_seq_len must be >= 8")
         need(self.max_train_samples is None or self.max_train_samples >= 1, "--max_train_samples must be >= 1")
         need(self.sampling_temperature > 0, "--sampling_temperature must be > 0")
+        need(self.save_every_steps is None or self.save_every_steps >= 1, "--save_every_steps must be >= 1")
         need(self.task_sampling in ("proportional", "uniform", "temperature"),
              f"--task_sampling {self.task_sampling!r}; choose one of proportional, uniform, temperature")
 
@@ -137,23 +143,44 @@ class TrainStep(nn.Module):
 
 @torch.no_grad()
 def predict(model: MultiTaskModel, features: Features, batch_size: int, device: torch.device, pad_id: int,
-            precision: str = "fp32") -> np.ndarray:
+            precision: str = "fp32", rank: int = 0, world_size: int = 1) -> np.ndarray:
     """Predictions for every row of ``features`` in file order: class ids (N,) or scores (N,).
 
-    Rows are batched by length (little padding); no gradients; the model is put in eval mode.
+    Rows are batched by length (little padding); no gradients; the model is put in eval mode. Under DDP each
+    rank predicts rows rank::world_size and the shards are gathered, so every row is predicted exactly once.
     """
     was_training = model.training
     model.eval()
     task = model.task_defs[features.task]
     regression = task.type == "regression"
     out = np.zeros(len(features), dtype=np.float64 if regression else np.int64)
-    for rows in eval_batches(features, batch_size):
+    mine: list[int] = []
+    for rows in eval_batches(features, batch_size, rank, world_size):
         batch = to_device(collate(features, rows, pad_id, regression), device)
         with autocast(device, precision):
             logits = model(batch).float()
         out[rows] = (logits.squeeze(-1) if regression else logits.argmax(-1)).cpu().numpy()
+        mine.extend(rows)
+    if world_size > 1:
+        shards: list = [None] * world_size
+        torch.distributed.all_gather_object(shards, (mine, out[mine].tolist()))
+        for rows, values in shards:
+            out[rows] = values
     model.train(was_training)
     return out
+
+
+def init_distributed(device: str) -> tuple[int, int, int]:
+    """Join the torchrun process group when WORLD_SIZE > 1: nccl on GPUs, gloo on CPU. Returns (rank, world, local)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and device != "cpu"
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
 
 
 class Trainer:
@@ -163,8 +190,15 @@ class Trainer:
         cfg.validate()
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
+        self.rank, self.world_size, local_rank = init_distributed(cfg.device)
+        cfg.world_size = self.world_size
         self.device = pick_device(cfg.device)
-        self.is_main = True
+        if self.device.type == "cuda" and self.world_size > 1:
+            self.device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(self.device)
+        self.is_main = self.rank == 0
+        self.resumed = False
+        self._evaluated_epoch: int | None = None
         self.step = 0
         self.bad_steps = 0
         self.skipped_steps = 0
@@ -200,8 +234,14 @@ class Trainer:
                     sum(p.numel() for p in self.model.parameters()) / 1e6)
         self._load_data()
         self.step_module = TrainStep(self.model, self.reg)
+        self.wrapped: nn.Module = self.step_module
+        if self.world_size > 1:  # the whole regularized step is one forward of the wrapped module
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.wrapped = DDP(self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                               find_unused_parameters=True)
         self.sampler = MultiTaskSampler({t: len(f) for t, f in self.train_data.items()}, cfg.batch_size, cfg.seed,
-                                        cfg.task_sampling, cfg.sampling_temperature)
+                                        cfg.task_sampling, cfg.sampling_temperature, self.rank, self.world_size)
         micro_per_epoch = self.sampler.steps_per_epoch()
         self.steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accumulation_steps)
         self.total_steps = cfg.max_steps or self.steps_per_epoch * cfg.epochs
@@ -210,8 +250,16 @@ class Trainer:
         self.scheduler = get_linear_schedule_with_warmup(
             self.optimizer, int(cfg.warmup * self.total_steps), self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
-        logger.info("%d optimizer steps (%d per epoch), batch %d, method %s", self.total_steps,
-                    self.steps_per_epoch, cfg.batch_size, cfg.method)
+        logger.info("%d optimizer steps (%d per epoch), batch %d x %d processes, method %s", self.total_steps,
+                    self.steps_per_epoch, cfg.batch_size, self.world_size, cfg.method)
+        if cfg.resume:
+            ckpt = self.find_checkpoint()
+            if ckpt is None:
+                logger.info("--resume: no checkpoint in %s, starting from scratch", self.out)
+            else:
+                self.load_checkpoint(ckpt)
+        if self.world_size > 1 and not self.resumed:  # dropout and noise differ by rank; data order does not
+            torch.manual_seed(cfg.seed * 1000 + self.rank)
 
     def _init_from_checkpoint(self, path: str):
         """Encoder and matching heads from a trained run (``RUN_DIR`` or ``RUN_DIR/best``); new heads for the rest."""
@@ -278,7 +326,8 @@ class Trainer:
         primaries: dict[str, list[float]] = {}
         for feats in self.dev:
             task = self.model.task_defs[feats.task]
-            preds = predict(self.model, feats, self.cfg.eval_batch_size, self.device, self.pad_id, self.cfg.precision)
+            preds = predict(self.model, feats, self.cfg.eval_batch_size, self.device, self.pad_id, self.cfg.precision,
+                            self.rank, self.world_size)
             metrics = compute_metrics(task.metrics, preds, feats.labels)
             self.log_metrics({"epoch": epoch, "step": self.step, "task": task.name, "split": "dev",
                               "split_name": feats.split, "method": self.cfg.method, "seed": self.cfg.seed,
@@ -289,20 +338,15 @@ class Trainer:
         return float(np.mean([np.mean(v) for v in primaries.values()])) if primaries else float("nan")
 
     def maybe_save_best(self, score: float, epoch: int) -> None:
-        if self.is_main and score > self.best_score:
+        if score > self.best_score:  # every rank holds the same gathered predictions, hence the same score
             self.best_score = score
+            if not self.is_main:
+                return
             save_model(self.model, self.tokenizer, self.tasks, self.out / "best",
                        {"epoch": epoch, "step": self.step, "score": score, "method": self.cfg.method})
             logger.info("new best dev score %.4f at epoch %d (saved to %s)", score, epoch, self.out / "best")
 
     # ---- training -----------------------------------------------------------------------------------------
-
-    def _micro_batches(self):
-        """Endless (task, rows) stream over epochs; yields (epoch, task, rows, epoch_ended_after)."""
-        while True:
-            epoch = self.sampler.state.epoch
-            for task, rows in self.sampler:
-                yield epoch, task, rows
 
     def train_step(self, micro: list[tuple[str, list[int]]]) -> bool:
         """One optimizer step over ``micro`` (the accumulation micro-batches). False if skipped (non-finite)."""
@@ -311,20 +355,28 @@ class Trainer:
         finite = True
         tl_sum = rl_sum = 0.0
         logs_last: dict[str, float] = {}
-        for task, rows in micro:
+        for k, (task, rows) in enumerate(micro):
             feats = self.train_data[task]
             batch = to_device(collate(feats, rows, self.pad_id, self.model.task_defs[task].type == "regression"),
                               self.device)
             self.reg.step = self.step
-            with autocast(self.device, cfg.precision):
-                loss, tl, rl, logs = self.step_module(batch)
-            if not torch.isfinite(loss):
-                finite = False
-                break
-            self.scaler.scale(loss / n).backward()
+            # under DDP, gradients are all-reduced only on the last micro-step
+            sync = k == n - 1 or not hasattr(self.wrapped, "no_sync")
+            with (contextlib.nullcontext() if sync else self.wrapped.no_sync()):
+                with autocast(self.device, cfg.precision):
+                    loss, tl, rl, logs = self.wrapped(batch)
+                loss = self.fault(loss, self.step)
+                if not torch.isfinite(loss):
+                    finite = False
+                    break
+                self.scaler.scale(loss / n).backward()
             tl_sum += float(tl)
             rl_sum += float(rl)
             logs_last = logs
+        if self.world_size > 1:  # every rank must agree to skip, or the ranks' weights would drift apart
+            flag = torch.tensor([1.0 if finite else 0.0], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            finite = bool(flag.item())
         if finite:
             self.scaler.unscale_(self.optimizer)
             gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
@@ -340,48 +392,80 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return finite
 
+    def fault(self, loss: torch.Tensor, step: int) -> torch.Tensor:
+        """Test hooks: ``MT_DNN_NAN_AT_STEP=k[,j]`` makes the first attempt at step k a NaN loss;
+        ``MT_DNN_NAN_FROM_STEP=k`` makes every attempt from step k on NaN (exercises --max_bad_steps)."""
+        once = os.environ.get("MT_DNN_NAN_AT_STEP")
+        always = os.environ.get("MT_DNN_NAN_FROM_STEP")
+        fired = self.__dict__.setdefault("_faulted", set())
+        if once is not None and step in {int(x) for x in once.split(",")} and step not in fired:
+            fired.add(step)
+            return loss * float("nan")
+        if always is not None and step >= int(always):
+            return loss * float("nan")
+        return loss
+
+    def _after_step(self, ok: bool) -> None:
+        if not ok:
+            self.bad_steps += 1
+            self.skipped_steps += 1
+            logger.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)",
+                           self.step, self.bad_steps)
+            if self.bad_steps >= self.cfg.max_bad_steps:
+                raise ConfigError(f"{self.bad_steps} consecutive non-finite steps (--max_bad_steps "
+                                  f"{self.cfg.max_bad_steps}); stopping, last good checkpoint kept. "
+                                  "Lower --lr or use --precision fp32.")
+            return
+        self.bad_steps = 0
+        self.step += 1
+        self.bar.update(1)
+        if os.environ.get("MT_DNN_STEP_DELAY"):  # test hook: slow a run down so a test can kill it mid-way
+            time.sleep(float(os.environ["MT_DNN_STEP_DELAY"]))
+        if self.step % self.cfg.log_every == 0 and self.loss_count:
+            extra = " ".join(f"{k} {v:.4g}" for k, v in self.last_logs.items())
+            logger.info("step %d/%d loss %.4f reg %.4f lr %.2e %s", self.step, self.total_steps,
+                        self.loss_sum / self.loss_count, self.reg_sum / self.loss_count,
+                        self.scheduler.get_last_lr()[0], extra)
+            self.bar.set_postfix(loss=f"{self.loss_sum / self.loss_count:.4f}")
+        if self.cfg.save_every_steps and self.step % self.cfg.save_every_steps == 0 and self.step < self.total_steps:
+            self.save_checkpoint()
+
     def train(self) -> dict:
+        """The loop: epochs of the sampler's plan, one optimizer step per ``grad_accumulation_steps`` batches."""
         cfg = self.cfg
-        self.write_config()
-        (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        if self.is_main:
+            self.write_config()
+            if not self.resumed:
+                (self.out / "metrics.jsonl").unlink(missing_ok=True)
         self.model.train()
         self.last_logs: dict[str, float] = {}
-        show_bar = self.is_main and os.environ.get("MT_DNN_NO_TQDM") is None
         from tqdm import tqdm
-        bar = tqdm(total=self.total_steps, desc=f"{cfg.method} {cfg.tasks}", disable=not show_bar, dynamic_ncols=True)
-        stream = self._micro_batches()
-        epoch = 0
+        self.bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{cfg.method} {cfg.tasks}",
+                        disable=not self.is_main or os.environ.get("MT_DNN_NO_TQDM") is not None,
+                        dynamic_ncols=True)
+        epoch = self.sampler.state.epoch
         while self.step < self.total_steps:
-            micro = []
-            for _ in range(cfg.grad_accumulation_steps):
-                ep, task, rows = next(stream)
-                if ep != epoch:  # the sampler crossed into a new epoch: finish the old one first
-                    self._end_epoch(epoch)
-                    epoch = ep
+            epoch = self.sampler.state.epoch
+            micro: list[tuple[str, list[int]]] = []
+            for task, rows in self.sampler:  # continues from the sampler's position (resume)
                 micro.append((task, rows))
-            t0 = time.perf_counter()
-            ok = self.train_step(micro)
-            self.train_seconds += time.perf_counter() - t0
-            if not ok:
-                self.bad_steps += 1
-                self.skipped_steps += 1
-                logger.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)",
-                               self.step, self.bad_steps)
-                if self.bad_steps >= cfg.max_bad_steps:
-                    raise ConfigError(f"{self.bad_steps} consecutive non-finite steps (--max_bad_steps "
-                                      f"{cfg.max_bad_steps}); stopping. Lower --lr or use --precision fp32.")
+                if len(micro) == cfg.grad_accumulation_steps:
+                    self._after_step(self._timed_step(micro))
+                    micro = []
+                    if self.step >= self.total_steps:
+                        break
+            else:  # the epoch ran to its end
+                if micro:  # a last, shorter accumulation
+                    self._after_step(self._timed_step(micro))
+                self._end_epoch(epoch)
                 continue
-            self.bad_steps = 0
-            self.step += 1
-            bar.update(1)
-            if self.step % cfg.log_every == 0 and self.loss_count:
-                extra = " ".join(f"{k} {v:.4g}" for k, v in self.last_logs.items())
-                logger.info("step %d/%d loss %.4f reg %.4f lr %.2e %s", self.step, self.total_steps,
-                            self.loss_sum / self.loss_count, self.reg_sum / self.loss_count,
-                            self.scheduler.get_last_lr()[0], extra)
-                bar.set_postfix(loss=f"{self.loss_sum / self.loss_count:.4f}")
-        bar.close()
-        self._end_epoch(epoch, final=True)
+            break  # --max_steps reached inside an epoch
+        self.bar.close()
+        if self.sampler.state.position > 0 or self._evaluated_epoch != epoch:
+            self._end_epoch(epoch, save=False)  # a --max_steps run: evaluate where it stopped
+        if self.cfg.no_eval and self.is_main:  # nothing to compare: the final model is the one to keep
+            save_model(self.model, self.tokenizer, self.tasks, self.out / "best",
+                       {"epoch": epoch, "step": self.step, "score": None, "method": cfg.method})
         record = {"epoch": epoch, "step": self.step, "task": cfg.tasks, "split": "train", "method": cfg.method,
                   "seed": cfg.seed, "train_seconds": round(self.train_seconds, 3), "steps": self.step,
                   "skipped_steps": self.skipped_steps,
@@ -391,15 +475,98 @@ class Trainer:
                     self.train_seconds, record["loss"], record["reg_loss"])
         return record
 
-    def _end_epoch(self, epoch: int, final: bool = False) -> None:
-        if getattr(self, "_evaluated_epoch", None) == epoch:
-            return
+    def _timed_step(self, micro) -> bool:
+        t0 = time.perf_counter()
+        ok = self.train_step(micro)
+        self.train_seconds += time.perf_counter() - t0
+        return ok
+
+    def _end_epoch(self, epoch: int, save: bool = True) -> None:
         self._evaluated_epoch = epoch
         logger.info("epoch %d ended at step %d (%.1f s of training so far)", epoch, self.step, self.train_seconds)
-        if self.cfg.no_eval:
-            if final and self.is_main:  # nothing to compare: the final model is the one to keep
-                save_model(self.model, self.tokenizer, self.tasks, self.out / "best",
-                           {"epoch": epoch, "step": self.step, "score": None, "method": self.cfg.method})
+        if not self.cfg.no_eval:
+            score = self.evaluate(epoch)
+            self.maybe_save_best(score, epoch)
+        if save and self.step < self.total_steps and (self.cfg.save_every_steps or self.cfg.resume):
+            self.save_checkpoint()
+
+    # ---- checkpoints ------------------------------------------------------------------------------------
+
+    def _trainer_state(self) -> dict:
+        """Everything but the weights, as tensors and plain values (loadable with weights_only=True)."""
+        np_state = np.random.get_state()
+        py_state = random.getstate()
+        metrics = self.out / "metrics.jsonl"
+        return {
+            "step": self.step, "best_score": self.best_score, "train_seconds": self.train_seconds,
+            "loss_sum": self.loss_sum, "reg_sum": self.reg_sum, "loss_count": self.loss_count,
+            "skipped_steps": self.skipped_steps, "evaluated_epoch": self._evaluated_epoch,
+            "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0,
+            "sampler": self.sampler.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng_torch": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rng_numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+            "rng_numpy_meta": [int(np_state[2]), int(np_state[3]), float(np_state[4])],
+            "rng_python": torch.tensor(py_state[1], dtype=torch.int64),
+            "rng_python_gauss": py_state[2],
+            "world_size": self.world_size,
+            "smart_skipped": getattr(self.reg, "skipped", 0),
+        }
+
+    def save_checkpoint(self) -> None:
+        """Write ``checkpoint/`` atomically: into a fresh folder, then swap it in by renames."""
+        if self.world_size > 1:
+            torch.distributed.barrier()
+        if not self.is_main:
             return
-        score = self.evaluate(epoch)
-        self.maybe_save_best(score, epoch)
+        from safetensors.torch import save_file
+
+        final = self.out / "checkpoint"
+        tmp = self.out / f"checkpoint.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()},
+                  str(tmp / "model.safetensors"))
+        torch.save(self._trainer_state(), tmp / "trainer_state.pt")
+        swap_in(tmp, final)
+        logger.info("checkpoint saved at step %d", self.step)
+
+    def find_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint: ``checkpoint/``, or ``checkpoint.old/`` if a kill hit the swap."""
+        for name in ("checkpoint", "checkpoint.old"):
+            d = self.out / name
+            if (d / "model.safetensors").is_file() and (d / "trainer_state.pt").is_file():
+                return d
+        return None
+
+    def load_checkpoint(self, d: Path) -> None:
+        from safetensors.torch import load_file
+
+        self.model.load_state_dict(load_file(str(d / "model.safetensors")))
+        st = torch.load(d / "trainer_state.pt", weights_only=True)
+        if st["world_size"] != self.world_size:
+            raise ConfigError(f"{d}: saved with {st['world_size']} processes, resumed with {self.world_size}")
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.scaler.load_state_dict(st["scaler"])
+        self.sampler.load_state_dict(st["sampler"])
+        self.step, self.best_score, self.train_seconds = st["step"], st["best_score"], st["train_seconds"]
+        self.loss_sum, self.reg_sum, self.loss_count = st["loss_sum"], st["reg_sum"], st["loss_count"]
+        self.skipped_steps, self._evaluated_epoch = st["skipped_steps"], st["evaluated_epoch"]
+        if hasattr(self.reg, "skipped"):
+            self.reg.skipped = st["smart_skipped"]
+        torch.set_rng_state(st["rng_torch"])
+        if st["rng_cuda"]:
+            torch.cuda.set_rng_state_all(st["rng_cuda"])
+        pos, has_gauss, cached = st["rng_numpy_meta"]
+        np.random.set_state(("MT19937", st["rng_numpy"].numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
+        random.setstate((3, tuple(int(x) for x in st["rng_python"].tolist()), st["rng_python_gauss"]))
+        metrics = self.out / "metrics.jsonl"
+        if self.is_main and metrics.exists():  # drop records written after this checkpoint
+            with open(metrics, "r+b") as f:
+                f.truncate(st["metrics_bytes"])
+        self.resumed = True
+        logger.info("resumed from %s at step %d (epoch %d, batch %d)", d, self.step,
+                    self.sampler.state.epoch, self.sampler.state.position)

@@ -1,0 +1,191 @@
+"""Resume after SIGKILL, atomic checkpoints, torchrun DDP on CPU (gloo), accumulation, NaN skips, bf16."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from data_utils.task_def import load_task_defs
+from mt_dnn.train import main
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def no_dropout_model(tmp_path_factory, tiny_model_dir):
+    """The tiny BERT with dropout 0, and a task file giving RTE's head dropout 0: updates are deterministic."""
+    from transformers import AutoConfig
+
+    d = tmp_path_factory.mktemp("tiny_nodrop")
+    for f in tiny_model_dir.iterdir():
+        shutil.copy(f, d / f.name)
+    cfg = AutoConfig.from_pretrained(d)
+    cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = 0.0
+    cfg.save_pretrained(d)
+    rte = load_task_defs()["rte"].to_dict()
+    rte["dropout"] = 0.0
+    (d / "tasks.yml").write_text(yaml.safe_dump({"rte": rte}))
+    return d
+
+
+def _args(glue, model, out, cache, *extra):
+    return ["--glue_dir", str(glue), "--model", str(model), "--output_dir", str(out), "--cache_dir", str(cache),
+            "--tasks", "rte", "--lr", "1e-3", "--log_every", "1", *extra]
+
+
+def _dev(out):
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [(r["epoch"], r["step"], r["metrics"]) for r in recs if r["split"] == "dev"], recs[-1]
+
+
+def _env(**extra):
+    return {**os.environ, "MT_DNN_NO_TQDM": "1", "PYTHONPATH": str(REPO), **extra}
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path, glue_dir, tiny_model_dir):
+    common = ("--epochs", "3", "--batch_size", "4", "--method", "rapt", "--rapt_max_layer", "2",
+              "--save_every_steps", "2")
+    alone = tmp_path / "alone"
+    assert main(_args(glue_dir, tiny_model_dir, alone, tmp_path / "c", *common)) == 0
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "mt_dnn.train", *_args(glue_dir, tiny_model_dir, killed, tmp_path / "c", *common)]
+    proc = subprocess.Popen(cmd, env=_env(MT_DNN_STEP_DELAY="0.4"), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoint" / "trainer_state.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.9)  # a couple of steps past the first checkpoint
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = torch.load(killed / "checkpoint" / "trainer_state.pt", weights_only=True)
+    assert 0 < state["step"] < 18
+    assert main(_args(glue_dir, tiny_model_dir, killed, tmp_path / "c", *common, "--resume")) == 0
+    dev_a, train_a = _dev(alone)
+    dev_b, train_b = _dev(killed)
+    assert dev_a == dev_b and len(dev_a) == 3
+    assert train_a["loss"] == train_b["loss"] and train_a["reg_loss"] == train_b["reg_loss"]
+    wa, wb = load_file(str(alone / "best" / "model.safetensors")), load_file(str(killed / "best" / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_kill_during_save_leaves_previous_checkpoint(tmp_path, glue_dir, tiny_model_dir, monkeypatch):
+    out = tmp_path / "run"
+    assert main(_args(glue_dir, tiny_model_dir, out, tmp_path / "c", "--max_steps", "4", "--batch_size", "4",
+                      "--save_every_steps", "2", "--no_eval")) == 0
+    before = torch.load(out / "checkpoint" / "trainer_state.pt", weights_only=True)["step"]
+    import mt_dnn.trainer as tr
+
+    def boom(*a, **k):
+        raise OSError("killed while saving")
+
+    trainer = tr.Trainer(tr.TrainConfig(tasks="rte", glue_dir=str(glue_dir), model=str(tiny_model_dir),
+                                        output_dir=str(out), cache_dir=str(tmp_path / "c"), batch_size=4))
+    trainer.setup()
+    monkeypatch.setattr(tr.torch, "save", boom)  # dies after the weights, before the trainer state
+    with pytest.raises(OSError):
+        trainer.save_checkpoint()
+    monkeypatch.undo()
+    assert trainer.find_checkpoint() == out / "checkpoint"
+    assert torch.load(out / "checkpoint" / "trainer_state.pt", weights_only=True)["step"] == before
+    # a kill between the two renames of the swap leaves only checkpoint.old: it is found and used
+    os.replace(out / "checkpoint", out / "checkpoint.old")
+    assert trainer.find_checkpoint() == out / "checkpoint.old"
+    trainer.load_checkpoint(out / "checkpoint.old")
+    assert trainer.step == before
+
+
+def test_nan_loss_step_is_skipped_and_counted(tmp_path, glue_dir, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("MT_DNN_NAN_AT_STEP", "1")
+    out = tmp_path / "run"
+    assert main(_args(glue_dir, tiny_model_dir, out, tmp_path / "c", "--max_steps", "3", "--batch_size", "4")) == 0
+    _, train = _dev(out)
+    assert train["steps"] == 3 and train["skipped_steps"] == 1
+    w = load_file(str(out / "best" / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in w.values())
+
+
+def test_consecutive_nan_steps_stop_the_run(tmp_path, glue_dir, tiny_model_dir):
+    r = subprocess.run([sys.executable, "-m", "mt_dnn.train",
+                        *_args(glue_dir, tiny_model_dir, tmp_path / "o", tmp_path / "c", "--max_steps", "5",
+                               "--batch_size", "4", "--max_bad_steps", "3")],
+                       env=_env(MT_DNN_NAN_FROM_STEP="2"), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "3 consecutive non-finite steps" in r.stderr.strip().splitlines()[-1]
+
+
+def test_bf16_runs_on_cpu(tmp_path, glue_dir, tiny_model_dir):
+    out = tmp_path / "run"
+    assert main(_args(glue_dir, tiny_model_dir, out, tmp_path / "c", "--max_steps", "2", "--batch_size", "4",
+                      "--precision", "bf16", "--method", "rapt", "--rapt_max_layer", "2")) == 0
+    _, train = _dev(out)
+    assert train["steps"] == 2 and train["reg_loss"] > 0
+
+
+def _weights(out):
+    return load_file(str(out / "best" / "model.safetensors"))
+
+
+def test_accumulation_equals_the_big_batch(tmp_path, glue_dir, no_dropout_model):
+    """8 training rows: one batch of 8, or two micro-batches of 4 accumulated: the same update."""
+    td = ("--task_def", str(no_dropout_model / "tasks.yml"), "--no_eval", "--max_steps", "1", "--warmup", "0",
+          "--max_train_samples", "8")
+    big, acc = tmp_path / "big", tmp_path / "acc"
+    assert main(_args(glue_dir, no_dropout_model, big, tmp_path / "c", "--batch_size", "8", *td)) == 0
+    assert main(_args(glue_dir, no_dropout_model, acc, tmp_path / "c", "--batch_size", "4",
+                      "--grad_accumulation_steps", "2", *td)) == 0
+    first = load_file(str(no_dropout_model / "model.safetensors"))
+    wa, wb = _weights(big), _weights(acc)
+    moved = [k for k in wa if k.startswith("encoder.") and k[8:] in first and not torch.equal(wa[k], first[k[8:]])]
+    assert moved, "the step changed nothing"
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-6, rtol=1e-5), k
+
+
+def _torchrun(nproc, args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc_per_node={nproc}", "-m", "mt_dnn.train", *args],
+                          env=_env(OMP_NUM_THREADS="1"), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def test_two_ranks_equal_one_rank_with_twice_the_batch(tmp_path, glue_dir, no_dropout_model):
+    td = ("--task_def", str(no_dropout_model / "tasks.yml"), "--no_eval", "--max_steps", "2", "--warmup", "0")
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(_args(glue_dir, no_dropout_model, one, tmp_path / "c", "--batch_size", "8", *td)) == 0
+    r = _torchrun(2, _args(glue_dir, no_dropout_model, two, tmp_path / "c", "--batch_size", "4", *td))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((two / "config.json").read_text())["world_size"] == 2
+    wa, wb = _weights(one), _weights(two)
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-5, rtol=1e-4), k
+
+
+def test_two_rank_gloo_run_with_rapt_and_eval(tmp_path, glue_dir, tiny_model_dir):
+    out = tmp_path / "ddp"
+    r = _torchrun(2, _args(glue_dir, tiny_model_dir, out, tmp_path / "c", "--tasks", "rte,mrpc", "--epochs", "1",
+                           "--batch_size", "4", "--method", "rapt", "--rapt_max_layer", "2"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    dev = [x for x in recs if x["split"] == "dev"]
+    assert sorted(x["task"] for x in dev) == ["mrpc", "rte"]  # written once, by rank 0
+    assert recs[-1]["split"] == "train" and recs[-1]["reg_loss"] > 0
+    # gathered evaluation equals a single-process evaluation of the same saved model
+    from mt_dnn.model import load_model
+    from data_utils.features import load_features
+    from data_utils.metrics import compute_metrics
+    from mt_dnn.trainer import predict
+
+    model, tok, tasks = load_model(out / "best")
+    for t in tasks:
+        feats = load_features(glue_dir, t, t.splits["dev"], tok, 128)
+        m = compute_metrics(t.metrics, predict(model, feats, 3, torch.device("cpu"), tok.pad_token_id), feats.labels)
+        best_epoch = [x for x in dev if x["task"] == t.name][-1]["metrics"]
+        assert m == pytest.approx(best_epoch)
