@@ -16,8 +16,8 @@ pytestmark = pytest.mark.skipif(GLUE is None, reason="real GLUE files not found 
 def test_packaged_minilm_on_real_rte(tmp_path, method):
     out = tmp_path / "run"
     argv = ["--tasks", "rte", "--method", method, "--glue_dir", str(GLUE), "--output_dir", str(out),
-            "--cache_dir", str(tmp_path / "cache"), "--max_steps", "24", "--batch_size", "16",
-            "--max_seq_len", "64", "--max_train_samples", "384", "--lr", "5e-5", "--log_every", "8"]
+            "--cache_dir", str(tmp_path / "cache"), "--max_steps", "24", "--batch_size", "8",
+            "--max_seq_len", "48", "--max_train_samples", "192", "--lr", "5e-5", "--log_every", "8"]
     assert main(argv) == 0
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     dev = [r for r in records if r["split"] == "dev"]

@@ -1,0 +1,280 @@
+"""The RAPT campaign runner (experiments.rapt.campaign) and Figure 1 (experiments.rapt.figure1).
+
+One test runs real ``mt_dnn.train`` subprocesses (tiny BERT, fixture GLUE files, 2 steps each); the report and
+the figure are checked on hand-written metrics files whose expected numbers are worked out below.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from experiments.rapt import campaign, figure1
+from mt_dnn.cli_utils import run_cli
+
+
+def _grid(path: Path, **overrides) -> Path:
+    grid = {"tasks": ["rte"], "seeds": [1, 2],
+            "flags": {"max_steps": 2, "batch_size": 8, "lr": 1.0e-3, "save_every_steps": 1, "log_every": 1},
+            "methods": {"standard": {"method": "standard"}, "rapt": {"method": "rapt", "rapt_max_layer": 2}}}
+    grid.update(overrides)
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    return path
+
+
+def _progress(root: Path) -> list[list[str]]:
+    return [line.split("\t") for line in (root / "progress.log").read_text().splitlines()]
+
+
+def _run_folders(root: Path) -> list[Path]:
+    return sorted(p.parent for p in root.glob("rte/*/s*/flags.json"))
+
+
+def test_campaign_runs_skips_and_resumes(tmp_path, glue_dir, tiny_model_dir):
+    grid = _grid(tmp_path / "grid.yml")
+    root = tmp_path / "camp"
+    base = ["--grid", str(grid), "--root", str(root), "--glue_dir", str(glue_dir), "--model", str(tiny_model_dir)]
+    assert campaign.main([*base, "--jobs", "2", "--keep_checkpoints"]) == 0
+
+    folders = _run_folders(root)
+    assert [(f.parent.name, f.name.split("-")[0]) for f in folders] == [
+        ("rapt", "s1"), ("rapt", "s2"), ("standard", "s1"), ("standard", "s2")]
+    for f in folders:
+        assert campaign.is_finished(f)
+        info = json.loads((f / "flags.json").read_text())
+        assert info["identity"]["max_steps"] == 2 and f.name.endswith(info["hash"])
+        assert "--resume" in (f / "campaign.out").read_text()
+    first = _progress(root)
+    assert sorted(s for _, _, s, _ in first) == ["done"] * 4 + ["start"] * 4
+    assert (root / "table2.md").is_file() and (root / "table2.json").is_file()
+    report = json.loads((root / "table2.json").read_text())
+    assert report["methods"] == ["standard", "rapt"] and report["rows"]["rapt"]["tasks"]["rte"]["seeds"] == [1, 2]
+
+    # a rerun starts no subprocess: every run is logged as skipped
+    assert campaign.main(base) == 0
+    second = _progress(root)[len(first):]
+    assert [s for _, _, s, _ in second] == ["skip"] * 4
+
+    # an unfinished run (train record gone, a checkpoint at step 1 left) is resumed, and only it
+    victim = next(f for f in folders if f.parent.name == "rapt" and f.name.startswith("s2-"))
+    assert (victim / "checkpoint" / "trainer_state.pt").is_file()
+    lines = (victim / "metrics.jsonl").read_text().splitlines()
+    (victim / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    assert campaign.run_status(victim) == "resume"
+    assert campaign.main(base) == 0
+    third = _progress(root)[len(first) + len(second):]
+    label = f"rte/rapt/{victim.name}"
+    assert [(r, s) for _, r, s, _ in third if s != "skip"] == [(label, "resume"), (label, "done")]
+    assert sum(s == "skip" for _, _, s, _ in third) == 3
+    assert "resumed from" in (victim / "campaign.out").read_text()  # logged before train.log opens
+    assert campaign.is_finished(victim) and not (victim / "checkpoint").exists()  # removed once finished
+
+
+def test_a_failed_run_is_logged_and_the_campaign_exits_1(tmp_path, monkeypatch, capsys):
+    """No real training here: the subprocess is replaced by one that fails at once."""
+    calls = []
+
+    def fake_run(cmd, stdout, stderr, env):
+        calls.append(cmd)
+        stdout.write("error: boom\n")
+        return campaign.subprocess.CompletedProcess(cmd, 2)
+
+    monkeypatch.setattr(campaign.subprocess, "run", fake_run)
+    grid = _grid(tmp_path / "grid.yml", seeds=[1])
+    root = tmp_path / "camp"
+    assert campaign.main(["--grid", str(grid), "--root", str(root)]) == 1
+    assert len(calls) == 2 and all(c[1:3] == ["-m", "mt_dnn.train"] and c[-1] == "--resume" for c in calls)
+    assert [s for _, _, s, _ in _progress(root)].count("failed rc=2") == 2
+    assert "2 run(s) failed" in capsys.readouterr().err
+    assert all(campaign.run_status(f) == "run" for f in _run_folders(root))  # nothing written: a fresh start next
+
+
+def test_subprocesses_get_one_thread_when_side_by_side():
+    assert campaign.run_env(2)["OMP_NUM_THREADS"] == "1"
+    assert campaign.run_env(1).get("MT_DNN_NO_TQDM") == "1"
+
+
+def test_folder_hash_follows_the_hyperparameters(tmp_path, glue_dir):
+    def folders(**flags) -> dict[str, Path]:
+        g = campaign.load_grid(_grid(tmp_path / "g.yml", flags=flags))
+        return {f"{r.name}{r.seed}": r.folder for r in campaign.plan_runs(g, tmp_path / "root")}
+
+    a = folders(lr=3.0e-5, epochs=2)
+    assert folders(lr="3e-5", epochs=2, cache_dir="elsewhere", log_every=7) == a  # same values, other spelling
+    assert folders(lr=2.0e-5, epochs=2)["standard1"] != a["standard1"]
+    assert a["standard1"].parent == tmp_path / "root" / "rte" / "standard"
+    assert a["standard1"].name.startswith("s1-") and a["standard2"].name.startswith("s2-")
+
+
+def test_dry_run_estimates_and_runs_nothing(tmp_path, capsys):
+    grid = _grid(tmp_path / "grid.yml", flags={"epochs": 2, "batch_size": 8, "max_train_samples": 100})
+    root = tmp_path / "camp"
+    # a finished run of rte/standard (not in the grid: seed 9) measured 2.0 s per step
+    measured = root / "rte" / "standard" / "s9-old"
+    measured.mkdir(parents=True)
+    (measured / "flags.json").write_text(json.dumps(
+        {"task": "rte", "method_name": "standard", "seed": 9, "identity": {"method": "standard"}}))
+    (measured / "metrics.jsonl").write_text(json.dumps(
+        {"split": "train", "train_seconds": 10.0, "steps": 5, "loss": 0.5, "reg_loss": 0.0}) + "\n")
+    costs = tmp_path / "costs.json"
+    costs.write_text(json.dumps({"rte": {"standard": 99.0, "rapt": 3.0}}))
+    assert campaign.main(["--grid", str(grid), "--root", str(root), "--dry_run", "--step_costs", str(costs)]) == 0
+    out = capsys.readouterr().out
+    # steps = 2 epochs x ceil(100 / 8) = 26; standard 26 x 2.0 s = 52 s, rapt 26 x 3.0 s = 78 s; 2 seeds: 260 s
+    std_lines = [ln for ln in out.splitlines() if ln.startswith("run") and "rte/standard/" in ln]
+    rapt_lines = [ln for ln in out.splitlines() if ln.startswith("run") and "rte/rapt/" in ln]
+    assert len(std_lines) == 2 and all("26" in ln and "2.000" in ln and "52 s" in ln and "measured" in ln
+                                       for ln in std_lines)
+    assert len(rapt_lines) == 2 and all("3.000" in ln and "78 s" in ln and "--step_costs rte.rapt" in ln
+                                        for ln in rapt_lines)
+    assert "4 runs: 0 done, 0 to resume, 4 to run" in out and "4.3 min" in out
+    assert not (root / "progress.log").exists()
+    assert sorted(p.name for p in (root / "rte").iterdir()) == ["standard"]  # no run folder was made
+
+
+def test_dry_run_sees_started_runs(tmp_path, capsys):
+    grid = _grid(tmp_path / "grid.yml")
+    root = tmp_path / "camp"
+    runs = campaign.plan_runs(campaign.load_grid(grid), root)
+    runs[0].folder.mkdir(parents=True)
+    (runs[0].folder / "metrics.jsonl").write_text(json.dumps({"split": "dev", "step": 1, "epoch": 0}) + "\n")
+    runs[1].folder.mkdir(parents=True)
+    (runs[1].folder / "metrics.jsonl").write_text(json.dumps({"split": "train", "steps": 2, "train_seconds": 1}) + "\n")
+    (runs[1].folder / "flags.json").write_text(json.dumps(
+        {"task": "rte", "method_name": "rapt", "seed": 1, "identity": runs[1].identity}))
+    assert campaign.main(["--grid", str(grid), "--root", str(root), "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    assert f"resume  {runs[0].label}" in out and f"done    {runs[1].label}" in out
+    assert "4 runs: 1 done, 1 to resume, 2 to run" in out
+    # max_steps 2: the started run has 2 - 1 = 1 step left; rapt seed 2 uses the finished rapt run's 1 s / 2 steps
+    resume = next(ln for ln in out.splitlines() if ln.startswith("resume"))
+    assert resume.split()[2] == "1" and resume.split()[-1] == "unknown"
+    rapt2 = next(ln for ln in out.splitlines() if ln.startswith("run") and runs[3].label in ln)
+    assert runs[3].name == "rapt" and "0.500" in rapt2 and "1 s" in rapt2
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"tasks": ["nope"]}, "unknown task(s) nope"),
+    ({"methods": {"x": {"rapt_eta": 2.0}}}, "method x needs a `method:` flag"),
+    ({"methods": {"x": {"method": "standard", "seed": 3}}}, "methods.x sets seed"),
+    ({"methods": {"x": {"method": "standard", "rapt_eta": 2.0}}}, "--rapt_eta is an option of --method rapt"),
+    ({"methods": {"x": {"method": "standard", "no_such_flag": 1}}}, "unrecognized arguments: --no_such_flag"),
+    ({"colour": "red"}, "unknown key(s) colour"),
+])
+def test_bad_grids_are_one_line_errors(tmp_path, capsys, change, message):
+    grid = _grid(tmp_path / "grid.yml", **change)
+    assert run_cli(campaign.main, ["--grid", str(grid), "--root", str(tmp_path / "r"), "--dry_run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and message in err
+
+
+# ---- report and figure from hand-written metrics ----------------------------------------------------------------
+
+def _write_run(root: Path, task: str, name: str, seed: int, evals: list[dict], finished: bool = True) -> None:
+    """Dev records at 60 s x seed x (i + 1) of training, then (if finished) the train record."""
+    folder = root / task / name / f"s{seed}"
+    folder.mkdir(parents=True)
+    recs = [{"epoch": i, "step": 10 * (i + 1), "task": task, "split": "dev", "split_name": "dev", "method": name,
+             "seed": seed, "train_seconds": 60.0 * seed * (i + 1), "metrics": m} for i, m in enumerate(evals)]
+    if finished:
+        recs.append({"epoch": len(evals) - 1, "step": 10 * len(evals), "task": task, "split": "train",
+                     "method": name, "seed": seed, "train_seconds": 60.0 * seed * len(evals),
+                     "steps": 10 * len(evals), "loss": 0.5, "reg_loss": 0.1})
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def _hand_written(root: Path) -> None:
+    _write_run(root, "rte", "standard", 1, [{"acc": 0.60}, {"acc": 0.65}])
+    _write_run(root, "rte", "standard", 2, [{"acc": 0.70}, {"acc": 0.68}])
+    _write_run(root, "rte", "rapt", 1, [{"acc": 0.62}, {"acc": 0.71}])
+    _write_run(root, "rte", "rapt", 2, [{"acc": 0.69}, {"acc": 0.72}])
+    # MRPC: the best evaluation is chosen by acc, and its f1 comes with it (not the best f1)
+    _write_run(root, "mrpc", "standard", 1, [{"acc": 0.80, "f1": 0.85}, {"acc": 0.78, "f1": 0.90}])
+    _write_run(root, "mrpc", "standard", 2, [{"acc": 0.82, "f1": 0.88}])
+    _write_run(root, "mrpc", "rapt", 1, [{"acc": 0.84, "f1": 0.89}])
+    _write_run(root, "mrpc", "rapt", 2, [{"acc": 0.83, "f1": 0.87}])
+    _write_run(root, "stsb", "standard", 1, [{"pearson": 0.50, "spearman": 0.40}])
+    _write_run(root, "rte", "smart", 1, [{"acc": 0.99}], finished=False)  # unfinished: left out
+
+
+def test_report_means_stds_and_paired_statistics(tmp_path, capsys):
+    root = tmp_path / "camp"
+    _hand_written(root)
+    assert campaign.main(["--root", str(root), "--report"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((root / "table2.json").read_text())
+    md = (root / "table2.md").read_text()
+    assert printed == md
+    assert report["tasks"] == ["rte", "mrpc", "stsb"] and report["methods"] == ["rapt", "standard"]
+    rows = report["rows"]
+    std = rows["standard"]["tasks"]
+    # rte standard: best 65, 70 -> mean 67.5, sample std sqrt(2 * 2.5^2 / 1) = 3.536
+    assert std["rte"]["cells"][0]["mean"] == pytest.approx(67.5)
+    assert std["rte"]["cells"][0]["std"] == pytest.approx(math.sqrt(12.5))
+    # mrpc standard: (80, 85) and (82, 88) -> acc 81.0 ± 1.414, f1 86.5 ± 2.121
+    acc, f1 = std["mrpc"]["cells"]
+    assert (acc["metric"], f1["metric"]) == ("acc", "f1")
+    assert acc["mean"] == pytest.approx(81.0) and acc["std"] == pytest.approx(math.sqrt(2))
+    assert f1["mean"] == pytest.approx(86.5) and f1["std"] == pytest.approx(math.sqrt(4.5))
+    # average = mean of task scores: (67.5 + (81 + 86.5) / 2 + (50 + 40) / 2) / 3
+    assert rows["standard"]["average"] == pytest.approx((67.5 + 83.75 + 45.0) / 3)
+    assert rows["rapt"]["average"] is None  # no STS-B run
+    assert "| standard | 67.5 ± 3.5 | 81.0 ± 1.4 / 86.5 ± 2.1 | 50.0 / 40.0 | 65.4 |" in md
+    assert "| rapt | 71.5 ± 0.7 | 83.5 ± 0.7 / 88.0 ± 1.4 | - | - |" in md
+    assert "RTE Acc" in md and "MRPC Acc/F1" in md and "STS-B P/S" in md
+    assert "| Standard | 69.3 | 86.9/90.7 | 89.9/89.4 |" in md
+    assert len(report["unfinished"]) == 1 and "smart" in report["unfinished"][0]
+
+    paired = {(c["task"], c["a"], c["b"]): c for c in report["paired"]}
+    assert set(paired) == {("rte", "rapt", "standard"), ("mrpc", "rapt", "standard")}
+    # rte: differences 71-65 = 6 and 72-70 = 2 -> mean 4, sd 2.828, t = 4 / (2.828 / sqrt 2) = 2, df 1;
+    # a t distribution with 1 df is Cauchy: two-sided p = 1 - (2 / pi) atan(|t|)
+    rte = paired[("rte", "rapt", "standard")]
+    assert rte["n"] == 2 and rte["a_wins"] == 2 and rte["b_wins"] == 0
+    assert rte["mean_diff"] == pytest.approx(4.0)
+    assert rte["p_value"] == pytest.approx(1 - 2 / math.pi * math.atan(2.0))
+    # mrpc: 84-80 = 4 and 83-82 = 1 -> mean 2.5, sd 2.121, t = 2.5 / 1.5
+    mrpc = paired[("mrpc", "rapt", "standard")]
+    assert mrpc["mean_diff"] == pytest.approx(2.5) and mrpc["a_wins"] == 2
+    assert mrpc["p_value"] == pytest.approx(1 - 2 / math.pi * math.atan(2.5 / 1.5))
+    assert "| RTE | rapt | standard | 2 | +4.00 | 2 | 0 | 0.295 |" in md
+
+
+def test_best_of_rows_pick_the_best_member_per_task(tmp_path):
+    root = tmp_path / "camp"
+    _hand_written(root)
+    report = campaign.build_report(campaign.scan_results(root), ["standard", "rapt"], {"best": ["standard", "rapt"]})
+    assert report["methods"] == ["standard", "rapt", "best"]
+    assert report["best_of"]["best"] == {"rte": "rapt", "mrpc": "rapt", "stsb": "standard"}
+    assert report["rows"]["best"]["tasks"]["rte"]["cells"] == report["rows"]["rapt"]["tasks"]["rte"]["cells"]
+    assert report["rows"]["best"]["average"] == pytest.approx((71.5 + 85.75 + 45.0) / 3)
+    assert all("best" not in (c["a"], c["b"]) for c in report["paired"])  # never compared with its members
+
+
+def test_paper_rows_match_the_published_average():
+    """The paper's Average column is the mean of the 12 numbers of its row."""
+    for name, row in campaign.PAPER_DEV.items():
+        numbers = [v for t in campaign.TASK_ORDER for v in row[t]]
+        assert len(numbers) == 12
+        assert sum(numbers) / 12 == pytest.approx(row["average"], abs=0.051), name
+
+
+def test_figure1_draws_from_metrics_files(tmp_path, capsys):
+    root = tmp_path / "camp"
+    _hand_written(root)
+    out = tmp_path / "fig" / "figure1.png"
+    assert figure1.main(["--root", str(root), "--tasks", "rte,mrpc", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = capsys.readouterr().out
+    # rte standard, first evaluation: x = (60 + 120) / 2 s = 1.50 min, y = (60 + 70) / 2 = 65.0
+    assert "standard     2 seed(s), 2 points: 1.50 min 65.0, 3.00 min 66.5" in text
+    assert "rapt" in text and "smart" in text and f"wrote {out} (5 line(s))" in text
+
+
+def test_figure1_with_nothing_to_draw_is_a_user_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert run_cli(figure1.main, ["--root", str(tmp_path / "empty"), "--out", str(tmp_path / "f.png")]) == 2
+    assert "error: " in capsys.readouterr().err
