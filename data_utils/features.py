@@ -126,8 +126,14 @@ def _load(path: Path, task: TaskDef, split: SplitDef) -> Features | None:
 
 
 def load_features(glue_dir: str | Path, task: TaskDef, split: SplitDef, tokenizer, max_len: int,
-                  cache_dir: str | Path | None = None, fingerprint: str | None = None) -> Features:
-    """Features of one split, from the cache when the file, tokenizer and length match."""
+                  cache_dir: str | Path | None = None, fingerprint: str | None = None,
+                  pending: list | None = None) -> Features:
+    """Features of one split, from the cache when the file, tokenizer and length match.
+
+    With ``pending`` (a list), a cache miss is not written at once but appended as (features, path): the caller
+    writes them with :func:`save_pending` once every split has been read, so bad input in a later file leaves
+    nothing behind.
+    """
     path = split_path(glue_dir, task, split)
     if cache_dir is None:
         return tokenize_examples(tokenizer, task, split, read_split(glue_dir, task, split), max_len)
@@ -143,6 +149,18 @@ def load_features(glue_dir: str | Path, task: TaskDef, split: SplitDef, tokenize
             logger.info("%s %s: %d rows from cache %s", task.name, split.name, len(features), cache_file)
             return features
     features = tokenize_examples(tokenizer, task, split, read_split(glue_dir, task, split), max_len)
+    if pending is not None:
+        pending.append((features, cache_file))
+        return features
     _save(features, cache_file)
     logger.info("%s %s: tokenized %d rows, cached in %s", task.name, split.name, len(features), cache_file)
     return features
+
+
+def save_pending(pending: list) -> None:
+    """Write the cache files that :func:`load_features` deferred."""
+    for features, cache_file in pending:
+        _save(features, cache_file)
+        logger.info("%s %s: tokenized %d rows, cached in %s", features.task, features.split, len(features),
+                    cache_file)
+    pending.clear()

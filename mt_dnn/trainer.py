@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from data_utils.batching import MultiTaskSampler, collate, eval_batches
-from data_utils.features import Features, load_features, tokenizer_fingerprint
+from data_utils.features import Features, load_features, save_pending, tokenizer_fingerprint
 from data_utils.metrics import compute_metrics
 from data_utils.task_def import ConfigError, TaskDef, load_task_defs, select_tasks
 from mt_dnn import losses
@@ -279,16 +279,21 @@ class Trainer:
         fp = tokenizer_fingerprint(self.tokenizer)
         self.train_data: dict[str, Features] = {}
         self.dev: list[Features] = []
+        pending: list = []  # cache files are written only once every split has been read without error
         for t in self.tasks:
-            feats = load_features(cfg.glue_dir, t, t.splits_of("train")[0], self.tokenizer, cfg.max_seq_len, cache, fp)
+            feats = load_features(cfg.glue_dir, t, t.splits_of("train")[0], self.tokenizer, cfg.max_seq_len, cache, fp,
+                                  pending)
             if cfg.max_train_samples and cfg.max_train_samples < len(feats):
                 rng = np.random.default_rng([cfg.seed, 0x5EED])
                 feats = feats.subset(sorted(rng.choice(len(feats), cfg.max_train_samples, replace=False).tolist()))
             self.train_data[t.name] = feats
             if not cfg.no_eval:
                 for s in t.splits_of("dev"):
-                    self.dev.append(load_features(cfg.glue_dir, t, s, self.tokenizer, cfg.max_seq_len, cache, fp))
+                    self.dev.append(load_features(cfg.glue_dir, t, s, self.tokenizer, cfg.max_seq_len, cache, fp,
+                                                  pending))
             logger.info("task %s: %d training rows", t.name, len(feats))
+        if self.is_main:
+            save_pending(pending)
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         decay, no_decay = [], []
