@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TrainConfig:
+def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                     argv: list[str] | None = None) -> TrainConfig:
     """Resolve flags (and --config) into a TrainConfig; options of another method than --method are an error."""
     values = vars(args).copy()
     file_values: dict[str, Any] = {}
@@ -130,7 +131,9 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         if unknown:
             raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}")
     # flags the user typed win over the file; the file wins over defaults
-    typed = {a.dest for a in parser._actions if any(opt in sys.argv for opt in a.option_strings)}
+    given = sys.argv[1:] if argv is None else argv
+    typed = {a.dest for a in parser._actions
+             if any(g == opt or g.startswith(opt + "=") for g in given for opt in a.option_strings)}
     method = values["method"] if "method" in typed or "method" not in file_values else file_values["method"]
     options: dict[str, Any] = {}
     for m, flag, _, _, field_name in option_flags():
@@ -159,7 +162,7 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    cfg = config_from_args(args, parser)
+    cfg = config_from_args(args, parser, argv)
     cfg.validate()
     setup_logging()
     trainer = Trainer(cfg)
