@@ -185,7 +185,7 @@ def test_cache_written_then_loaded(tmp_path, tasks, tokenizer, fp, monkeypatch, 
     cache = tmp_path / "cache" / "nested"
     task = tasks[name]
     for split in task.splits.values():
-        first = load_features(root, task, split, tokenizer, MAX_LEN, cache_dir=cache, fingerprint=fp)
+        load_features(root, task, split, tokenizer, MAX_LEN, cache_dir=cache, fingerprint=fp)
         files = sorted(cache.glob(f"{name}-{split.name}-*.pt"))
         assert len(files) == 1
     assert not list(cache.glob("*.tmp"))

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from data_utils.task_def import ConfigError
 from mt_dnn import losses
-from mt_dnn.perturbation import REGISTRY, Rapt, Regularizer, Smart, build_regularizer, register
+from mt_dnn.perturbation import REGISTRY, Regularizer, build_regularizer, register
 from mt_dnn.trainer import TrainStep
 from tests.conftest import ARCHS, tiny_batch, tiny_model
 
