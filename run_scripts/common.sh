@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Shared by the run_<task>.sh scripts. Environment overrides:
 #   GLUE_DIR (default ../shared/glue_data or ./glue_data), MODEL (default: the packaged all-MiniLM-L6-v2),
-#   OUT (default runs), LR (default 3e-5), EPOCHS (default 6), BATCH (default 32), SEED (default 1), PYTHON.
+#   OUT (default runs), LR (default 1e-4, measured for the packaged MiniLM; use 2e-5 for BERT-base), EPOCHS (default 6), BATCH (default 32), SEED (default 1), PYTHON.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
@@ -10,7 +10,7 @@ if [[ -z "${GLUE_DIR:-}" ]]; then
 fi
 MODEL="${MODEL:-}"
 OUT="${OUT:-runs}"
-LR="${LR:-3e-5}"
+LR="${LR:-1e-4}"
 EPOCHS="${EPOCHS:-6}"
 BATCH="${BATCH:-32}"
 SEED="${SEED:-1}"

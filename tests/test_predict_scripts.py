@@ -109,7 +109,7 @@ def test_run_script_and_submission_script_end_to_end(tmp_path, glue_dir, tiny_mo
     assert r.returncode == 0, r.stderr[-2000:]
     run = tmp_path / "runs" / "rte-rapt-s1"
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["lr"] == 3e-5 and cfg["epochs"] == 6 and cfg["method_options"]["eta"] == 2.0
+    assert cfg["lr"] == 1e-4 and cfg["epochs"] == 6 and cfg["method_options"]["eta"] == 2.0
     env["OUT"] = str(tmp_path / "sub")
     r = subprocess.run(["bash", str(REPO / "run_scripts" / "make_submission.sh"), str(run)],
                        capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
