@@ -301,6 +301,16 @@ def save_model(model: MultiTaskModel, tokenizer, tasks: list[TaskDef], out_dir: 
     swap_in(out, final)
 
 
+def find_model_dir(path: str | Path) -> Path:
+    """A saved model folder: ``RUN_DIR/best`` for a run folder, or the folder itself."""
+    d = Path(path)
+    if (d / "best" / "model.safetensors").is_file():
+        return d / "best"
+    if (d / "model.safetensors").is_file():
+        return d
+    raise ConfigError(f"{d}: no trained model here (expected {d / 'best' / 'model.safetensors'})")
+
+
 def load_model(model_dir: str | Path):
     """Rebuild a saved model (no unpickling: safetensors + JSON + YAML). Returns (model, tokenizer, tasks)."""
     from safetensors.torch import load_file

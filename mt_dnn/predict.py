@@ -23,21 +23,12 @@ from data_utils.features import load_features
 from data_utils.glue import split_path
 from data_utils.metrics import compute_metrics
 from data_utils.submission import baseline_rows, check_submission, format_prediction, submission_files, write_submission
-from data_utils.task_def import ConfigError, load_task_defs
+from data_utils.task_def import load_task_defs
 from mt_dnn.cli_utils import run_cli, setup_logging
-from mt_dnn.model import load_model
+from mt_dnn.model import find_model_dir, load_model
 from mt_dnn.trainer import pick_device, predict
 
 logger = logging.getLogger(__name__)
-
-
-def model_dir(path: str) -> Path:
-    d = Path(path)
-    if (d / "best" / "model.safetensors").is_file():
-        return d / "best"
-    if (d / "model.safetensors").is_file():
-        return d
-    raise ConfigError(f"{d}: no trained model here (expected {d / 'best' / 'model.safetensors'})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     rows_by_file: dict[str, list[tuple[str, str]]] = {}
     source: dict[str, str] = {}
     for ckpt in args.checkpoint:
-        d = model_dir(ckpt)
+        d = find_model_dir(ckpt)
         model, tokenizer, tasks = load_model(d)
         model.to(device).eval()
         run_cfg = d.parent / "config.json"

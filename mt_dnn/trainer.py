@@ -27,8 +27,8 @@ from data_utils.features import Features, load_features, save_pending, tokenizer
 from data_utils.metrics import compute_metrics
 from data_utils.task_def import ConfigError, TaskDef, load_task_defs, select_tasks
 from mt_dnn import losses
-from mt_dnn.model import (MultiTaskModel, checkpoint_pooling, load_encoder, load_model, resolve_model, save_model,
-                          swap_in)
+from mt_dnn.model import (MultiTaskModel, checkpoint_pooling, find_model_dir, load_encoder, load_model, resolve_model,
+                          save_model, swap_in)
 from mt_dnn.perturbation import Regularizer, build_regularizer
 
 logger = logging.getLogger(__name__)
@@ -263,8 +263,7 @@ class Trainer:
 
     def _init_from_checkpoint(self, path: str):
         """Encoder and matching heads from a trained run (``RUN_DIR`` or ``RUN_DIR/best``); new heads for the rest."""
-        d = Path(path)
-        d = d / "best" if (d / "best" / "model.safetensors").is_file() else d
+        d = find_model_dir(path)
         old, tokenizer, _ = load_model(d)
         model = MultiTaskModel(old.encoder, self.tasks, old.pooling if self.cfg.pooling == "auto" else self.cfg.pooling)
         for name in model.heads:
