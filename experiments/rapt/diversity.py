@@ -41,7 +41,7 @@ from mt_dnn import losses
 from mt_dnn.cli_utils import run_cli, setup_logging
 from mt_dnn.model import MultiTaskModel, load_model
 from mt_dnn.perturbation import Rapt, Smart, build_regularizer
-from mt_dnn.predict import model_dir
+from mt_dnn.model import find_model_dir
 from mt_dnn.trainer import pick_device
 
 logger = logging.getLogger(__name__)
@@ -423,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_method(name: str, run: str, layer: int, device: torch.device, options: dict | None) -> Method:
-    model, tokenizer, _ = load_model(model_dir(run))
+    model, tokenizer, _ = load_model(find_model_dir(run))
     model.to(device).eval()
     model.check_layer(layer)
     reg = build_regularizer(name, options) if options is not None else None
@@ -442,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("--max_train_rows must be >= 1")
     device = pick_device(args.device)
     for run in (args.standard, args.smart, args.rapt):
-        model_dir(run)  # a missing run fails here, before anything else
+        find_model_dir(run)  # a missing run fails here, before anything else
     smart_opts = run_options(args.smart, "smart")
     rapt_opts = {k: v for k, v in run_options(args.rapt, "rapt").items() if k in ("eta", "norm")}
     if args.rapt_eta is not None:
