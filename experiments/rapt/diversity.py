@@ -39,9 +39,8 @@ from data_utils.glue import DataError, Example, read_split, split_path
 from data_utils.task_def import ConfigError, TaskDef
 from mt_dnn import losses
 from mt_dnn.cli_utils import run_cli, setup_logging
-from mt_dnn.model import MultiTaskModel, load_model
+from mt_dnn.model import MultiTaskModel, find_model_dir, load_model
 from mt_dnn.perturbation import Rapt, Smart, build_regularizer
-from mt_dnn.model import find_model_dir
 from mt_dnn.trainer import pick_device
 
 logger = logging.getLogger(__name__)
