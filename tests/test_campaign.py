@@ -278,3 +278,41 @@ def test_figure1_with_nothing_to_draw_is_a_user_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert run_cli(figure1.main, ["--root", str(tmp_path / "empty"), "--out", str(tmp_path / "f.png")]) == 2
     assert "error: " in capsys.readouterr().err
+
+
+def test_adopt_copies_a_matching_finished_run_and_refuses_the_rest(tmp_path, glue_dir, tiny_model_dir, capsys):
+    """A run made outside the campaign (as run_<task>.sh makes one) joins the grid only if its config matches."""
+    from mt_dnn.train import main as train_main
+
+    common = ["--tasks", "rte", "--glue_dir", str(glue_dir), "--model", str(tiny_model_dir), "--max_steps", "2",
+              "--batch_size", "8", "--lr", "1e-3", "--seed", "1", "--cache_dir", str(tmp_path / "cache")]
+    ok, other = tmp_path / "made-by-script", tmp_path / "other-lr"
+    assert train_main([*common, "--method", "rapt", "--rapt_max_layer", "2", "--output_dir", str(ok),
+                       "--warmup", "0.1", "--clip", "1.0"]) == 0   # defaults spelled out, as the scripts do
+    assert train_main([*common[:-6], "--lr", "2e-3", "--seed", "1", "--method", "standard",
+                       "--output_dir", str(other)]) == 0
+    capsys.readouterr()
+    grid = _grid(tmp_path / "grid.yml", seeds=[1])
+    root = tmp_path / "camp"
+    base = ["--grid", str(grid), "--root", str(root), "--model", str(tiny_model_dir), "--dry_run"]
+
+    # a mismatch anywhere: one line naming the source and the field; nothing copied, not even the good one
+    assert run_cli(campaign.main, [*base, "--adopt", str(ok), str(other)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(other) in err and "in lr: 0.002 (grid: 0.001)" in err
+    assert not root.exists() or not list(root.glob("rte/*/s*"))
+
+    assert campaign.main([*base, "--adopt", str(ok)]) == 0
+    out = capsys.readouterr().out
+    assert "adopted as rte/rapt/s1-" in out
+    [folder] = root.glob("rte/rapt/s1-*")
+    assert campaign.is_finished(folder) and (folder / "best").is_dir()
+    assert json.loads((folder / "flags.json").read_text())["adopted_from"] == str(ok.resolve())
+    assert [r.split()[0] for r in out.splitlines() if r.startswith(("done", "run"))] == ["run", "done"]
+    # adopting again leaves the folder as is; an unfinished source is refused
+    assert campaign.main([*base, "--adopt", str(ok)]) == 0
+    assert "already finished; left as is" in capsys.readouterr().out
+    lines = (ok / "metrics.jsonl").read_text().splitlines()
+    (ok / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    assert run_cli(campaign.main, [*base, "--adopt", str(ok)]) == 2
+    assert "not a finished run" in capsys.readouterr().err

@@ -494,6 +494,63 @@ def dry_run(runs: list[Run], root: Path, jobs: int, step_costs_file: str | None)
     return 0
 
 
+# config.json fields that do not decide what a finished run is (paths, logging, resume plumbing, derived values)
+ADOPT_IGNORED = NOT_IDENTITY | {"output_dir", "resume", "max_bad_steps"}
+
+
+def adopt_runs(runs: list[Run], sources: list[str]) -> list[str]:
+    """Copy finished runs made outside the campaign (e.g. by ``run_scripts/run_<task>.sh``) into the grid's
+    folders, so the campaign skips them. A source must be finished and its ``config.json`` must equal the grid
+    cell's resolved configuration in every field that can change the result (task, seed, lr, method options, ...);
+    anything else is an error naming the source and the first field that differs. Returns one line per source."""
+    import dataclasses as dc
+
+    from mt_dnn.perturbation import REGISTRY
+
+    plan: list[tuple[Path, Run]] = []
+    for src in map(Path, sources):  # check every source before copying any
+        cfg_file = src / "config.json"
+        if not cfg_file.is_file():
+            raise ConfigError(f"{src}: no config.json (not an mt_dnn.train run folder)")
+        if not is_finished(src):
+            raise ConfigError(f"{src}: not a finished run (metrics.jsonl has no final train record)")
+        have = json.loads(cfg_file.read_text())
+        best: tuple[list[str], Run] | None = None
+        for run in runs:
+            if str(have.get("tasks")) != run.task or have.get("seed") != run.seed:
+                continue
+            want = dc.asdict(run.config)
+            want["method_options"] = dc.asdict(REGISTRY[run.config.method].Options(**run.config.method_options))
+            diff = [k for k in want if k not in ADOPT_IGNORED and k in have and want[k] != have[k]]
+            if best is None or len(diff) < len(best[0]):
+                best = (diff, run)
+        if best is None:
+            raise ConfigError(f"{src}: no grid cell has task {have.get('tasks')!r} and seed {have.get('seed')!r}")
+        diff, run = best
+        if diff:
+            k = diff[0]
+            raise ConfigError(f"{src}: closest grid cell {run.label} differs in {k}: {have[k]!r} "
+                              f"(grid: {getattr(run.config, k)!r})")
+        if not is_finished(run.folder) and run.folder.exists():
+            raise ConfigError(f"{run.folder}: an unfinished run is there; remove it to adopt {src}")
+        plan.append((src, run))
+    lines = []
+    for src, run in plan:
+        if is_finished(run.folder):
+            lines.append(f"{src}: {run.label} is already finished; left as is")
+            continue
+        tmp = run.folder.with_name(run.folder.name + ".adopting")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("checkpoint", "checkpoint.old"))
+        (tmp / "flags.json").write_text(json.dumps(
+            {"task": run.task, "method_name": run.name, "seed": run.seed,
+             "hash": run.folder.name.split("-")[-1], "identity": run.identity, "flags": run.flags,
+             "adopted_from": str(src.resolve())}, indent=2, default=str))
+        tmp.rename(run.folder)
+        lines.append(f"{src}: adopted as {run.label}")
+    return lines
+
+
 def run_campaign(runs: list[Run], root: Path, jobs: int, keep_checkpoints: bool, max_runs: int | None) -> int:
     """Skip finished runs, run or resume the rest (``jobs`` at a time); returns how many failed."""
     progress = Progress(root / "progress.log")
@@ -797,6 +854,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", help="only these method names of the grid (comma-separated)")
     p.add_argument("--max_runs", type=int, help="run at most this many unfinished runs now")
     p.add_argument("--keep_checkpoints", action="store_true", help="keep checkpoint/ of finished runs")
+    p.add_argument("--adopt", nargs="+", metavar="RUN_DIR",
+                   help="copy these finished runs (same task, seed and flags as a grid cell, e.g. made by "
+                        "run_scripts/run_<task>.sh) into the grid's folders, then continue")
     args = p.parse_args(argv)
     setup_logging()
     root = Path(args.root)
@@ -811,6 +871,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     grid = load_grid(args.grid)
     runs = plan_runs(grid, root, args.model, args.glue_dir, _csv(args.tasks), _csv(args.methods))
+    if args.adopt:
+        for line in adopt_runs(runs, args.adopt):
+            print(line)
     if args.dry_run:
         return dry_run(runs, root, args.jobs, args.step_costs)
     failed = 0
