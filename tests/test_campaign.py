@@ -135,6 +135,28 @@ def test_dry_run_estimates_and_runs_nothing(tmp_path, capsys):
     assert sorted(p.name for p in (root / "rte").iterdir()) == ["standard"]  # no run folder was made
 
 
+def test_a_method_can_be_limited_to_some_tasks_and_costs_can_come_from_another_root(tmp_path, capsys):
+    grid = _grid(tmp_path / "grid.yml", tasks=["rte", "mrpc"], seeds=[1],
+                 flags={"epochs": 1, "batch_size": 8, "max_train_samples": 80},
+                 methods={"standard": {"method": "standard"},
+                          "rapt_eta1.5": {"method": "rapt", "rapt_eta": 1.5, "tasks": ["mrpc"]}})
+    g = campaign.load_grid(grid)
+    assert [(r.task, r.name) for r in campaign.plan_runs(g, tmp_path / "camp")] == [
+        ("rte", "standard"), ("mrpc", "standard"), ("mrpc", "rapt_eta1.5")]
+    # a pilot elsewhere measured rapt (any eta: same cost key) at 4 s per step
+    pilot = tmp_path / "pilot" / "mrpc" / "rapt" / "s1-x"
+    pilot.mkdir(parents=True)
+    (pilot / "flags.json").write_text(json.dumps(
+        {"task": "mrpc", "method_name": "rapt", "seed": 1, "identity": {"method": "rapt", "batch_size": 8}}))
+    (pilot / "metrics.jsonl").write_text(json.dumps({"split": "train", "train_seconds": 8.0, "steps": 2}) + "\n")
+    base = ["--grid", str(grid), "--root", str(tmp_path / "camp"), "--dry_run"]
+    assert campaign.main([*base, "--costs_from", str(tmp_path / "pilot")]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "mrpc/rapt_eta1.5/" in ln)
+    assert line.split()[2:5] == ["10", "4.000", "40"]  # ceil(80 / 8) = 10 steps x 4 s
+    assert run_cli(campaign.main, [*base, "--costs_from", str(tmp_path / "nowhere")]) == 2
+    assert "no such campaign folder" in capsys.readouterr().err
+
+
 def test_dry_run_sees_started_runs(tmp_path, capsys):
     grid = _grid(tmp_path / "grid.yml")
     root = tmp_path / "camp"
@@ -163,6 +185,7 @@ def test_dry_run_sees_started_runs(tmp_path, capsys):
     ({"methods": {"x": {"method": "standard", "rapt_eta": 2.0}}}, "--rapt_eta is an option of --method rapt"),
     ({"methods": {"x": {"method": "standard", "no_such_flag": 1}}}, "unrecognized arguments: --no_such_flag"),
     ({"colour": "red"}, "unknown key(s) colour"),
+    ({"methods": {"x": {"method": "standard", "tasks": ["mrpc"]}}}, "method x: tasks must be a non-empty subset"),
 ])
 def test_bad_grids_are_one_line_errors(tmp_path, capsys, change, message):
     grid = _grid(tmp_path / "grid.yml", **change)

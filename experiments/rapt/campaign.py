@@ -103,6 +103,10 @@ class Grid:
     best_of: dict[str, list[str]] = field(default_factory=dict)
     model: str | None = None
     glue_dir: str | None = None
+    method_tasks: dict[str, list[str]] = field(default_factory=dict)  # a method limited to some tasks
+
+    def applies(self, name: str, task: str) -> bool:
+        return task in self.method_tasks.get(name, [task])
 
 
 @dataclass
@@ -160,12 +164,20 @@ def load_grid(path: str | Path) -> Grid:
         seeds = [int(s) for s in data["seeds"]]
     except (TypeError, ValueError):
         raise ConfigError(f"{path}: seeds must be a list of integers") from None
-    methods = {}
+    methods, method_tasks = {}, {}
     for name, mflags in _mapping(data["methods"], f"{path}: methods").items():
         name = str(name)
         if not NAME_RE.match(name):
             raise ConfigError(f"{path}: method name {name!r} must use only letters, digits and _.=+-")
-        mflags = _mapping(mflags, f"{path}: method {name}")
+        mflags = dict(_mapping(mflags, f"{path}: method {name}"))
+        only = mflags.pop("tasks", None)
+        if only is not None:
+            only = [str(t) for t in (only.split(",") if isinstance(only, str) else only)]
+            stray = [t for t in only if t not in tasks]
+            if not only or stray:
+                raise ConfigError(f"{path}: method {name}: tasks must be a non-empty subset of the grid's tasks "
+                                  f"({', '.join(tasks)}); got {', '.join(stray) or '(none)'}")
+            method_tasks[name] = only
         if "method" not in mflags:
             raise ConfigError(f"{path}: method {name} needs a `method:` flag (standard, smart, rapt, ...)")
         methods[name] = mflags
@@ -186,7 +198,7 @@ def load_grid(path: str | Path) -> Grid:
             raise ConfigError(f"{path}: best_of.{name} has the name of a method")
         best_of[str(name)] = [str(m) for m in members]
     return Grid(tasks=tasks, seeds=seeds, methods=methods, flags=flags, task_flags=task_flags, best_of=best_of,
-                model=data.get("model"), glue_dir=data.get("glue_dir"))
+                model=data.get("model"), glue_dir=data.get("glue_dir"), method_tasks=method_tasks)
 
 
 def flag_argv(flags: dict[str, Any], parser: argparse.ArgumentParser | None = None) -> list[str]:
@@ -268,7 +280,7 @@ def plan_runs(grid: Grid, root: Path, model: str | None = None, glue_dir: str | 
             if tasks and task not in tasks:
                 continue
             for name, mflags in grid.methods.items():
-                if methods and name not in methods:
+                if (methods and name not in methods) or not grid.applies(name, task):
                     continue
                 flags: dict[str, Any] = {}
                 if model is not None:
@@ -403,11 +415,11 @@ def cost_key(task: str, identity: dict[str, Any]) -> tuple:
             identity.get("smart_k"), identity.get("batch_size"), identity.get("max_seq_len"), identity.get("model"))
 
 
-def measured_step_costs(root: Path) -> tuple[dict[tuple, list[float]], dict[tuple, list[float]]]:
-    """Seconds per step of every finished run under ROOT: by (task, method name) and by :func:`cost_key`."""
+def measured_step_costs(*roots: Path) -> tuple[dict[tuple, list[float]], dict[tuple, list[float]]]:
+    """Seconds per step of every finished run under the ROOTs: by (task, method name) and by :func:`cost_key`."""
     by_name: dict[tuple, list[float]] = {}
     by_key: dict[tuple, list[float]] = {}
-    for flags_file in sorted(root.glob("*/*/*/flags.json")):
+    for flags_file in sorted(f for root in roots for f in root.glob("*/*/*/flags.json")):
         folder = flags_file.parent
         records = read_records(folder / "metrics.jsonl")
         if not records or records[-1].get("split") != "train" or not records[-1].get("steps"):
@@ -452,7 +464,8 @@ def fmt_time(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def dry_run(runs: list[Run], root: Path, jobs: int, step_costs_file: str | None) -> int:
+def dry_run(runs: list[Run], root: Path, jobs: int, step_costs_file: str | None,
+            costs_from: list[str] | None = None) -> int:
     """Print the plan (done / resume / run) with estimated CPU time per run and in total; runs nothing."""
     table: dict = {}
     if step_costs_file:
@@ -462,7 +475,10 @@ def dry_run(runs: list[Run], root: Path, jobs: int, step_costs_file: str | None)
             raise ConfigError(f"{step_costs_file}: cannot read step costs ({exc})") from None
         if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
             raise ConfigError(f"{step_costs_file}: expected {{task: {{method: seconds per step}}}}")
-    by_name, by_key = measured_step_costs(root)
+    for other in costs_from or []:
+        if not Path(other).is_dir():
+            raise ConfigError(f"--costs_from {other}: no such campaign folder")
+    by_name, by_key = measured_step_costs(root, *map(Path, costs_from or []))
     defs = _task_defs()
     total, unknown = 0.0, 0
     counts = {"done": 0, "resume": 0, "run": 0}
@@ -850,6 +866,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", action="store_true",
                    help="only write ROOT/table2.md and table2.json (the grid's runs, or every run under ROOT)")
     p.add_argument("--step_costs", help="JSON {task: {method: seconds per step}} for --dry_run estimates")
+    p.add_argument("--costs_from", help="other campaign folders (comma-separated) whose finished runs give "
+                                        "--dry_run its measured seconds per step")
     p.add_argument("--tasks", help="only these tasks of the grid (comma-separated)")
     p.add_argument("--methods", help="only these method names of the grid (comma-separated)")
     p.add_argument("--max_runs", type=int, help="run at most this many unfinished runs now")
@@ -875,7 +893,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in adopt_runs(runs, args.adopt):
             print(line)
     if args.dry_run:
-        return dry_run(runs, root, args.jobs, args.step_costs)
+        return dry_run(runs, root, args.jobs, args.step_costs, _csv(args.costs_from))
     failed = 0
     if not args.report:
         failed = run_campaign(runs, root, args.jobs, args.keep_checkpoints, args.max_runs)
