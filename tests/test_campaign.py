@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments.rapt import campaign, figure1
+from experiments.rapt import campaign, figure1, layers
 from mt_dnn.cli_utils import run_cli
 
 
@@ -339,3 +339,30 @@ def test_adopt_copies_a_matching_finished_run_and_refuses_the_rest(tmp_path, glu
     (ok / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n")
     assert run_cli(campaign.main, [*base, "--adopt", str(ok)]) == 2
     assert "not a finished run" in capsys.readouterr().err
+
+
+def test_layer_sweep_plots_best_dev_against_max_layer(tmp_path, capsys):
+    root = tmp_path / "camp"
+    sweep = {0: [0.70, 0.74], 1: [0.72], 3: [0.80], 6: [0.76]}  # max_layer -> best acc per seed
+    for k, seeds in sweep.items():
+        for s, best in enumerate(seeds, start=1):
+            _write_run(root, "mrpc", f"max{k}", s, [{"acc": best - 0.05, "f1": 0.8}, {"acc": best, "f1": 0.8}])
+            (root / "mrpc" / f"max{k}" / f"s{s}" / "config.json").write_text(json.dumps(
+                {"method": "rapt", "method_options": {"eta": 2.0, "max_layer": k}}))
+    # not points: another eta, another method, an unfinished run
+    _write_run(root, "mrpc", "eta1.5", 1, [{"acc": 0.99, "f1": 0.9}])
+    (root / "mrpc" / "eta1.5" / "s1" / "config.json").write_text(json.dumps(
+        {"method": "rapt", "method_options": {"eta": 1.5, "max_layer": 2}}))
+    _write_run(root, "mrpc", "standard", 1, [{"acc": 0.99, "f1": 0.9}])
+    (root / "mrpc" / "standard" / "s1" / "config.json").write_text(json.dumps({"method": "standard"}))
+    _write_run(root, "mrpc", "max2", 1, [{"acc": 0.99, "f1": 0.9}], finished=False)
+    (root / "mrpc" / "max2" / "s1" / "config.json").write_text(json.dumps(
+        {"method": "rapt", "method_options": {"eta": 2.0, "max_layer": 2}}))
+    out = tmp_path / "layers.png"
+    assert layers.main(["--root", str(root), "--tasks", "mrpc,rte", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "mrpc: embed 72.0, 1 72.0, 3 80.0, 6 76.0; best max_layer 3" in capsys.readouterr().out
+    table = out.with_suffix(".md").read_text()
+    assert "| max_layer | embed | 1 | 3 | 6 |" in table and "| acc | 72.0 [2] | 72.0 [1] | 80.0 [1] | 76.0 [1] |" in table
+    assert run_cli(layers.main, ["--root", str(root), "--tasks", "rte", "--out", str(out)]) == 2
+    assert "no finished RAPT runs (eta 2) of rte" in capsys.readouterr().err

@@ -1,0 +1,106 @@
+"""Figures 2 and 3 of the paper: dev score against RAPT's ``max_layer`` (the layer sweep), from a campaign.
+
+    python -m experiments.rapt.campaign --grid experiments/rapt/grids/layers.yml --root runs/layers --jobs 2
+    python -m experiments.rapt.layers --root runs/layers [--tasks mrpc,rte] \
+        [--out experiments/rapt/results/layers.png] [--table experiments/rapt/results/layers.md]
+
+Every finished RAPT run under ``ROOT/<task>/<method name>/s<seed>*`` is a point: x = its ``rapt_max_layer``
+(from the run's ``config.json``; 0 is drawn as "embed": noise on the embedding output only; k >= 1: a layer
+drawn from 1..k per mini-batch), y = its best dev evaluation's primary metric (x100), averaged over seeds.
+Runs of another method, or with an eta other than ``--eta``, are left out. One subplot per task, and a
+markdown table (task x max_layer: mean, seeds) beside the PNG.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from data_utils.task_def import ConfigError
+from experiments.rapt.campaign import TASK_LABEL, RunResult, primary_metric, read_records, scan_results
+from mt_dnn.cli_utils import run_cli, setup_logging
+
+logger = logging.getLogger(__name__)
+
+
+def layer_points(results: list[RunResult], task: str, eta: float) -> dict[int, list[float]]:
+    """max_layer -> best dev primary metric (x100) of each finished RAPT run of the task with this eta."""
+    points: dict[int, list[float]] = {}
+    for r in results:
+        if r.task != task or not r.finished or r.best is None:
+            continue
+        cfg = json.loads((r.folder / "config.json").read_text())
+        opts = cfg.get("method_options", {})
+        if cfg.get("method") != "rapt" or abs(float(opts.get("eta", 2.0)) - eta) > 1e-9:
+            continue
+        points.setdefault(int(opts.get("max_layer", 3)), []).append(r.best.primary * 100.0)
+    return dict(sorted(points.items()))
+
+
+def label(layer: int) -> str:
+    return "embed" if layer == 0 else str(layer)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.rapt.layers",
+                                description="Dev score against RAPT's max_layer (the paper's Figures 2 and 3).")
+    p.add_argument("--root", required=True, help="a campaign folder (<task>/<method>/s<seed>*/)")
+    p.add_argument("--tasks", default="mrpc,rte", help="comma-separated tasks, one subplot each (those present)")
+    p.add_argument("--eta", type=float, default=2.0, help="only runs with this RAPT eta")
+    p.add_argument("--out", default="experiments/rapt/results/layers.png")
+    p.add_argument("--table", default=None, help="markdown table (default: --out with .md)")
+    args = p.parse_args(argv)
+    setup_logging()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    root = Path(args.root)
+    if not root.is_dir():
+        raise ConfigError(f"--root {root}: no such folder")
+    results = scan_results(root)
+    wanted = [t for t in args.tasks.split(",") if t]
+    found = {t: layer_points(results, t, args.eta) for t in wanted}
+    tasks = [t for t in wanted if found[t]]
+    if not tasks:
+        raise ConfigError(f"{root}: no finished RAPT runs (eta {args.eta:g}) of {', '.join(wanted)}")
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.0 * len(tasks), 4.0), squeeze=False)
+    lines = [f"RAPT (eta {args.eta:g}): best dev score (x100) against max_layer; mean over seeds [seeds]. "
+             f"`embed` = noise on the embedding output only; k = a layer drawn from 1..k per mini-batch.", ""]
+    for ax, task in zip(axes[0], tasks):
+        pts = found[task]
+        layers = list(pts)
+        means = [float(np.mean(pts[k])) for k in layers]
+        metric = primary_metric(task, read_records(next(r.folder for r in results if r.task == task)
+                                                   / "metrics.jsonl"))
+        ax.plot(range(len(layers)), means, marker="o")
+        ax.set_xticks(range(len(layers)), [label(k) for k in layers])
+        ax.set_title(f"{TASK_LABEL.get(task, task)} (RAPT, eta {args.eta:g})")
+        ax.set_xlabel("max_layer")
+        ax.set_ylabel(f"dev {metric} (x100)")
+        ax.grid(alpha=0.3)
+        lines += [f"**{TASK_LABEL.get(task, task)}** (dev {metric})", "",
+                  "| max_layer | " + " | ".join(label(k) for k in layers) + " |",
+                  "|---" * (len(layers) + 1) + "|",
+                  f"| {metric} | " + " | ".join(f"{m:.1f} [{len(pts[k])}]" for k, m in zip(layers, means)) + " |", ""]
+        best = layers[int(np.argmax(means))]
+        print(f"{task}: " + ", ".join(f"{label(k)} {m:.1f}" for k, m in zip(layers, means))
+              + f"; best max_layer {label(best)}")
+    fig.tight_layout()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    table = Path(args.table) if args.table else out.with_suffix(".md")
+    table.write_text("\n".join(lines))
+    print(f"wrote {out} and {table}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
