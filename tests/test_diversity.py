@@ -110,3 +110,18 @@ def test_word_missing_from_example_is_a_user_error(runs, tmp_path, capsys):
     assert run_cli(main, _args(runs, tmp_path, "--example", "old woman", "--words", "zebra",
                                "--max_train_rows", "4")) == 2
     assert re.search(r"^error: word 'zebra' is not in the example", capsys.readouterr().err, re.M)
+
+
+def test_an_example_found_only_in_train_is_used_and_said(runs, tmp_path, capsys):
+    """The paper's 'dev' example is in the official RTE train.tsv: auto looks in dev, then in train."""
+    train = (runs["glue"] / "RTE" / "train.tsv").read_text().splitlines()
+    line, row = next((i, r.split("\t")) for i, r in enumerate(train[1:], start=2)
+                     if r.split("\t")[2] not in (runs["glue"] / "RTE" / "dev.tsv").read_text())
+    sentence = row[2]
+    word = next(w for w in sentence.lower().split() if w.isalpha())
+    assert main(_args(runs, tmp_path, "--example", sentence, "--words", word, "--top", "3")) == 0
+    assert f"the example is line {line} of `train.tsv`" in (tmp_path / "div.md").read_text()
+    capsys.readouterr()
+    assert run_cli(main, _args(runs, tmp_path, "--example", sentence, "--words", word,
+                               "--example_split", "dev")) == 2
+    assert "dev.tsv: no row's sentence contains" in capsys.readouterr().err

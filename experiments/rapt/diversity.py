@@ -11,8 +11,9 @@ layer is taken for every token, word pieces are mapped back to words with the fa
 the word vectors are averaged per lower-cased word type. The layer is 0 (embedding output) for Standard
 and SMART and ``--rapt_layer`` for RAPT.
 
-The paper's RTE dev example ("... mexico produces more oil than any other country .") is found by a
-case-insensitive substring of its second sentence (``--example``). For each target word in it, its vector
+The paper's RTE "dev" example ("... mexico produces more oil than any other country .") is found by a
+case-insensitive substring of its second sentence (``--example``), in the dev file and then in the train file
+(``--example_split``): in the official GLUE RTE files that row is train.tsv line 626. For each target word in it, its vector
 before the noise and after adding the method's noise -- SMART: the adversarial delta its regularizer
 computes at the embedding output for this input; RAPT: N(0, 1) scaled to inf-norm eta at the RAPT layer,
 seeded -- is compared by cosine similarity with every training word type (the target itself excluded).
@@ -270,6 +271,29 @@ def run_options(path: str, method: str) -> dict:
     return {}
 
 
+def locate_example(glue_dir: str, task: TaskDef, substring: str, split: str) -> tuple[Example, str]:
+    """The example row and the file it came from. ``split`` auto = dev first, then train: the paper calls its
+    example an RTE dev example, but in the official GLUE files that row (line 626) is in RTE's train.tsv."""
+    kinds = ["dev", "train"] if split == "auto" else [split]
+    errors = []
+    for kind in kinds:
+        sd = task.splits_of(kind)[0]
+        path = str(split_path(glue_dir, task, sd))
+        try:
+            example = find_example(read_split(glue_dir, task, sd), substring, path)
+        except DataError as exc:
+            errors.append(exc)
+            continue
+        if kind != kinds[0]:
+            logger.warning("the example is not in %s's dev file; found in %s line %d", task.name, path,
+                           example.line)
+        return example, Path(path).name
+    if len(errors) == 1:
+        raise errors[0]
+    raise DataError(f"{task.name}: no dev or train row's sentence contains {substring!r}; "
+                    f"pass --example with a substring of the row to use")
+
+
 def find_example(examples: list[Example], substring: str, where: str) -> Example:
     """The first row whose second sentence (or only sentence) contains ``substring``, case-insensitively."""
     needle = substring.lower()
@@ -408,7 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="rte")
     p.add_argument("--words", default="country,can", help="comma-separated target words of the example")
     p.add_argument("--example", default=PAPER_EXAMPLE,
-                   help="case-insensitive substring of the dev row's second sentence (default: the paper's)")
+                   help="case-insensitive substring of the row's second sentence (default: the paper's)")
+    p.add_argument("--example_split", choices=["auto", "dev", "train"], default="auto",
+                   help="where to look for the example; auto: dev, then train (the paper's 'dev' example is "
+                        "in the official RTE train.tsv)")
     p.add_argument("--rapt_layer", type=int, default=2, help="RAPT's layer (0 = embedding output)")
     p.add_argument("--rapt_eta", type=float, default=None, help="default: the RAPT run's eta")
     p.add_argument("--top", type=int, default=10)
@@ -456,10 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     train = read_split(args.glue_dir, task, task.splits_of("train")[0])
     if args.max_train_rows is not None:
         train = train[:args.max_train_rows]
-    dev_split = task.splits_of("dev")[0]
-    example = find_example(read_split(args.glue_dir, task, dev_split), args.example,
-                           str(split_path(args.glue_dir, task, dev_split)))
-    logger.info("example (line %d): %s || %s", example.line, example.text_a, example.text_b)
+    example, where = locate_example(args.glue_dir, task, args.example, args.example_split)
+    logger.info("example (%s line %d): %s || %s", where, example.line, example.text_a, example.text_b)
     for m in methods.values():
         max_len = min(args.max_seq_len, m.model.encoder.config.max_position_embeddings)
         logger.info("%s: word-type vectors at layer %d over %d training rows", m.name, m.layer, len(train))
@@ -470,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     rapt = methods["rapt"].reg.options
     header = [f"- Runs: standard `{args.standard}`, SMART `{args.smart}`, RAPT `{args.rapt}`",
               f"- Task {task.name}: {len(train)} training rows, {len(methods['standard'].vocab)} word types "
-              f"(standard run); dev example at line {example.line}",
+              f"(standard run); the example is line {example.line} of `{where}`",
               f"- Layers: Standard and SMART 0 (embedding output), RAPT {args.rapt_layer}; "
               f"RAPT eta {rapt.eta} ({rapt.norm} norm); SMART {vars(methods['smart'].reg.options)}; "
               f"noise seed {args.seed}"]
