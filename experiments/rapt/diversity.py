@@ -46,7 +46,7 @@ from mt_dnn.trainer import pick_device
 
 logger = logging.getLogger(__name__)
 
-PAPER_EXAMPLE = "produces more oil than any other country"
+PAPER_EXAMPLE = "mexico produces more oil than any other country"
 PROG = "python -m experiments.rapt.diversity"
 
 WordSpans = list[tuple[str, list[int]]]  # (lower-cased word, token positions of its pieces) per kept word
