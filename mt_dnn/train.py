@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import logging.handlers
 import os
 import sys
 from pathlib import Path
@@ -166,9 +167,18 @@ def main(argv: list[str] | None = None) -> int:
     cfg.validate()
     setup_logging()
     trainer = Trainer(cfg)
-    trainer.setup()  # every data, model and flag error surfaces here, before anything is written
+    held = logging.handlers.BufferingHandler(capacity=100_000)  # set-up messages, for train.log
+    logging.getLogger().addHandler(held)
+    try:
+        trainer.setup()  # every data, model and flag error surfaces here, before anything is written
+    finally:
+        logging.getLogger().removeHandler(held)
     setup_logging(Path(cfg.output_dir) / "train.log")
     logger.info("command: %s", " ".join(sys.argv))
+    for handler in logging.getLogger().handlers:  # the set-up messages were shown already; now also in the file
+        if isinstance(handler, logging.FileHandler):
+            for record in held.buffer:
+                handler.handle(record)
     trainer.train()
     if not cfg.no_eval and trainer.is_main:
         print(f"best dev score {trainer.best_score:.4f}; model in {Path(cfg.output_dir) / 'best'}")

@@ -229,7 +229,8 @@ class Trainer:
         self.model = model.to(self.device)
         self.reg.check(self.model)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        logger.info("encoder %s: %d layers, pooling %s, %.1fM parameters", resolve_model(cfg.model),
+        source = f"{cfg.init_checkpoint} (--init_checkpoint)" if cfg.init_checkpoint else resolve_model(cfg.model)
+        logger.info("encoder %s: %d layers, pooling %s, %.1fM parameters", source,
                     self.model.num_layers, self.model.pooling,
                     sum(p.numel() for p in self.model.parameters()) / 1e6)
         self._load_data()

@@ -116,3 +116,24 @@ def test_run_script_and_submission_script_end_to_end(tmp_path, glue_dir, tiny_mo
     # the fixture's test files are not the official size, so validation fails loudly, after writing the zip
     assert (tmp_path / "sub" / "submission.zip").is_file()
     assert r.returncode == 1 and "failed validation" in r.stderr
+
+
+def test_mtdnn_script_trains_jointly_then_fine_tunes_each_task_from_it(tmp_path, glue_dir, tiny_model_dir):
+    env = {**os.environ, "GLUE_DIR": str(glue_dir), "MODEL": str(tiny_model_dir), "OUT": str(tmp_path / "runs"),
+           "PYTHON": sys.executable, "TASKS": "rte,mrpc"}
+    r = subprocess.run(["bash", str(REPO / "run_scripts" / "run_mtdnn.sh"), "rapt", "--max_steps", "2",
+                        "--rapt_max_layer", "2", "--cache_dir", str(tmp_path / "cache")],
+                       capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    runs = tmp_path / "runs"
+    joint = json.loads((runs / "mtdnn-rapt-s1" / "config.json").read_text())
+    assert joint["tasks"] == "rte,mrpc" and joint["method"] == "rapt"
+    assert (runs / "mtdnn-rapt-s1" / "best").is_dir()
+    for task in ("rte", "mrpc"):
+        ft = runs / f"mtdnn-rapt-s1-ft-{task}"
+        cfg = json.loads((ft / "config.json").read_text())
+        assert cfg["tasks"] == task and cfg["init_checkpoint"] == str(runs / "mtdnn-rapt-s1")
+        log = (ft / "train.log").read_text()
+        assert f"head {task} initialised from" in log and "(--init_checkpoint)" in log
+        assert (ft / "best").is_dir()
+    assert "stage 2: fine-tune mrpc" in r.stdout
