@@ -366,3 +366,19 @@ def test_layer_sweep_plots_best_dev_against_max_layer(tmp_path, capsys):
     assert "| max_layer | embed | 1 | 3 | 6 |" in table and "| acc | 72.0 [2] | 72.0 [1] | 80.0 [1] | 76.0 [1] |" in table
     assert run_cli(layers.main, ["--root", str(root), "--tasks", "rte", "--out", str(out)]) == 2
     assert "no finished RAPT runs (eta 2) of rte" in capsys.readouterr().err
+
+
+def test_report_has_training_time_and_ratios(tmp_path):
+    root = tmp_path / "camp"
+    # _write_run makes seed s take 6 x s seconds per step
+    _write_run(root, "rte", "standard", 1, [{"acc": 0.6}])
+    _write_run(root, "rte", "smart", 3, [{"acc": 0.6}, {"acc": 0.7}])
+    _write_run(root, "rte", "rapt", 2, [{"acc": 0.6}])
+    _write_run(root, "rte", "rapt_shared", 1, [{"acc": 0.6}], finished=False)  # no time: not finished
+    report = campaign.build_report(campaign.scan_results(root), ["standard", "smart", "rapt"])
+    times = report["times"]["rte"]
+    assert set(times) == {"standard", "smart", "rapt"}
+    assert times["smart"]["minutes"] == pytest.approx(6.0) and times["smart"]["s_per_step"] == pytest.approx(18.0)
+    assert times["rapt"]["/standard"] == pytest.approx(2.0) and times["rapt"]["/smart"] == pytest.approx(2 / 3)
+    md = campaign.report_markdown(report, "t")
+    assert "| RTE | rapt | 1 | 2.0 | 12.00 | 2.00 | 0.67 |" in md

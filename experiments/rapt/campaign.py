@@ -607,6 +607,8 @@ class RunResult:
     folder: Path
     finished: bool
     evaluations: list[Evaluation]
+    train_seconds: float | None = None  # the final train record's (training steps only), when finished
+    steps: int | None = None
 
     @property
     def best(self) -> Evaluation | None:
@@ -661,7 +663,11 @@ def load_result(folder: Path, task: str | None = None, name: str | None = None) 
     if seed is None:
         m = re.match(r"s(\d+)", folder.name)
         seed = int(m.group(1)) if m else int(records[0].get("seed", 0))
-    return RunResult(task, name, int(seed), folder, records[-1].get("split") == "train", evaluations_of(records, task))
+    last = records[-1]
+    done = last.get("split") == "train"
+    return RunResult(task, name, int(seed), folder, done, evaluations_of(records, task),
+                     float(last["train_seconds"]) if done and "train_seconds" in last else None,
+                     int(last["steps"]) if done and "steps" in last else None)
 
 
 def scan_results(root: Path) -> list[RunResult]:
@@ -702,6 +708,28 @@ def cell_keys(task: str, evaluation: Evaluation) -> list[tuple[str, str]]:
 
 def task_order(tasks: set[str]) -> list[str]:
     return [t for t in TASK_ORDER if t in tasks] + sorted(tasks - set(TASK_ORDER))
+
+
+def training_times(by: dict[str, dict[str, dict[int, RunResult]]], names: list[str], tasks: list[str]) -> dict:
+    """Table 3 style, per task and method: mean training minutes and seconds per step over seeds, and the
+    ratios to ``standard`` and ``smart`` where those ran. The runs' own clocks: compare runs made under the same
+    conditions (the same --jobs, nothing else on the machine); experiments.rapt.speed is the controlled measure."""
+    out: dict[str, dict] = {}
+    for task in tasks:
+        rows = {}
+        for name in names:
+            runs = [r for r in by.get(name, {}).get(task, {}).values() if r.train_seconds and r.steps]
+            if runs:
+                rows[name] = {"minutes": float(np.mean([r.train_seconds for r in runs])) / 60.0,
+                              "s_per_step": float(np.mean([r.train_seconds / r.steps for r in runs])),
+                              "runs": len(runs)}
+        for name, row in rows.items():
+            for base in ("standard", "smart"):
+                if base in rows:
+                    row[f"/{base}"] = row["s_per_step"] / rows[base]["s_per_step"]
+        if rows:
+            out[task] = rows
+    return out
 
 
 def build_report(results: list[RunResult], method_order: list[str] | None = None,
@@ -754,6 +782,7 @@ def build_report(results: list[RunResult], method_order: list[str] | None = None
                         "average_these_tasks": float(np.mean([np.mean(prow[t]) for t in have])) if have else None,
                         "average_paper": prow["average"]}
     return {"tasks": tasks, "methods": names, "rows": rows, "best_of": chosen, "paper": paper,
+            "times": training_times(by, [n for n in names if n not in chosen], tasks),
             "paired": paired_comparisons(by, names, tasks, best_of or {}),
             "unfinished": sorted(r.folder.as_posix() for r in results if not r.finished)}
 
@@ -822,6 +851,17 @@ def report_markdown(report: dict, title: str) -> str:
         cells = ["/".join(f"{v:.1f}" for v in prow["tasks"][t]) if t in prow["tasks"] else "-" for t in tasks]
         avg = f"{prow['average_these_tasks']:.1f}" if prow["average_these_tasks"] is not None else "-"
         lines.append(f"| {pname} | " + " | ".join(cells) + f" | {avg} | {prow['average_paper']:.1f} |")
+    if report.get("times"):
+        lines += ["", "## Training time (Table 3 style)", "",
+                  "Mean over seeds of each finished run's training time (training steps only, evaluation excluded) "
+                  "and seconds per step; ratios of seconds per step. These are the runs' own clocks: comparable "
+                  "only between runs made under the same conditions.", "",
+                  "| Task | Method | Runs | Minutes | s/step | / standard | / smart |", "|---|---|---|---|---|---|---|"]
+        for task, rows_t in report["times"].items():
+            for name, t in rows_t.items():
+                ratios = [f"{t[k]:.2f}" if k in t else "-" for k in ("/standard", "/smart")]
+                lines.append(f"| {TASK_LABEL.get(task, task)} | {name} | {t['runs']} | {t['minutes']:.1f} | "
+                             f"{t['s_per_step']:.2f} | {ratios[0]} | {ratios[1]} |")
     lines += ["", "## Paired comparisons (primary metric, runs with the same seed)", "",
               "mean(A-B) x100; wins = seeds where A > B (ties count for neither); p = paired t-test "
               "(scipy.stats.ttest_rel), shown with >= 2 seeds whose differences are not all equal.", "",
