@@ -27,6 +27,23 @@ logger = logging.getLogger(__name__)
 DEFAULT_METHODS = "standard,smart,rapt,rapt_shared"
 
 
+def headless_pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def campaign_folder(path: str) -> Path:
+    root = Path(path)
+    if not root.is_dir():
+        raise ConfigError(f"--root {root}: no such folder")
+    return root
+
+
 def curve(runs: list[RunResult]) -> tuple[np.ndarray, np.ndarray, int]:
     """(minutes, score x100, seeds) of a method: the i-th evaluation averaged over the seeds that reach it."""
     longest = max(len(r.evaluations) for r in runs)
@@ -47,14 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="experiments/rapt/results/figure1.png")
     args = p.parse_args(argv)
     setup_logging()
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    root = Path(args.root)
-    if not root.is_dir():
-        raise ConfigError(f"--root {root}: no such folder")
+    plt = headless_pyplot()
+    root = campaign_folder(args.root)
     tasks = [t for t in args.tasks.split(",") if t]
     methods = [m for m in args.methods.split(",") if m]
     results = [r for r in scan_results(root) if r.evaluations]

@@ -22,6 +22,7 @@ import numpy as np
 
 from data_utils.task_def import ConfigError
 from experiments.rapt.campaign import TASK_LABEL, RunResult, primary_metric, read_records, scan_results
+from experiments.rapt.figure1 import campaign_folder, headless_pyplot
 from mt_dnn.cli_utils import run_cli, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -55,14 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", default=None, help="markdown table (default: --out with .md)")
     args = p.parse_args(argv)
     setup_logging()
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    root = Path(args.root)
-    if not root.is_dir():
-        raise ConfigError(f"--root {root}: no such folder")
+    plt = headless_pyplot()
+    root = campaign_folder(args.root)
     results = scan_results(root)
     wanted = [t for t in args.tasks.split(",") if t]
     found = {t: layer_points(results, t, args.eta) for t in wanted}
