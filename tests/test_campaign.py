@@ -382,3 +382,25 @@ def test_report_has_training_time_and_ratios(tmp_path):
     assert times["rapt"]["/standard"] == pytest.approx(2.0) and times["rapt"]["/smart"] == pytest.approx(2 / 3)
     md = campaign.report_markdown(report, "t")
     assert "| RTE | rapt | 1 | 2.0 | 12.00 | 2.00 | 0.67 |" in md
+
+
+def test_dry_run_scales_a_method_measured_elsewhere_by_this_tasks_standard_cost(tmp_path, capsys):
+    root = tmp_path / "camp"
+    for task, method, seconds in (("rte", "standard", 2.0), ("rte", "rapt", 6.0), ("mrpc", "standard", 1.0)):
+        folder = root / task / method / "s9-old"
+        folder.mkdir(parents=True)
+        (folder / "flags.json").write_text(json.dumps(
+            {"task": task, "method_name": method, "seed": 9, "identity": {"method": method}}))
+        (folder / "metrics.jsonl").write_text(json.dumps({"split": "train", "train_seconds": seconds * 10,
+                                                          "steps": 10}) + "\n")
+    grid = _grid(tmp_path / "grid.yml", tasks=["mrpc", "stsb"], seeds=[1],
+                 flags={"epochs": 1, "max_train_samples": 80}, methods={"rapt": {"method": "rapt"}})
+    costs = tmp_path / "costs.json"
+    costs.write_text(json.dumps({"stsb": {"standard": 0.5}}))
+    assert campaign.main(["--grid", str(grid), "--root", str(root), "--dry_run", "--step_costs", str(costs)]) == 0
+    out = capsys.readouterr().out
+    mrpc = next(ln for ln in out.splitlines() if "mrpc/rapt/" in ln)
+    stsb = next(ln for ln in out.splitlines() if "stsb/rapt/" in ln)
+    # mrpc: measured standard 1.0 s x (rte's rapt/standard = 3.0); stsb: --step_costs standard 0.5 x 3.0
+    assert "3.000" in mrpc and "standard x 3.00 (rte)" in mrpc
+    assert "1.500" in stsb and "standard x 3.00 (rte)" in stsb

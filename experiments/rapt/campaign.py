@@ -445,7 +445,25 @@ def step_cost(run: Run, by_name: dict, by_key: dict, table: dict) -> tuple[float
         for m in (run.name, run.method):
             if m in costs:
                 return float(costs[m]), f"--step_costs {task_key}.{m}"
-    return None, "unknown"
+    return scaled_cost(run.task, k, by_key, table)
+
+
+def scaled_cost(task: str, key: tuple, by_key: dict, table: dict) -> tuple[float | None, str]:
+    """A method never measured on this task: this task's standard step cost (measured, else --step_costs) times
+    the method's cost ratio to standard measured on the other tasks (same batch, length and model)."""
+    def standard(k: tuple) -> tuple:
+        return (k[0], "standard", False, None, *k[4:])
+
+    if key[1] == "standard":
+        return None, "unknown"
+    base = by_key.get(standard(key))
+    base_cost = float(np.mean(base)) if base else table.get(task, {}).get("standard")
+    ratios = {k[0]: float(np.mean(v)) / float(np.mean(by_key[standard(k)]))
+              for k, v in by_key.items() if k[0] != task and k[1:] == key[1:] and standard(k) in by_key}
+    if base_cost is None or not ratios:
+        return None, "unknown"
+    ratio = float(np.mean(list(ratios.values())))
+    return float(base_cost) * ratio, f"standard x {ratio:.2f} ({', '.join(sorted(ratios))})"
 
 
 def done_steps(folder: Path) -> int:
