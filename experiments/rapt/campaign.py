@@ -419,12 +419,17 @@ def measured_step_costs(*roots: Path) -> tuple[dict[tuple, list[float]], dict[tu
     """Seconds per step of every finished run under the ROOTs: by (task, method name) and by :func:`cost_key`."""
     by_name: dict[tuple, list[float]] = {}
     by_key: dict[tuple, list[float]] = {}
+    seen: set[str] = set()
     for flags_file in sorted(f for root in roots for f in root.glob("*/*/*/flags.json")):
         folder = flags_file.parent
         records = read_records(folder / "metrics.jsonl")
         if not records or records[-1].get("split") != "train" or not records[-1].get("steps"):
             continue
         info = json.loads(flags_file.read_text())
+        origin = info.get("adopted_from") or str(folder.resolve())  # an adopted copy is the same run
+        if origin in seen:
+            continue
+        seen.add(origin)
         cost = float(records[-1]["train_seconds"]) / float(records[-1]["steps"])
         by_name.setdefault((info["task"], info["method_name"]), []).append(cost)
         by_key.setdefault(cost_key(info["task"], info["identity"]), []).append(cost)
