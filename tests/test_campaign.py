@@ -332,6 +332,12 @@ def test_adopt_copies_a_matching_finished_run_and_refuses_the_rest(tmp_path, glu
     assert campaign.is_finished(folder) and (folder / "best").is_dir()
     assert json.loads((folder / "flags.json").read_text())["adopted_from"] == str(ok.resolve())
     assert [r.split()[0] for r in out.splitlines() if r.startswith(("done", "run"))] == ["run", "done"]
+    # a copy of the copy (another campaign adopting it) still names the original run
+    assert campaign.main(["--grid", str(grid), "--root", str(tmp_path / "camp2"), "--model", str(tiny_model_dir),
+                          "--dry_run", "--adopt", str(folder)]) == 0
+    [copy2] = (tmp_path / "camp2").glob("rte/rapt/s1-*")
+    assert json.loads((copy2 / "flags.json").read_text())["adopted_from"] == str(ok.resolve())
+    capsys.readouterr()
     # adopting again leaves the folder as is; an unfinished source is refused
     assert campaign.main([*base, "--adopt", str(ok)]) == 0
     assert "already finished; left as is" in capsys.readouterr().out

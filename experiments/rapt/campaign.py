@@ -426,7 +426,7 @@ def measured_step_costs(*roots: Path) -> tuple[dict[tuple, list[float]], dict[tu
         if not records or records[-1].get("split") != "train" or not records[-1].get("steps"):
             continue
         info = json.loads(flags_file.read_text())
-        origin = info.get("adopted_from") or str(folder.resolve())  # an adopted copy is the same run
+        origin = _origin(folder)  # an adopted copy is the same run
         if origin in seen:
             continue
         seen.add(origin)
@@ -537,6 +537,16 @@ def dry_run(runs: list[Run], root: Path, jobs: int, step_costs_file: str | None,
 ADOPT_IGNORED = NOT_IDENTITY | {"output_dir", "resume", "max_bad_steps"}
 
 
+def _origin(folder: Path) -> str:
+    """The folder a run was first made in (a copy of a copy points at the original)."""
+    info = folder / "flags.json"
+    if info.is_file():
+        origin = json.loads(info.read_text()).get("adopted_from")
+        if origin:
+            return str(origin)
+    return str(folder.resolve())
+
+
 def adopt_runs(runs: list[Run], sources: list[str]) -> list[str]:
     """Copy finished runs made outside the campaign (e.g. by ``run_scripts/run_<task>.sh``) into the grid's
     folders, so the campaign skips them. A source must be finished and its ``config.json`` must equal the grid
@@ -584,7 +594,7 @@ def adopt_runs(runs: list[Run], sources: list[str]) -> list[str]:
         (tmp / "flags.json").write_text(json.dumps(
             {"task": run.task, "method_name": run.name, "seed": run.seed,
              "hash": run.folder.name.split("-")[-1], "identity": run.identity, "flags": run.flags,
-             "adopted_from": str(src.resolve())}, indent=2, default=str))
+             "adopted_from": _origin(src)}, indent=2, default=str))
         tmp.rename(run.folder)
         lines.append(f"{src}: adopted as {run.label}")
     return lines

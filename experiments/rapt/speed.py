@@ -1,11 +1,11 @@
-"""Step-time benchmark: standard, SMART and both RAPT paths on the same real RTE batches, interleaved.
+"""Step-time benchmark: standard, SMART and both RAPT paths on the same real batches of a task, interleaved.
 
-    python -m experiments.rapt.speed --glue_dir $GLUE_DIR --steps 30 --out experiments/rapt/results/speed.json
+    python -m experiments.rapt.speed --glue_dir $GLUE_DIR --task rte --steps 24   # -> results/speed_rte.json
 
 Each method has its own copy of the model and optimizer, so all start from the same weights; at step i every
 method trains on batch i, in a rotating order, so machine noise hits them alike. A step is the full
 training step (forward passes, backward, clip, optimizer, scheduler). Reports each method's median step time
-and the ratios RAPT/SMART and RAPT/standard. RAPT's layer r varies with the step, so use >= 30 steps.
+and the ratios RAPT/SMART and RAPT/standard. RAPT's layer r varies with the step (uniform over 1..3), so use >= 20 steps.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--cache_dir", default=".cache/features")
-    p.add_argument("--out", default="experiments/rapt/results/speed.json")
+    p.add_argument("--out", default=None, help="default: experiments/rapt/results/speed_<task>.json")
     args = p.parse_args(argv)
     setup_logging()
     if args.threads:
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
                  ("smart", "standard")):
         if a in med and b in med:
             result["ratios"][f"{a}/{b}"] = med[a] / med[b]
-    out = Path(args.out)
+    out = Path(args.out or f"experiments/rapt/results/speed_{args.task}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"median step time over {args.steps} interleaved steps ({args.task}, batch {args.batch_size}):")
