@@ -552,8 +552,6 @@ def adopt_runs(runs: list[Run], sources: list[str]) -> list[str]:
     folders, so the campaign skips them. A source must be finished and its ``config.json`` must equal the grid
     cell's resolved configuration in every field that can change the result (task, seed, lr, method options, ...);
     anything else is an error naming the source and the first field that differs. Returns one line per source."""
-    import dataclasses as dc
-
     from mt_dnn.perturbation import REGISTRY
 
     plan: list[tuple[Path, Run]] = []
@@ -568,8 +566,9 @@ def adopt_runs(runs: list[Run], sources: list[str]) -> list[str]:
         for run in runs:
             if str(have.get("tasks")) != run.task or have.get("seed") != run.seed:
                 continue
-            want = dc.asdict(run.config)
-            want["method_options"] = dc.asdict(REGISTRY[run.config.method].Options(**run.config.method_options))
+            want = dataclasses.asdict(run.config)
+            want["method_options"] = dataclasses.asdict(REGISTRY[run.config.method].Options(
+                **run.config.method_options))
             diff = [k for k in want if k not in ADOPT_IGNORED and k in have and want[k] != have[k]]
             if best is None or len(diff) < len(best[0]):
                 best = (diff, run)
