@@ -426,7 +426,7 @@ def measured_step_costs(*roots: Path) -> tuple[dict[tuple, list[float]], dict[tu
         if not records or records[-1].get("split") != "train" or not records[-1].get("steps"):
             continue
         info = json.loads(flags_file.read_text())
-        origin = _origin(folder)  # an adopted copy is the same run
+        origin = info.get("adopted_from") or str(folder.resolve())  # an adopted copy is the same run
         if origin in seen:
             continue
         seen.add(origin)
