@@ -410,3 +410,60 @@ def test_dry_run_scales_a_method_measured_elsewhere_by_this_tasks_standard_cost(
     # mrpc: measured standard 1.0 s x (rte's rapt/standard = 3.0); stsb: --step_costs standard 0.5 x 3.0
     assert "3.000" in mrpc and "standard x 3.00 (rte)" in mrpc
     assert "1.500" in stsb and "standard x 3.00 (rte)" in stsb
+
+
+def _fake_training(calls: list):
+    """A stand-in for the training subprocess: it records the run folder and writes a finished metrics file."""
+
+    def fake_run(cmd, stdout, stderr, env):
+        folder = Path(cmd[cmd.index("--output_dir") + 1])
+        calls.append(folder)
+        assert (folder / campaign.LOCK_NAME).is_file()  # held while training
+        recs = [{"epoch": 0, "step": 2, "task": "rte", "split": "dev", "split_name": "dev", "train_seconds": 1.0,
+                 "metrics": {"acc": 0.5}}, {"epoch": 0, "task": "rte", "split": "train", "steps": 2,
+                                           "train_seconds": 1.0, "loss": 0.5, "reg_loss": 0.0}]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        return campaign.subprocess.CompletedProcess(cmd, 0)
+
+    return fake_run
+
+
+def test_seeds_slice_the_grid_and_locked_runs_are_left_to_their_process(tmp_path, monkeypatch, capsys):
+    calls: list[Path] = []
+    monkeypatch.setattr(campaign.subprocess, "run", _fake_training(calls))
+    grid = _grid(tmp_path / "grid.yml", seeds=[1, 2, 3])
+    root = tmp_path / "camp"
+    runs = campaign.plan_runs(campaign.load_grid(grid), root)
+    first = {r.label: r.folder for r in runs if r.seed == 2}
+    std2, rapt2 = first[next(k for k in first if "/standard/" in k)], first[next(k for k in first if "/rapt/" in k)]
+
+    # another live process on this host (our own pid stands in for it) is training standard seed 2
+    std2.mkdir(parents=True)
+    (std2 / campaign.LOCK_NAME).write_text(f"{campaign.socket.gethostname()}:{campaign.os.getpid()}\n")
+    assert campaign.run_status(std2) == "busy"
+    base = ["--grid", str(grid), "--root", str(root)]
+    assert campaign.main([*base, "--dry_run", "--seeds", "2"]) == 0
+    assert "2 runs: 0 done, 1 running now, 0 to resume, 1 to run" in capsys.readouterr().out
+
+    # --max_runs 1 on seed 2 passes the busy run by and trains the next one; its lock is gone afterwards
+    assert campaign.main([*base, "--seeds", "2", "--max_runs", "1"]) == 0
+    assert calls == [rapt2] and not (rapt2 / campaign.LOCK_NAME).exists()
+    assert (std2 / campaign.LOCK_NAME).exists() and not campaign.is_finished(std2)
+
+    # a lock left by a dead process is stale: the run is taken over
+    dead = campaign.subprocess.Popen([campaign.sys.executable, "-c", "pass"])
+    dead.wait()
+    (std2 / campaign.LOCK_NAME).write_text(f"{campaign.socket.gethostname()}:{dead.pid}\n")
+    assert campaign.run_status(std2) == "run"
+    assert campaign.main([*base, "--seeds", "2"]) == 0
+    assert calls == [rapt2, std2] and campaign.is_finished(std2)
+    assert all(r.seed == 2 for r in campaign.plan_runs(campaign.load_grid(grid), root, seeds=[2]))
+
+
+@pytest.mark.parametrize("seeds,message", [("4", "seed(s) 4 not in the grid (1, 2, 3)"),
+                                           ("one", "--seeds one: expected comma-separated integers")])
+def test_bad_seeds_are_one_line_errors(tmp_path, capsys, seeds, message):
+    grid = _grid(tmp_path / "grid.yml", seeds=[1, 2, 3])
+    assert run_cli(campaign.main, ["--grid", str(grid), "--root", str(tmp_path / "c"), "--seeds", seeds]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

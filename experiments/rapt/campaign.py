@@ -24,6 +24,10 @@ folder's ``flags.json`` says what it is. A rerun skips finished runs (metrics.js
 checkpoint and makes the trainer write one at each epoch end. Runs go seed by seed (all tasks and methods of seed
 1 first), so a campaign cut short still has complete, paired seeds. ``ROOT/progress.log`` gets one line per event:
 ``timestamp<TAB>run<TAB>status<TAB>seconds``.
+
+Several campaign processes may share one ROOT (two terminals, or a loop of ``--max_runs 1`` calls per worker):
+a run being trained holds ``<run folder>/RUNNING`` (``host:pid``), and the others pass it by (``busy`` in
+``--dry_run``). ``--tasks``, ``--methods`` and ``--seeds`` pick a slice of the grid.
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -262,20 +267,27 @@ def flags_hash(identity: dict[str, Any]) -> str:
 
 
 def plan_runs(grid: Grid, root: Path, model: str | None = None, glue_dir: str | None = None,
-              tasks: list[str] | None = None, methods: list[str] | None = None) -> list[Run]:
-    """Every run of the grid (seed-major order), with its folder; all flags are checked by mt_dnn.train's parser."""
+              tasks: list[str] | None = None, methods: list[str] | None = None,
+              seeds: list[int] | None = None) -> list[Run]:
+    """Every run of the grid (seed-major order), with its folder; all flags are checked by mt_dnn.train's parser.
+
+    ``tasks``, ``methods`` and ``seeds`` keep only those cells of the grid (each must be in it).
+    """
     from mt_dnn.train import build_parser
 
     parser = build_parser()
     model = model if model is not None else grid.model
     glue_dir = glue_dir if glue_dir is not None else grid.glue_dir
-    for wanted, have, what in ((tasks, grid.tasks, "task"), (methods, list(grid.methods), "method")):
-        bad = [x for x in wanted or [] if x not in have]
+    for wanted, have, what in ((tasks, grid.tasks, "task"), (methods, list(grid.methods), "method"),
+                               (seeds, grid.seeds, "seed")):
+        bad = [str(x) for x in wanted or [] if x not in have]
         if bad:
-            raise ConfigError(f"{what}(s) {', '.join(bad)} not in the grid ({', '.join(have)})")
+            raise ConfigError(f"{what}(s) {', '.join(bad)} not in the grid ({', '.join(map(str, have))})")
     runs: list[Run] = []
     checked: dict[str, Any] = {}
     for seed in grid.seeds:
+        if seeds and seed not in seeds:
+            continue
         for task in grid.tasks:
             if tasks and task not in tasks:
                 continue
@@ -328,10 +340,69 @@ def is_finished(folder: Path) -> bool:
     return bool(records) and records[-1].get("split") == "train"
 
 
+LOCK_NAME = "RUNNING"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def lock_holder(folder: Path) -> str | None:
+    """Who is running this run now (``host:pid``), or None. A lock left by a dead process on this host is stale.
+
+    A lock from another host cannot be checked and counts as held; delete ``<folder>/RUNNING`` by hand if that
+    machine is gone.
+    """
+    try:
+        holder = (folder / LOCK_NAME).read_text().strip()
+    except OSError:
+        return None
+    host, _, pid = holder.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+        return None
+    return holder or "?"
+
+
+def try_lock(folder: Path) -> bool:
+    """Claim a run for this process (``<folder>/RUNNING`` = ``host:pid``, created atomically); False = taken.
+
+    Lets several campaign processes share one ROOT (e.g. one per terminal, or ``--max_runs 1`` loops) without
+    two of them training the same run. A stale lock (dead process, this host) is taken over.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(folder / LOCK_NAME, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if lock_holder(folder) is not None:
+                return False
+            logger.warning("%s: taking over a stale lock", folder)
+            (folder / LOCK_NAME).unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me + "\n")
+        return True
+    return False
+
+
+def unlock(folder: Path) -> None:
+    (folder / LOCK_NAME).unlink(missing_ok=True)
+
+
 def run_status(folder: Path) -> str:
-    """``done`` (finished), ``resume`` (started: something was written) or ``run`` (nothing yet)."""
+    """``done`` (finished), ``busy`` (another live process holds its lock), ``resume`` (started: something was
+    written) or ``run`` (nothing yet)."""
     if is_finished(folder):
         return "done"
+    if lock_holder(folder) is not None:
+        return "busy"
     started = any((folder / n).exists() for n in ("checkpoint", "checkpoint.old", "metrics.jsonl", "config.json"))
     return "resume" if started else "run"
 
@@ -504,7 +575,7 @@ def dry_run(runs: list[Run], root: Path, jobs: int, step_costs_file: str | None,
     by_name, by_key = measured_step_costs(root, *map(Path, costs_from or []))
     defs = _task_defs()
     total, unknown = 0.0, 0
-    counts = {"done": 0, "resume": 0, "run": 0}
+    counts = {"done": 0, "busy": 0, "resume": 0, "run": 0}
     print(f"{'status':7s} {'run':40s} {'steps':>7s} {'s/step':>7s}  {'estimate':>9s}  source")
     for run in runs:
         status = run_status(run.folder)
@@ -515,7 +586,8 @@ def dry_run(runs: list[Run], root: Path, jobs: int, step_costs_file: str | None,
         if status == "done":
             print(f"{status:7s} {run.label:40s} {steps if steps is not None else '?':>7}")
             continue
-        left = None if steps is None else max(steps - (done_steps(run.folder) if status == "resume" else 0), 0)
+        started = status in ("resume", "busy")
+        left = None if steps is None else max(steps - (done_steps(run.folder) if started else 0), 0)
         cost, source = step_cost(run, by_name, by_key, table)
         est = None if cost is None or left is None else cost * left
         if est is None:
@@ -524,8 +596,10 @@ def dry_run(runs: list[Run], root: Path, jobs: int, step_costs_file: str | None,
             total += est
         print(f"{status:7s} {run.label:40s} {left if left is not None else '?':>7} "
               f"{f'{cost:.3f}' if cost is not None else '?':>7}  {fmt_time(est):>9s}  {source}")
-    todo = counts["resume"] + counts["run"]
-    print(f"\n{len(runs)} runs: {counts['done']} done, {counts['resume']} to resume, {counts['run']} to run")
+    todo = counts["busy"] + counts["resume"] + counts["run"]
+    print(f"\n{len(runs)} runs: {counts['done']} done, "
+          + (f"{counts['busy']} running now, " if counts["busy"] else "")
+          + f"{counts['resume']} to resume, {counts['run']} to run")
     known = f"{fmt_time(total)}" if unknown < todo or not todo else "?"
     print(f"estimated CPU time of the {todo} left: {known}"
           + (f" (+ {unknown} run(s) with no step cost: give --step_costs)" if unknown else "")
@@ -602,19 +676,29 @@ def adopt_runs(runs: list[Run], sources: list[str]) -> list[str]:
 def run_campaign(runs: list[Run], root: Path, jobs: int, keep_checkpoints: bool, max_runs: int | None) -> int:
     """Skip finished runs, run or resume the rest (``jobs`` at a time); returns how many failed."""
     progress = Progress(root / "progress.log")
-    pending: list[tuple[Run, str]] = []
-    for run in runs:
-        status = run_status(run.folder)
-        if status == "done":
-            progress.log(run.label, "skip")
-        else:
-            pending.append((run, status))
-    todo = pending if max_runs is None else pending[:max_runs]
-    logger.info("%d runs: %d finished, %d to run now (%d at a time)", len(runs), len(runs) - len(pending),
-                len(todo), jobs)
-    env = run_env(jobs)
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        results = list(pool.map(lambda rs: execute(rs[0], rs[1], env, progress, keep_checkpoints), todo))
+    todo: list[tuple[Run, str]] = []
+    finished = busy = 0
+    try:
+        for run in runs:
+            status = run_status(run.folder)
+            if status == "done":
+                progress.log(run.label, "skip")
+                finished += 1
+            elif max_runs is not None and len(todo) >= max_runs:
+                continue
+            elif status == "busy" or not try_lock(run.folder):  # another campaign process is running it
+                logger.info("%s is running in another process (%s); skipped", run.label, lock_holder(run.folder))
+                busy += 1
+            else:
+                todo.append((run, status))
+        logger.info("%d runs: %d finished, %d running elsewhere, %d to run now (%d at a time)", len(runs),
+                    finished, busy, len(todo), jobs)
+        env = run_env(jobs)
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            results = list(pool.map(lambda rs: execute(rs[0], rs[1], env, progress, keep_checkpoints), todo))
+    finally:
+        for run, _ in todo:
+            unlock(run.folder)
     return sum(not ok for ok in results)
 
 
@@ -942,7 +1026,9 @@ def main(argv: list[str] | None = None) -> int:
                                         "--dry_run its measured seconds per step")
     p.add_argument("--tasks", help="only these tasks of the grid (comma-separated)")
     p.add_argument("--methods", help="only these method names of the grid (comma-separated)")
-    p.add_argument("--max_runs", type=int, help="run at most this many unfinished runs now")
+    p.add_argument("--seeds", help="only these seeds of the grid (comma-separated)")
+    p.add_argument("--max_runs", type=int, help="run at most this many unfinished runs now (runs that another "
+                                                "campaign process is running are left to it)")
     p.add_argument("--keep_checkpoints", action="store_true", help="keep checkpoint/ of finished runs")
     p.add_argument("--adopt", nargs="+", metavar="RUN_DIR",
                    help="copy these finished runs (same task, seed and flags as a grid cell, e.g. made by "
@@ -960,7 +1046,11 @@ def main(argv: list[str] | None = None) -> int:
         print(write_report(root, scan_results(root), None, None), end="")
         return 0
     grid = load_grid(args.grid)
-    runs = plan_runs(grid, root, args.model, args.glue_dir, _csv(args.tasks), _csv(args.methods))
+    try:
+        seeds = [int(x) for x in _csv(args.seeds) or []] or None
+    except ValueError:
+        raise ConfigError(f"--seeds {args.seeds}: expected comma-separated integers") from None
+    runs = plan_runs(grid, root, args.model, args.glue_dir, _csv(args.tasks), _csv(args.methods), seeds)
     if args.adopt:
         for line in adopt_runs(runs, args.adopt):
             print(line)
