@@ -231,7 +231,7 @@ def test_report_means_stds_and_paired_statistics(tmp_path, capsys):
     report = json.loads((root / "table2.json").read_text())
     md = (root / "table2.md").read_text()
     assert printed == md
-    assert report["tasks"] == ["rte", "mrpc", "stsb"] and report["methods"] == ["rapt", "standard"]
+    assert report["tasks"] == ["rte", "mrpc", "stsb"] and report["methods"] == ["standard", "rapt"]  # baseline first
     rows = report["rows"]
     std = rows["standard"]["tasks"]
     # rte standard: best 65, 70 -> mean 67.5, sample std sqrt(2 * 2.5^2 / 1) = 3.536
@@ -263,7 +263,24 @@ def test_report_means_stds_and_paired_statistics(tmp_path, capsys):
     mrpc = paired[("mrpc", "rapt", "standard")]
     assert mrpc["mean_diff"] == pytest.approx(2.5) and mrpc["a_wins"] == 2
     assert mrpc["p_value"] == pytest.approx(1 - 2 / math.pi * math.atan(2.5 / 1.5))
-    assert "| RTE | rapt | standard | 2 | +4.00 | 2 | 0 | 0.295 |" in md
+    assert "| RTE | rapt | standard | 2 | +4.00 | 2.83 | 2 | 0 | 0.295 | within seed noise |" in md
+    assert not any(c["task"] == "average" for c in report["paired"])  # rapt has no STS-B run: no average
+
+
+def test_paired_test_on_the_average_uses_each_seeds_mean_task_score(tmp_path):
+    root = tmp_path / "camp"
+    _hand_written(root)
+    results = [r for r in campaign.scan_results(root) if r.task != "stsb"]
+    report = campaign.build_report(results, ["standard", "rapt"], None)
+    avg = [c for c in report["paired"] if c["task"] == "average"]
+    # per seed, mean of (RTE acc, mean of MRPC acc and F1): standard 73.75, 77.5; rapt 78.75, 78.5
+    # -> differences 5 and 1: mean 3, sd 2.828, t = 3 / 2 = 1.5 with 1 df
+    assert len(avg) == 1 and (avg[0]["a"], avg[0]["b"], avg[0]["seeds"]) == ("rapt", "standard", [1, 2])
+    assert avg[0]["mean_diff"] == pytest.approx(3.0) and avg[0]["sd_diff"] == pytest.approx(math.sqrt(8))
+    assert avg[0]["p_value"] == pytest.approx(1 - 2 / math.pi * math.atan(1.5))
+    assert report["paired"][-1] is avg[0]  # after the per-task rows
+    md = campaign.report_markdown(report, "x")
+    assert "| Average | rapt | standard | 2 | +3.00 | 2.83 | 2 | 0 | 0.374 | within seed noise |" in md
 
 
 def test_best_of_rows_pick_the_best_member_per_task(tmp_path):

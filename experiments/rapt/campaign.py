@@ -848,6 +848,9 @@ def training_times(by: dict[str, dict[str, dict[int, RunResult]]], names: list[s
     return out
 
 
+BASELINES = ("standard", "smart")  # first rows of a report without a grid; paired tests compare against them
+
+
 def build_report(results: list[RunResult], method_order: list[str] | None = None,
                  best_of: dict[str, list[str]] | None = None) -> dict:
     """Table 2 from finished runs: cells (mean ± std over seeds of each run's best dev evaluation, x100),
@@ -857,7 +860,8 @@ def build_report(results: list[RunResult], method_order: list[str] | None = None
     for r in finished:
         by.setdefault(r.name, {}).setdefault(r.task, {})[r.seed] = r
     tasks = task_order({r.task for r in finished})
-    names = [m for m in (method_order or []) if m in by] + sorted(set(by) - set(method_order or []))
+    rest = sorted(set(by) - set(method_order or []), key=lambda m: (BASELINES.index(m) if m in BASELINES else 2, m))
+    names = [m for m in (method_order or []) if m in by] + rest  # without a grid: standard, smart, then the rest
     chosen: dict[str, dict[str, str]] = {}
     for group, members in (best_of or {}).items():
         picks = {}
@@ -903,31 +907,50 @@ def build_report(results: list[RunResult], method_order: list[str] | None = None
             "unfinished": sorted(r.folder.as_posix() for r in results if not r.finished)}
 
 
-def paired_comparisons(by: dict, names: list[str], tasks: list[str], best_of: dict[str, list[str]]) -> list[dict]:
-    """For each task and each pair (A before B in the row order) with common seeds: the mean difference of the
-    best primary metric (x100), how many seeds A beats B, and the paired t-test p-value (>= 2 seeds)."""
+def _task_score(result: RunResult, task: str) -> float:
+    """A run's task score (x100): the mean of the task's metrics at its best evaluation, as in the Average column."""
+    best = result.best
+    return float(np.mean([best.metrics[split][metric] * 100 for split, metric in cell_keys(task, best)]))
+
+
+def _paired(task: str, a: str, b: str, seeds: list[int], xa: np.ndarray, xb: np.ndarray) -> dict:
+    """Mean difference, wins, sd of the differences and the paired t-test p-value (>= 2 seeds, unequal diffs)."""
     from scipy.stats import ttest_rel
 
-    out = []
-    for task in tasks:
-        for i, a in enumerate(names):
-            for b in names[i + 1:]:
-                if a in best_of.get(b, ()) or b in best_of.get(a, ()):
-                    continue  # a best-of row is one of its members
+    diff = xa - xb
+    p = sd = None
+    if len(seeds) >= 2:
+        sd = float(diff.std(ddof=1))
+        if float(np.ptp(diff)) > 1e-12:  # equal differences: t is undefined
+            p = float(ttest_rel(xa, xb).pvalue)
+    return {"task": task, "a": a, "b": b, "seeds": seeds, "n": len(seeds), "mean_diff": float(diff.mean()),
+            "sd_diff": sd, "a_wins": int((diff > 0).sum()), "b_wins": int((diff < 0).sum()), "p_value": p}
+
+
+def paired_comparisons(by: dict, names: list[str], tasks: list[str], best_of: dict[str, list[str]]) -> list[dict]:
+    """For each task and each pair (A after B in the row order: B is the baseline) with common seeds: the mean difference of the
+    best primary metric (x100), how many seeds A beats B, the sd of the per-seed differences and the paired t-test
+    p-value (>= 2 seeds). Then, per pair, the same on the average (task ``"average"``): each seed's mean over all
+    tasks of the task score (mean of the task's metrics, as the Average column), for seeds where both methods
+    have every task."""
+    out, averages = [], []
+    for i, a in enumerate(names):
+        for b in names[:i]:
+            if a in best_of.get(b, ()) or b in best_of.get(a, ()):
+                continue  # a best-of row is one of its members
+            for task in tasks:
                 ra, rb = by[a].get(task, {}), by[b].get(task, {})
                 seeds = sorted(set(ra) & set(rb))
-                if not seeds:
-                    continue
-                xa = np.array([ra[s].best.primary * 100 for s in seeds])
-                xb = np.array([rb[s].best.primary * 100 for s in seeds])
-                diff = xa - xb
-                p = None
-                if len(seeds) >= 2 and float(np.ptp(diff)) > 1e-12:  # equal differences: t is undefined
-                    p = float(ttest_rel(xa, xb).pvalue)
-                out.append({"task": task, "a": a, "b": b, "seeds": seeds, "n": len(seeds),
-                            "mean_diff": float(diff.mean()), "a_wins": int((diff > 0).sum()),
-                            "b_wins": int((diff < 0).sum()), "p_value": p})
-    return out
+                if seeds:
+                    out.append(_paired(task, a, b, seeds,
+                                       np.array([ra[s].best.primary * 100 for s in seeds]),
+                                       np.array([rb[s].best.primary * 100 for s in seeds])))
+            seeds = sorted(set.intersection(*(set(by[m].get(t, {})) for m in (a, b) for t in tasks))) if tasks else []
+            if seeds:
+                averages.append(_paired("average", a, b, seeds, *(
+                    np.array([np.mean([_task_score(by[m][t][s], t) for t in tasks]) for s in seeds]) for m in (a, b))))
+    order = {t: i for i, t in enumerate(tasks)}
+    return sorted(out, key=lambda c: order[c["task"]]) + averages
 
 
 def _header(task: str, cells: list[dict] | None) -> str:
@@ -978,14 +1001,22 @@ def report_markdown(report: dict, title: str) -> str:
                 ratios = [f"{t[k]:.2f}" if k in t else "-" for k in ("/standard", "/smart")]
                 lines.append(f"| {TASK_LABEL.get(task, task)} | {name} | {t['runs']} | {t['minutes']:.1f} | "
                              f"{t['s_per_step']:.2f} | {ratios[0]} | {ratios[1]} |")
-    lines += ["", "## Paired comparisons (primary metric, runs with the same seed)", "",
-              "mean(A-B) x100; wins = seeds where A > B (ties count for neither); p = paired t-test "
-              "(scipy.stats.ttest_rel), shown with >= 2 seeds whose differences are not all equal.", "",
-              "| Task | A | B | Seeds | mean(A-B) | A wins | B wins | p |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Paired comparisons (runs with the same seed)", "",
+              "Per task on the primary metric; 'Average' on each seed's mean of the task scores (as the Average "
+              "column; seeds where both methods have every task). mean(A-B) x100; sd = sample std of the per-seed "
+              "differences; wins = seeds where A > B (ties count for neither); p = paired t-test "
+              "(scipy.stats.ttest_rel), shown with >= 2 seeds whose differences are not all equal. Verdict: "
+              "'beyond seed noise' when p < 0.05, else 'within seed noise'.", "",
+              "| Task | A | B | Seeds | mean(A-B) | sd | A wins | B wins | p | verdict |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for c in report["paired"]:
         p = f"{c['p_value']:.3f}" if c["p_value"] is not None else "-"
-        lines.append(f"| {TASK_LABEL.get(c['task'], c['task'])} | {c['a']} | {c['b']} | {c['n']} | "
-                     f"{c['mean_diff']:+.2f} | {c['a_wins']} | {c['b_wins']} | {p} |")
+        sd = f"{c['sd_diff']:.2f}" if c.get("sd_diff") is not None else "-"
+        verdict = ("-" if c["p_value"] is None else "beyond seed noise" if c["p_value"] < 0.05
+                   else "within seed noise")
+        task = "Average" if c["task"] == "average" else TASK_LABEL.get(c["task"], c["task"])
+        lines.append(f"| {task} | {c['a']} | {c['b']} | {c['n']} | {c['mean_diff']:+.2f} | {sd} | {c['a_wins']} | "
+                     f"{c['b_wins']} | {p} | {verdict} |")
     if report["unfinished"]:
         lines += ["", f"Left out (not finished): {len(report['unfinished'])} run(s)."]
     return "\n".join(lines) + "\n"
