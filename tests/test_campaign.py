@@ -484,3 +484,17 @@ def test_bad_seeds_are_one_line_errors(tmp_path, capsys, seeds, message):
     assert run_cli(campaign.main, ["--grid", str(grid), "--root", str(tmp_path / "c"), "--seeds", seeds]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_the_shipped_grids_plan_and_share_runs_where_they_should(tmp_path):
+    grids = sorted((Path(campaign.__file__).parent / "grids").glob("*.yml"))
+    assert {g.stem for g in grids} >= {"core", "extra", "eta", "layers", "lr", "pilot", "table2"}
+    plans = {g.stem: campaign.plan_runs(campaign.load_grid(g), tmp_path) for g in grids}
+    assert all(plans.values())
+    core = {(r.task, r.seed, r.name): r.folder for r in plans["core"]}
+    eta = {(r.task, r.seed, r.name): r.folder for r in plans["eta"]}
+    assert len(plans["core"]) == 36 and len(plans["eta"]) == 10
+    # eta 2 in the sweep is the core grid's seed-1 RAPT run: the same folder, never trained twice
+    assert eta[("rte", 1, "rapt")] == core[("rte", 1, "rapt")]
+    assert eta[("mrpc", 1, "rapt_eta2.3")] != core[("mrpc", 1, "rapt")]
+    assert campaign.load_grid(grids[[g.stem for g in grids].index("eta")]).best_of["rapt_best_eta"][2] == "rapt"
