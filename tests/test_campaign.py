@@ -293,6 +293,12 @@ def test_best_of_rows_pick_the_best_member_per_task(tmp_path):
     assert report["rows"]["best"]["average"] == pytest.approx((71.5 + 85.75 + 45.0) / 3)
     assert all("best" not in (c["a"], c["b"]) for c in report["paired"])  # never compared with its members
 
+    # the choice uses the seeds both members have: a lucky third standard seed does not win it
+    _write_run(root, "rte", "standard", 3, [{"acc": 0.99}])
+    report = campaign.build_report(campaign.scan_results(root), ["standard", "rapt"], {"best": ["standard", "rapt"]})
+    assert report["best_of"]["best"]["rte"] == "rapt"
+    assert report["rows"]["standard"]["tasks"]["rte"]["cells"][0]["mean"] == pytest.approx(78.0)
+
 
 def test_paper_rows_match_the_published_average():
     """The paper's Average column is the mean of the 12 numbers of its row."""
@@ -477,7 +483,7 @@ def test_seeds_slice_the_grid_and_locked_runs_are_left_to_their_process(tmp_path
     assert all(r.seed == 2 for r in campaign.plan_runs(campaign.load_grid(grid), root, seeds=[2]))
 
 
-@pytest.mark.parametrize("seeds,message", [("4", "seed(s) 4 not in the grid (1, 2, 3)"),
+@pytest.mark.parametrize("seeds,message", [("4", "seed(s) 4 not in the grid(s) (1, 2, 3)"),
                                            ("one", "--seeds one: expected comma-separated integers")])
 def test_bad_seeds_are_one_line_errors(tmp_path, capsys, seeds, message):
     grid = _grid(tmp_path / "grid.yml", seeds=[1, 2, 3])
@@ -498,3 +504,25 @@ def test_the_shipped_grids_plan_and_share_runs_where_they_should(tmp_path):
     assert eta[("rte", 1, "rapt")] == core[("rte", 1, "rapt")]
     assert eta[("mrpc", 1, "rapt_eta2.3")] != core[("mrpc", 1, "rapt")]
     assert campaign.load_grid(grids[[g.stem for g in grids].index("eta")]).best_of["rapt_best_eta"][2] == "rapt"
+
+
+def test_several_grids_share_a_root_run_shared_cells_once_and_report_together(tmp_path, monkeypatch, capsys):
+    calls: list[Path] = []
+    monkeypatch.setattr(campaign.subprocess, "run", _fake_training(calls))
+    core = _grid(tmp_path / "core.yml", seeds=[1, 2])
+    sweep = _grid(tmp_path / "sweep.yml", seeds=[1], methods={
+        "rapt": {"method": "rapt", "rapt_max_layer": 2}, "rapt_eta1": {"method": "rapt", "rapt_max_layer": 2,
+                                                                       "rapt_eta": 1.0}},
+        best_of={"rapt_best": ["rapt", "rapt_eta1"]})
+    root = tmp_path / "camp"
+    assert campaign.main(["--grid", str(core), str(sweep), "--root", str(root)]) == 0
+    # core: 2 methods x 2 seeds; the sweep adds only rapt_eta1 (its rapt is core's seed-1 rapt run)
+    assert len(calls) == 5 and len(set(calls)) == 5
+    report = json.loads((root / "table2.json").read_text())
+    assert report["methods"] == ["standard", "rapt", "rapt_eta1", "rapt_best"]
+    assert report["best_of"]["rapt_best"] == {"rte": "rapt"}  # a tie (0.5 each): the earlier member
+    # filters apply across the grids: rapt_eta1 lives only in the sweep, seed 2 only in core
+    assert [r.name for r in campaign.plan_grids(
+        [campaign.load_grid(core), campaign.load_grid(sweep)], root, methods=["rapt_eta1"])] == ["rapt_eta1"]
+    assert {r.seed for r in campaign.plan_grids(
+        [campaign.load_grid(core), campaign.load_grid(sweep)], root, seeds=[2])} == {2}

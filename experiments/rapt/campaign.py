@@ -3,6 +3,7 @@
     python -m experiments.rapt.campaign --grid experiments/rapt/grids/pilot.yml --root runs/pilot [--jobs 2]
     python -m experiments.rapt.campaign --grid GRID.yml --root DIR --dry_run [--step_costs costs.json]
     python -m experiments.rapt.campaign --root DIR --report            # or with --grid: only the grid's runs
+    python -m experiments.rapt.campaign --grid core.yml extra.yml eta.yml --root DIR   # one root, one report
 
 The grid (YAML)::
 
@@ -315,6 +316,28 @@ def plan_runs(grid: Grid, root: Path, model: str | None = None, glue_dir: str | 
                 cfg.output_dir = str(folder)
                 runs.append(Run(task, name, seed, flags, ident, folder, argv, cfg))
     return runs
+
+
+def plan_grids(grids: list[Grid], root: Path, model: str | None = None, glue_dir: str | None = None,
+               tasks: list[str] | None = None, methods: list[str] | None = None,
+               seeds: list[int] | None = None) -> list[Run]:
+    """The runs of several grids on one root, in grid order; a folder planned twice (the same task, seed and
+    flags in two grids) is kept once. Each filter must name something in at least one of the grids."""
+    for wanted, have, what in ((tasks, {t for g in grids for t in g.tasks}, "task"),
+                               (methods, {m for g in grids for m in g.methods}, "method"),
+                               (seeds, {s for g in grids for s in g.seeds}, "seed")):
+        bad = [str(x) for x in wanted or [] if x not in have]
+        if bad:
+            raise ConfigError(f"{what}(s) {', '.join(bad)} not in the grid(s) ({', '.join(map(str, sorted(have)))})")
+    runs: dict[Path, Run] = {}
+    for grid in grids:
+        picks = [None if wanted is None else [x for x in wanted if x in have]
+                 for wanted, have in ((tasks, grid.tasks), (methods, grid.methods), (seeds, grid.seeds))]
+        if any(pick == [] for pick in picks):
+            continue  # the filters leave nothing of this grid
+        for run in plan_runs(grid, root, model, glue_dir, *picks):
+            runs.setdefault(run.folder, run)
+    return list(runs.values())
 
 
 # ---- run state --------------------------------------------------------------------------------------------------
@@ -866,8 +889,11 @@ def build_report(results: list[RunResult], method_order: list[str] | None = None
     for group, members in (best_of or {}).items():
         picks = {}
         for task in tasks:
-            scores = {m: np.mean([r.best.primary for r in by[m][task].values()])
-                      for m in members if m in by and task in by[m]}
+            have = [m for m in members if m in by and task in by[m]]
+            common = set.intersection(*(set(by[m][task]) for m in have)) if have else set()
+            # compared on the seeds every member has (a 3-seed mean against a single seed would not be fair)
+            scores = {m: np.mean([r.best.primary for s, r in by[m][task].items() if not common or s in common])
+                      for m in have}
             if scores:
                 picks[task] = max(scores, key=lambda m: (scores[m], -members.index(m)))
         if picks:
@@ -979,8 +1005,8 @@ def report_markdown(report: dict, title: str) -> str:
         avg = f"{row['average']:.1f}" if row["average"] is not None else "-"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {avg} | {'/'.join(map(str, seeds))} |")
     for group, picks in report["best_of"].items():
-        lines += ["", f"`{group}` takes, per task, the member with the best mean primary dev metric (a choice made "
-                  "on dev, as the paper's BEST η): " + ", ".join(f"{t}: {m}" for t, m in picks.items()) + "."]
+        lines += ["", f"`{group}` takes, per task, the member with the best mean primary dev metric over the seeds "
+                  "its members share (a choice made on dev, as the paper's BEST η): " + ", ".join(f"{t}: {m}" for t, m in picks.items()) + "."]
     lines += ["", "## The paper (BERT-base, dev, mean of 5 seeds)", "",
               "Same columns. 'Average (these tasks)' is computed as ours; 'Paper Average' is the published column "
               "(the mean of all 12 numbers of the row, over all 8 GLUE tasks).", "",
@@ -1044,7 +1070,9 @@ def _csv(value: str | None) -> list[str] | None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.rapt.campaign",
                                 description="Run a grid of mt_dnn.train runs across sessions; report Table 2.")
-    p.add_argument("--grid", help="grid YAML (tasks, methods, seeds, flags); optional with --report")
+    p.add_argument("--grid", nargs="+", metavar="GRID",
+                   help="grid YAML (tasks, methods, seeds, flags); several grids on one root run in turn and share "
+                        "one report (a run in two grids runs once); optional with --report")
     p.add_argument("--root", required=True, help="campaign folder: <task>/<method>/s<seed>-<hash>/, progress.log")
     p.add_argument("--dry_run", action="store_true", help="print the plan and time estimates; run nothing")
     p.add_argument("--jobs", type=int, default=1, help="runs side by side (each with one thread when > 1)")
@@ -1076,12 +1104,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--grid is required (except with --report)")
         print(write_report(root, scan_results(root), None, None), end="")
         return 0
-    grid = load_grid(args.grid)
+    grids = [load_grid(g) for g in args.grid]
     try:
         seeds = [int(x) for x in _csv(args.seeds) or []] or None
     except ValueError:
         raise ConfigError(f"--seeds {args.seeds}: expected comma-separated integers") from None
-    runs = plan_runs(grid, root, args.model, args.glue_dir, _csv(args.tasks), _csv(args.methods), seeds)
+    runs = plan_grids(grids, root, args.model, args.glue_dir, _csv(args.tasks), _csv(args.methods), seeds)
     if args.adopt:
         for line in adopt_runs(runs, args.adopt):
             print(line)
@@ -1092,9 +1120,11 @@ def main(argv: list[str] | None = None) -> int:
         failed = run_campaign(runs, root, args.jobs, args.keep_checkpoints, args.max_runs)
     results = [r for r in (load_result(run.folder, run.task, run.name) for run in runs) if r is not None]
     if any(r.finished for r in results):
-        print(write_report(root, results, list(grid.methods), grid.best_of), end="")
+        names = list(dict.fromkeys(name for g in grids for name in g.methods))
+        best_of = {k: v for g in grids for k, v in g.best_of.items()}
+        print(write_report(root, results, names, best_of), end="")
     elif args.report:
-        raise ConfigError(f"{root}: no finished runs of {args.grid} to report")
+        raise ConfigError(f"{root}: no finished runs of {' '.join(args.grid)} to report")
     if failed:
         print(f"error: {failed} run(s) failed; see {root / 'progress.log'} and each run's campaign.out",
               file=sys.stderr)
