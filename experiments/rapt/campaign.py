@@ -52,7 +52,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import yaml
@@ -503,10 +503,26 @@ def total_steps(cfg, rows: int | None) -> int | None:
     return cfg.epochs * math.ceil(micro / cfg.grad_accumulation_steps)
 
 
-def cost_key(task: str, identity: dict[str, Any]) -> tuple:
+class CostKey(NamedTuple):
     """What makes steps cost alike: task, method, RAPT's shared-lower-layers path, SMART's K, batch, length, model."""
-    return (task, identity.get("method"), bool(identity.get("rapt_share_lower_layers", False)),
-            identity.get("smart_k"), identity.get("batch_size"), identity.get("max_seq_len"), identity.get("model"))
+
+    task: str
+    method: str | None
+    shared: bool
+    smart_k: Any
+    batch_size: Any
+    max_seq_len: Any
+    model: Any
+
+    def as_standard(self) -> "CostKey":
+        """The standard-fine-tuning key with this one's task, batch, length and model."""
+        return self._replace(method="standard", shared=False, smart_k=None)
+
+
+def cost_key(task: str, identity: dict[str, Any]) -> CostKey:
+    return CostKey(task, identity.get("method"), bool(identity.get("rapt_share_lower_layers", False)),
+                   identity.get("smart_k"), identity.get("batch_size"), identity.get("max_seq_len"),
+                   identity.get("model"))
 
 
 def measured_step_costs(*roots: Path) -> tuple[dict[tuple, list[float]], dict[tuple, list[float]]]:
@@ -547,18 +563,16 @@ def step_cost(run: Run, by_name: dict, by_key: dict, table: dict) -> tuple[float
     return scaled_cost(run.task, k, by_key, table)
 
 
-def scaled_cost(task: str, key: tuple, by_key: dict, table: dict) -> tuple[float | None, str]:
+def scaled_cost(task: str, key: CostKey, by_key: dict, table: dict) -> tuple[float | None, str]:
     """A method never measured on this task: this task's standard step cost (measured, else --step_costs) times
     the method's cost ratio to standard measured on the other tasks (same batch, length and model)."""
-    def standard(k: tuple) -> tuple:
-        return (k[0], "standard", False, None, *k[4:])
-
-    if key[1] == "standard":
+    if key.method == "standard":
         return None, "unknown"
-    base = by_key.get(standard(key))
+    base = by_key.get(key.as_standard())
     base_cost = float(np.mean(base)) if base else table.get(task, {}).get("standard")
-    ratios = {k[0]: float(np.mean(v)) / float(np.mean(by_key[standard(k)]))
-              for k, v in by_key.items() if k[0] != task and k[1:] == key[1:] and standard(k) in by_key}
+    ratios = {k.task: float(np.mean(v)) / float(np.mean(by_key[k.as_standard()]))
+              for k, v in by_key.items()
+              if k.task != task and k._replace(task=task) == key and k.as_standard() in by_key}
     if base_cost is None or not ratios:
         return None, "unknown"
     ratio = float(np.mean(list(ratios.values())))
@@ -748,6 +762,7 @@ class RunResult:
     evaluations: list[Evaluation]
     train_seconds: float | None = None  # the final train record's (training steps only), when finished
     steps: int | None = None
+    metric: str = "score"  # the task's primary metric: what Evaluation.primary is
 
     @property
     def best(self) -> Evaluation | None:
@@ -804,9 +819,12 @@ def load_result(folder: Path, task: str | None = None, name: str | None = None) 
         seed = int(m.group(1)) if m else int(records[0].get("seed", 0))
     last = records[-1]
     done = last.get("split") == "train"
-    return RunResult(task, name, int(seed), folder, done, evaluations_of(records, task),
+    evaluations = evaluations_of(records, task)
+    dev = [r for r in records if r.get("split") == "dev" and r.get("task") == task]
+    return RunResult(task, name, int(seed), folder, done, evaluations,
                      float(last["train_seconds"]) if done and "train_seconds" in last else None,
-                     int(last["steps"]) if done and "steps" in last else None)
+                     int(last["steps"]) if done and "steps" in last else None,
+                     primary_metric(task, dev) if dev else "score")
 
 
 def scan_results(root: Path) -> list[RunResult]:

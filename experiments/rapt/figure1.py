@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from data_utils.task_def import ConfigError
-from experiments.rapt.campaign import TASK_LABEL, RunResult, primary_metric, read_records, scan_results
+from experiments.rapt.campaign import TASK_LABEL, RunResult, scan_results
 from mt_dnn.cli_utils import run_cli, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     drawn = 0
     for ax, task in zip(axes[0], tasks):
         mine = [r for r in results if r.task == task]
-        metric = primary_metric(task, read_records(mine[0].folder / "metrics.jsonl")) if mine else "score"
+        metric = mine[0].metric if mine else "score"
         print(f"{task} (dev {metric} x100 vs training minutes):")
         for method in methods:
             runs = [r for r in mine if r.name == method]

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from data_utils.task_def import ConfigError
-from experiments.rapt.campaign import TASK_LABEL, RunResult, primary_metric, read_records, scan_results
+from experiments.rapt.campaign import TASK_LABEL, RunResult, scan_results
 from experiments.rapt.figure1 import campaign_folder, headless_pyplot
 from mt_dnn.cli_utils import run_cli, setup_logging
 
@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         pts = found[task]
         layers = list(pts)
         means = [float(np.mean(pts[k])) for k in layers]
-        metric = primary_metric(task, read_records(next(r.folder for r in results if r.task == task)
-                                                   / "metrics.jsonl"))
+        metric = next(r.metric for r in results if r.task == task)
         ax.plot(range(len(layers)), means, marker="o")
         ax.set_xticks(range(len(layers)), [label(k) for k in layers])
         ax.set_title(f"{TASK_LABEL.get(task, task)} (RAPT, eta {args.eta:g})")
