@@ -393,6 +393,13 @@ def test_layer_sweep_plots_best_dev_against_max_layer(tmp_path, capsys):
     assert "mrpc: embed 72.0, 1 72.0, 3 80.0, 6 76.0; best max_layer 3" in capsys.readouterr().out
     table = out.with_suffix(".md").read_text()
     assert "| max_layer | embed | 1 | 3 | 6 |" in table and "| acc | 72.0 [2] | 72.0 [1] | 80.0 [1] | 76.0 [1] |" in table
+    # a baseline campaign: standard on the sweep's seeds (1, 2) and one more seed
+    base = tmp_path / "core"
+    for s, acc in ((1, 0.70), (2, 0.74), (3, 0.78)):
+        _write_run(base, "mrpc", "standard", s, [{"acc": acc, "f1": 0.8}])
+    assert layers.main(["--root", str(root), "--tasks", "mrpc", "--out", str(out), "--baseline", str(base)]) == 0
+    assert ("standard on the same seed(s) 1, 2: 72.0; over seeds 1, 2, 3: 74.0 ± 4.0 (the seed noise)."
+            in out.with_suffix(".md").read_text())
     assert run_cli(layers.main, ["--root", str(root), "--tasks", "rte", "--out", str(out)]) == 2
     assert "no finished RAPT runs (eta 2) of rte" in capsys.readouterr().err
 

@@ -1,7 +1,7 @@
 """Figures 2 and 3 of the paper: dev score against RAPT's ``max_layer`` (the layer sweep), from a campaign.
 
     python -m experiments.rapt.campaign --grid experiments/rapt/grids/layers.yml --root runs/layers --jobs 2
-    python -m experiments.rapt.layers --root runs/layers [--tasks mrpc,rte] \
+    python -m experiments.rapt.layers --root runs/layers [--tasks mrpc,rte] [--baseline runs/table2] \
         [--out experiments/rapt/results/layers.png] [--table experiments/rapt/results/layers.md]
 
 Every finished RAPT run under ``ROOT/<task>/<method name>/s<seed>*`` is a point: x = its ``rapt_max_layer``
@@ -9,6 +9,9 @@ Every finished RAPT run under ``ROOT/<task>/<method name>/s<seed>*`` is a point:
 drawn from 1..k per mini-batch), y = its best dev evaluation's primary metric (x100), averaged over seeds.
 Runs of another method, or with an eta other than ``--eta``, are left out. One subplot per task, and a
 markdown table (task x max_layer: mean, seeds) beside the PNG.
+
+``--baseline DIR`` (e.g. the core grid's root) puts the scale of the effect beside it: a dashed line at the
+baseline method's score on the sweep's seeds, and a band of its mean ± std over all its seeds (the seed noise).
 """
 from __future__ import annotations
 
@@ -34,16 +37,50 @@ def layer_points(results: list[RunResult], task: str, eta: float) -> dict[int, l
     for r in results:
         if r.task != task or not r.finished or r.best is None:
             continue
-        cfg = json.loads((r.folder / "config.json").read_text())
-        opts = cfg.get("method_options", {})
-        if cfg.get("method") != "rapt" or abs(float(opts.get("eta", 2.0)) - eta) > 1e-9:
+        if not _is_rapt(r, eta):
             continue
+        opts = json.loads((r.folder / "config.json").read_text()).get("method_options", {})
         points.setdefault(int(opts.get("max_layer", 3)), []).append(r.best.primary * 100.0)
     return dict(sorted(points.items()))
 
 
+def sweep_seeds(results: list[RunResult], task: str, eta: float) -> set[int]:
+    return {r.seed for r in results if r.task == task and r.finished and r.best is not None
+            and _is_rapt(r, eta)}
+
+
+def _is_rapt(r: RunResult, eta: float) -> bool:
+    cfg = json.loads((r.folder / "config.json").read_text())
+    return cfg.get("method") == "rapt" and abs(float(cfg.get("method_options", {}).get("eta", 2.0)) - eta) <= 1e-9
+
+
+def baseline_scores(results: list[RunResult], task: str, method: str) -> dict[int, float]:
+    """seed -> best dev primary metric (x100) of the finished ``method`` runs of the task."""
+    return {r.seed: r.best.primary * 100.0 for r in results
+            if r.task == task and r.name == method and r.finished and r.best is not None}
+
+
 def label(layer: int) -> str:
     return "embed" if layer == 0 else str(layer)
+
+
+def draw_baseline(ax, scores: dict[int, float], seeds: set[int], method: str, width: int) -> str | None:
+    """The baseline on the sweep's seeds (dashed line) and its mean ± std over all its seeds (band); the table's
+    note, or None without baseline runs of the sweep's seeds."""
+    same = [scores[s] for s in sorted(seeds) if s in scores]
+    if not same:
+        return None
+    level = float(np.mean(same))
+    ax.axhline(level, ls="--", color="gray", label=f"{method} (same seeds)")
+    note = f"{method} on the same seed(s) {', '.join(map(str, sorted(s for s in seeds if s in scores)))}: {level:.1f}"
+    if len(scores) >= 2:
+        values = np.array(list(scores.values()))
+        mean, std = float(values.mean()), float(values.std(ddof=1))
+        ax.axhspan(mean - std, mean + std, color="gray", alpha=0.15,
+                   label=f"{method} mean ± std, {len(values)} seeds")
+        note += f"; over seeds {', '.join(map(str, sorted(scores)))}: {mean:.1f} ± {std:.1f} (the seed noise)"
+    ax.legend(fontsize=8)
+    return note + "."
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", required=True, help="a campaign folder (<task>/<method>/s<seed>*/)")
     p.add_argument("--tasks", default="mrpc,rte", help="comma-separated tasks, one subplot each (those present)")
     p.add_argument("--eta", type=float, default=2.0, help="only runs with this RAPT eta")
+    p.add_argument("--baseline", help="a campaign folder whose --baseline_method runs give the reference line "
+                                      "(same seeds as the sweep) and the seed-noise band (mean ± std, all seeds)")
+    p.add_argument("--baseline_method", default="standard", help="method name of the baseline runs")
     p.add_argument("--out", default="experiments/rapt/results/layers.png")
     p.add_argument("--table", default=None, help="markdown table (default: --out with .md)")
     args = p.parse_args(argv)
@@ -64,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks = [t for t in wanted if found[t]]
     if not tasks:
         raise ConfigError(f"{root}: no finished RAPT runs (eta {args.eta:g}) of {', '.join(wanted)}")
+    base_results = scan_results(campaign_folder(args.baseline)) if args.baseline else []
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.0 * len(tasks), 4.0), squeeze=False)
     lines = [f"RAPT (eta {args.eta:g}): best dev score (x100) against max_layer; mean over seeds [seeds]. "
              f"`embed` = noise on the embedding output only; k = a layer drawn from 1..k per mini-batch.", ""]
@@ -72,8 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         layers = list(pts)
         means = [float(np.mean(pts[k])) for k in layers]
         metric = next(r.metric for r in results if r.task == task)
-        ax.plot(range(len(layers)), means, marker="o")
+        ax.plot(range(len(layers)), means, marker="o", label=f"RAPT, eta {args.eta:g}")
         ax.set_xticks(range(len(layers)), [label(k) for k in layers])
+        note = draw_baseline(ax, baseline_scores(base_results, task, args.baseline_method),
+                             sweep_seeds(results, task, args.eta), args.baseline_method, len(layers))
         ax.set_title(f"{TASK_LABEL.get(task, task)} (RAPT, eta {args.eta:g})")
         ax.set_xlabel("max_layer")
         ax.set_ylabel(f"dev {metric} (x100)")
@@ -82,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                   "| max_layer | " + " | ".join(label(k) for k in layers) + " |",
                   "|---" * (len(layers) + 1) + "|",
                   f"| {metric} | " + " | ".join(f"{m:.1f} [{len(pts[k])}]" for k, m in zip(layers, means)) + " |", ""]
+        if note:
+            lines += [note, ""]
         best = layers[int(np.argmax(means))]
         print(f"{task}: " + ", ".join(f"{label(k)} {m:.1f}" for k, m in zip(layers, means))
               + f"; best max_layer {label(best)}")
