@@ -31,27 +31,25 @@ from mt_dnn.cli_utils import run_cli, setup_logging
 logger = logging.getLogger(__name__)
 
 
-def layer_points(results: list[RunResult], task: str, eta: float) -> dict[int, list[float]]:
-    """max_layer -> best dev primary metric (x100) of each finished RAPT run of the task with this eta."""
-    points: dict[int, list[float]] = {}
+def sweep_runs(results: list[RunResult], task: str, eta: float) -> list[tuple[RunResult, int]]:
+    """(run, max_layer) of each finished RAPT run of the task with this eta (each config.json read once)."""
+    out = []
     for r in results:
         if r.task != task or not r.finished or r.best is None:
             continue
-        if not _is_rapt(r, eta):
-            continue
-        opts = json.loads((r.folder / "config.json").read_text()).get("method_options", {})
-        points.setdefault(int(opts.get("max_layer", 3)), []).append(r.best.primary * 100.0)
+        cfg = json.loads((r.folder / "config.json").read_text())
+        opts = cfg.get("method_options", {})
+        if cfg.get("method") == "rapt" and abs(float(opts.get("eta", 2.0)) - eta) <= 1e-9:
+            out.append((r, int(opts.get("max_layer", 3))))
+    return out
+
+
+def layer_points(runs: list[tuple[RunResult, int]]) -> dict[int, list[float]]:
+    """max_layer -> best dev primary metric (x100) of each sweep run."""
+    points: dict[int, list[float]] = {}
+    for r, layer in runs:
+        points.setdefault(layer, []).append(r.best.primary * 100.0)
     return dict(sorted(points.items()))
-
-
-def sweep_seeds(results: list[RunResult], task: str, eta: float) -> set[int]:
-    return {r.seed for r in results if r.task == task and r.finished and r.best is not None
-            and _is_rapt(r, eta)}
-
-
-def _is_rapt(r: RunResult, eta: float) -> bool:
-    cfg = json.loads((r.folder / "config.json").read_text())
-    return cfg.get("method") == "rapt" and abs(float(cfg.get("method_options", {}).get("eta", 2.0)) - eta) <= 1e-9
 
 
 def baseline_scores(results: list[RunResult], task: str, method: str) -> dict[int, float]:
@@ -64,7 +62,7 @@ def label(layer: int) -> str:
     return "embed" if layer == 0 else str(layer)
 
 
-def draw_baseline(ax, scores: dict[int, float], seeds: set[int], method: str, width: int) -> str | None:
+def draw_baseline(ax, scores: dict[int, float], seeds: set[int], method: str) -> str | None:
     """The baseline on the sweep's seeds (dashed line) and its mean ± std over all its seeds (band); the table's
     note, or None without baseline runs of the sweep's seeds."""
     same = [scores[s] for s in sorted(seeds) if s in scores]
@@ -100,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     root = campaign_folder(args.root)
     results = scan_results(root)
     wanted = [t for t in args.tasks.split(",") if t]
-    found = {t: layer_points(results, t, args.eta) for t in wanted}
+    sweeps = {t: sweep_runs(results, t, args.eta) for t in wanted}
+    found = {t: layer_points(sweeps[t]) for t in wanted}
     tasks = [t for t in wanted if found[t]]
     if not tasks:
         raise ConfigError(f"{root}: no finished RAPT runs (eta {args.eta:g}) of {', '.join(wanted)}")
@@ -116,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         ax.plot(range(len(layers)), means, marker="o", label=f"RAPT, eta {args.eta:g}")
         ax.set_xticks(range(len(layers)), [label(k) for k in layers])
         note = draw_baseline(ax, baseline_scores(base_results, task, args.baseline_method),
-                             sweep_seeds(results, task, args.eta), args.baseline_method, len(layers))
+                             {r.seed for r, _ in sweeps[task]}, args.baseline_method)
         ax.set_title(f"{TASK_LABEL.get(task, task)} (RAPT, eta {args.eta:g})")
         ax.set_xlabel("max_layer")
         ax.set_ylabel(f"dev {metric} (x100)")
