@@ -786,12 +786,8 @@ def primary_metric(task: str, records: list[dict]) -> str:
     return next(iter(records[0]["metrics"]))
 
 
-def evaluations_of(records: list[dict], task: str) -> list[Evaluation]:
-    """Dev records grouped by (epoch, step), in file order."""
-    dev = [r for r in records if r.get("split") == "dev" and r.get("task") == task]
-    if not dev:
-        return []
-    primary = primary_metric(task, dev)
+def evaluations_of(dev: list[dict], primary: str) -> list[Evaluation]:
+    """A run's dev records (of one task) grouped by (epoch, step), in file order; scored by ``primary``."""
     groups: dict[tuple[int, int], list[dict]] = {}
     for r in dev:
         groups.setdefault((int(r["epoch"]), int(r["step"])), []).append(r)
@@ -819,12 +815,11 @@ def load_result(folder: Path, task: str | None = None, name: str | None = None) 
         seed = int(m.group(1)) if m else int(records[0].get("seed", 0))
     last = records[-1]
     done = last.get("split") == "train"
-    evaluations = evaluations_of(records, task)
     dev = [r for r in records if r.get("split") == "dev" and r.get("task") == task]
-    return RunResult(task, name, int(seed), folder, done, evaluations,
+    metric = primary_metric(task, dev) if dev else "score"
+    return RunResult(task, name, int(seed), folder, done, evaluations_of(dev, metric),
                      float(last["train_seconds"]) if done and "train_seconds" in last else None,
-                     int(last["steps"]) if done and "steps" in last else None,
-                     primary_metric(task, dev) if dev else "score")
+                     int(last["steps"]) if done and "steps" in last else None, metric)
 
 
 def scan_results(root: Path) -> list[RunResult]:
