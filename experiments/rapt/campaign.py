@@ -267,6 +267,18 @@ def flags_hash(identity: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
+def check_slice(grids: list[Grid], tasks: list[str] | None, methods: list[str] | None, seeds: list[int] | None,
+                where: str) -> None:
+    """Each task, method and seed asked for must be in at least one of the grids (a one-line error if not)."""
+    for wanted, have, what in ((tasks, [t for g in grids for t in g.tasks], "task"),
+                               (methods, [m for g in grids for m in g.methods], "method"),
+                               (seeds, [x for g in grids for x in g.seeds], "seed")):
+        have = list(dict.fromkeys(have))  # grid order, each once
+        bad = [str(x) for x in wanted or [] if x not in have]
+        if bad:
+            raise ConfigError(f"{what}(s) {', '.join(bad)} not in {where} ({', '.join(map(str, have))})")
+
+
 def plan_runs(grid: Grid, root: Path, model: str | None = None, glue_dir: str | None = None,
               tasks: list[str] | None = None, methods: list[str] | None = None,
               seeds: list[int] | None = None) -> list[Run]:
@@ -279,11 +291,7 @@ def plan_runs(grid: Grid, root: Path, model: str | None = None, glue_dir: str | 
     parser = build_parser()
     model = model if model is not None else grid.model
     glue_dir = glue_dir if glue_dir is not None else grid.glue_dir
-    for wanted, have, what in ((tasks, grid.tasks, "task"), (methods, list(grid.methods), "method"),
-                               (seeds, grid.seeds, "seed")):
-        bad = [str(x) for x in wanted or [] if x not in have]
-        if bad:
-            raise ConfigError(f"{what}(s) {', '.join(bad)} not in the grid ({', '.join(map(str, have))})")
+    check_slice([grid], tasks, methods, seeds, "the grid")
     runs: list[Run] = []
     checked: dict[str, Any] = {}
     for seed in grid.seeds:
@@ -323,12 +331,7 @@ def plan_grids(grids: list[Grid], root: Path, model: str | None = None, glue_dir
                seeds: list[int] | None = None) -> list[Run]:
     """The runs of several grids on one root, in grid order; a folder planned twice (the same task, seed and
     flags in two grids) is kept once. Each filter must name something in at least one of the grids."""
-    for wanted, have, what in ((tasks, {t for g in grids for t in g.tasks}, "task"),
-                               (methods, {m for g in grids for m in g.methods}, "method"),
-                               (seeds, {s for g in grids for s in g.seeds}, "seed")):
-        bad = [str(x) for x in wanted or [] if x not in have]
-        if bad:
-            raise ConfigError(f"{what}(s) {', '.join(bad)} not in the grid(s) ({', '.join(map(str, sorted(have)))})")
+    check_slice(grids, tasks, methods, seeds, "the grid(s)")
     runs: dict[Path, Run] = {}
     for grid in grids:
         picks = [None if wanted is None else [x for x in wanted if x in have]
@@ -967,9 +970,9 @@ def _paired(task: str, a: str, b: str, seeds: list[int], xa: np.ndarray, xb: np.
 
 
 def paired_comparisons(by: dict, names: list[str], tasks: list[str], best_of: dict[str, list[str]]) -> list[dict]:
-    """For each task and each pair (A after B in the row order: B is the baseline) with common seeds: the mean difference of the
-    best primary metric (x100), how many seeds A beats B, the sd of the per-seed differences and the paired t-test
-    p-value (>= 2 seeds). Then, per pair, the same on the average (task ``"average"``): each seed's mean over all
+    """For each task and each pair (A after B in the row order: B is the baseline) with common seeds: the mean
+    difference of the best primary metric (x100), how many seeds A beats B, the sd of the per-seed differences and
+    the paired t-test p-value (>= 2 seeds). Then, per pair, the same on the average (task ``"average"``): each seed's mean over all
     tasks of the task score (mean of the task's metrics, as the Average column), for seeds where both methods
     have every task."""
     out, averages = [], []
