@@ -265,6 +265,11 @@ def test_report_means_stds_and_paired_statistics(tmp_path, capsys):
     assert mrpc["p_value"] == pytest.approx(1 - 2 / math.pi * math.atan(2.5 / 1.5))
     assert "| RTE | rapt | standard | 2 | +4.00 | 2.83 | 2 | 0 | 0.295 | within seed noise |" in md
     assert not any(c["task"] == "average" for c in report["paired"])  # rapt has no STS-B run: no average
+    # per seed: each run's best evaluation and its epoch (from 1); MRPC seed 1 of standard is epoch 1 (best acc)
+    per_seed = md[md.index("## Per seed"):md.index("## Training time")]
+    assert "| standard | 65.0 (ep 2) | 70.0 (ep 1) |" in per_seed
+    assert "| standard | 80.0/85.0 (ep 1) | 82.0/88.0 (ep 1) |" in per_seed
+    assert "STS-B P/S:\n\n| Method | seed 1 |\n|---|---|\n| standard | 50.0/40.0 (ep 1) |\n" in per_seed
 
 
 def test_paired_test_on_the_average_uses_each_seeds_mean_task_score(tmp_path):
@@ -292,6 +297,7 @@ def test_best_of_rows_pick_the_best_member_per_task(tmp_path):
     assert report["rows"]["best"]["tasks"]["rte"]["cells"] == report["rows"]["rapt"]["tasks"]["rte"]["cells"]
     assert report["rows"]["best"]["average"] == pytest.approx((71.5 + 85.75 + 45.0) / 3)
     assert all("best" not in (c["a"], c["b"]) for c in report["paired"])  # never compared with its members
+    assert "| best |" not in campaign.per_seed_markdown(report)  # it would repeat its members' runs
 
     # the choice uses the seeds both members have: a lucky third standard seed does not win it
     _write_run(root, "rte", "standard", 3, [{"acc": 0.99}])

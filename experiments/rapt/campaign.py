@@ -1007,6 +1007,28 @@ def format_cell(cells: list[dict]) -> str:
     return " / ".join(parts)
 
 
+def per_seed_markdown(report: dict) -> list[str]:
+    """One table per task: each run's best dev metrics (x100) per seed, and the epoch they came from."""
+    lines = ["", "## Per seed", "", "Each run's best dev evaluation (x100; the task's metrics as in Table 2) and the "
+             "epoch it came from (counted from 1; metrics.jsonl counts from 0); best-of rows are left out (they repeat their members' runs)."]
+    for task in report["tasks"]:
+        rows = {name: row["tasks"][task] for name, row in report["rows"].items()
+                if task in row["tasks"] and name not in report["best_of"]}
+        seeds = sorted({s for t in rows.values() for s in t["seeds"]})
+        lines += ["", f"{_header(task, None)}:", "", "| Method | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+                  "|---" * (len(seeds) + 1) + "|"]
+        for name, t in rows.items():
+            cells = []
+            for s in seeds:
+                if s in t["seeds"]:
+                    i = t["seeds"].index(s)
+                    cells.append("/".join(f"{c['values'][i]:.1f}" for c in t["cells"]) + f" (ep {t['best_epochs'][s] + 1})")
+                else:
+                    cells.append("-")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def report_markdown(report: dict, title: str) -> str:
     tasks, rows = report["tasks"], report["rows"]
     lines = [f"# Table 2 (dev): {title}", "",
@@ -1032,6 +1054,7 @@ def report_markdown(report: dict, title: str) -> str:
         cells = ["/".join(f"{v:.1f}" for v in prow["tasks"][t]) if t in prow["tasks"] else "-" for t in tasks]
         avg = f"{prow['average_these_tasks']:.1f}" if prow["average_these_tasks"] is not None else "-"
         lines.append(f"| {pname} | " + " | ".join(cells) + f" | {avg} | {prow['average_paper']:.1f} |")
+    lines += per_seed_markdown(report)
     if report.get("times"):
         lines += ["", "## Training time (Table 3 style)", "",
                   "Mean over seeds of each finished run's training time (training steps only, evaluation excluded) "
