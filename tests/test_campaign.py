@@ -252,7 +252,7 @@ def test_report_means_stds_and_paired_statistics(tmp_path, capsys):
     assert len(report["unfinished"]) == 1 and "smart" in report["unfinished"][0]
 
     paired = {(c["task"], c["a"], c["b"]): c for c in report["paired"]}
-    assert set(paired) == {("rte", "rapt", "standard"), ("mrpc", "rapt", "standard")}
+    assert set(paired) == {("rte", "rapt", "standard"), ("mrpc", "rapt", "standard"), ("average", "rapt", "standard")}
     # rte: differences 71-65 = 6 and 72-70 = 2 -> mean 4, sd 2.828, t = 4 / (2.828 / sqrt 2) = 2, df 1;
     # a t distribution with 1 df is Cauchy: two-sided p = 1 - (2 / pi) atan(|t|)
     rte = paired[("rte", "rapt", "standard")]
@@ -264,7 +264,8 @@ def test_report_means_stds_and_paired_statistics(tmp_path, capsys):
     assert mrpc["mean_diff"] == pytest.approx(2.5) and mrpc["a_wins"] == 2
     assert mrpc["p_value"] == pytest.approx(1 - 2 / math.pi * math.atan(2.5 / 1.5))
     assert "| RTE | rapt | standard | 2 | +4.00 | 2.83 | 2 | 0 | 0.295 | within seed noise |" in md
-    assert not any(c["task"] == "average" for c in report["paired"])  # rapt has no STS-B run: no average
+    # rapt has no STS-B run: no average over every task, only over the two tasks both have on seeds 1-2
+    assert paired[("average", "rapt", "standard")]["over"] == ["rte", "mrpc"]
     # per seed: each run's best evaluation and its epoch (from 1); MRPC seed 1 of standard is epoch 1 (best acc)
     per_seed = md[md.index("## Per seed"):md.index("## Training time")]
     assert "| standard | 65.0 (ep 2) | 70.0 (ep 1) |" in per_seed
@@ -286,6 +287,21 @@ def test_paired_test_on_the_average_uses_each_seeds_mean_task_score(tmp_path):
     assert report["paired"][-1] is avg[0]  # after the per-task rows
     md = campaign.report_markdown(report, "x")
     assert "| Average | rapt | standard | 2 | +3.00 | 2.83 | 2 | 0 | 0.374 | within seed noise |" in md
+
+
+def test_paired_average_over_the_tasks_with_most_seeds_while_others_lack_seeds(tmp_path):
+    root = tmp_path / "camp"
+    _hand_written(root)
+    _write_run(root, "stsb", "rapt", 1, [{"pearson": 0.60, "spearman": 0.50}])  # STS-B: seed 1 only
+    report = campaign.build_report(campaign.scan_results(root), ["standard", "rapt"], None)
+    avg = [c for c in report["paired"] if c["task"] == "average"]
+    # every task: seed 1 only (no test); RTE and MRPC have seeds 1-2: as in the test above, mean 3, p of t = 1.5
+    assert [(c["over"], c["seeds"]) for c in avg] == [(["rte", "mrpc", "stsb"], [1]), (["rte", "mrpc"], [1, 2])]
+    assert avg[0]["p_value"] is None and avg[0]["mean_diff"] == pytest.approx(((71 + 86.5 + 55) - (65 + 82.5 + 45)) / 3)
+    assert avg[1]["mean_diff"] == pytest.approx(3.0) and avg[1]["p_value"] == pytest.approx(1 - 2 / math.pi * math.atan(1.5))
+    md = campaign.report_markdown(report, "x")
+    assert "| Average | rapt | standard | 1 |" in md
+    assert "| Average (RTE, MRPC) | rapt | standard | 2 | +3.00 | 2.83 | 2 | 0 | 0.374 | within seed noise |" in md
 
 
 def test_best_of_rows_pick_the_best_member_per_task(tmp_path):

@@ -974,7 +974,8 @@ def paired_comparisons(by: dict, names: list[str], tasks: list[str], best_of: di
     difference of the best primary metric (x100), how many seeds A beats B, the sd of the per-seed differences and
     the paired t-test p-value (>= 2 seeds). Then, per pair, the same on the average (task ``"average"``): each seed's mean over all
     tasks of the task score (mean of the task's metrics, as the Average column), for seeds where both methods
-    have every task."""
+    have every task (``"over"`` lists the tasks averaged). While a campaign is part-way, the tasks with the most
+    common seeds may have more seeds than all tasks together: then a second average row covers only those tasks."""
     out, averages = [], []
     for i, a in enumerate(names):
         for b in names[:i]:
@@ -987,10 +988,15 @@ def paired_comparisons(by: dict, names: list[str], tasks: list[str], best_of: di
                     out.append(_paired(task, a, b, seeds,
                                        np.array([ra[s].best.primary * 100 for s in seeds]),
                                        np.array([rb[s].best.primary * 100 for s in seeds])))
-            seeds = sorted(set.intersection(*(set(by[m].get(t, {})) for m in (a, b) for t in tasks))) if tasks else []
-            if seeds:
-                averages.append(_paired("average", a, b, seeds, *(
-                    np.array([np.mean([_task_score(by[m][t][s], t) for t in tasks]) for s in seeds]) for m in (a, b))))
+            common = {t: set(by[a].get(t, {})) & set(by[b].get(t, {})) for t in tasks}
+            most = max((len(c) for c in common.values()), default=0)
+            top = [t for t in tasks if len(common[t]) == most]
+            for over in ([tasks, top] if most >= 2 and top != tasks else [tasks]):
+                seeds = sorted(set.intersection(*(common[t] for t in over))) if over else []
+                if seeds and (over == tasks or len(seeds) >= 2):  # a partial average only where it can be tested
+                    averages.append(_paired("average", a, b, seeds, *(
+                        np.array([np.mean([_task_score(by[m][t][s], t) for t in over]) for s in seeds])
+                        for m in (a, b))) | {"over": over})
     order = {t: i for i, t in enumerate(tasks)}
     return sorted(out, key=lambda c: order[c["task"]]) + averages
 
@@ -1068,7 +1074,8 @@ def report_markdown(report: dict, title: str) -> str:
                              f"{t['s_per_step']:.2f} | {ratios[0]} | {ratios[1]} |")
     lines += ["", "## Paired comparisons (runs with the same seed)", "",
               "Per task on the primary metric; 'Average' on each seed's mean of the task scores (as the Average "
-              "column; seeds where both methods have every task). mean(A-B) x100; sd = sample std of the per-seed "
+              "column; seeds where both methods have every task; 'Average (tasks)' over only the tasks with the "
+              "most common seeds, while other tasks lack seeds). mean(A-B) x100; sd = sample std of the per-seed "
               "differences; wins = seeds where A > B (ties count for neither); p = paired t-test "
               "(scipy.stats.ttest_rel), shown with >= 2 seeds whose differences are not all equal. Verdict: "
               "'beyond seed noise' when p < 0.05, else 'within seed noise'.", "",
@@ -1079,7 +1086,11 @@ def report_markdown(report: dict, title: str) -> str:
         sd = f"{c['sd_diff']:.2f}" if c.get("sd_diff") is not None else "-"
         verdict = ("-" if c["p_value"] is None else "beyond seed noise" if c["p_value"] < 0.05
                    else "within seed noise")
-        task = "Average" if c["task"] == "average" else TASK_LABEL.get(c["task"], c["task"])
+        task = TASK_LABEL.get(c["task"], c["task"])
+        if c["task"] == "average":
+            over = c["over"]
+            task = "Average" + ("" if over == report["tasks"] else
+                                " (" + ", ".join(TASK_LABEL.get(t, t) for t in over) + ")")
         lines.append(f"| {task} | {c['a']} | {c['b']} | {c['n']} | {c['mean_diff']:+.2f} | {sd} | {c['a_wins']} | "
                      f"{c['b_wins']} | {p} | {verdict} |")
     if report["unfinished"]:
