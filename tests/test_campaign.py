@@ -298,7 +298,8 @@ def test_paired_average_over_the_tasks_with_most_seeds_while_others_lack_seeds(t
     # every task: seed 1 only (no test); RTE and MRPC have seeds 1-2: as in the test above, mean 3, p of t = 1.5
     assert [(c["over"], c["seeds"]) for c in avg] == [(["rte", "mrpc", "stsb"], [1]), (["rte", "mrpc"], [1, 2])]
     assert avg[0]["p_value"] is None and avg[0]["mean_diff"] == pytest.approx(((71 + 86.5 + 55) - (65 + 82.5 + 45)) / 3)
-    assert avg[1]["mean_diff"] == pytest.approx(3.0) and avg[1]["p_value"] == pytest.approx(1 - 2 / math.pi * math.atan(1.5))
+    assert avg[1]["mean_diff"] == pytest.approx(3.0)
+    assert avg[1]["p_value"] == pytest.approx(1 - 2 / math.pi * math.atan(1.5))
     md = campaign.report_markdown(report, "x")
     assert "| Average | rapt | standard | 1 |" in md
     assert "| Average (RTE, MRPC) | rapt | standard | 2 | +3.00 | 2.83 | 2 | 0 | 0.374 | within seed noise |" in md

@@ -972,10 +972,11 @@ def _paired(task: str, a: str, b: str, seeds: list[int], xa: np.ndarray, xb: np.
 def paired_comparisons(by: dict, names: list[str], tasks: list[str], best_of: dict[str, list[str]]) -> list[dict]:
     """For each task and each pair (A after B in the row order: B is the baseline) with common seeds: the mean
     difference of the best primary metric (x100), how many seeds A beats B, the sd of the per-seed differences and
-    the paired t-test p-value (>= 2 seeds). Then, per pair, the same on the average (task ``"average"``): each seed's mean over all
-    tasks of the task score (mean of the task's metrics, as the Average column), for seeds where both methods
-    have every task (``"over"`` lists the tasks averaged). While a campaign is part-way, the tasks with the most
-    common seeds may have more seeds than all tasks together: then a second average row covers only those tasks."""
+    the paired t-test p-value (>= 2 seeds). Then, per pair, the same on the average (task ``"average"``): each
+    seed's mean over all tasks of the task score (mean of the task's metrics, as the Average column), for seeds
+    where both methods have every task (``"over"`` lists the tasks averaged). While a campaign is part-way, the
+    tasks with the most common seeds may have more seeds than all tasks together: then a second average row covers
+    only those tasks."""
     out, averages = [], []
     for i, a in enumerate(names):
         for b in names[:i]:
@@ -1016,7 +1017,8 @@ def format_cell(cells: list[dict]) -> str:
 def per_seed_markdown(report: dict) -> list[str]:
     """One table per task: each run's best dev metrics (x100) per seed, and the epoch they came from."""
     lines = ["", "## Per seed", "", "Each run's best dev evaluation (x100; the task's metrics as in Table 2) and the "
-             "epoch it came from (counted from 1; metrics.jsonl counts from 0); best-of rows are left out (they repeat their members' runs)."]
+             "epoch it came from (counted from 1; metrics.jsonl counts from 0); best-of rows are left out (they "
+             "repeat their members' runs)."]
     for task in report["tasks"]:
         rows = {name: row["tasks"][task] for name, row in report["rows"].items()
                 if task in row["tasks"] and name not in report["best_of"]}
@@ -1028,7 +1030,8 @@ def per_seed_markdown(report: dict) -> list[str]:
             for s in seeds:
                 if s in t["seeds"]:
                     i = t["seeds"].index(s)
-                    cells.append("/".join(f"{c['values'][i]:.1f}" for c in t["cells"]) + f" (ep {t['best_epochs'][s] + 1})")
+                    values = "/".join(f"{c['values'][i]:.1f}" for c in t["cells"])
+                    cells.append(f"{values} (ep {t['best_epochs'][s] + 1})")
                 else:
                     cells.append("-")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
