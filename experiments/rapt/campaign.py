@@ -982,14 +982,12 @@ def paired_comparisons(by: dict, names: list[str], tasks: list[str], best_of: di
         for b in names[:i]:
             if a in best_of.get(b, ()) or b in best_of.get(a, ()):
                 continue  # a best-of row is one of its members
-            for task in tasks:
-                ra, rb = by[a].get(task, {}), by[b].get(task, {})
-                seeds = sorted(set(ra) & set(rb))
-                if seeds:
-                    out.append(_paired(task, a, b, seeds,
-                                       np.array([ra[s].best.primary * 100 for s in seeds]),
-                                       np.array([rb[s].best.primary * 100 for s in seeds])))
             common = {t: set(by[a].get(t, {})) & set(by[b].get(t, {})) for t in tasks}
+            for task in tasks:
+                seeds = sorted(common[task])
+                if seeds:
+                    out.append(_paired(task, a, b, seeds, *(
+                        np.array([by[m][task][s].best.primary * 100 for s in seeds]) for m in (a, b))))
             most = max((len(c) for c in common.values()), default=0)
             top = [t for t in tasks if len(common[t]) == most]
             for over in ([tasks, top] if most >= 2 and top != tasks else [tasks]):
