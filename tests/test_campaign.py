@@ -245,6 +245,7 @@ def test_report_means_stds_and_paired_statistics(tmp_path, capsys):
     # average = mean of task scores: (67.5 + (81 + 86.5) / 2 + (50 + 40) / 2) / 3
     assert rows["standard"]["average"] == pytest.approx((67.5 + 83.75 + 45.0) / 3)
     assert rows["rapt"]["average"] is None  # no STS-B run
+    assert rows["standard"]["average_std"] is None  # STS-B has seed 1 only: no per-seed Average for seed 2
     assert "| standard | 67.5 ± 3.5 | 81.0 ± 1.4 / 86.5 ± 2.1 | 50.0 / 40.0 | 65.4 |" in md
     assert "| rapt | 71.5 ± 0.7 | 83.5 ± 0.7 / 88.0 ± 1.4 | - | - |" in md
     assert "RTE Acc" in md and "MRPC Acc/F1" in md and "STS-B P/S" in md
@@ -285,8 +286,13 @@ def test_paired_test_on_the_average_uses_each_seeds_mean_task_score(tmp_path):
     assert avg[0]["mean_diff"] == pytest.approx(3.0) and avg[0]["sd_diff"] == pytest.approx(math.sqrt(8))
     assert avg[0]["p_value"] == pytest.approx(1 - 2 / math.pi * math.atan(1.5))
     assert report["paired"][-1] is avg[0]  # after the per-task rows
+    # the Average column's ± is the std of those per-seed averages: standard 73.75, 77.5 -> sd 3.75 / sqrt 2
+    assert report["rows"]["standard"]["average"] == pytest.approx(75.625)
+    assert report["rows"]["standard"]["average_std"] == pytest.approx(3.75 / math.sqrt(2))
+    assert report["rows"]["rapt"]["average_std"] == pytest.approx(0.25 / math.sqrt(2))
     md = campaign.report_markdown(report, "x")
     assert "| Average | rapt | standard | 2 | +3.00 | 2.83 | 2 | 0 | 0.374 | within seed noise |" in md
+    assert "| 75.6 ± 2.7 | 2 |" in md
 
 
 def test_paired_average_over_the_tasks_with_most_seeds_while_others_lack_seeds(tmp_path):

@@ -936,6 +936,7 @@ def build_report(results: list[RunResult], method_order: list[str] | None = None
                 row["tasks"][task]["chosen"] = chosen[name][task]
         complete = all(t in row["tasks"] for t in tasks)
         row["average"] = float(np.mean([row["tasks"][t]["score"] for t in tasks])) if complete and tasks else None
+        row["average_std"] = _average_std(row["tasks"], tasks) if complete and tasks else None
         rows[name] = row
     paper = {}
     for pname, prow in PAPER_DEV.items():
@@ -947,6 +948,16 @@ def build_report(results: list[RunResult], method_order: list[str] | None = None
             "times": training_times(by, [n for n in names if n not in chosen], tasks),
             "paired": paired_comparisons(by, names, tasks, best_of or {}),
             "unfinished": sorted(r.folder.as_posix() for r in results if not r.finished)}
+
+
+def _average_std(cells_by_task: dict[str, dict], tasks: list[str]) -> float | None:
+    """Sample std over seeds of each seed's Average (mean over tasks of that seed's task score), when every task
+    has the same >= 2 seeds; else None (a best-of row may take a one-seed member for some task)."""
+    seed_lists = {tuple(cells_by_task[t]["seeds"]) for t in tasks}
+    if len(seed_lists) != 1 or len(next(iter(seed_lists))) < 2:
+        return None
+    per_task = [np.mean([c["values"] for c in cells_by_task[t]["cells"]], axis=0) for t in tasks]  # [task][seed]
+    return _mean_std(list(np.mean(per_task, axis=0)))[1]
 
 
 def _task_score(result: RunResult, task: str) -> float:
@@ -1041,13 +1052,14 @@ def report_markdown(report: dict, title: str) -> str:
     lines = [f"# Table 2 (dev): {title}", "",
              "Each cell: mean ± sample std (ddof=1) over seeds of each run's best dev evaluation (best by the task's "
              "primary metric; all the task's metrics from that same evaluation), x100. Average = mean over tasks of "
-             "the task score (mean of its metrics); `-` when a method lacks a task.", ""]
+             "the task score (mean of its metrics); its ± is the std over seeds of each seed's Average, when every task "
+             "has the same seeds; `-` when a method lacks a task.", ""]
     head = [_header(t, None) for t in tasks]
     lines += ["| Method | " + " | ".join(head) + " | Average | Seeds |", "|---" * (len(tasks) + 3) + "|"]
     for name, row in rows.items():
         cells = [format_cell(row["tasks"][t]["cells"]) if t in row["tasks"] else "-" for t in tasks]
         seeds = sorted({len(v["seeds"]) for v in row["tasks"].values()})
-        avg = f"{row['average']:.1f}" if row["average"] is not None else "-"
+        avg = "-" if row["average"] is None else format_cell([{"mean": row["average"], "std": row["average_std"]}])
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {avg} | {'/'.join(map(str, seeds))} |")
     for group, picks in report["best_of"].items():
         lines += ["", f"`{group}` takes, per task, the member with the best mean primary dev metric over the seeds "
