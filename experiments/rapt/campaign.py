@@ -936,7 +936,9 @@ def build_report(results: list[RunResult], method_order: list[str] | None = None
                 row["tasks"][task]["chosen"] = chosen[name][task]
         complete = all(t in row["tasks"] for t in tasks)
         row["average"] = float(np.mean([row["tasks"][t]["score"] for t in tasks])) if complete and tasks else None
-        row["average_std"] = _average_std(row["tasks"], tasks) if complete and tasks else None
+        seed_lists = {tuple(row["tasks"][t]["seeds"]) for t in tasks} if complete else set()
+        same = next(iter(seed_lists)) if len(seed_lists) == 1 else ()  # a best-of row may mix seed counts
+        row["average_std"] = _mean_std(_seed_averages(by[name], tasks, list(same)))[1] if len(same) >= 2 else None
         rows[name] = row
     paper = {}
     for pname, prow in PAPER_DEV.items():
@@ -950,20 +952,15 @@ def build_report(results: list[RunResult], method_order: list[str] | None = None
             "unfinished": sorted(r.folder.as_posix() for r in results if not r.finished)}
 
 
-def _average_std(cells_by_task: dict[str, dict], tasks: list[str]) -> float | None:
-    """Sample std over seeds of each seed's Average (mean over tasks of that seed's task score), when every task
-    has the same >= 2 seeds; else None (a best-of row may take a one-seed member for some task)."""
-    seed_lists = {tuple(cells_by_task[t]["seeds"]) for t in tasks}
-    if len(seed_lists) != 1 or len(next(iter(seed_lists))) < 2:
-        return None
-    per_task = [np.mean([c["values"] for c in cells_by_task[t]["cells"]], axis=0) for t in tasks]  # [task][seed]
-    return _mean_std(list(np.mean(per_task, axis=0)))[1]
-
-
 def _task_score(result: RunResult, task: str) -> float:
     """A run's task score (x100): the mean of the task's metrics at its best evaluation, as in the Average column."""
     best = result.best
     return float(np.mean([best.metrics[split][metric] * 100 for split, metric in cell_keys(task, best)]))
+
+
+def _seed_averages(runs: dict[str, dict[int, RunResult]], tasks: list[str], seeds: list[int]) -> list[float]:
+    """Each seed's Average: the mean over ``tasks`` of that seed's task score (``runs``: task -> seed -> run)."""
+    return [float(np.mean([_task_score(runs[t][s], t) for t in tasks])) for s in seeds]
 
 
 def _paired(task: str, a: str, b: str, seeds: list[int], xa: np.ndarray, xb: np.ndarray) -> dict:
@@ -1005,8 +1002,7 @@ def paired_comparisons(by: dict, names: list[str], tasks: list[str], best_of: di
                 seeds = sorted(set.intersection(*(common[t] for t in over))) if over else []
                 if seeds and (over == tasks or len(seeds) >= 2):  # a partial average only where it can be tested
                     averages.append(_paired("average", a, b, seeds, *(
-                        np.array([np.mean([_task_score(by[m][t][s], t) for t in over]) for s in seeds])
-                        for m in (a, b))) | {"over": over})
+                        np.array(_seed_averages(by[m], over, seeds)) for m in (a, b))) | {"over": over})
     order = {t: i for i, t in enumerate(tasks)}
     return sorted(out, key=lambda c: order[c["task"]]) + averages
 
