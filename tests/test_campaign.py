@@ -417,11 +417,22 @@ def test_layer_sweep_plots_best_dev_against_max_layer(tmp_path, capsys):
     (root / "mrpc" / "max2" / "s1" / "config.json").write_text(json.dumps(
         {"method": "rapt", "method_options": {"eta": 2.0, "max_layer": 2}}))
     out = tmp_path / "layers.png"
-    assert layers.main(["--root", str(root), "--tasks", "mrpc,rte", "--out", str(out)]) == 0
+    assert layers.main(["--root", str(root), "--tasks", "mrpc", "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "mrpc: embed 72.0, 1 72.0, 3 80.0, 6 76.0; best max_layer 3" in capsys.readouterr().out
+    assert "mrpc: embed 72.0, 1 72.0, 3 80.0, 6 76.0; best max_layer 3\n" in capsys.readouterr().out
     table = out.with_suffix(".md").read_text()
     assert "| max_layer | embed | 1 | 3 | 6 |" in table and "| acc | 72.0 [2] | 72.0 [1] | 80.0 [1] | 76.0 [1] |" in table
+    # a second task with a partial sweep: both tables span the union of max_layers, a missing point is a "-"
+    _write_run(root, "rte", "max2", 1, [{"acc": 0.55}])
+    (root / "rte" / "max2" / "s1" / "config.json").write_text(json.dumps(
+        {"method": "rapt", "method_options": {"eta": 2.0, "max_layer": 2}}))
+    assert layers.main(["--root", str(root), "--tasks", "mrpc,rte", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "mrpc: embed 72.0, 1 72.0, 3 80.0, 6 76.0; best max_layer 3; not run: 2" in printed
+    assert "rte: 2 55.0; best max_layer 2; not run: embed, 1, 3, 6" in printed
+    table = out.with_suffix(".md").read_text()
+    assert table.count("| max_layer | embed | 1 | 2 | 3 | 6 |") == 2
+    assert "| acc | 72.0 [2] | 72.0 [1] | - | 80.0 [1] | 76.0 [1] |" in table and "| acc | - | - | 55.0 [1] | - | - |" in table
     # a baseline campaign: standard on the sweep's seeds (1, 2) and one more seed
     base = tmp_path / "core"
     for s, acc in ((1, 0.70), (2, 0.74), (3, 0.78)):
@@ -429,8 +440,8 @@ def test_layer_sweep_plots_best_dev_against_max_layer(tmp_path, capsys):
     assert layers.main(["--root", str(root), "--tasks", "mrpc", "--out", str(out), "--baseline", str(base)]) == 0
     assert ("standard on the same seed(s) 1, 2: 72.0; over seeds 1, 2, 3: 74.0 ± 4.0 (the seed noise)."
             in out.with_suffix(".md").read_text())
-    assert run_cli(layers.main, ["--root", str(root), "--tasks", "rte", "--out", str(out)]) == 2
-    assert "no finished RAPT runs (eta 2) of rte" in capsys.readouterr().err
+    assert run_cli(layers.main, ["--root", str(root), "--tasks", "cola", "--out", str(out)]) == 2
+    assert "no finished RAPT runs (eta 2) of cola" in capsys.readouterr().err
 
 
 def test_report_has_training_time_and_ratios(tmp_path):

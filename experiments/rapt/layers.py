@@ -8,7 +8,8 @@ Every finished RAPT run under ``ROOT/<task>/<method name>/s<seed>*`` is a point:
 (from the run's ``config.json``; 0 is drawn as "embed": noise on the embedding output only; k >= 1: a layer
 drawn from 1..k per mini-batch), y = its best dev evaluation's primary metric (x100), averaged over seeds.
 Runs of another method, or with an eta other than ``--eta``, are left out. One subplot per task, and a
-markdown table (task x max_layer: mean, seeds) beside the PNG.
+markdown table (task x max_layer: mean, seeds) beside the PNG. Every panel and table spans the max_layers that
+any shown task has, so a point a task has not run yet is a gap in its line and a ``-`` in its table.
 
 ``--baseline DIR`` (e.g. the core grid's root) puts the scale of the effect beside it: a dashed line at the
 baseline method's score on the sweep's seeds, and a band of its mean ± std over all its seeds (the seed noise).
@@ -107,13 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.0 * len(tasks), 4.0), squeeze=False)
     lines = [f"RAPT (eta {args.eta:g}): best dev score (x100) against max_layer; mean over seeds [seeds]. "
              f"`embed` = noise on the embedding output only; k = a layer drawn from 1..k per mini-batch.", ""]
+    columns = sorted({k for t in tasks for k in found[t]})  # one x axis and one table header for every task
     for ax, task in zip(axes[0], tasks):
         pts = found[task]
         layers = list(pts)
         means = [float(np.mean(pts[k])) for k in layers]
         metric = next(r.metric for r in results if r.task == task)
-        ax.plot(range(len(layers)), means, marker="o", label=f"RAPT, eta {args.eta:g}")
-        ax.set_xticks(range(len(layers)), [label(k) for k in layers])
+        ys = [float(np.mean(pts[k])) if k in pts else np.nan for k in columns]  # NaN: a gap in the line
+        ax.plot(columns, ys, marker="o", label=f"RAPT, eta {args.eta:g}")
+        ax.set_xticks(columns, [label(k) for k in columns])
         note = draw_baseline(ax, baseline_scores(base_results, task, args.baseline_method),
                              {r.seed for r, _ in sweeps[task]}, args.baseline_method)
         ax.set_title(f"{TASK_LABEL.get(task, task)} (RAPT, eta {args.eta:g})")
@@ -121,14 +124,16 @@ def main(argv: list[str] | None = None) -> int:
         ax.set_ylabel(f"dev {metric} (x100)")
         ax.grid(alpha=0.3)
         lines += [f"**{TASK_LABEL.get(task, task)}** (dev {metric})", "",
-                  "| max_layer | " + " | ".join(label(k) for k in layers) + " |",
-                  "|---" * (len(layers) + 1) + "|",
-                  f"| {metric} | " + " | ".join(f"{m:.1f} [{len(pts[k])}]" for k, m in zip(layers, means)) + " |", ""]
+                  "| max_layer | " + " | ".join(label(k) for k in columns) + " |",
+                  "|---" * (len(columns) + 1) + "|",
+                  f"| {metric} | " + " | ".join(f"{np.mean(pts[k]):.1f} [{len(pts[k])}]" if k in pts else "-"
+                                                 for k in columns) + " |", ""]
         if note:
             lines += [note, ""]
         best = layers[int(np.argmax(means))]
+        missing = [label(k) for k in columns if k not in pts]
         print(f"{task}: " + ", ".join(f"{label(k)} {m:.1f}" for k, m in zip(layers, means))
-              + f"; best max_layer {label(best)}")
+              + f"; best max_layer {label(best)}" + (f"; not run: {', '.join(missing)}" if missing else ""))
     fig.tight_layout()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
