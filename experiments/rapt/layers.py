@@ -111,11 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     columns = sorted({k for t in tasks for k in found[t]})  # one x axis and one table header for every task
     for ax, task in zip(axes[0], tasks):
         pts = found[task]
-        layers = list(pts)
-        means = [float(np.mean(pts[k])) for k in layers]
+        mean = {k: float(np.mean(v)) for k, v in pts.items()}  # max_layer -> mean over seeds
         metric = next(r.metric for r in results if r.task == task)
-        ys = [float(np.mean(pts[k])) if k in pts else np.nan for k in columns]  # NaN: a gap in the line
-        ax.plot(columns, ys, marker="o", label=f"RAPT, eta {args.eta:g}")
+        ax.plot(columns, [mean.get(k, np.nan) for k in columns], marker="o",  # NaN: a gap in the line
+                label=f"RAPT, eta {args.eta:g}")
         ax.set_xticks(columns, [label(k) for k in columns])
         note = draw_baseline(ax, baseline_scores(base_results, task, args.baseline_method),
                              {r.seed for r, _ in sweeps[task]}, args.baseline_method)
@@ -126,13 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         lines += [f"**{TASK_LABEL.get(task, task)}** (dev {metric})", "",
                   "| max_layer | " + " | ".join(label(k) for k in columns) + " |",
                   "|---" * (len(columns) + 1) + "|",
-                  f"| {metric} | " + " | ".join(f"{np.mean(pts[k]):.1f} [{len(pts[k])}]" if k in pts else "-"
+                  f"| {metric} | " + " | ".join(f"{mean[k]:.1f} [{len(pts[k])}]" if k in pts else "-"
                                                  for k in columns) + " |", ""]
         if note:
             lines += [note, ""]
-        best = layers[int(np.argmax(means))]
+        best = max(mean, key=mean.get)
         missing = [label(k) for k in columns if k not in pts]
-        print(f"{task}: " + ", ".join(f"{label(k)} {m:.1f}" for k, m in zip(layers, means))
+        print(f"{task}: " + ", ".join(f"{label(k)} {m:.1f}" for k, m in mean.items())
               + f"; best max_layer {label(best)}" + (f"; not run: {', '.join(missing)}" if missing else ""))
     fig.tight_layout()
     out = Path(args.out)
