@@ -1,24 +1,22 @@
 """MultiTaskModel: one Hugging Face encoder shared by all tasks + one head per task.
 
-Layers are numbered as in the paper: layer 0 is the embedding output (the input of the first transformer
-block, i.e. after LayerNorm, dropout and, for ELECTRA, the embedding projection); layer r >= 1 is the output
-of transformer block r. Noise goes in through hooks on the encoder's own modules (never via
-``inputs_embeds``, which would re-add position/type embeddings and LayerNorm).
+Layers are numbered as in the paper and as the encoder's own ``hidden_states``: layer 0 is the embedding
+output (the input of the transformer stack); layer r >= 1 is what the encoder passes to block r + 1. Noise goes
+in through hooks on the encoder's own modules (``mt_dnn.encoder_hooks``), never via ``inputs_embeds``.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable
 
 import torch
 from torch import nn
 
 from data_utils.task_def import ConfigError, TaskDef
+from mt_dnn.encoder_hooks import EncoderHooks, LayerCapture
 from mt_dnn.heads import build_head
 
 logger = logging.getLogger(__name__)
@@ -79,69 +77,14 @@ def _drop_pooler(encoder: nn.Module) -> None:
         encoder.pooler = None
 
 
-@dataclass
-class EncoderParts:
-    """Where an encoder keeps its pieces: the token embedding table and the list of transformer blocks."""
-
-    word_embeddings: nn.Module
-    blocks: nn.ModuleList
-
-
-def find_parts(encoder: nn.Module) -> EncoderParts:
-    """Adapter for BERT, RoBERTa, ELECTRA, DeBERTa(-v2) (``encoder.layer``) and DistilBERT (``transformer.layer``)."""
-    embeddings = getattr(encoder, "embeddings", None)
-    words = getattr(embeddings, "word_embeddings", None)
-    stack = getattr(encoder, "encoder", None) or getattr(encoder, "transformer", None)
-    blocks = getattr(stack, "layer", None)
-    if words is None or not isinstance(blocks, nn.ModuleList):
-        raise ConfigError(f"unsupported encoder {type(encoder).__name__}: cannot find its embeddings and blocks")
-    return EncoderParts(word_embeddings=words, blocks=blocks)
-
-
-def _hidden_of(output: Any) -> torch.Tensor:
-    """A block returns a tensor (BERT in transformers 5) or a tuple whose first item is the hidden state."""
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
-def _with_hidden(output: Any, hidden: torch.Tensor) -> Any:
-    if isinstance(output, tuple):
-        return (hidden,) + output[1:]
-    if isinstance(output, list):
-        return [hidden] + output[1:]
-    return hidden
-
-
-_HIDDEN_KWARGS = ("hidden_states", "hidden_state", "x")
-
-
-def _replace_block_input(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
-    if args:
-        return (hidden,) + tuple(args[1:]), kwargs
-    for key in _HIDDEN_KWARGS:
-        if key in kwargs:
-            return args, {**kwargs, key: hidden}
-    raise RuntimeError("cannot find the hidden states among a block's arguments")
-
-
-def _block_input(args: tuple, kwargs: dict) -> torch.Tensor:
-    if args:
-        return args[0]
-    return next(kwargs[k] for k in _HIDDEN_KWARGS if k in kwargs)
-
-
-@dataclass
-class LayerCapture:
-    """What a clean pass leaves behind for re-running the blocks above layer r (shared-lower-layers RAPT)."""
-
-    layer: int
-    hidden: torch.Tensor | None = None  # (B, T, H), output of layer r
-    calls: dict[int, tuple[tuple, dict]] = field(default_factory=dict)  # block index -> (args, kwargs)
-
-
 class MultiTaskModel(nn.Module):
     """One shared encoder and an ``nn.ModuleDict`` of heads keyed by task (head) name.
 
     ``forward(batch) -> logits (B, C)`` for the batch's task (C = 1 for regression).
+
+    It provides the interface the regularizers use (``mt_dnn.perturbation``): ``forward(batch)``,
+    ``num_layers``, ``hidden_size``, ``reg_loss_kind(batch)``, and the hooks ``perturb(layer, fn)``,
+    ``perturb_token_embeddings(fn)``, ``capture(layer)`` and ``logits_from(capture, hidden, batch)``.
     """
 
     def __init__(self, encoder: nn.Module, tasks: list[TaskDef], pooling: str):
@@ -151,7 +94,7 @@ class MultiTaskModel(nn.Module):
         _drop_pooler(encoder)
         self.encoder = encoder
         self.pooling = pooling
-        self.parts = find_parts(encoder)
+        self.hooks = EncoderHooks(encoder)
         hidden = encoder.config.hidden_size
         self.heads = nn.ModuleDict()
         self.task_defs: dict[str, TaskDef] = {}
@@ -163,7 +106,15 @@ class MultiTaskModel(nn.Module):
 
     @property
     def num_layers(self) -> int:
-        return len(self.parts.blocks)
+        return self.hooks.num_layers
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.encoder.config.hidden_size)
+
+    def reg_loss_kind(self, batch: dict) -> str:
+        """The divergence the batch's task regularizes with: ``sym_kl`` (classification) or ``mse`` (regression)."""
+        return self.task_defs[batch["task"]].reg_loss
 
     def encoder_inputs(self, batch: dict) -> dict[str, torch.Tensor]:
         keys = ("input_ids", "attention_mask", "token_type_ids")
@@ -188,68 +139,26 @@ class MultiTaskModel(nn.Module):
     def forward(self, batch: dict) -> torch.Tensor:
         return self.head_logits(batch["task"], self.encode(batch), batch["attention_mask"])
 
-    # ---- hooks used by the perturbation methods -------------------------------------------------------
+    # ---- hooks used by the perturbation methods (see mt_dnn.encoder_hooks) ------------------------------
 
     def check_layer(self, layer: int) -> None:
-        if not 0 <= layer <= self.num_layers:
-            raise ConfigError(f"layer {layer} does not exist: this encoder has layers 0..{self.num_layers} "
-                              f"(0 = embedding output)")
+        self.hooks.check_layer(layer)
 
-    @contextlib.contextmanager
-    def perturb(self, layer: int, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
-        """Inside the block, layer ``layer``'s output h (B, T, H) is replaced by ``fn(h)``."""
-        self.check_layer(layer)
-        if layer == 0:
-            def pre_hook(module, args, kwargs):
-                return _replace_block_input(args, kwargs, fn(_block_input(args, kwargs)))
-            handle = self.parts.blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True)
-        else:
-            def hook(module, args, output):
-                return _with_hidden(output, fn(_hidden_of(output)))
-            handle = self.parts.blocks[layer - 1].register_forward_hook(hook)
-        try:
-            yield
-        finally:
-            handle.remove()
+    def perturb(self, layer: int, fn: Callable[[torch.Tensor], torch.Tensor]):
+        """Context: layer ``layer``'s state h (B, T, H) is replaced by ``fn(h)`` for every later module."""
+        return self.hooks.perturb(layer, fn)
 
-    @contextlib.contextmanager
-    def perturb_token_embeddings(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
-        """Inside the block, the token embedding lookup e (B, T, E) is replaced by ``fn(e)`` (R3F's noise)."""
-        handle = self.parts.word_embeddings.register_forward_hook(lambda m, a, out: fn(out))
-        try:
-            yield
-        finally:
-            handle.remove()
+    def perturb_token_embeddings(self, fn: Callable[[torch.Tensor], torch.Tensor]):
+        """Context: the token embedding lookup e (B, T, E) is replaced by ``fn(e)``."""
+        return self.hooks.perturb_token_embeddings(fn)
 
-    @contextlib.contextmanager
-    def capture(self, layer: int) -> Iterator[LayerCapture]:
-        """Record layer ``layer``'s output and the call arguments of every block above it during a pass."""
-        self.check_layer(layer)
-        cap = LayerCapture(layer=layer)
-        handles = []
-        for i in range(layer, self.num_layers):
-            def pre_hook(module, args, kwargs, i=i):
-                cap.calls[i] = (args, kwargs)
-                if i == layer:
-                    cap.hidden = _block_input(args, kwargs)
-            handles.append(self.parts.blocks[i].register_forward_pre_hook(pre_hook, with_kwargs=True))
-        if layer == self.num_layers:
-            def hook(module, args, output):
-                cap.hidden = _hidden_of(output)
-            handles.append(self.parts.blocks[-1].register_forward_hook(hook))
-        try:
-            yield cap
-        finally:
-            for h in handles:
-                h.remove()
+    def capture(self, layer: int):
+        """Context yielding a ``LayerCapture`` of layer ``layer`` filled during the pass inside it."""
+        return self.hooks.capture(layer)
 
-    def rerun_from(self, cap: LayerCapture, hidden: torch.Tensor) -> torch.Tensor:
-        """Run blocks r+1..L on ``hidden`` (B, T, H) with the captured arguments; returns the last layer's states."""
-        for i in range(cap.layer, self.num_layers):
-            args, kwargs = cap.calls[i]
-            args, kwargs = _replace_block_input(args, kwargs, hidden)
-            hidden = _hidden_of(self.parts.blocks[i](*args, **kwargs))
-        return hidden
+    def logits_from(self, cap: LayerCapture, hidden: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Re-run the modules above the captured layer on ``hidden`` (B, T, H); the batch's head -> logits (B, C)."""
+        return self.head_logits(batch["task"], self.hooks.rerun_from(cap, hidden), batch["attention_mask"])
 
 
 # ---- saving and loading a trained model -----------------------------------------------------------------

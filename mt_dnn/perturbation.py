@@ -3,8 +3,14 @@
 Each method is one class with one call, ``reg(model, batch, clean_logits) -> (loss, logs)``: ``loss`` is the
 un-weighted regularizer term (a 0-dim fp32 tensor), ``logs`` a dict of floats. The trainer computes
 ``task_loss + reg.alpha * loss`` (alpha is applied there, once) and never looks at a method's name.
-Before each step the trainer sets ``reg.step``; a method that needs something from the clean forward pass
-returns a context manager from ``clean_pass(model, batch)`` (RAPT's shared-lower-layers path does).
+Before each micro-batch the trainer sets ``reg.step`` (optimizer step) and ``reg.micro`` (micro-batch index within
+the step); a method that needs something from the clean forward pass returns a context manager from
+``clean_pass(model, batch)`` (RAPT's shared-lower-layers path does).
+
+The methods need only a small interface of ``model`` (``mt_dnn.model.MultiTaskModel`` provides it, and so does
+the Hugging Face classifier wrapper in ``mt_dnn.hf``): ``model(batch) -> logits (B, C)``; ``num_layers``;
+``hidden_size``; ``reg_loss_kind(batch) -> "sym_kl" | "mse"``; the context managers ``perturb(layer, fn)``,
+``perturb_token_embeddings(fn)`` and ``capture(layer)``; and ``logits_from(capture, hidden, batch)``.
 
 A method's options are a dataclass, ``Options``; every field ``f`` becomes the CLI flag ``--<name>_<f>``.
 Adding a method is one class here and nothing else.
@@ -87,7 +93,8 @@ class Regularizer:
     def __init__(self, options: Any, seed: int = 0):
         self.options = options
         self.seed = seed
-        self.step = 0  # set by the trainer before each step
+        self.step = 0  # optimizer step, set by the trainer before each micro-batch
+        self.micro = 0  # micro-batch index within the optimizer step (gradient accumulation)
 
     @property
     def alpha(self) -> float:
@@ -119,10 +126,13 @@ class Standard(Regularizer):
 class Rapt(Regularizer):
     """RAPT (Algorithm 1): scaled Gaussian noise on the output of a random layer r, divergence clean vs noisy.
 
-    Per step r ~ U{1..max_layer} as a function of (seed, step), so every rank draws the same r
-    (max_layer = 0: the embedding output, "RAPT (Embedding)"). delta ~ N(0, 1) of the hidden states' shape,
-    zero on padding, scaled to eta / ||delta||_inf per example (or per token). The paper's sigma cancels in
-    that scaling, so there is no sigma option. No extra backward pass.
+    Per mini-batch r ~ U{1..max_layer} as a function of (seed, step, micro-batch), so every rank draws the same r
+    (max_layer = 0: the embedding output, "RAPT (Embedding)"). delta ~ N(0, 1) of the hidden states' shape
+    (B, T, H), zero on padding, scaled to eta / ||delta||_inf per example (or per token), added to layer r's
+    state (what the encoder passes to block r + 1); loss = sym_kl(clean, noisy) (MSE for regression), averaged
+    over rows. The paper's sigma cancels in that scaling, so there is no sigma option. No extra backward pass.
+    Paper-literal path: the noisy input gets a full forward pass of its own (its own dropout masks).
+    Shared lower layers: the noisy pass re-runs only the modules above r on the clean pass's layer-r state.
     """
 
     name = "rapt"
@@ -143,11 +153,12 @@ class Rapt(Regularizer):
         if self.options.eta < 0:
             raise ConfigError("--rapt_eta must be >= 0")
 
-    def layer_for_step(self, step: int) -> int:
-        """r as a function of (seed, step) only."""
+    def layer_for_step(self, step: int, micro: int = 0) -> int:
+        """r as a function of (seed, optimizer step, micro-batch index) only: the same on every rank."""
         if self.options.max_layer == 0:
             return 0
-        return int(np.random.default_rng([self.seed, step, 0x52415054]).integers(1, self.options.max_layer + 1))
+        key = [self.seed, step, 0x52415054] if micro == 0 else [self.seed, step, micro, 0x52415054]
+        return int(np.random.default_rng(key).integers(1, self.options.max_layer + 1))
 
     def noise(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """delta (B, T, H): N(0, 1), zero on padding, scaled so ||delta||_inf = eta per example (or token)."""
@@ -164,13 +175,12 @@ class Rapt(Regularizer):
         if not self.options.share_lower_layers:
             yield
             return
-        with model.capture(self.layer_for_step(self.step)) as cap:
+        with model.capture(self.layer_for_step(self.step, self.micro)) as cap:
             yield
         self._capture = cap
 
     def __call__(self, model, batch, clean_logits):
-        layer = self.layer_for_step(self.step)
-        task = model.task_defs[batch["task"]]
+        layer = self.layer_for_step(self.step, self.micro)
         seen: dict[str, float] = {}
         capture, self._capture = getattr(self, "_capture", None), None
 
@@ -181,12 +191,11 @@ class Rapt(Regularizer):
             return h + delta
 
         if capture is not None:  # shared lower layers: reuse the clean pass up to r
-            top = model.rerun_from(capture, add_noise(capture.hidden))
-            noisy = model.head_logits(batch["task"], top, batch["attention_mask"])
+            noisy = model.logits_from(capture, add_noise(capture.hidden), batch)
         else:  # paper-literal: a full forward pass of its own
             with model.perturb(layer, add_noise):
                 noisy = model(batch)
-        loss = losses.divergence(task.reg_loss, clean_logits, noisy)
+        loss = losses.divergence(model.reg_loss_kind(batch), clean_logits, noisy)
         return loss, {"rapt_layer": float(layer), "rapt_noise_ratio": seen["ratio"]}
 
 
@@ -194,10 +203,15 @@ class Rapt(Regularizer):
 class Smart(Regularizer):
     """SMART as MT-DNN's code runs it (the paper's baseline): virtual adversarial noise at the embedding output.
 
-    delta0 = N(0, 1) * noise_var; K ascent steps on KL(sg(p_clean) || p_noisy) (MSE for regression):
-    ``normalize``: delta <- normalise(delta + step_size * g) (MT-DNN; per-token inf / l2 norm or sign);
-    ``ball``: delta <- clip(delta + step_size * normalise(g), -radius, radius) (SMART paper's projection).
-    Then loss = sym_kl(clean, noisy(delta)) (MSE for regression). A non-finite gradient norm skips the term.
+    delta (B, T, H) at layer 0, initialised N(0, 1) * noise_var (zero on padding); K ascent steps with
+    g = grad_delta of MT-DNN's inner objective (``losses.adversarial_objective``: its log-odds KL summed over the
+    batch, times 2; summed squared error for regression), so each example's step is independent of the batch size:
+    ``normalize`` (MT-DNN): delta <- normalise(delta + step_size * g), per-token inf / l2 norm or sign; the scale of
+    the objective matters here and is MT-DNN's, so MT-DNN's step sizes carry over;
+    ``ball`` (SMART paper): delta <- clip(delta + step_size * normalise(g), -radius, radius); g is normalised, so
+    the objective's scale does not matter.
+    Then loss = sym_kl(clean, noisy(delta)) (MSE for regression), averaged over rows. A non-finite gradient norm
+    skips the term for that step (counted).
     """
 
     name = "smart"
@@ -206,12 +220,15 @@ class Smart(Regularizer):
     class Options:
         alpha: float = _opt(1.0, "weight of the adversarial term")
         noise_var: float = _opt(1e-5, "scale of the initial noise N(0, 1) * noise_var")
-        step_size: float = _opt(1e-3, "ascent step size")
+        step_size: float = _opt(1e-3, "ascent step size (normalize: on MT-DNN's scale, the inner objective summed "
+                                      "over the batch; ball: along the normalised gradient)")
         k: int = _opt(1, "number of ascent steps")
         norm: str = _opt("inf", "normalisation of the step: per-token inf-norm, l2-norm, or sign (l1)",
                          ("inf", "l2", "l1"))
         epsilon: float = _opt(1e-6, "guards the normalising division")
-        projection: str = _opt("normalize", "normalize (MT-DNN) or ball (SMART paper: inf-ball of --smart_radius)",
+        projection: str = _opt("normalize", "normalize (MT-DNN: delta <- normalise(delta + step_size * g), g of the "
+                                            "batch-summed objective) or ball (SMART paper: step along normalise(g), "
+                                            "clipped to the inf-ball of --smart_radius)",
                                ("normalize", "ball"))
         radius: float = _opt(1e-5, "inf-norm radius of the ball projection")
 
@@ -239,11 +256,11 @@ class Smart(Regularizer):
 
     def __call__(self, model, batch, clean_logits):
         o = self.options
-        task = model.task_defs[batch["task"]]
+        kind = model.reg_loss_kind(batch)
         ids = batch["input_ids"]
         mask = batch["attention_mask"].unsqueeze(-1).float()  # (B, T, 1)
         # delta (B, T, H) at layer 0, initialised N(0, 1) * noise_var, zero on padding; kept in fp32
-        delta = torch.randn(*ids.shape, model.encoder.config.hidden_size, device=ids.device) * o.noise_var * mask
+        delta = torch.randn(*ids.shape, model.hidden_size, device=ids.device) * o.noise_var * mask
 
         def add_delta(h: torch.Tensor) -> torch.Tensor:
             return h + delta.to(h.dtype)
@@ -253,7 +270,7 @@ class Smart(Regularizer):
             delta.requires_grad_(True)
             with model.perturb(0, add_delta):
                 noisy = model(batch)
-            inner = losses.adversarial_objective(task.reg_loss, clean_logits, noisy)
+            inner = losses.adversarial_objective(kind, clean_logits, noisy)
             (grad,) = torch.autograd.grad(inner, delta)
             delta = delta.detach()
             if not torch.isfinite(grad.norm()):
@@ -265,39 +282,46 @@ class Smart(Regularizer):
             delta = self.ascend(delta, grad) * mask
         with model.perturb(0, add_delta):
             noisy = model(batch)
-        loss = losses.divergence(task.reg_loss, clean_logits, noisy)
+        loss = losses.divergence(kind, clean_logits, noisy)
         return loss, {"smart_delta_inf": float(delta.abs().max()), "smart_grad_share": share,
                       "smart_skipped": 0.0, "smart_skipped_total": float(self.skipped)}
 
 
 @register
 class R3f(Regularizer):
-    """R3F (Aghajanyan et al., 2020): uniform or normal noise of scale eps on the token embeddings,
-    symmetric KL (MSE for regression) between clean and noisy predictions, weighted by lambda."""
+    """R3F (Aghajanyan et al., 2020) as fairseq's sentence_prediction_r3f runs it: noise on the token embeddings.
+
+    z ~ U(-eps, eps) (or N(0, eps^2)) of the token embeddings' shape (B, T, E) is added to a detached copy of the
+    token embedding lookup (before position/type embeddings and LayerNorm), so the noisy pass sends no gradient
+    into the embedding table through the lookup. loss = KL(p_clean || p_noisy) + KL(p_noisy || p_clean), summed
+    over classes and averaged over rows, with the gradient through both arguments of both terms. Regression tasks
+    get no R3F term (as in fairseq): the loss is 0 and no noisy pass runs.
+    """
 
     name = "r3f"
     alpha_field = "lambda_"
 
     @dataclass
     class Options:
-        lambda_: float = _opt(1.0, "weight of the divergence")
+        lambda_: float = _opt(1.0, "weight of the symmetric KL (no term on regression tasks)")
         eps: float = _opt(1e-5, "noise scale")
         noise: str = _opt("uniform", "U(-eps, eps) or N(0, eps^2)", ("uniform", "normal"))
 
     def __call__(self, model, batch, clean_logits):
         o = self.options
-        task = model.task_defs[batch["task"]]
+        if model.reg_loss_kind(batch) == "mse":
+            return _zero(clean_logits.device), {}
 
         def add_noise(e: torch.Tensor) -> torch.Tensor:
             if o.noise == "uniform":
                 z = torch.empty_like(e).uniform_(-o.eps, o.eps)
             else:
                 z = torch.randn_like(e) * o.eps
-            return e + z
+            return e.detach() + z
 
         with model.perturb_token_embeddings(add_noise):
             noisy = model(batch)
-        return losses.divergence(task.reg_loss, clean_logits, noisy), {}
+        return losses.sym_kl_both(clean_logits, noisy), {}
 
 
 def option_flags() -> list[tuple[str, str, Any, dict, str]]:

@@ -364,7 +364,7 @@ class Trainer:
             feats = self.train_data[task]
             batch = to_device(collate(feats, rows, self.pad_id, self.model.task_defs[task].type == "regression"),
                               self.device)
-            self.reg.step = self.step
+            self.reg.step, self.reg.micro = self.step, k
             # under DDP, gradients are all-reduced only on the last micro-step
             sync = k == n - 1 or not hasattr(self.wrapped, "no_sync")
             with (contextlib.nullcontext() if sync else self.wrapped.no_sync()):

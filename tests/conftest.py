@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-ARCHS = ("bert", "roberta", "electra", "deberta-v2", "distilbert")
+ARCHS = ("bert", "roberta", "electra", "deberta-v2", "deberta-v2-conv", "distilbert")
 
 
 def real_glue_dir() -> Path | None:
@@ -38,9 +38,10 @@ def tiny_config(arch: str = "bert", dropout: float = 0.0, vocab_size: int = 100)
         return RobertaConfig(pad_token_id=1, type_vocab_size=1, **kw)
     if arch == "electra":
         return ElectraConfig(embedding_size=16, **kw)  # exercises the embedding projection
-    if arch == "deberta-v2":
+    if arch in ("deberta-v2", "deberta-v2-conv"):  # -conv: the convolution after block 1 (deberta-v2-xlarge)
+        conv = dict(conv_kernel_size=3, conv_act="gelu") if arch.endswith("-conv") else {}
         return DebertaV2Config(relative_attention=True, position_buckets=8, max_relative_positions=16,
-                               pos_att_type=["p2c", "c2p"], **kw)
+                               pos_att_type=["p2c", "c2p"], **conv, **kw)
     raise ValueError(arch)
 
 

@@ -93,9 +93,9 @@ def test_rapt_noise_scale_and_padding(norm):
 def _layer_outputs(model, batch):
     """Output of layer 0 (input of block 1) and of every block, in one pass."""
     outs = {}
-    handles = [model.parts.blocks[0].register_forward_pre_hook(
+    handles = [model.hooks.blocks[0].register_forward_pre_hook(
         lambda m, a, k: outs.__setitem__(0, (a[0] if a else k["hidden_states"]).detach().clone()), with_kwargs=True)]
-    for i, block in enumerate(model.parts.blocks):
+    for i, block in enumerate(model.hooks.blocks):
         handles.append(block.register_forward_hook(
             lambda m, a, o, i=i: outs.__setitem__(i + 1, (o[0] if isinstance(o, tuple) else o).detach().clone())))
     model(batch)
@@ -270,7 +270,7 @@ def test_every_method_on_every_encoder(arch, method):
     loss, tl, rl, _ = step(batch)
     assert torch.isfinite(loss) and rl.item() > 0
     loss.backward()
-    emb = model.parts.word_embeddings.weight.grad
+    emb = model.hooks.word_embeddings.weight.grad
     assert emb is not None and emb.abs().sum() > 0
 
 

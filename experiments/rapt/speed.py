@@ -1,4 +1,4 @@
-"""Step-time benchmark: standard, SMART and both RAPT paths on the same real batches of a task, interleaved.
+"""Step-time benchmark: standard, SMART, both RAPT paths and R3F on the same real batches of a task, interleaved.
 
     python -m experiments.rapt.speed --glue_dir $GLUE_DIR --task rte --steps 24   # -> results/speed_rte.json
 
@@ -35,6 +35,7 @@ METHODS = {
     "smart": ("smart", {}),
     "rapt": ("rapt", {}),
     "rapt_shared": ("rapt", {"share_lower_layers": True}),
+    "r3f": ("r3f", {}),
 }
 
 
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
         "ratios": {},
     }
     for a, b in (("rapt", "smart"), ("rapt_shared", "smart"), ("rapt", "standard"), ("rapt_shared", "standard"),
-                 ("smart", "standard")):
+                 ("smart", "standard"), ("r3f", "standard"), ("r3f", "smart")):
         if a in med and b in med:
             result["ratios"][f"{a}/{b}"] = med[a] / med[b]
     out = Path(args.out or f"experiments/rapt/results/speed_{args.task}.json")
