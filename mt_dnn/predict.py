@@ -85,8 +85,9 @@ def plan_checkpoints(saved: list[SavedModel], official: dict[str, TaskDef], task
                 usable[t.name] = t
         if wanted is not None:
             usable = {n: t for n, t in usable.items() if n in wanted or t.head_name in wanted}
-        max_len = run_max_len(s.dir, max_seq_len)
-        check_encoder_fits(s.config, s.tokenizer, usable.values(), max_len, name=str(s.dir))
+        max_len = run_max_len(s.dir, max_seq_len) if usable else 0
+        if usable:  # a checkpoint left out by --tasks is not loaded, so its limits do not matter
+            check_encoder_fits(s.config, s.tokenizer, usable.values(), max_len, name=str(s.dir))
         plans.append(Plan(s.dir, max_len, usable))
     if wanted is not None:
         covered = {n for p in plans for n in p.tasks}

@@ -205,3 +205,23 @@ def test_train_bad_rows(tmp_path, glue_dir, tiny_model_dir, capsys):
     with pytest.raises(SystemExit) as exc:  # argparse's choices
         train_main(argv + ["--output_dir", str(tmp_path / "c"), "--bad_rows", "drop"])
     assert exc.value.code == 2 and "invalid choice: 'drop'" in capsys.readouterr().err
+
+
+def test_a_checkpoint_left_out_by_tasks_is_not_checked_or_loaded(saved_run, tmp_path, tiny_model_dir):
+    """Two checkpoints; --tasks picks the second's task: the first's limits do not matter."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from mt_dnn.model import MultiTaskModel, save_model
+    from mt_dnn.predict import plan_checkpoints
+    from mt_dnn.saved_model import read_model_dir
+
+    sst = load_task_defs()["sst"]
+    other = tmp_path / "sst_run"
+    save_model(MultiTaskModel(AutoModel.from_pretrained(tiny_model_dir), [sst], "cls"),
+               AutoTokenizer.from_pretrained(tiny_model_dir), [sst], other / "best")
+    saved = [read_model_dir(find_model_dir(saved_run)), read_model_dir(find_model_dir(other))]
+    plans = plan_checkpoints(saved, load_task_defs(), "sst", None)
+    assert [list(p.tasks) for p in plans] == [[], ["sst"]] and plans[1].max_len == 128
+    with pytest.raises(ConfigError, match="--max_seq_len 200 is more than encoder"):
+        plan_checkpoints(saved, load_task_defs(), "sst", 200)
+    plan_checkpoints(saved, load_task_defs(), "rte", 100)
