@@ -1,18 +1,28 @@
 """Readers of the official GLUE files, exactly as distributed.
 
 Files are tab-separated with no quoting (GLUE's own loaders use ``csv.QUOTE_NONE``), UTF-8, a header line
-except CoLA's train/dev, and MRPC's header starts with a byte-order mark. Every problem stops with a
-:class:`DataError` whose message is one line: ``path:line: what is wrong (the value)``.
+except CoLA's train/dev, and MRPC's header starts with a byte-order mark. Empty lines at the end of a file
+are not rows. Every problem stops with a :class:`DataError` whose message is one line:
+``path:line: what is wrong (the value)``.
+
+Rows are checked: the number of fields, the label (one of the task's labels), and a regression score
+(a finite number inside the task's ``score_range``). With ``bad_rows="skip"`` a malformed row of a train
+or dev file is dropped instead, and one warning gives the count and the first few lines; test files are
+always read strictly, since every test row needs a prediction.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_utils.task_def import SplitDef, TaskDef
+from data_utils.task_def import ConfigError, SplitDef, TaskDef
 
 logger = logging.getLogger(__name__)
+
+BAD_ROWS = ("error", "skip")
+SHOW_SKIPPED = 3  # how many skipped lines the warning names
 
 
 class DataError(ValueError):
@@ -30,8 +40,21 @@ class Example:
     line: int  # 1-based line number in the file
 
 
+@dataclass
+class SplitRows:
+    """What :func:`parse_split` read: the good rows, and the ``(line, reason)`` of every skipped one."""
+
+    examples: list[Example]
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+
+
 def split_path(glue_dir: str | Path, task: TaskDef, split: SplitDef) -> Path:
     return Path(glue_dir) / task.data_dir / split.file
+
+
+def check_bad_rows(bad_rows: str) -> None:
+    if bad_rows not in BAD_ROWS:
+        raise ConfigError(f"--bad_rows {bad_rows!r}; choose one of {', '.join(BAD_ROWS)}")
 
 
 def _decode(path: Path, raw: bytes) -> str:
@@ -43,20 +66,78 @@ def _decode(path: Path, raw: bytes) -> str:
         raise DataError(f"{path}:{line}: bytes that are not UTF-8 ({bad!r})") from None
 
 
-def read_split(glue_dir: str | Path, task: TaskDef, split: SplitDef) -> list[Example]:
+def _lines(text: str) -> list[str]:
+    """The file's lines without their LF / CRLF endings, and without the empty lines that end it."""
+    lines = [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
+    while lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def data_line_count(raw: bytes, split: SplitDef) -> int:
+    """How many data lines (rows, good or malformed) the file's bytes hold: as :func:`parse_split` counts them."""
+    lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in raw.split(b"\n")]
+    while lines and lines[-1] == b"":
+        lines.pop()
+    return max(0, len(lines) - (1 if split.header else 0))
+
+
+def skipped_summary(path: Path, skipped: list[tuple[int, str]]) -> str:
+    """The one warning line for dropped rows: the count and the first few ``path:line (reason)``."""
+    shown = ", ".join(f"{path}:{line} ({reason})" for line, reason in skipped[:SHOW_SKIPPED])
+    more = f" and {len(skipped) - SHOW_SKIPPED} more" if len(skipped) > SHOW_SKIPPED else ""
+    return f"{path}: skipped {len(skipped)} malformed row(s) (--bad_rows skip): {shown}{more}"
+
+
+class _BadRow(Exception):
+    """A malformed row: ``reason`` is the short form (for the skip warning), ``detail`` the error's tail."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def _score(task: TaskDef, value: str) -> float:
+    try:
+        score = float(value)
+    except ValueError:
+        raise _BadRow("score is not a number", f"score is not a number ({value!r})") from None
+    if score != score:  # NaN
+        raise _BadRow("score is not a number", f"score is not a number ({value!r})")
+    if not math.isfinite(score):
+        raise _BadRow("score is not finite", f"score is not finite ({value!r})")
+    if task.score_range is not None:
+        low, high = task.score_range
+        if not low <= score <= high:
+            raise _BadRow(f"score {value} outside [{low:g}, {high:g}]",
+                          f"score {value!r} is outside task {task.name}'s score_range [{low:g}, {high:g}]")
+    return score
+
+
+def read_split(glue_dir: str | Path, task: TaskDef, split: SplitDef, bad_rows: str = "error") -> list[Example]:
     """Read one split of a task. Labels are required on train/dev splits and ignored on test splits."""
     path = split_path(glue_dir, task, split)
+    return parse_split(path, read_bytes(path, task, split), task, split, bad_rows).examples
+
+
+def read_bytes(path: Path, task: TaskDef, split: SplitDef) -> bytes:
+    """The file's bytes; a missing file or a folder is a :class:`DataError`."""
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found (task {task.name}, split {split.name})") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, expected a file") from None
-    text = _decode(path, raw)
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    lines = [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def parse_split(path: Path, raw: bytes, task: TaskDef, split: SplitDef, bad_rows: str = "error") -> SplitRows:
+    """Parse the bytes ``raw`` of the file ``path`` (named in errors) as ``split`` of ``task``."""
+    check_bad_rows(bad_rows)
+    strict = bad_rows == "error" or split.kind == "test"
+    lines = _lines(_decode(path, raw))
     if not lines:
         raise DataError(f"{path}: file is empty")
     if split.header:
@@ -79,36 +160,44 @@ def read_split(glue_dir: str | Path, task: TaskDef, split: SplitDef) -> list[Exa
         raise DataError(f"{path}: task {task.name}'s columns lack {', '.join(map(repr, missing))}")
     col = {name: i for i, name in enumerate(columns)}
     label_ids = {lab: i for i, lab in enumerate(task.labels)} if task.labels else None
-    examples: list[Example] = []
+    hint = "" if split.kind == "test" else "; --bad_rows skip drops such rows"
+    out = SplitRows(examples=[])
     for offset, line_text in enumerate(body):
         lineno = first_data_line + offset
         fields = line_text.split("\t")
-        if len(fields) != len(columns):
-            kind = "short row" if len(fields) < len(columns) else "long row"
-            raise DataError(f"{path}:{lineno}: {kind}: {len(fields)} fields, expected {len(columns)} "
-                            f"({line_text[:120]!r})")
-        label: int | float | None = None
-        if split.kind != "test":
-            value = fields[col[task.label]]
-            if label_ids is not None:
-                if value not in label_ids:
-                    raise DataError(f"{path}:{lineno}: unknown label {value!r}; "
-                                    f"expected one of {', '.join(task.labels or ())}")
-                label = label_ids[value]
-            else:
-                try:
-                    label = float(value)
-                except ValueError:
-                    raise DataError(f"{path}:{lineno}: score is not a number ({value!r})") from None
-                if label != label:  # NaN
-                    raise DataError(f"{path}:{lineno}: score is not a number ({value!r})")
+        try:
+            if len(fields) != len(columns):
+                kind = "short row" if len(fields) < len(columns) else "long row"
+                raise _BadRow(kind, f"{kind}: {len(fields)} fields, expected {len(columns)} ({line_text[:120]!r})")
+            label: int | float | None = None
+            if split.kind != "test":
+                value = fields[col[task.label]]
+                if label_ids is not None:
+                    if value not in label_ids:
+                        raise _BadRow(f"unknown label {value[:40]!r}", f"unknown label {value!r}; "
+                                      f"expected one of {', '.join(task.labels or ())}")
+                    label = label_ids[value]
+                else:
+                    label = _score(task, value)
+        except _BadRow as bad:
+            if strict:
+                raise DataError(f"{path}:{lineno}: {bad.detail}{hint}") from None
+            out.skipped.append((lineno, bad.reason))
+            continue
         index = fields[col[task.index]] if task.index in col else str(offset)
-        examples.append(Example(
+        out.examples.append(Example(
             text_a=fields[col[task.text_a]],
             text_b=fields[col[task.text_b]] if task.text_b else None,
             label=label, index=index, line=lineno))
-    if not examples:
+    if not out.examples:
+        if out.skipped:
+            line, reason = out.skipped[0]
+            raise DataError(f"{path}: no usable rows: all {len(out.skipped)} data rows are malformed "
+                            f"(first: line {line}, {reason})")
         raise DataError(f"{path}: file is empty (no data rows)")
-    if split.rows is not None and len(examples) != split.rows:
-        logger.warning("%s: %d rows, the official file has %d", path, len(examples), split.rows)
-    return examples
+    if out.skipped:
+        logger.warning(skipped_summary(path, out.skipped))
+    if split.rows is not None and len(out.examples) + len(out.skipped) != split.rows:
+        logger.warning("%s: %d rows, the official file has %d", path, len(out.examples) + len(out.skipped),
+                       split.rows)
+    return out

@@ -120,6 +120,23 @@ def _file_bytes(name: str, rows: Sequence[tuple[str, str]]) -> bytes:
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
+def check_output(out_dir: str | Path, zip_name: str = "submission.zip") -> None:
+    """Refuse, before any work is done, an output folder that cannot be one and a zip name that is not plain.
+
+    ``out_dir`` must be a folder or not exist yet, with no file in the way on its path.
+    """
+    if "/" in zip_name or "\\" in zip_name or not zip_name.endswith(".zip"):
+        raise ConfigError(f"zip name must be a plain *.zip file name, got {zip_name!r}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir}: exists and is not a folder (the submission files go into a folder)")
+    for parent in out_dir.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{out_dir}: {parent} is a file, not a folder")
+            break
+
+
 def write_submission(out_dir: str | Path, rows_by_file: dict[str, Sequence[tuple[str, str]]],
                      zip_name: str = "submission.zip", tasks: dict[str, TaskDef] | None = None) -> Path:
     """Write every submission file into ``out_dir`` and the flat zip ``out_dir/zip_name``; return the zip.
@@ -137,8 +154,7 @@ def write_submission(out_dir: str | Path, rows_by_file: dict[str, Sequence[tuple
         parts = ([f"missing {', '.join(missing)}"] if missing else []) + \
                 ([f"unexpected {', '.join(extra)}"] if extra else [])
         raise ConfigError(f"a GLUE submission has exactly the files {', '.join(official)}: {'; '.join(parts)}")
-    if "/" in zip_name or "\\" in zip_name or not zip_name.endswith(".zip"):
-        raise ConfigError(f"zip name must be a plain *.zip file name, got {zip_name!r}")
+    check_output(out_dir, zip_name)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))

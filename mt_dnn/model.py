@@ -18,6 +18,7 @@ from torch import nn
 from data_utils.task_def import ConfigError, TaskDef
 from mt_dnn.encoder_hooks import EncoderHooks, LayerCapture
 from mt_dnn.heads import build_head
+from mt_dnn.saved_model import find_model_dir, load_weights, read_model_dir  # noqa: F401 (find_model_dir re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -210,34 +211,22 @@ def save_model(model: MultiTaskModel, tokenizer, tasks: list[TaskDef], out_dir: 
     swap_in(out, final)
 
 
-def find_model_dir(path: str | Path) -> Path:
-    """A saved model folder: ``RUN_DIR/best`` for a run folder, or the folder itself."""
-    d = Path(path)
-    if (d / "best" / "model.safetensors").is_file():
-        return d / "best"
-    if (d / "model.safetensors").is_file():
-        return d
-    raise ConfigError(f"{d}: no trained model here (expected {d / 'best' / 'model.safetensors'})")
-
-
 def load_model(model_dir: str | Path):
-    """Rebuild a saved model (no unpickling: safetensors + JSON + YAML). Returns (model, tokenizer, tasks)."""
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    """Rebuild a saved model (no unpickling: safetensors + JSON + YAML). Returns (model, tokenizer, tasks).
 
-    from data_utils.task_def import load_task_defs
+    A missing or damaged file of the folder is a one-line :class:`ConfigError` naming it.
+    """
+    from transformers import AutoModel
 
-    d = Path(model_dir)
-    if not (d / "model.safetensors").is_file():
-        raise ConfigError(f"{d}: no saved model here (model.safetensors missing)")
-    meta = json.loads((d / "model.json").read_text())
-    all_tasks = load_task_defs([d / "tasks.yml"])
-    tasks = [all_tasks[n] for n in meta["tasks"]]
-    config = AutoConfig.from_pretrained(d / "encoder")
-    encoder = AutoModel.from_config(config)
-    tokenizer = AutoTokenizer.from_pretrained(d / "encoder", use_fast=True)
-    model = MultiTaskModel(encoder, tasks, meta["pooling"])
-    missing, unexpected = model.load_state_dict(load_file(str(d / "model.safetensors")), strict=False)
+    saved = read_model_dir(model_dir)
+    d = saved.dir
+    encoder = AutoModel.from_config(saved.config)
+    model = MultiTaskModel(encoder, saved.tasks, saved.meta["pooling"])
+    try:
+        missing, unexpected = model.load_state_dict(load_weights(d), strict=False)
+    except RuntimeError as exc:  # shapes that differ from the saved encoder config
+        raise ConfigError(f"{d / 'model.safetensors'}: weights do not fit the model "
+                          f"({str(exc).strip().splitlines()[-1].strip()[:200]})") from None
     if missing or unexpected:
         raise ConfigError(f"{d}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return model, tokenizer, tasks
+    return model, saved.tokenizer, saved.tasks

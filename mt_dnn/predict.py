@@ -3,11 +3,16 @@
     python -m mt_dnn.predict --checkpoint RUN_DIR [--checkpoint RUN_DIR2 ...] --glue_dir DIR \
         --submission_dir OUT [--tasks rte,mrpc]
 
-Each checkpoint is a run folder (its ``best/`` model is used) or a saved model folder. Several runs can
-contribute (one per task, or one multi-task run); for a task in several, the first checkpoint given wins.
-Every dev split is scored (printed, and written to ``OUT/dev_scores.json``); every test split with a model
-and a test file is predicted; the rest of the 11 official files are filled with the task's baseline label,
-and the command says so loudly. The zip is validated before success is reported.
+Each checkpoint is a run folder (its ``best/`` model is used, or ``best.old/`` when a save was interrupted)
+or a saved model folder. Several runs can contribute (one per task, or one multi-task run); for a task in
+several, the first checkpoint given wins. Every dev split is scored (printed, and written to
+``OUT/dev_scores.json``); every test split with a model and a test file is predicted; the rest of the 11
+official files are filled with the task's baseline label, and the command says so loudly. The zip is
+validated before success is reported.
+
+Everything that can be checked without predicting is checked first, before anything is written: the output
+folder, every checkpoint's files, the ``--tasks`` names (each must be a known task that some checkpoint has a
+head for), and that ``--max_seq_len`` and the token types fit each encoder.
 """
 from __future__ import annotations
 
@@ -15,20 +20,83 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from data_utils.encoder_limits import check_encoder_fits
 from data_utils.features import load_features
-from data_utils.glue import split_path
+from data_utils.glue import BAD_ROWS, split_path
 from data_utils.metrics import compute_metrics
-from data_utils.submission import baseline_rows, check_submission, format_prediction, submission_files, write_submission
-from data_utils.task_def import load_task_defs
+from data_utils.submission import (baseline_rows, check_output, check_submission, format_prediction, submission_files,
+                                   write_submission)
+from data_utils.task_def import ConfigError, TaskDef, load_task_defs, select_tasks
 from mt_dnn.cli_utils import run_cli, setup_logging
 from mt_dnn.model import find_model_dir, load_model
+from mt_dnn.saved_model import SavedModel, read_model_dir
 from mt_dnn.trainer import pick_device, predict
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_LEN = 128  # for a bare model folder without its run's config.json
+
+
+@dataclass
+class Plan:
+    """One checkpoint's share of the work, settled before anything is predicted or written."""
+
+    dir: Path
+    max_len: int
+    tasks: dict[str, TaskDef]  # the tasks it predicts: its own and those predicted by one of its heads (AX by mnli)
+
+
+def run_max_len(model_dir: Path, flag: int | None) -> int:
+    """``--max_seq_len`` when given, else the run's own (``RUN_DIR/config.json`` next to ``best/``)."""
+    if flag is not None:
+        return flag
+    cfg = model_dir.parent / "config.json"
+    if model_dir.name not in ("best", "best.old") or not cfg.is_file():
+        return DEFAULT_MAX_LEN
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{cfg}: not a readable run config ({str(exc).splitlines()[0]}); "
+                          f"give --max_seq_len") from None
+    value = data.get("max_seq_len") if isinstance(data, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{cfg}: no integer max_seq_len; give --max_seq_len")
+    return value
+
+
+def plan_checkpoints(saved: list[SavedModel], official: dict[str, TaskDef], tasks_flag: str | None,
+                     max_seq_len: int | None) -> list[Plan]:
+    """What each checkpoint predicts; every ``--tasks`` name must be known and have a head somewhere."""
+    known = dict(official)
+    for s in saved:
+        for t in s.tasks:
+            known.setdefault(t.name, t)
+    wanted = None if tasks_flag is None else {t.name for t in select_tasks(known, tasks_flag)}
+    plans = []
+    for s in saved:
+        usable = {t.name: t for t in s.tasks}
+        for t in official.values():
+            if t.head and t.head in s.heads and t.name not in usable:
+                usable[t.name] = t
+        if wanted is not None:
+            usable = {n: t for n, t in usable.items() if n in wanted or t.head_name in wanted}
+        max_len = run_max_len(s.dir, max_seq_len) if usable else 0
+        if usable:  # a checkpoint left out by --tasks is not loaded, so its limits do not matter
+            check_encoder_fits(s.config, s.tokenizer, usable.values(), max_len, name=str(s.dir))
+        plans.append(Plan(s.dir, max_len, usable))
+    if wanted is not None:
+        covered = {n for p in plans for n in p.tasks}
+        missing = sorted(wanted - covered)
+        if missing:
+            heads = sorted({n for s in saved for n in s.heads})
+            raise ConfigError(f"--tasks {','.join(missing)}: no checkpoint has a head for it (the checkpoints' "
+                              f"heads: {', '.join(heads) or 'none'}); nothing would be predicted for it")
+    return plans
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,43 +105,50 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", action="append", required=True, help="run folder or model folder (repeatable)")
     p.add_argument("--glue_dir", required=True, help="GLUE data folder")
     p.add_argument("--submission_dir", required=True, help="where the 11 files and the zip go")
-    p.add_argument("--tasks", default=None, help="only these tasks (comma-separated); default: all the runs have")
+    p.add_argument("--tasks", default=None, help="only these tasks (comma-separated; each must have a head in a "
+                                                 "checkpoint); default: all the runs have")
     p.add_argument("--eval_batch_size", type=int, default=128)
     p.add_argument("--max_seq_len", type=int, default=None, help="default: the run's own")
     p.add_argument("--cache_dir", default=None, help="feature cache (default: none)")
+    p.add_argument("--bad_rows", default="error", choices=BAD_ROWS,
+                   help="a malformed row in a dev file: error, or skip it with one warning (test files are strict)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--device", default="auto")
     p.add_argument("--zip_name", default="submission.zip")
     args = p.parse_args(argv)
     setup_logging()
-    device = pick_device(args.device)
-    wanted = set(args.tasks.split(",")) if args.tasks else None
+    # every check that needs no prediction comes first: a bad flag or file costs nothing and writes nothing
+    out = Path(args.submission_dir)
+    check_output(out, args.zip_name)
+    if not Path(args.glue_dir).is_dir():
+        raise ConfigError(f"--glue_dir {args.glue_dir}: no such folder")
+    if args.eval_batch_size < 1:
+        raise ConfigError("--eval_batch_size must be >= 1")
     official = load_task_defs()
+    saved = [read_model_dir(find_model_dir(ckpt)) for ckpt in args.checkpoint]
+    plans = plan_checkpoints(saved, official, args.tasks, args.max_seq_len)
+    del saved
+    device = pick_device(args.device)
     dev_scores: dict[str, dict] = {}
     rows_by_file: dict[str, list[tuple[str, str]]] = {}
     source: dict[str, str] = {}
-    for ckpt in args.checkpoint:
-        d = find_model_dir(ckpt)
-        model, tokenizer, tasks = load_model(d)
+    for plan in plans:
+        if not plan.tasks:
+            logger.info("%s: none of --tasks %s, skipped", plan.dir, args.tasks)
+            continue
+        d = plan.dir
+        model, tokenizer, _ = load_model(d)
         model.to(device).eval()
-        run_cfg = d.parent / "config.json"
-        max_len = args.max_seq_len or (json.loads(run_cfg.read_text())["max_seq_len"] if run_cfg.is_file() else 128)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        # tasks this model can predict: its own, and those predicted by one of its heads (AX by mnli)
-        usable = {t.name: t for t in tasks}
-        for t in official.values():
-            if t.head and t.head in model.heads and t.name not in usable:
-                usable[t.name] = t
-        for name, task in usable.items():
-            if wanted is not None and name not in wanted and task.head_name not in wanted:
-                continue
+        for name, task in plan.tasks.items():
             if name not in model.task_defs:
                 model.task_defs[name] = task
             for split in task.splits_of("dev"):
                 key = f"{name}/{split.name}"
                 if key in dev_scores or not split_path(args.glue_dir, task, split).is_file():
                     continue
-                feats = load_features(args.glue_dir, task, split, tokenizer, max_len, args.cache_dir)
+                feats = load_features(args.glue_dir, task, split, tokenizer, plan.max_len, args.cache_dir,
+                                      bad_rows=args.bad_rows)
                 preds = predict(model, feats, args.eval_batch_size, device, pad, args.precision)
                 dev_scores[key] = {"checkpoint": str(d), **compute_metrics(task.metrics, preds, feats.labels)}
                 print(f"dev {key}: " + "  ".join(f"{k} {v:.4f}" for k, v in dev_scores[key].items()
@@ -84,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not split_path(args.glue_dir, task, split).is_file():
                     logger.warning("%s: no test file %s", name, split_path(args.glue_dir, task, split))
                     continue
-                feats = load_features(args.glue_dir, task, split, tokenizer, max_len, args.cache_dir)
+                feats = load_features(args.glue_dir, task, split, tokenizer, plan.max_len, args.cache_dir)
                 preds = predict(model, feats, args.eval_batch_size, device, pad, args.precision)
                 rows_by_file[split.submission] = [(idx, format_prediction(task, v))
                                                   for idx, v in zip(feats.indices, preds.tolist())]
@@ -98,7 +173,6 @@ def main(argv: list[str] | None = None) -> int:
         if name not in rows_by_file:
             rows_by_file[name] = baseline_rows(task, split, args.glue_dir)
             filled.append(f"{name} ({task.name}: '{task.baseline_label}')")
-    out = Path(args.submission_dir)
     zip_path = write_submission(out, rows_by_file, zip_name=args.zip_name, tasks=official)
     (out / "dev_scores.json").write_text(json.dumps(dev_scores, indent=2))
     problems = check_submission(zip_path, official, args.glue_dir)

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from data_utils.glue import BAD_ROWS
 from data_utils.task_def import ConfigError
 from mt_dnn.cli_utils import run_cli, setup_logging
 from mt_dnn.perturbation import REGISTRY, option_flags
@@ -31,6 +32,8 @@ HELP = {
     "model": "encoder: a hub name or a local path (default: the packaged all-MiniLM-L6-v2)",
     "task_def": "extra YAML task definitions (adds or overrides tasks; repeatable)",
     "cache_dir": "feature cache folder (default: <output_dir>/../.cache/features; never inside GLUE_DIR)",
+    "bad_rows": "a malformed row in a train/dev file (wrong field count, unknown label, bad score): error stops "
+                "with file:line; skip drops such rows with one warning (test files are always strict)",
     "max_seq_len": "truncate inputs to this many tokens",
     "max_train_samples": "train on a seeded random subset of this many rows per task (quick runs)",
     "pooling": "sentence vector: auto follows the checkpoint (sentence-transformers: mean; else [CLS])",
@@ -57,7 +60,7 @@ HELP = {
     "log_every": "log the running loss every N steps",
     "device": "auto (cuda if available), cpu, cuda, cuda:1, ...",
 }
-CHOICES = {"method": None, "pooling": ("auto", "cls", "mean"), "optimizer": OPTIMIZERS, "precision": PRECISIONS,
+CHOICES = {"method": None, "bad_rows": BAD_ROWS, "pooling": ("auto", "cls", "mean"), "optimizer": OPTIMIZERS, "precision": PRECISIONS,
            "task_sampling": ("proportional", "uniform", "temperature")}
 INTERNAL = {"method_options", "world_size"}
 

@@ -23,7 +23,9 @@ import torch
 from torch import nn
 
 from data_utils.batching import MultiTaskSampler, collate, eval_batches
+from data_utils.encoder_limits import check_encoder_fits
 from data_utils.features import Features, load_features, save_pending, tokenizer_fingerprint
+from data_utils.glue import BAD_ROWS
 from data_utils.metrics import compute_metrics
 from data_utils.task_def import ConfigError, TaskDef, load_task_defs, select_tasks
 from mt_dnn import losses
@@ -49,6 +51,7 @@ class TrainConfig:
     model: str | None = None  # hub name or local path; None = the packaged all-MiniLM-L6-v2
     task_def: list[str] = field(default_factory=list)
     cache_dir: str | None = None  # default: <output_dir>/../.cache/features
+    bad_rows: str = "error"  # malformed rows in train/dev files: error | skip (dropped, one warning)
     max_seq_len: int = 128
     max_train_samples: int | None = None
     pooling: str = "auto"  # auto (follow the checkpoint) | cls | mean
@@ -81,6 +84,7 @@ class TrainConfig:
                 raise ConfigError(msg)
         need(self.precision in PRECISIONS, f"--precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         need(self.optimizer in OPTIMIZERS, f"--optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        need(self.bad_rows in BAD_ROWS, f"--bad_rows {self.bad_rows!r}; choose one of {', '.join(BAD_ROWS)}")
         need(self.pooling in ("auto", "cls", "mean"), f"--pooling {self.pooling!r}; choose one of auto, cls, mean")
         need(self.batch_size >= 1, "--batch_size must be >= 1")
         need(self.eval_batch_size >= 1, "--eval_batch_size must be >= 1")
@@ -233,6 +237,7 @@ class Trainer:
         logger.info("encoder %s: %d layers, pooling %s, %.1fM parameters", source,
                     self.model.num_layers, self.model.pooling,
                     sum(p.numel() for p in self.model.parameters()) / 1e6)
+        check_encoder_fits(self.model.encoder.config, self.tokenizer, self.tasks, cfg.max_seq_len, source)
         self._load_data()
         self.step_module = TrainStep(self.model, self.reg)
         self.wrapped: nn.Module = self.step_module
@@ -282,7 +287,7 @@ class Trainer:
         pending: list = []  # cache files are written only once every split has been read without error
         for t in self.tasks:
             feats = load_features(cfg.glue_dir, t, t.splits_of("train")[0], self.tokenizer, cfg.max_seq_len, cache, fp,
-                                  pending)
+                                  pending, cfg.bad_rows)
             if cfg.max_train_samples and cfg.max_train_samples < len(feats):
                 rng = np.random.default_rng([cfg.seed, 0x5EED])
                 feats = feats.subset(sorted(rng.choice(len(feats), cfg.max_train_samples, replace=False).tolist()))
@@ -290,7 +295,7 @@ class Trainer:
             if not cfg.no_eval:
                 for s in t.splits_of("dev"):
                     self.dev.append(load_features(cfg.glue_dir, t, s, self.tokenizer, cfg.max_seq_len, cache, fp,
-                                                  pending))
+                                                  pending, cfg.bad_rows))
             logger.info("task %s: %d training rows", t.name, len(feats))
         if self.is_main:
             save_pending(pending)

@@ -323,3 +323,101 @@ def test_real_glue_splits_have_official_row_counts(tasks, task_name):
             assert all(r.label is not None for r in rows)
             if task.labels:
                 assert {r.label for r in rows} == set(range(len(task.labels)))
+
+
+# ---- numbers, final empty lines, --bad_rows skip ------------------------------------------------------------
+
+STS_META = "7\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone"
+
+
+@pytest.mark.parametrize("score,message", [
+    ("inf", "score is not finite ('inf')"), ("-inf", "score is not finite ('-inf')"),
+    ("1e999", "score is not finite ('1e999')"), ("NaN", "score is not a number ('NaN')"),
+    ("99", "score '99' is outside task stsb's score_range [0, 5]"),
+    ("-0.5", "score '-0.5' is outside task stsb's score_range [0, 5]"),
+    ("5.001", "score '5.001' is outside task stsb's score_range [0, 5]"),
+])
+def test_scores_must_be_finite_and_in_range(tmp_path, tasks, score, message):
+    assert tasks["stsb"].score_range == (0.0, 5.0)
+    root = write_glue(tmp_path / "g", tasks=("stsb",))
+    path = _break(root, "STS-B/dev.tsv", 5, f"{STS_META}\tthe cat .\ta cat .\t{score}")
+    msg = _error(root, tasks["stsb"], "dev")
+    assert msg.startswith(f"{path}:5: {message}")
+
+
+@pytest.mark.parametrize("score", ["0", "5", "5.000", "2.5"])
+def test_scores_at_the_range_ends_are_fine(tmp_path, tasks, score):
+    root = write_glue(tmp_path / "g", tasks=("stsb",))
+    _break(root, "STS-B/dev.tsv", 5, f"{STS_META}\tthe cat .\ta cat .\t{score}")
+    assert read_split(root, tasks["stsb"], tasks["stsb"].splits["dev"])[3].label == float(score)
+
+
+def test_a_task_without_score_range_takes_any_finite_score(tmp_path, tasks):
+    task = dataclasses.replace(tasks["stsb"], score_range=None)
+    root = write_glue(tmp_path / "g", tasks=("stsb",))
+    _break(root, "STS-B/dev.tsv", 5, f"{STS_META}\tthe cat .\ta cat .\t99")
+    assert read_split(root, task, task.splits["dev"])[3].label == 99.0
+    _break(root, "STS-B/dev.tsv", 5, f"{STS_META}\tthe cat .\ta cat .\tinf")
+    assert "not finite" in _error(root, task, "dev")
+
+
+@pytest.mark.parametrize("ending", ["\n", "\n\n", "\r\n", "\r\n\r\n"])
+def test_final_empty_lines_are_not_rows(tmp_path, tasks, ending):
+    root = write_glue(tmp_path / "g", tasks=("rte", "cola"))
+    for rel, task, split in (("RTE/dev.tsv", "rte", "dev"), ("CoLA/train.tsv", "cola", "train")):
+        path = root / rel
+        path.write_bytes(path.read_bytes().rstrip(b"\n") + ending.encode())
+        rows = read_split(root, tasks[task], tasks[task].splits[split])
+        assert len(rows) == (N_DEV if split == "dev" else N_TRAIN)
+
+
+def test_skip_drops_malformed_rows_with_one_warning(tmp_path, tasks, caplog):
+    root = write_glue(tmp_path / "g", tasks=("stsb",))
+    rel = "STS-B/train.tsv"
+    _break(root, rel, 3, "only\tthree\tfields")
+    _break(root, rel, 6, f"{STS_META}\tthe cat .\ta cat .\tinf")
+    _break(root, rel, 9, f"{STS_META}\tthe cat .\ta cat .\t99")
+    path = _break(root, rel, 12, f"{STS_META}\tthe cat .\ta cat .\thigh")
+    task = tasks["stsb"]
+    with pytest.raises(DataError, match=r"train.tsv:3: short row.*--bad_rows skip drops such rows"):
+        read_split(root, task, task.splits["train"])
+    with caplog.at_level("WARNING"):
+        rows = read_split(root, task, task.splits["train"], bad_rows="skip")
+    assert len(rows) == N_TRAIN - 4 and {r.line for r in rows}.isdisjoint({3, 6, 9, 12})
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 1 and "\n" not in skipped[0]
+    msg = skipped[0]
+    assert f"{path}: skipped 4 malformed row(s)" in msg
+    assert f"{path}:3 (short row)" in msg and f"{path}:6 (score is not finite)" in msg and "and 1 more" in msg
+    assert f"{path}:12" not in msg  # only the first few are named
+
+
+def test_skip_keeps_row_numbers_as_indices(tmp_path, tasks):
+    root = write_glue(tmp_path / "g", tasks=("cola",))
+    _break(root, "CoLA/train.tsv", 2, "gj04\t7\t\tthe cat .")
+    rows = read_split(root, tasks["cola"], tasks["cola"].splits["train"], bad_rows="skip")
+    assert [r.index for r in rows[:2]] == ["0", "2"] and [r.line for r in rows[:2]] == [1, 3]
+
+
+def test_skip_of_every_row_is_an_error(tmp_path, tasks):
+    root = write_glue(tmp_path / "g", tasks=("sst",), n_dev=2)
+    _break(root, "SST-2/dev.tsv", 2, "a cat .\t7")
+    path = _break(root, "SST-2/dev.tsv", 3, "a dog .")
+    with pytest.raises(DataError) as err:
+        read_split(root, tasks["sst"], tasks["sst"].splits["dev"], bad_rows="skip")
+    assert str(err.value) == f"{path}: no usable rows: all 2 data rows are malformed (first: line 2, unknown label '7')"
+
+
+def test_test_files_stay_strict_under_skip(tmp_path, tasks):
+    root = write_glue(tmp_path / "g", tasks=("rte",))
+    path = _break(root, "RTE/test.tsv", 3, "1\tonly one sentence")
+    with pytest.raises(DataError) as err:
+        read_split(root, tasks["rte"], tasks["rte"].splits["test"], bad_rows="skip")
+    assert f"{path}:3: short row" in str(err.value) and "--bad_rows" not in str(err.value)
+
+
+def test_bad_rows_choice_is_checked(glue, tasks):
+    from data_utils.task_def import ConfigError
+
+    with pytest.raises(ConfigError, match="--bad_rows 'drop'; choose one of error, skip"):
+        read_split(glue, tasks["rte"], tasks["rte"].splits["dev"], bad_rows="drop")
