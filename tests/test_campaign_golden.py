@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments.rapt import campaign
+from experiments.rapt import campaign, grid as grid_mod
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 TASKS = ["rte", "mrpc", "stsb", "cola", "mnli"]
@@ -62,7 +62,7 @@ def _metrics(task: str, rng: random.Random, level: float) -> dict[str, dict[str,
 
 def write_fake_runs(root: Path, grid_file: Path) -> list:
     """The grid's run folders, filled as finished (or unfinished) runs would leave them. Returns the plan."""
-    runs = campaign.plan_runs(campaign.load_grid(grid_file), root)
+    runs = grid_mod.plan_runs(grid_mod.load_grid(grid_file), root)
     for run in runs:
         if (run.task, run.name, run.seed) in MISSING:
             continue
@@ -150,7 +150,7 @@ def test_dry_run_plan_and_estimates_are_unchanged(tmp_path, capsys):
                                             "tasks": ["rte"]},
                      "r3f": {"method": "r3f"}, "smart_k2": {"method": "smart", "smart_k": 2}}}, sort_keys=False))
     # one measured run of the shared-lower-layers path, on RTE: 2.9 s per step
-    [measured] = [r for r in campaign.plan_runs(campaign.load_grid(extra), root)
+    [measured] = [r for r in grid_mod.plan_runs(grid_mod.load_grid(extra), root)
                   if (r.task, r.name) == ("rte", "rapt_shared")]
     measured.folder.mkdir(parents=True)
     (measured.folder / "flags.json").write_text(json.dumps(
