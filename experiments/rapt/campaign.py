@@ -120,5 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point (``mt-dnn-campaign``)."""
     sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()
