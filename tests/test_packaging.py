@@ -61,7 +61,7 @@ def test_dependencies_torch_floor_without_cap_and_plots_extra():
 
 def test_training_and_prediction_do_not_import_matplotlib():
     """matplotlib is an extra: nothing on the train / predict / campaign path may import it at module level."""
-    modules = ["mt_dnn", "mt_dnn.train", "mt_dnn.predict", "data_utils.submission",
+    modules = ["mt_dnn", "mt_dnn.train", "mt_dnn.predict", "mt_dnn.api", "data_utils.submission",
                "data_utils.download_glue", "experiments.rapt.campaign", "experiments.rapt.figure1",
                "experiments.rapt.layers"]
     code = (f"import sys\nfor m in {modules!r}:\n    __import__(m)\n"
