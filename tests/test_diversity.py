@@ -6,7 +6,8 @@ import re
 import pytest
 import torch
 
-from experiments.rapt.diversity import WordTypeAverager, main, row_words, top_similar
+from experiments.rapt.diversity import main
+from experiments.rapt.word_vectors import WordTypeAverager, row_words, top_similar
 from mt_dnn.cli_utils import run_cli
 from mt_dnn.train import main as train_main
 from tests.glue_fixtures import write_glue

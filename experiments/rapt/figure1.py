@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from data_utils.task_def import ConfigError
-from experiments.rapt.campaign import TASK_LABEL, RunResult, scan_results
+from experiments.rapt.paper import TASK_LABEL
+from experiments.rapt.results import RunResult, scan_results
 from mt_dnn.cli_utils import run_cli, setup_logging
 
 logger = logging.getLogger(__name__)

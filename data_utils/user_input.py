@@ -1,0 +1,156 @@
+"""The user's own rows to predict: a TSV file with a header, or JSON lines, read with one-line errors.
+
+Each row needs the task's text columns (the names in its task definition, e.g. ``sentence1`` and ``sentence2``
+for RTE, or the names given as ``text_a``/``text_b``) and may have an id column. TSV files follow the GLUE
+files' rules (UTF-8, tab-separated, no quoting, a byte-order mark is ignored). Every problem is a
+:class:`~data_utils.glue.DataError` of one line: ``file:line: what is wrong``. Rows come back as
+:class:`~data_utils.glue.Example` (no label), so they go through the same tokenization as GLUE files.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_utils.glue import DataError, Example
+from data_utils.task_def import TaskDef
+
+FORMATS = ("auto", "tsv", "jsonl")
+ID_COLUMNS = ("id", "index")  # looked for, in this order, when no id column is named
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Where a row's parts are: the text columns and the id column (None: rows are numbered from 0)."""
+
+    text_a: str
+    text_b: str | None
+    id: str | None = None
+
+
+def input_format(path: Path, fmt: str = "auto") -> str:
+    """``tsv`` or ``jsonl``: as given, or from the file's extension (.tsv/.txt, .jsonl/.json)."""
+    if fmt not in FORMATS:
+        raise DataError(f"input format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt != "auto":
+        return fmt
+    suffix = path.suffix.lower()
+    if suffix in (".tsv", ".txt"):
+        return "tsv"
+    if suffix in (".jsonl", ".json"):
+        return "jsonl"
+    raise DataError(f"{path}: cannot tell the format from the extension {suffix or '(none)'!r}; "
+                    f"use .tsv or .jsonl, or pass --input_format tsv|jsonl")
+
+
+def task_columns(task: TaskDef, text_a: str | None = None, text_b: str | None = None,
+                 id_column: str | None = None) -> Columns:
+    """The task's own column names unless others are given; a second text column only for pair tasks."""
+    if text_b is not None and task.text_b is None:
+        raise DataError(f"task {task.name} takes one sentence; --text_b does not apply")
+    return Columns(text_a or task.text_a, (text_b or task.text_b) if task.text_b else None, id_column)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, expected a file") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}:{line}: bytes that are not UTF-8 ({raw[exc.start:exc.start + 4]!r})") from None
+
+
+def _lines(text: str) -> list[str]:
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+
+
+def _id_column(columns: Columns, have: list[str] | set[str], where: str) -> str | None:
+    if columns.id is not None:
+        if columns.id not in have:
+            raise DataError(f"{where}: no id column {columns.id!r}")
+        return columns.id
+    return next((c for c in ID_COLUMNS if c in have), None)
+
+
+def _missing_text(columns: Columns, have: list[str] | set[str], where: str) -> None:
+    wanted = [c for c in (columns.text_a, columns.text_b) if c is not None]
+    missing = [c for c in wanted if c not in have]
+    if missing:
+        raise DataError(f"{where}: no column {', '.join(map(repr, missing))} (has {', '.join(map(repr, have))}); "
+                        f"name the text columns with --text_a/--text_b")
+
+
+def _example(path: Path, line: int, row: int, columns: Columns, get, id_col: str | None) -> Example:
+    texts = []
+    for col in (columns.text_a, columns.text_b):
+        if col is None:
+            texts.append(None)
+            continue
+        value = get(col)
+        if not isinstance(value, str):
+            raise DataError(f"{path}:{line}: {col!r} must be a string, got {json.dumps(value)[:60]}")
+        if not value.strip():
+            raise DataError(f"{path}:{line}: empty text in {col!r}")
+        texts.append(value)
+    index = get(id_col) if id_col is not None else row
+    if isinstance(index, (dict, list)) or index is None:
+        raise DataError(f"{path}:{line}: the id {id_col!r} must be a string or a number")
+    return Example(text_a=texts[0], text_b=texts[1], label=None, index=index, line=line)
+
+
+def read_tsv(path: Path, columns: Columns) -> list[Example]:
+    lines = _lines(_read_text(path))
+    if not lines:
+        raise DataError(f"{path}: file is empty")
+    header = lines[0].split("\t")
+    _missing_text(columns, header, f"{path}:1")
+    id_col = _id_column(columns, header, f"{path}:1")
+    col = {name: i for i, name in enumerate(header)}
+    out = []
+    for row, text in enumerate(lines[1:]):
+        line = row + 2
+        fields = text.split("\t")
+        if len(fields) != len(header):
+            raise DataError(f"{path}:{line}: {len(fields)} field(s), the header has {len(header)} "
+                            f"({text[:80]!r})")
+        out.append(_example(path, line, row, columns, lambda c: fields[col[c]], id_col))
+    if not out:
+        raise DataError(f"{path}: no rows after the header")
+    return out
+
+
+def read_jsonl(path: Path, columns: Columns) -> list[Example]:
+    out = []
+    id_col: str | None = None
+    for line, text in enumerate(_lines(_read_text(path)), start=1):
+        if not text.strip():
+            continue  # blank lines between records
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{line}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{line}: expected a JSON object, got {type(record).__name__}")
+        _missing_text(columns, list(record), f"{path}:{line}")
+        if not out:  # the first record decides the id column; every later one must have it
+            id_col = _id_column(columns, list(record), f"{path}:{line}")
+        elif id_col is not None and id_col not in record:
+            raise DataError(f"{path}:{line}: no id {id_col!r} (the first record has one)")
+        out.append(_example(path, line, len(out), columns, record.get, id_col))
+    if not out:
+        raise DataError(f"{path}: no records")
+    return out
+
+
+def read_user_rows(path: str | Path, columns: Columns, fmt: str = "auto") -> list[Example]:
+    """The rows of a TSV (with header) or JSON-lines file, in file order."""
+    path = Path(path)
+    return read_tsv(path, columns) if input_format(path, fmt) == "tsv" else read_jsonl(path, columns)

@@ -1,0 +1,213 @@
+"""Table 2 of a campaign: cells over seeds, the Average, best-of rows, training times, and its markdown/JSON."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_utils.task_def import ConfigError
+from experiments.rapt.paper import METRIC_LABEL, PAPER_DEV, PAPER_METRICS, TASK_LABEL, cell_keys, task_order
+from experiments.rapt.results import RunResult
+from experiments.rapt.stats import mean_std, paired_comparisons, seed_averages
+
+
+def training_times(by: dict[str, dict[str, dict[int, RunResult]]], names: list[str], tasks: list[str]) -> dict:
+    """Table 3 style, per task and method: mean training minutes and seconds per step over seeds, and the
+    ratios to ``standard`` and ``smart`` where those ran. The runs' own clocks: compare runs made under the same
+    conditions (the same --jobs, nothing else on the machine); experiments.rapt.speed is the controlled measure."""
+    out: dict[str, dict] = {}
+    for task in tasks:
+        rows = {}
+        for name in names:
+            runs = [r for r in by.get(name, {}).get(task, {}).values() if r.train_seconds and r.steps]
+            if runs:
+                rows[name] = {"minutes": float(np.mean([r.train_seconds for r in runs])) / 60.0,
+                              "s_per_step": float(np.mean([r.train_seconds / r.steps for r in runs])),
+                              "runs": len(runs)}
+        for name, row in rows.items():
+            for base in ("standard", "smart"):
+                if base in rows:
+                    row[f"/{base}"] = row["s_per_step"] / rows[base]["s_per_step"]
+        if rows:
+            out[task] = rows
+    return out
+
+
+BASELINES = ("standard", "smart")  # first rows of a report without a grid; paired tests compare against them
+
+
+def build_report(results: list[RunResult], method_order: list[str] | None = None,
+                 best_of: dict[str, list[str]] | None = None) -> dict:
+    """Table 2 from finished runs: cells (mean ± std over seeds of each run's best dev evaluation, x100),
+    task scores, the Average, best-of rows, the paper's dev rows, and paired comparisons."""
+    finished = [r for r in results if r.finished and r.best is not None]
+    by: dict[str, dict[str, dict[int, RunResult]]] = {}
+    for r in finished:
+        by.setdefault(r.name, {}).setdefault(r.task, {})[r.seed] = r
+    tasks = task_order({r.task for r in finished})
+    rest = sorted(set(by) - set(method_order or []), key=lambda m: (BASELINES.index(m) if m in BASELINES else 2, m))
+    names = [m for m in (method_order or []) if m in by] + rest  # without a grid: standard, smart, then the rest
+    chosen: dict[str, dict[str, str]] = {}
+    for group, members in (best_of or {}).items():
+        picks = {}
+        for task in tasks:
+            have = [m for m in members if m in by and task in by[m]]
+            common = set.intersection(*(set(by[m][task]) for m in have)) if have else set()
+            # compared on the seeds every member has (a 3-seed mean against a single seed would not be fair)
+            scores = {m: np.mean([r.best.primary for s, r in by[m][task].items() if not common or s in common])
+                      for m in have}
+            if scores:
+                picks[task] = max(scores, key=lambda m: (scores[m], -members.index(m)))
+        if picks:
+            by[group] = {t: by[m][t] for t, m in picks.items()}
+            chosen[group] = picks
+            names.append(group)
+    rows: dict[str, dict] = {}
+    for name in names:
+        row: dict[str, Any] = {"tasks": {}}
+        for task in tasks:
+            runs = by[name].get(task)
+            if not runs:
+                continue
+            seeds = sorted(runs)
+            keys = cell_keys(task, runs[seeds[0]].best)
+            cells = []
+            for split, metric in keys:
+                values = [runs[s].best.metrics[split][metric] * 100 for s in seeds]
+                mean, std = mean_std(values)
+                cells.append({"split": split, "metric": metric, "mean": mean, "std": std, "values": values})
+            row["tasks"][task] = {"seeds": seeds, "cells": cells, "score": float(np.mean([c["mean"] for c in cells])),
+                                  "best_epochs": {s: runs[s].best.epoch for s in seeds}}
+            if name in chosen and task in chosen[name]:
+                row["tasks"][task]["chosen"] = chosen[name][task]
+        complete = all(t in row["tasks"] for t in tasks)
+        row["average"] = float(np.mean([row["tasks"][t]["score"] for t in tasks])) if complete and tasks else None
+        seed_lists = {tuple(row["tasks"][t]["seeds"]) for t in tasks} if complete else set()
+        same = next(iter(seed_lists)) if len(seed_lists) == 1 else ()  # a best-of row may mix seed counts
+        row["average_std"] = mean_std(seed_averages(by[name], tasks, list(same)))[1] if len(same) >= 2 else None
+        rows[name] = row
+    paper = {}
+    for pname, prow in PAPER_DEV.items():
+        have = [t for t in tasks if t in prow]
+        paper[pname] = {"tasks": {t: prow[t] for t in have},
+                        "average_these_tasks": float(np.mean([np.mean(prow[t]) for t in have])) if have else None,
+                        "average_paper": prow["average"]}
+    return {"tasks": tasks, "methods": names, "rows": rows, "best_of": chosen, "paper": paper,
+            "times": training_times(by, [n for n in names if n not in chosen], tasks),
+            "paired": paired_comparisons(by, names, tasks, best_of or {}),
+            "unfinished": sorted(r.folder.as_posix() for r in results if not r.finished)}
+
+
+def _header(task: str, cells: list[dict] | None) -> str:
+    metrics = PAPER_METRICS.get(task) or ([c["metric"] for c in cells] if cells else [])
+    return f"{TASK_LABEL.get(task, task)} {'/'.join(METRIC_LABEL.get(m, m) for m in metrics)}"
+
+
+def format_cell(cells: list[dict]) -> str:
+    parts = []
+    for c in cells:
+        parts.append(f"{c['mean']:.1f}" + (f" ± {c['std']:.1f}" if c["std"] is not None else ""))
+    return " / ".join(parts)
+
+
+def per_seed_markdown(report: dict) -> list[str]:
+    """One table per task: each run's best dev metrics (x100) per seed, and the epoch they came from."""
+    lines = ["", "## Per seed", "", "Each run's best dev evaluation (x100; the task's metrics as in Table 2) and the "
+             "epoch it came from (counted from 1; metrics.jsonl counts from 0); best-of rows are left out (they "
+             "repeat their members' runs)."]
+    for task in report["tasks"]:
+        rows = {name: row["tasks"][task] for name, row in report["rows"].items()
+                if task in row["tasks"] and name not in report["best_of"]}
+        seeds = sorted({s for t in rows.values() for s in t["seeds"]})
+        lines += ["", f"{_header(task, None)}:", "", "| Method | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+                  "|---" * (len(seeds) + 1) + "|"]
+        for name, t in rows.items():
+            cells = []
+            for s in seeds:
+                if s in t["seeds"]:
+                    i = t["seeds"].index(s)
+                    values = "/".join(f"{c['values'][i]:.1f}" for c in t["cells"])
+                    cells.append(f"{values} (ep {t['best_epochs'][s] + 1})")
+                else:
+                    cells.append("-")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def report_markdown(report: dict, title: str) -> str:
+    tasks, rows = report["tasks"], report["rows"]
+    lines = [f"# Table 2 (dev): {title}", "",
+             "Each cell: mean ± sample std (ddof=1) over seeds of each run's best dev evaluation (best by the task's "
+             "primary metric; all the task's metrics from that same evaluation), x100. Average = mean over tasks of "
+             "the task score (mean of its metrics); its ± is the std over seeds of each seed's Average, when every task "
+             "has the same seeds; `-` when a method lacks a task.", ""]
+    head = [_header(t, None) for t in tasks]
+    lines += ["| Method | " + " | ".join(head) + " | Average | Seeds |", "|---" * (len(tasks) + 3) + "|"]
+    for name, row in rows.items():
+        cells = [format_cell(row["tasks"][t]["cells"]) if t in row["tasks"] else "-" for t in tasks]
+        seeds = sorted({len(v["seeds"]) for v in row["tasks"].values()})
+        avg = "-" if row["average"] is None else format_cell([{"mean": row["average"], "std": row["average_std"]}])
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {avg} | {'/'.join(map(str, seeds))} |")
+    for group, picks in report["best_of"].items():
+        lines += ["", f"`{group}` takes, per task, the member with the best mean primary dev metric over the seeds "
+                  "its members share (a choice made on dev, as the paper's BEST η): " + ", ".join(f"{t}: {m}" for t, m in picks.items()) + "."]
+    lines += ["", "## The paper (BERT-base, dev, mean of 5 seeds)", "",
+              "Same columns. 'Average (these tasks)' is computed as ours; 'Paper Average' is the published column "
+              "(the mean of all 12 numbers of the row, over all 8 GLUE tasks).", "",
+              "| Method | " + " | ".join(head) + " | Average (these tasks) | Paper Average |",
+              "|---" * (len(tasks) + 3) + "|"]
+    for pname, prow in report["paper"].items():
+        cells = ["/".join(f"{v:.1f}" for v in prow["tasks"][t]) if t in prow["tasks"] else "-" for t in tasks]
+        avg = f"{prow['average_these_tasks']:.1f}" if prow["average_these_tasks"] is not None else "-"
+        lines.append(f"| {pname} | " + " | ".join(cells) + f" | {avg} | {prow['average_paper']:.1f} |")
+    lines += per_seed_markdown(report)
+    if report.get("times"):
+        lines += ["", "## Training time (Table 3 style)", "",
+                  "Mean over seeds of each finished run's training time (training steps only, evaluation excluded) "
+                  "and seconds per step; ratios of seconds per step. These are the runs' own clocks: comparable "
+                  "only between runs made under the same conditions.", "",
+                  "| Task | Method | Runs | Minutes | s/step | / standard | / smart |", "|---|---|---|---|---|---|---|"]
+        for task, rows_t in report["times"].items():
+            for name, t in rows_t.items():
+                ratios = [f"{t[k]:.2f}" if k in t else "-" for k in ("/standard", "/smart")]
+                lines.append(f"| {TASK_LABEL.get(task, task)} | {name} | {t['runs']} | {t['minutes']:.1f} | "
+                             f"{t['s_per_step']:.2f} | {ratios[0]} | {ratios[1]} |")
+    lines += ["", "## Paired comparisons (runs with the same seed)", "",
+              "Per task on the primary metric; 'Average' on each seed's mean of the task scores (as the Average "
+              "column; seeds where both methods have every task; 'Average (tasks)' over only the tasks with the "
+              "most common seeds, while other tasks lack seeds). mean(A-B) x100; sd = sample std of the per-seed "
+              "differences; wins = seeds where A > B (ties count for neither); p = paired t-test "
+              "(scipy.stats.ttest_rel), shown with >= 2 seeds whose differences are not all equal. Verdict: "
+              "'beyond seed noise' when p < 0.05, else 'within seed noise'.", "",
+              "| Task | A | B | Seeds | mean(A-B) | sd | A wins | B wins | p | verdict |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in report["paired"]:
+        p = f"{c['p_value']:.3f}" if c["p_value"] is not None else "-"
+        sd = f"{c['sd_diff']:.2f}" if c.get("sd_diff") is not None else "-"
+        verdict = ("-" if c["p_value"] is None else "beyond seed noise" if c["p_value"] < 0.05
+                   else "within seed noise")
+        task = TASK_LABEL.get(c["task"], c["task"])
+        if c["task"] == "average":
+            over = c["over"]
+            task = "Average" + ("" if over == report["tasks"] else
+                                " (" + ", ".join(TASK_LABEL.get(t, t) for t in over) + ")")
+        lines.append(f"| {task} | {c['a']} | {c['b']} | {c['n']} | {c['mean_diff']:+.2f} | {sd} | {c['a_wins']} | "
+                     f"{c['b_wins']} | {p} | {verdict} |")
+    if report["unfinished"]:
+        lines += ["", f"Left out (not finished): {len(report['unfinished'])} run(s)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(root: Path, results: list[RunResult], method_order: list[str] | None,
+                 best_of: dict[str, list[str]] | None) -> str:
+    """Write ROOT/table2.md and ROOT/table2.json; returns the markdown."""
+    report = build_report(results, method_order, best_of)
+    if not report["tasks"]:
+        raise ConfigError(f"{root}: no finished runs to report")
+    text = report_markdown(report, str(root))
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "table2.md").write_text(text)
+    (root / "table2.json").write_text(json.dumps(report, indent=2, default=str))
+    return text

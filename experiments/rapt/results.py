@@ -1,0 +1,144 @@
+"""A campaign's run folders as results: their metrics records, whether they finished, their dev evaluations."""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from data_utils.task_def import load_task_defs
+
+logger = logging.getLogger(__name__)
+
+
+def read_records(path: Path) -> list[dict]:
+    """The JSON lines of a metrics file; a torn last line (a kill mid-write) is ignored."""
+    out = []
+    try:
+        text = path.read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                logger.warning("%s: skipping an unreadable line", path)
+    return out
+
+
+def is_finished(folder: Path) -> bool:
+    records = read_records(folder / "metrics.jsonl")
+    return bool(records) and records[-1].get("split") == "train"
+
+
+def done_steps(folder: Path) -> int:
+    """Steps a started run has already done (its last record's step: the trainer truncates to its checkpoint)."""
+    records = read_records(folder / "metrics.jsonl")
+    return int(records[-1].get("step", 0)) if records else 0
+
+
+@dataclass
+class Evaluation:
+    """One dev evaluation of a run (all its dev splits at one step)."""
+
+    epoch: int
+    step: int
+    train_seconds: float
+    metrics: dict[str, dict[str, float]]  # split name -> metric -> value
+    primary: float  # mean over the splits of the task's primary metric
+
+
+@dataclass
+class RunResult:
+    task: str
+    name: str
+    seed: int
+    folder: Path
+    finished: bool
+    evaluations: list[Evaluation]
+    train_seconds: float | None = None  # the final train record's (training steps only), when finished
+    steps: int | None = None
+    metric: str = "score"  # the task's primary metric: what Evaluation.primary is
+
+    @property
+    def best(self) -> Evaluation | None:
+        """The evaluation with the highest primary metric (the earliest on ties)."""
+        best = None
+        for e in self.evaluations:
+            if best is None or e.primary > best.primary:
+                best = e
+        return best
+
+
+@functools.lru_cache(maxsize=1)
+def task_defs() -> dict:
+    return load_task_defs()
+
+
+def primary_metric(task: str, records: list[dict]) -> str:
+    defs = task_defs()
+    if task in defs:
+        return defs[task].primary_metric
+    return next(iter(records[0]["metrics"]))
+
+
+def evaluations_of(dev: list[dict], primary: str) -> list[Evaluation]:
+    """A run's dev records (of one task) grouped by (epoch, step), in file order; scored by ``primary``."""
+    groups: dict[tuple[int, int], list[dict]] = {}
+    for r in dev:
+        groups.setdefault((int(r["epoch"]), int(r["step"])), []).append(r)
+    out = []
+    for (epoch, step), recs in groups.items():
+        metrics = {str(r.get("split_name", "dev")): {k: float(v) for k, v in r["metrics"].items()} for r in recs}
+        score = float(np.mean([m[primary] for m in metrics.values()]))
+        out.append(Evaluation(epoch, step, max(float(r["train_seconds"]) for r in recs), metrics, score))
+    return out
+
+
+def load_result(folder: Path, task: str | None = None, name: str | None = None) -> RunResult | None:
+    """A run folder's results (task, method name and seed from flags.json, else from the path and records)."""
+    records = read_records(folder / "metrics.jsonl")
+    if not records:
+        return None
+    info = {}
+    if (folder / "flags.json").is_file():
+        info = json.loads((folder / "flags.json").read_text())
+    task = info.get("task") or task or folder.parent.parent.name
+    name = info.get("method_name") or name or folder.parent.name
+    seed = info.get("seed")
+    if seed is None:
+        m = re.match(r"s(\d+)", folder.name)
+        seed = int(m.group(1)) if m else int(records[0].get("seed", 0))
+    last = records[-1]
+    done = last.get("split") == "train"
+    dev = [r for r in records if r.get("split") == "dev" and r.get("task") == task]
+    metric = primary_metric(task, dev) if dev else "score"
+    return RunResult(task, name, int(seed), folder, done, evaluations_of(dev, metric),
+                     float(last["train_seconds"]) if done and "train_seconds" in last else None,
+                     int(last["steps"]) if done and "steps" in last else None, metric)
+
+
+def scan_results(root: Path) -> list[RunResult]:
+    """Every run under ``ROOT/<task>/<method name>/s<seed>*``; of several folders for one (task, method, seed),
+    the newest wins (an older folder is a run with other hyperparameters)."""
+    chosen: dict[tuple[str, str, int], RunResult] = {}
+    for metrics in sorted(root.glob("*/*/s*/metrics.jsonl")):
+        if metrics.parts[-4].startswith("."):
+            continue
+        res = load_result(metrics.parent)
+        if res is None:
+            continue
+        key = (res.task, res.name, res.seed)
+        if key in chosen:
+            old = chosen[key]
+            newer = res if metrics.stat().st_mtime >= (old.folder / "metrics.jsonl").stat().st_mtime else old
+            logger.warning("%s/%s seed %d: several run folders (%s, %s); using %s", res.task, res.name, res.seed,
+                           old.folder.name, res.folder.name, newer.folder.name)
+            res = newer
+        chosen[key] = res
+    return list(chosen.values())

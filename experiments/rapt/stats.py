@@ -1,0 +1,68 @@
+"""Paired statistics of a campaign: per-seed differences between methods, paired t-tests, per-seed averages."""
+from __future__ import annotations
+
+import numpy as np
+
+from experiments.rapt.paper import cell_keys
+from experiments.rapt.results import RunResult
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (ddof=1; None for one value)."""
+    arr = np.asarray(values, dtype=float)
+    return float(arr.mean()), (float(arr.std(ddof=1)) if len(arr) > 1 else None)
+
+
+def task_score(result: RunResult, task: str) -> float:
+    """A run's task score (x100): the mean of the task's metrics at its best evaluation, as in the Average column."""
+    best = result.best
+    return float(np.mean([best.metrics[split][metric] * 100 for split, metric in cell_keys(task, best)]))
+
+
+def seed_averages(runs: dict[str, dict[int, RunResult]], tasks: list[str], seeds: list[int]) -> list[float]:
+    """Each seed's Average: the mean over ``tasks`` of that seed's task score (``runs``: task -> seed -> run)."""
+    return [float(np.mean([task_score(runs[t][s], t) for t in tasks])) for s in seeds]
+
+
+def paired(task: str, a: str, b: str, seeds: list[int], xa: np.ndarray, xb: np.ndarray) -> dict:
+    """Mean difference, wins, sd of the differences and the paired t-test p-value (>= 2 seeds, unequal diffs)."""
+    from scipy.stats import ttest_rel
+
+    diff = xa - xb
+    p = sd = None
+    if len(seeds) >= 2:
+        sd = float(diff.std(ddof=1))
+        if float(np.ptp(diff)) > 1e-12:  # equal differences: t is undefined
+            p = float(ttest_rel(xa, xb).pvalue)
+    return {"task": task, "a": a, "b": b, "seeds": seeds, "n": len(seeds), "mean_diff": float(diff.mean()),
+            "sd_diff": sd, "a_wins": int((diff > 0).sum()), "b_wins": int((diff < 0).sum()), "p_value": p}
+
+
+def paired_comparisons(by: dict, names: list[str], tasks: list[str], best_of: dict[str, list[str]]) -> list[dict]:
+    """For each task and each pair (A after B in the row order: B is the baseline) with common seeds: the mean
+    difference of the best primary metric (x100), how many seeds A beats B, the sd of the per-seed differences and
+    the paired t-test p-value (>= 2 seeds). Then, per pair, the same on the average (task ``"average"``): each
+    seed's mean over all tasks of the task score (mean of the task's metrics, as the Average column), for seeds
+    where both methods have every task (``"over"`` lists the tasks averaged). While a campaign is part-way, the
+    tasks with the most common seeds may have more seeds than all tasks together: then a second average row covers
+    only those tasks."""
+    out, averages = [], []
+    for i, a in enumerate(names):
+        for b in names[:i]:
+            if a in best_of.get(b, ()) or b in best_of.get(a, ()):
+                continue  # a best-of row is one of its members
+            common = {t: set(by[a].get(t, {})) & set(by[b].get(t, {})) for t in tasks}
+            for task in tasks:
+                seeds = sorted(common[task])
+                if seeds:
+                    out.append(paired(task, a, b, seeds, *(
+                        np.array([by[m][task][s].best.primary * 100 for s in seeds]) for m in (a, b))))
+            most = max((len(c) for c in common.values()), default=0)
+            top = [t for t in tasks if len(common[t]) == most]
+            for over in ([tasks, top] if most >= 2 and top != tasks else [tasks]):
+                seeds = sorted(set.intersection(*(common[t] for t in over))) if over else []
+                if seeds and (over == tasks or len(seeds) >= 2):  # a partial average only where it can be tested
+                    averages.append(paired("average", a, b, seeds, *(
+                        np.array(seed_averages(by[m], over, seeds)) for m in (a, b))) | {"over": over})
+    order = {t: i for i, t in enumerate(tasks)}
+    return sorted(out, key=lambda c: order[c["task"]]) + averages

@@ -1,0 +1,171 @@
+"""Predictions on your own text from a trained run: ``load_run(RUN).predict(task, rows)``, and from a file.
+
+    from mt_dnn import load_run
+    model = load_run("runs/rte")                       # a run folder (its best/ model) or a saved model folder
+    model.predict("rte", [("A man is playing a guitar.", "A person plays music.")])
+    # [{"label": "entailment", "probabilities": {"entailment": 0.81, "not_entailment": 0.19}}]
+    model.predict("stsb", [("A cat sits.", "A cat is sitting.")])      # regression: [{"score": 4.2}]
+
+Rows go through exactly the GLUE prediction path: the task's tokenization
+(:func:`data_utils.features.tokenize_examples`, truncated to the run's ``max_seq_len``), length-sorted batches
+padded to their longest row (:func:`data_utils.batching.eval_batches`, :func:`~data_utils.batching.collate`),
+one no-grad forward of the model in eval mode; the label is the arg-max of the logits (what
+``python -m mt_dnn.predict`` writes for GLUE files), the probabilities their softmax, a regression score the
+head's output (not clipped).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from data_utils.batching import collate, eval_batches
+from data_utils.features import Features, tokenize_examples
+from data_utils.glue import DataError, Example
+from data_utils.task_def import ConfigError, SplitDef, TaskDef, load_task_defs
+from data_utils.user_input import read_user_rows, task_columns
+from mt_dnn.model import MultiTaskModel, find_model_dir, load_model
+from mt_dnn.trainer import autocast, pick_device, to_device
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_LEN = 128  # a saved model folder without its run's config.json
+Row = str | Sequence[str]  # one sentence, or (sentence, sentence) for pair tasks
+
+
+@torch.no_grad()
+def predict_logits(model: MultiTaskModel, features: Features, batch_size: int, device: torch.device, pad_id: int,
+                   precision: str = "fp32") -> np.ndarray:
+    """Logits (N, C) for every row of ``features`` in row order (C = 1 for regression); the model in eval mode.
+
+    The same batches and forward as :func:`mt_dnn.trainer.predict` (which keeps only the arg-max or the score).
+    """
+    was_training = model.training
+    model.eval()
+    regression = model.task_defs[features.task].type == "regression"
+    out: np.ndarray | None = None
+    for rows in eval_batches(features, batch_size):
+        batch = to_device(collate(features, rows, pad_id, regression), device)
+        with autocast(device, precision):
+            logits = model(batch).float()  # (B, C)
+        if out is None:
+            out = np.zeros((len(features), logits.shape[-1]), dtype=np.float32)
+        out[rows] = logits.cpu().numpy()
+    model.train(was_training)
+    return out if out is not None else np.zeros((0, 1), dtype=np.float32)
+
+
+def prediction_records(task: TaskDef, logits: np.ndarray) -> list[dict[str, Any]]:
+    """One dict per row: ``{"label", "probabilities": {label: p}}``, or ``{"score"}`` for regression."""
+    if task.type == "regression":
+        return [{"score": float(v)} for v in logits[:, 0]]
+    labels = list(task.labels or ())
+    probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()  # (N, C), fp32 as the logits
+    ids = logits.argmax(-1)  # the GLUE path's class ids
+    return [{"label": labels[int(i)], "probabilities": {lab: float(p) for lab, p in zip(labels, row)}}
+            for i, row in zip(ids, probs)]
+
+
+class Predictor:
+    """A trained run ready to predict: its model (eval mode, on ``device``), tokenizer and tasks."""
+
+    def __init__(self, model: MultiTaskModel, tokenizer, max_len: int, device: torch.device,
+                 batch_size: int = 128, precision: str = "fp32", source: str = ""):
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.max_len = max_len
+        self.device = device
+        self.batch_size = batch_size
+        self.precision = precision
+        self.source = source
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        # tasks predicted by one of this model's heads without their own (AX by MNLI's) join the run's tasks
+        for name, task in load_task_defs().items():
+            if task.head and task.head in model.heads and name not in model.task_defs:
+                model.task_defs[name] = task
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.model.task_defs)
+
+    def task(self, name: str) -> TaskDef:
+        if name not in self.model.task_defs:
+            raise ConfigError(f"{self.source or 'this model'} has no task {name!r} (it has {', '.join(self.tasks)})")
+        return self.model.task_defs[name]
+
+    def predict_examples(self, task: str, examples: list[Example], where: str = "input") -> list[dict[str, Any]]:
+        """Predictions for rows already read (``Example``: text_a, text_b), in their order."""
+        tdef = self.task(task)
+        if not examples:
+            return []
+        split = SplitDef(name=where, kind="test", file=where)
+        feats = tokenize_examples(self.tokenizer, tdef, split, examples, self.max_len)
+        logits = predict_logits(self.model, feats, self.batch_size, self.device, self.pad_id, self.precision)
+        return prediction_records(tdef, logits)
+
+    def predict(self, task: str, rows: Iterable[Row]) -> list[dict[str, Any]]:
+        """Predictions for ``rows``: strings for single-sentence tasks, (sentence, sentence) pairs for pair
+        tasks. Returns one dict per row: ``{"label", "probabilities"}`` or ``{"score"}`` (regression)."""
+        tdef = self.task(task)
+        want = 2 if tdef.text_b else 1
+        examples = []
+        for i, row in enumerate(rows):
+            texts = [row] if isinstance(row, str) else list(row)
+            if len(texts) != want or not all(isinstance(t, str) for t in texts):
+                raise DataError(f"row {i}: task {task} takes {'a pair of strings' if want == 2 else 'one string'}"
+                                f", got {row!r}"[:200])
+            if not all(t.strip() for t in texts):
+                raise DataError(f"row {i}: empty text")
+            examples.append(Example(texts[0], texts[1] if want == 2 else None, None, str(i), i + 1))
+        return self.predict_examples(task, examples)
+
+
+def run_max_len(model_dir: Path) -> int:
+    """The ``max_seq_len`` the run was trained with (its ``config.json``), as ``mt_dnn.predict`` uses it."""
+    cfg = model_dir.parent / "config.json"
+    return int(json.loads(cfg.read_text())["max_seq_len"]) if cfg.is_file() else DEFAULT_MAX_LEN
+
+
+def load_run(path: str | Path, device: str = "auto", batch_size: int = 128, precision: str = "fp32",
+             max_seq_len: int | None = None) -> Predictor:
+    """A run folder (its ``best/`` model) or a saved model folder, ready to predict on ``device``
+    (``auto``: CUDA when available)."""
+    d = find_model_dir(path)
+    model, tokenizer, _ = load_model(d)
+    return Predictor(model, tokenizer, max_seq_len or run_max_len(d), pick_device(device), batch_size,
+                     precision, source=str(path))
+
+
+def write_jsonl_atomic(path: str | Path, records: Iterable[dict]) -> None:
+    """Write JSON lines to a temporary file beside ``path``, then rename it: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def predict_file(predictor: Predictor, task: str, input_path: str | Path, output_path: str | Path,
+                 text_a: str | None = None, text_b: str | None = None, id_column: str | None = None,
+                 fmt: str = "auto") -> int:
+    """Predict every row of a TSV/JSON-lines file; write ``{"id", "label", "probabilities"}`` (or ``"score"``)
+    per row to ``output_path`` (JSON lines, atomically). Returns the number of rows."""
+    columns = task_columns(predictor.task(task), text_a, text_b, id_column)
+    examples = read_user_rows(input_path, columns, fmt)
+    preds = predictor.predict_examples(task, examples, where=Path(input_path).name)
+    write_jsonl_atomic(output_path, ({"id": e.index, **p} for e, p in zip(examples, preds)))
+    logger.info("%s: %d rows predicted with %s (%s) -> %s", input_path, len(examples), predictor.source, task,
+                output_path)
+    return len(examples)
