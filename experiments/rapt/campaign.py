@@ -648,7 +648,7 @@ def dry_run(runs: list[Run], root: Path, jobs: int, step_costs_file: str | None,
 
 
 # config.json fields that do not decide what a finished run is (paths, logging, resume plumbing, derived values)
-ADOPT_IGNORED = NOT_IDENTITY | {"output_dir", "resume", "max_bad_steps"}
+ADOPT_IGNORED = NOT_IDENTITY | {"output_dir", "resume", "overwrite", "max_bad_steps"}
 
 
 def _origin(folder: Path) -> str:
