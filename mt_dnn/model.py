@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -194,7 +195,7 @@ def save_model(model: MultiTaskModel, tokenizer, tasks: list[TaskDef], out_dir: 
     from data_utils.task_def import dump_task_defs
 
     final = Path(out_dir)
-    out = final.with_name(final.name + ".tmp")
+    out = final.with_name(f"{final.name}.tmp-{os.getpid()}")  # this process's own: two writers never share one
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)

@@ -1,7 +1,9 @@
 """CLI: ``python -m mt_dnn.train --tasks rte[,mrpc,...] --method standard|smart|rapt|r3f [options]``.
 
 Flags come from the ``TrainConfig`` dataclass and from each registered method's ``Options`` dataclass
-(``--<method>_<option>``). ``--config FILE.yml`` supplies defaults; flags on the command line win.
+(``--<method>_<option>``). ``--config FILE.yml`` supplies defaults; flags on the command line win. Flags are
+never abbreviated (``--epoch`` is an error, not ``--epochs``), so what was typed is always what wins.
+Under torchrun only rank 0 logs to the console and ``train.log``; the other ranks show warnings and errors.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from data_utils.glue import BAD_ROWS
 from data_utils.task_def import ConfigError
 from mt_dnn.cli_utils import run_cli, setup_logging
 from mt_dnn.perturbation import REGISTRY, option_flags
-from mt_dnn.trainer import OPTIMIZERS, PRECISIONS, TrainConfig, Trainer
+from mt_dnn.config import OPTIMIZERS, PRECISIONS, TrainConfig
+from mt_dnn.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +59,10 @@ HELP = {
     "init_checkpoint": "start from a trained run (its encoder and the heads of matching tasks)",
     "max_bad_steps": "stop after this many consecutive non-finite steps",
     "save_every_steps": "write a resumable checkpoint/ every N steps (and at each epoch end)",
-    "resume": "continue from <output_dir>/checkpoint exactly (bit-identical on CPU); no checkpoint = fresh start",
+    "resume": "continue the run in --output_dir from its checkpoint exactly (bit-identical on CPU); refused if a "
+              "result-changing setting differs; no checkpoint = fresh start",
+    "overwrite": "replace the run in --output_dir (its checkpoint included); without --resume or --overwrite a "
+                 "folder holding another run is an error",
     "log_every": "log the running loss every N steps",
     "device": "auto (cuda if available), cpu, cuda, cuda:1, ...",
 }
@@ -80,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m mt_dnn.train",
         description="Multi-task fine-tuning on GLUE with standard, SMART, RAPT or R3F training. "
                     f"Methods: {', '.join(methods)}.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--config", help="YAML file of flag values (flags given here win)")
     main = parser.add_argument_group("run")
     for f in dataclasses.fields(TrainConfig):
@@ -93,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         text = HELP[f.name] + (f" (default: {default})" if default not in (None, False) else "")
         if f.name == "task_def":
             main.add_argument(name, action="append", default=[], help=HELP[f.name])
-        elif f.name in ("no_eval", "resume"):
+        elif f.name in ("no_eval", "resume", "overwrite"):
             main.add_argument(name, action="store_true", help=HELP[f.name])
         else:
             choices = methods if f.name == "method" else CHOICES.get(f.name)
@@ -168,21 +174,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = config_from_args(args, parser, argv)
     cfg.validate()
-    setup_logging()
+    main_process = os.environ.get("RANK", "0") == "0"  # torchrun's other ranks: warnings and errors only
+    level = logging.INFO if main_process else logging.WARNING
+    setup_logging(level=level)
     trainer = Trainer(cfg)
     held = logging.handlers.BufferingHandler(capacity=100_000)  # set-up messages, for train.log
     logging.getLogger().addHandler(held)
     try:
-        trainer.setup()  # every data, model and flag error surfaces here, before anything is written
+        try:
+            trainer.setup()  # every data, model, flag and folder error surfaces here, before anything is written
+            trainer.prepare_output()  # before train.log opens: --overwrite removes the old one
+        finally:
+            logging.getLogger().removeHandler(held)
+        setup_logging(Path(cfg.output_dir) / "train.log" if main_process else None, level=level)
+        logger.info("command: %s", " ".join(sys.argv))
+        for handler in logging.getLogger().handlers:  # the set-up messages were shown already; now also in the file
+            if isinstance(handler, logging.FileHandler):
+                for record in held.buffer:
+                    handler.handle(record)
+        trainer.train()
     finally:
-        logging.getLogger().removeHandler(held)
-    setup_logging(Path(cfg.output_dir) / "train.log")
-    logger.info("command: %s", " ".join(sys.argv))
-    for handler in logging.getLogger().handlers:  # the set-up messages were shown already; now also in the file
-        if isinstance(handler, logging.FileHandler):
-            for record in held.buffer:
-                handler.handle(record)
-    trainer.train()
+        trainer.close()
     if not cfg.no_eval and trainer.is_main:
         print(f"best dev score {trainer.best_score:.4f}; model in {Path(cfg.output_dir) / 'best'}")
     return 0

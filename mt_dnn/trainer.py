@@ -1,7 +1,11 @@
 """One Trainer: setup / train / evaluate / save. One explicit loop, no callbacks.
 
 The step: forward (clean pass, regularizer) under autocast -> loss / accumulation -> backward -> (after the
-last micro-step) unscale, clip, optimizer step, scheduler step, zero_grad(set_to_none=True).
+last micro-step) unscale, clip, optimizer step, scheduler step, zero_grad(set_to_none=True). A step with a
+non-finite loss on any rank, or one GradScaler skips, is skipped on every rank and does not count.
+
+The output folder is checked (``run_folder``) before anything is loaded, and written only from
+``prepare_output()`` on; checkpoints are read and written by ``checkpoint``.
 """
 from __future__ import annotations
 
@@ -14,9 +18,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,81 +27,16 @@ from torch import nn
 from data_utils.batching import MultiTaskSampler, collate, eval_batches
 from data_utils.encoder_limits import check_encoder_fits
 from data_utils.features import Features, load_features, save_pending, tokenizer_fingerprint
-from data_utils.glue import BAD_ROWS
 from data_utils.metrics import compute_metrics
 from data_utils.task_def import ConfigError, TaskDef, load_task_defs, select_tasks
-from mt_dnn import losses
+from mt_dnn import checkpoint, distributed, losses, run_folder
+from mt_dnn.config import OPTIMIZERS, PRECISIONS, TrainConfig  # noqa: F401 (re-exported)
+from mt_dnn.distributed import init_distributed
 from mt_dnn.model import (MultiTaskModel, checkpoint_pooling, find_model_dir, load_encoder, load_model, resolve_model,
-                          save_model, swap_in)
+                          save_model)
 from mt_dnn.perturbation import Regularizer, build_regularizer
 
 logger = logging.getLogger(__name__)
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-OPTIMIZERS = ("adamw", "adamax")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run needs; saved as ``config.json`` next to its outputs."""
-
-    tasks: str = "rte"
-    method: str = "standard"
-    method_options: dict[str, Any] = field(default_factory=dict)
-    glue_dir: str = "glue_data"
-    output_dir: str = "runs/run"
-    model: str | None = None  # hub name or local path; None = the packaged all-MiniLM-L6-v2
-    task_def: list[str] = field(default_factory=list)
-    cache_dir: str | None = None  # default: <output_dir>/../.cache/features
-    bad_rows: str = "error"  # malformed rows in train/dev files: error | skip (dropped, one warning)
-    max_seq_len: int = 128
-    max_train_samples: int | None = None
-    pooling: str = "auto"  # auto (follow the checkpoint) | cls | mean
-    epochs: int = 3
-    max_steps: int | None = None
-    batch_size: int = 32
-    eval_batch_size: int = 128
-    lr: float = 1e-4  # measured best for the packaged MiniLM (README); the paper used 2e-5 for BERT-base
-    weight_decay: float = 0.01
-    warmup: float = 0.1
-    clip: float = 1.0
-    optimizer: str = "adamw"
-    seed: int = 1
-    no_eval: bool = False
-    task_sampling: str = "proportional"
-    sampling_temperature: float = 2.0
-    precision: str = "fp32"
-    grad_accumulation_steps: int = 1
-    init_checkpoint: str | None = None
-    max_bad_steps: int = 10
-    save_every_steps: int | None = None
-    resume: bool = False
-    log_every: int = 50
-    device: str = "auto"
-    world_size: int = 1
-
-    def validate(self) -> None:
-        def need(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ConfigError(msg)
-        need(self.precision in PRECISIONS, f"--precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
-        need(self.optimizer in OPTIMIZERS, f"--optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        need(self.bad_rows in BAD_ROWS, f"--bad_rows {self.bad_rows!r}; choose one of {', '.join(BAD_ROWS)}")
-        need(self.pooling in ("auto", "cls", "mean"), f"--pooling {self.pooling!r}; choose one of auto, cls, mean")
-        need(self.batch_size >= 1, "--batch_size must be >= 1")
-        need(self.eval_batch_size >= 1, "--eval_batch_size must be >= 1")
-        need(self.epochs >= 1 or (self.max_steps or 0) > 0, "--epochs must be >= 1 (or give --max_steps)")
-        need(self.max_steps is None or self.max_steps >= 1, "--max_steps must be >= 1")
-        need(self.lr > 0, "--lr must be > 0")
-        need(0.0 <= self.warmup < 1.0, "--warmup is a fraction of the steps in [0, 1)")
-        need(self.grad_accumulation_steps >= 1, "--grad_accumulation_steps must be >= 1")
-        need(self.max_seq_len >= 8, "--max_seq_len must be >= 8")
-        need(self.max_train_samples is None or self.max_train_samples >= 1, "--max_train_samples must be >= 1")
-        need(self.sampling_temperature > 0, "--sampling_temperature must be > 0")
-        need(self.save_every_steps is None or self.save_every_steps >= 1, "--save_every_steps must be >= 1")
-        need(self.task_sampling in ("proportional", "uniform", "temperature"),
-             f"--task_sampling {self.task_sampling!r}; choose one of proportional, uniform, temperature")
-
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -174,19 +111,6 @@ def predict(model: MultiTaskModel, features: Features, batch_size: int, device: 
     return out
 
 
-def init_distributed(device: str) -> tuple[int, int, int]:
-    """Join the torchrun process group when WORLD_SIZE > 1: nccl on GPUs, gloo on CPU. Returns (rank, world, local)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        use_cuda = torch.cuda.is_available() and device != "cpu"
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
-
-
 class Trainer:
     """setup() loads data and model; train() runs the loop; evaluate() scores every dev split."""
 
@@ -201,6 +125,12 @@ class Trainer:
             self.device = torch.device("cuda", local_rank)
             torch.cuda.set_device(self.device)
         self.is_main = self.rank == 0
+        self.lock = run_folder.RunLock(self.out) if self.is_main else None
+        self.start: run_folder.Start | None = None
+        self._loaded: checkpoint.Loaded | None = None  # the checkpoint rank 0 read while checking the folder
+        self._prepared = False
+        self._metrics_bytes = 0
+        self._skip_why = ""
         self.resumed = False
         self._evaluated_epoch: int | None = None
         self.step = 0
@@ -223,6 +153,9 @@ class Trainer:
             if not t.splits_of("train"):
                 raise ConfigError(f"task {t.name} has no train split (it is predicted by the {t.head_name} head)")
         self.reg = build_regularizer(cfg.method, cfg.method_options, cfg.seed)
+        # the folder is locked and checked before the model and data load; nothing is written there yet
+        self.recipe = run_folder.recipe(cfg, self.tasks, dataclasses.asdict(self.reg.options), resolve_model(cfg.model))
+        self.start = distributed.on_main(self._check_output_dir, self.rank, self.world_size)
         if cfg.init_checkpoint:
             model, self.tokenizer, _ = self._init_from_checkpoint(cfg.init_checkpoint)
         else:
@@ -258,14 +191,16 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         logger.info("%d optimizer steps (%d per epoch), batch %d x %d processes, method %s", self.total_steps,
                     self.steps_per_epoch, cfg.batch_size, self.world_size, cfg.method)
-        if cfg.resume:
-            ckpt = self.find_checkpoint()
-            if ckpt is None:
-                logger.info("--resume: no checkpoint in %s, starting from scratch", self.out)
-            else:
-                self.load_checkpoint(ckpt)
+        if self.start.checkpoint is not None:
+            self.load_checkpoint(self._loaded or checkpoint.read_for_resume(Path(self.start.checkpoint)))
+            self._loaded = None
         if self.world_size > 1 and not self.resumed:  # dropout and noise differ by rank; data order does not
             torch.manual_seed(cfg.seed * 1000 + self.rank)
+
+    def _check_output_dir(self) -> run_folder.Start:
+        self.lock.acquire()
+        start, self._loaded = run_folder.plan_start(self.out, self.recipe, self.cfg.resume, self.cfg.overwrite)
+        return start
 
     def _init_from_checkpoint(self, path: str):
         """Encoder and matching heads from a trained run (``RUN_DIR`` or ``RUN_DIR/best``); new heads for the rest."""
@@ -313,15 +248,37 @@ class Trainer:
 
     # ---- outputs ----------------------------------------------------------------------------------------
 
+    def prepare_output(self) -> None:
+        """The first writes into output_dir, once every check has passed: remove the run being replaced, leftovers
+        of killed processes, and the records written after the checkpoint being resumed; write config.json."""
+        if self._prepared:
+            return
+        self._prepared = True
+        if not self.is_main:
+            return
+        if self.start.clear:
+            run_folder.clear_run(self.out, keep_log=self.start.keep_log)
+        run_folder.remove_leftovers(self.out)
+        if self.resumed:
+            checkpoint.truncate_metrics(self.out / "metrics.jsonl", self._metrics_bytes)
+        self.write_config()
+
+    def close(self) -> None:
+        """Release the folder's lock (and the folder itself if this run made it and wrote nothing)."""
+        if self.lock is not None:
+            self.lock.release()
+
     def write_config(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         data = dataclasses.asdict(self.cfg)
+        data["run_id"] = self.start.run_id
         data["resolved_model"] = resolve_model(self.cfg.model)
         data["resolved_pooling"] = self.model.pooling
         data["method_options"] = dataclasses.asdict(self.reg.options)
         data["steps_per_epoch"] = self.steps_per_epoch
         data["total_steps"] = self.total_steps
         data["torch"] = torch.__version__
+        data["recipe"] = self.recipe  # what --resume compares (run_folder.NOT_RESULT lists what may change)
         (self.out / "config.json").write_text(json.dumps(data, indent=2, default=str))
 
     def log_metrics(self, record: dict) -> None:
@@ -350,16 +307,28 @@ class Trainer:
     def maybe_save_best(self, score: float, epoch: int) -> None:
         if score > self.best_score:  # every rank holds the same gathered predictions, hence the same score
             self.best_score = score
-            if not self.is_main:
-                return
-            save_model(self.model, self.tokenizer, self.tasks, self.out / "best",
-                       {"epoch": epoch, "step": self.step, "score": score, "method": self.cfg.method})
-            logger.info("new best dev score %.4f at epoch %d (saved to %s)", score, epoch, self.out / "best")
+            self._save_best({"epoch": epoch, "step": self.step, "score": score, "method": self.cfg.method})
+            if self.is_main:
+                logger.info("new best dev score %.4f at epoch %d (saved to %s)", score, epoch, self.out / "best")
+
+    def _save_best(self, meta: dict) -> None:
+        """``best/`` by rank 0; a full disk (any OSError) is a one-line error on every rank."""
+        def save() -> None:
+            try:
+                save_model(self.model, self.tokenizer, self.tasks, self.out / "best", meta)
+            except OSError as exc:  # a full disk: the half-written folder goes, the previous best/ stays
+                shutil.rmtree(self.out / f"best.tmp-{os.getpid()}", ignore_errors=True)
+                raise ConfigError(f"{self.out / 'best'}: cannot save ({checkpoint.reason(exc)})") from None
+        distributed.on_main(save, self.rank, self.world_size)
 
     # ---- training -----------------------------------------------------------------------------------------
 
     def train_step(self, micro: list[tuple[str, list[int]]]) -> bool:
-        """One optimizer step over ``micro`` (the accumulation micro-batches). False if skipped (non-finite)."""
+        """One optimizer step over ``micro`` (the accumulation micro-batches). False if skipped (non-finite).
+
+        Every rank runs every forward and backward, even after a non-finite loss, so that DDP's gradient
+        all-reduces line up on all ranks; whether to skip is then agreed by one all-reduce of a finite flag.
+        """
         cfg = self.cfg
         n = len(micro)
         finite = True
@@ -376,10 +345,8 @@ class Trainer:
                 with autocast(self.device, cfg.precision):
                     loss, tl, rl, logs = self.wrapped(batch)
                 loss = self.fault(loss, self.step)
-                if not torch.isfinite(loss):
-                    finite = False
-                    break
-                self.scaler.scale(loss / n).backward()
+                finite = finite and bool(torch.isfinite(loss))
+                self.scaler.scale(loss / n).backward()  # NaN gradients of a skipped step are dropped below
             tl_sum += float(tl)
             rl_sum += float(rl)
             logs_last = logs
@@ -387,13 +354,19 @@ class Trainer:
             flag = torch.tensor([1.0 if finite else 0.0], device=self.device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
             finite = bool(flag.item())
+        self._skip_why = "non-finite loss or gradient"
         if finite:
             self.scaler.unscale_(self.optimizer)
             gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
             finite = bool(torch.isfinite(gnorm)) or cfg.precision == "fp16"  # fp16: GradScaler skips and rescales
         if finite:
+            scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.scaler.is_enabled() and self.scaler.get_scale() < scale:  # it found inf/NaN and skipped
+                finite = False
+                self._skip_why = f"fp16 gradient overflow (GradScaler lowered its scale to {self.scaler.get_scale():g})"
+        if finite:
             self.scheduler.step()
             self.loss_sum += tl_sum / n
             self.reg_sum += rl_sum / n
@@ -404,9 +377,12 @@ class Trainer:
 
     def fault(self, loss: torch.Tensor, step: int) -> torch.Tensor:
         """Test hooks: ``MT_DNN_NAN_AT_STEP=k[,j]`` makes the first attempt at step k a NaN loss;
-        ``MT_DNN_NAN_FROM_STEP=k`` makes every attempt from step k on NaN (exercises --max_bad_steps)."""
+        ``MT_DNN_NAN_FROM_STEP=k`` makes every attempt from step k on NaN (exercises --max_bad_steps);
+        ``MT_DNN_NAN_RANK=r`` limits both to rank r."""
         once = os.environ.get("MT_DNN_NAN_AT_STEP")
         always = os.environ.get("MT_DNN_NAN_FROM_STEP")
+        if os.environ.get("MT_DNN_NAN_RANK", str(self.rank)) != str(self.rank):
+            return loss
         fired = self.__dict__.setdefault("_faulted", set())
         if once is not None and step in {int(x) for x in once.split(",")} and step not in fired:
             fired.add(step)
@@ -419,8 +395,8 @@ class Trainer:
         if not ok:
             self.bad_steps += 1
             self.skipped_steps += 1
-            logger.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)",
-                           self.step, self.bad_steps)
+            logger.warning("step %d: %s, update skipped on every rank (%d in a row)",
+                           self.step, self._skip_why, self.bad_steps)
             if self.bad_steps >= self.cfg.max_bad_steps:
                 raise ConfigError(f"{self.bad_steps} consecutive non-finite steps (--max_bad_steps "
                                   f"{self.cfg.max_bad_steps}); stopping, last good checkpoint kept. "
@@ -431,22 +407,20 @@ class Trainer:
         self.bar.update(1)
         if os.environ.get("MT_DNN_STEP_DELAY"):  # test hook: slow a run down so a test can kill it mid-way
             time.sleep(float(os.environ["MT_DNN_STEP_DELAY"]))
-        if self.step % self.cfg.log_every == 0 and self.loss_count:
+        if self.step % self.cfg.log_every == 0 and self.loss_count:  # the same steps on every rank
+            loss, reg = distributed.mean_over_ranks((self.loss_sum / self.loss_count, self.reg_sum / self.loss_count),
+                                                     self.world_size, self.device)
             extra = " ".join(f"{k} {v:.4g}" for k, v in self.last_logs.items())
-            logger.info("step %d/%d loss %.4f reg %.4f lr %.2e %s", self.step, self.total_steps,
-                        self.loss_sum / self.loss_count, self.reg_sum / self.loss_count,
+            logger.info("step %d/%d loss %.4f reg %.4f lr %.2e %s", self.step, self.total_steps, loss, reg,
                         self.scheduler.get_last_lr()[0], extra)
-            self.bar.set_postfix(loss=f"{self.loss_sum / self.loss_count:.4f}")
+            self.bar.set_postfix(loss=f"{loss:.4f}")
         if self.cfg.save_every_steps and self.step % self.cfg.save_every_steps == 0 and self.step < self.total_steps:
             self.save_checkpoint()
 
     def train(self) -> dict:
         """The loop: epochs of the sampler's plan, one optimizer step per ``grad_accumulation_steps`` batches."""
         cfg = self.cfg
-        if self.is_main:
-            self.write_config()
-            if not self.resumed:
-                (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        self.prepare_output()
         self.model.train()
         self.last_logs: dict[str, float] = {}
         from tqdm import tqdm
@@ -473,13 +447,13 @@ class Trainer:
         self.bar.close()
         if self.sampler.state.position > 0 or self._evaluated_epoch != epoch:
             self._end_epoch(epoch, save=False)  # a --max_steps run: evaluate where it stopped
-        if self.cfg.no_eval and self.is_main:  # nothing to compare: the final model is the one to keep
-            save_model(self.model, self.tokenizer, self.tasks, self.out / "best",
-                       {"epoch": epoch, "step": self.step, "score": None, "method": cfg.method})
+        if self.cfg.no_eval:  # nothing to compare: the final model is the one to keep
+            self._save_best({"epoch": epoch, "step": self.step, "score": None, "method": cfg.method})
+        n = max(self.loss_count, 1)
+        loss, reg = distributed.mean_over_ranks((self.loss_sum / n, self.reg_sum / n), self.world_size, self.device)
         record = {"epoch": epoch, "step": self.step, "task": cfg.tasks, "split": "train", "method": cfg.method,
                   "seed": cfg.seed, "train_seconds": round(self.train_seconds, 3), "steps": self.step,
-                  "skipped_steps": self.skipped_steps,
-                  "loss": self.loss_sum / max(self.loss_count, 1), "reg_loss": self.reg_sum / max(self.loss_count, 1)}
+                  "skipped_steps": self.skipped_steps, "loss": loss, "reg_loss": reg}
         self.log_metrics(record)
         logger.info("done: %d steps in %.1f s of training; mean loss %.4f, mean reg loss %.4f", self.step,
                     self.train_seconds, record["loss"], record["reg_loss"])
@@ -502,81 +476,20 @@ class Trainer:
 
     # ---- checkpoints ------------------------------------------------------------------------------------
 
-    def _trainer_state(self) -> dict:
-        """Everything but the weights, as tensors and plain values (loadable with weights_only=True)."""
-        np_state = np.random.get_state()
-        py_state = random.getstate()
-        metrics = self.out / "metrics.jsonl"
-        return {
-            "step": self.step, "best_score": self.best_score, "train_seconds": self.train_seconds,
-            "loss_sum": self.loss_sum, "reg_sum": self.reg_sum, "loss_count": self.loss_count,
-            "skipped_steps": self.skipped_steps, "evaluated_epoch": self._evaluated_epoch,
-            "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0,
-            "sampler": self.sampler.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng_torch": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "rng_numpy": torch.from_numpy(np_state[1].astype(np.int64)),
-            "rng_numpy_meta": [int(np_state[2]), int(np_state[3]), float(np_state[4])],
-            "rng_python": torch.tensor(py_state[1], dtype=torch.int64),
-            "rng_python_gauss": py_state[2],
-            "world_size": self.world_size,
-            "smart_skipped": getattr(self.reg, "skipped", 0),
-        }
-
     def save_checkpoint(self) -> None:
-        """Write ``checkpoint/`` atomically: into a fresh folder, then swap it in by renames."""
-        if self.world_size > 1:
-            torch.distributed.barrier()
-        if not self.is_main:
-            return
-        from safetensors.torch import save_file
+        """``checkpoint/``, written atomically by rank 0 with every rank's RNG state; a failed write (full disk)
+        keeps the previous checkpoint and is a one-line error on every rank."""
+        mine = {"rng": checkpoint.rng_state(), "loss_sum": self.loss_sum, "reg_sum": self.reg_sum,
+                "smart_skipped": getattr(self.reg, "skipped", 0)}
+        ranks = distributed.gather(mine, self.world_size)  # every rank's own RNG, restored to that rank
+        distributed.on_main(lambda: checkpoint.write(self.out, self.model, checkpoint.trainer_state(self, ranks)),
+                           self.rank, self.world_size)
+        if self.is_main:
+            logger.info("checkpoint saved at step %d", self.step)
 
-        final = self.out / "checkpoint"
-        tmp = self.out / f"checkpoint.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()},
-                  str(tmp / "model.safetensors"))
-        torch.save(self._trainer_state(), tmp / "trainer_state.pt")
-        swap_in(tmp, final)
-        logger.info("checkpoint saved at step %d", self.step)
-
-    def find_checkpoint(self) -> Path | None:
-        """The newest complete checkpoint: ``checkpoint/``, or ``checkpoint.old/`` if a kill hit the swap."""
-        for name in ("checkpoint", "checkpoint.old"):
-            d = self.out / name
-            if (d / "model.safetensors").is_file() and (d / "trainer_state.pt").is_file():
-                return d
-        return None
-
-    def load_checkpoint(self, d: Path) -> None:
-        from safetensors.torch import load_file
-
-        self.model.load_state_dict(load_file(str(d / "model.safetensors")))
-        st = torch.load(d / "trainer_state.pt", weights_only=True)
-        if st["world_size"] != self.world_size:
-            raise ConfigError(f"{d}: saved with {st['world_size']} processes, resumed with {self.world_size}")
-        self.optimizer.load_state_dict(st["optimizer"])
-        self.scheduler.load_state_dict(st["scheduler"])
-        self.scaler.load_state_dict(st["scaler"])
-        self.sampler.load_state_dict(st["sampler"])
-        self.step, self.best_score, self.train_seconds = st["step"], st["best_score"], st["train_seconds"]
-        self.loss_sum, self.reg_sum, self.loss_count = st["loss_sum"], st["reg_sum"], st["loss_count"]
-        self.skipped_steps, self._evaluated_epoch = st["skipped_steps"], st["evaluated_epoch"]
-        if hasattr(self.reg, "skipped"):
-            self.reg.skipped = st["smart_skipped"]
-        torch.set_rng_state(st["rng_torch"])
-        if st["rng_cuda"]:
-            torch.cuda.set_rng_state_all(st["rng_cuda"])
-        pos, has_gauss, cached = st["rng_numpy_meta"]
-        np.random.set_state(("MT19937", st["rng_numpy"].numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
-        random.setstate((3, tuple(int(x) for x in st["rng_python"].tolist()), st["rng_python_gauss"]))
-        metrics = self.out / "metrics.jsonl"
-        if self.is_main and metrics.exists():  # drop records written after this checkpoint
-            with open(metrics, "r+b") as f:
-                f.truncate(st["metrics_bytes"])
+    def load_checkpoint(self, loaded: checkpoint.Loaded) -> None:
+        """Restore a checkpoint that ``run_folder.plan_start`` accepted; this rank gets its own RNG state back."""
+        checkpoint.restore(self, loaded)
         self.resumed = True
-        logger.info("resumed from %s at step %d (epoch %d, batch %d)", d, self.step,
+        logger.info("resumed from %s at step %d (epoch %d, batch %d)", loaded.path, self.step,
                     self.sampler.state.epoch, self.sampler.state.position)

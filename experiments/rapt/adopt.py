@@ -11,7 +11,7 @@ from experiments.rapt.grid import NOT_IDENTITY, Run
 from experiments.rapt.results import is_finished
 
 # config.json fields that do not decide what a finished run is (paths, logging, resume plumbing, derived values)
-ADOPT_IGNORED = NOT_IDENTITY | {"output_dir", "resume", "max_bad_steps"}
+ADOPT_IGNORED = NOT_IDENTITY | {"output_dir", "resume", "overwrite", "max_bad_steps"}
 
 
 def _origin(folder: Path) -> str:

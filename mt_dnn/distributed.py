@@ -1,0 +1,60 @@
+"""Process-group helpers: joining torchrun's group, decisions made on rank 0 and shared, means over ranks."""
+from __future__ import annotations
+
+import os
+from typing import Callable, TypeVar
+
+import torch
+
+from data_utils.task_def import ConfigError
+
+T = TypeVar("T")
+
+
+def init_distributed(device: str) -> tuple[int, int, int]:
+    """Join the torchrun process group when WORLD_SIZE > 1: nccl on GPUs, gloo on CPU. Returns (rank, world, local)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and device != "cpu"
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def on_main(fn: Callable[[], T], rank: int, world_size: int) -> T:
+    """Run ``fn`` on rank 0 only and give every rank its result, or its ConfigError to raise: all ranks go on, or
+    all stop with the same one-line error (none is left waiting in a collective)."""
+    result, error = None, None
+    if rank == 0:
+        try:
+            result = fn()
+        except ConfigError as exc:
+            error = str(exc)
+    if world_size > 1:
+        box = [(result, error)]
+        torch.distributed.broadcast_object_list(box, src=0)
+        result, error = box[0]
+    if error is not None:
+        raise ConfigError(error)
+    return result
+
+
+def mean_over_ranks(values, world_size: int, device: torch.device) -> list[float]:
+    """The mean of each value over the ranks (every rank must call it, with the same number of values)."""
+    if world_size == 1:
+        return list(values)
+    t = torch.tensor(list(values), dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return (t / world_size).tolist()
+
+
+def gather(obj, world_size: int) -> list:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    if world_size == 1:
+        return [obj]
+    out: list = [None] * world_size
+    torch.distributed.all_gather_object(out, obj)
+    return out

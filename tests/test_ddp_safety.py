@@ -1,0 +1,147 @@
+"""Two real gloo ranks (torch.multiprocessing spawn) running ``mt_dnn.train.main``: a NaN loss on one rank only,
+and a resume that must continue every rank exactly where it stopped (its own RNG, its own loss sums)."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Stop(Exception):
+    """Raised on every rank right after the checkpoint at ``stop_at``: the run ends there, as if killed."""
+
+
+def _worker(rank: int, world: int, port: int, jobs: list[dict]) -> None:
+    """One rank: join the group (short timeout: a collective mismatch fails the test instead of hanging it), then
+    run the CLI's main once per job, dumping what the tests compare (weights, skipped count, RNG, loss sums)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), MT_DNN_NO_TQDM="1")
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", timeout=timedelta(seconds=40))
+    import mt_dnn.trainer as tr
+    from mt_dnn.cli_utils import run_cli
+    from mt_dnn.train import main
+
+    setup, train, save = tr.Trainer.setup, tr.Trainer.train, tr.Trainer.save_checkpoint
+    job: dict = {}
+
+    def setup_and_record(self):
+        setup(self)
+        torch.save(torch.get_rng_state(), Path(job["dump"]) / f"rng_after_setup{rank}.pt")
+
+    def train_and_dump(self):
+        record = train(self)
+        out = Path(job["dump"])
+        save_file({k: v.detach().contiguous() for k, v in self.model.state_dict().items()},
+                  str(out / f"weights{rank}.safetensors"))
+        (out / f"rank{rank}.json").write_text(json.dumps(
+            {"skipped": self.skipped_steps, "step": self.step, "loss_sum": self.loss_sum,
+             "loss_count": self.loss_count}))
+        return record
+
+    def save_then_stop(self):
+        save(self)
+        if self.step == job.get("stop_at"):
+            torch.save(torch.get_rng_state(), Path(job["dump"]) / f"rng_at_save{rank}.pt")
+            raise _Stop()
+
+    tr.Trainer.setup, tr.Trainer.train, tr.Trainer.save_checkpoint = setup_and_record, train_and_dump, save_then_stop
+    for job in jobs:
+        Path(job["dump"]).mkdir(parents=True, exist_ok=True)
+        os.environ.update(job.get("env", {}))
+        try:
+            rc = str(run_cli(main, job["argv"]))
+        except _Stop:
+            rc = "stopped"
+        for key in job.get("env", {}):
+            del os.environ[key]
+        (Path(job["dump"]) / f"rc{rank}").write_text(rc)
+    dist.destroy_process_group()
+
+
+def _argv(glue, model, out, cache, *extra):
+    return ["--glue_dir", str(glue), "--model", str(model), "--output_dir", str(out), "--cache_dir", str(cache),
+            "--tasks", "rte", "--lr", "1e-3", "--log_every", "1", "--batch_size", "4", *extra]
+
+
+RESUME_FLAGS = ("--max_steps", "5", "--save_every_steps", "2", "--method", "rapt", "--rapt_max_layer", "2")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_model_dir):
+    """Every two-rank training of this file, in one spawn (starting the processes is most of the cost)."""
+    from tests.glue_fixtures import write_glue
+
+    root = tmp_path_factory.mktemp("ddp")
+    glue = write_glue(root / "glue", tasks=("rte",))
+
+    def argv(name, *extra):
+        return _argv(glue, tiny_model_dir, root / name, root / "cache", *extra)
+
+    nan = {"MT_DNN_NAN_AT_STEP": "1", "MT_DNN_NAN_RANK": "1"}
+    jobs = [{"dump": str(root / "d_nan1"), "env": nan, "argv": argv("nan1", "--max_steps", "3", "--no_eval")},
+            {"dump": str(root / "d_nan2"), "env": nan,
+             "argv": argv("nan2", "--max_steps", "3", "--no_eval", "--grad_accumulation_steps", "2")},
+            {"dump": str(root / "d_alone"), "argv": argv("alone", *RESUME_FLAGS)},
+            {"dump": str(root / "d_first"), "argv": argv("killed", *RESUME_FLAGS), "stop_at": 2},
+            {"dump": str(root / "d_resumed"), "argv": argv("killed", *RESUME_FLAGS, "--resume")}]
+    mp.spawn(_worker, args=(2, _free_port(), jobs), nprocs=2, join=True)
+    for job in jobs:
+        rcs = {(Path(job["dump"]) / f"rc{r}").read_text() for r in (0, 1)}
+        assert rcs == {"stopped" if job.get("stop_at") else "0"}, (job["argv"], rcs)
+    return root
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_nan_on_one_rank_is_skipped_on_every_rank(runs, accumulation):
+    dump = runs / f"d_nan{accumulation}"
+    ranks = [json.loads((dump / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [(r["step"], r["skipped"]) for r in ranks] == [(3, 1), (3, 1)]
+    w0, w1 = load_file(str(dump / "weights0.safetensors")), load_file(str(dump / "weights1.safetensors"))
+    assert all(torch.equal(w0[k], w1[k]) and torch.isfinite(w0[k]).all() for k in w0)
+    train = json.loads((runs / f"nan{accumulation}" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert train["steps"] == 3 and train["skipped_steps"] == 1
+
+
+def test_two_rank_resume_is_bit_identical_and_each_rank_gets_its_own_rng(runs):
+    alone, killed = runs / "alone", runs / "killed"
+    # each rank's RNG after the resume is the one that rank had when the checkpoint was written
+    saved = [torch.load(runs / "d_first" / f"rng_at_save{r}.pt") for r in (0, 1)]
+    restored = [torch.load(runs / "d_resumed" / f"rng_after_setup{r}.pt") for r in (0, 1)]
+    assert not torch.equal(saved[0], saved[1])
+    assert torch.equal(restored[0], saved[0]) and torch.equal(restored[1], saved[1])
+
+    # and the resumed run ends exactly where the uninterrupted one does, on both ranks
+    for r in (0, 1):
+        wa = load_file(str(runs / "d_alone" / f"weights{r}.safetensors"))
+        wb = load_file(str(runs / "d_resumed" / f"weights{r}.safetensors"))
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), f"rank {r}"
+    recs_a = [json.loads(x) for x in (alone / "metrics.jsonl").read_text().splitlines()]
+    recs_b = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert len(recs_a) == 3  # dev after steps 3 and 5, the train record
+    assert [{k: v for k, v in r.items() if k != "train_seconds"} for r in recs_a] == \
+        [{k: v for k, v in r.items() if k != "train_seconds"} for r in recs_b]
+
+    # the logged loss is the mean over the ranks, and only rank 0 writes train.log
+    ranks = [json.loads((runs / "d_alone" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["loss_sum"] != ranks[1]["loss_sum"]
+    mean = sum(r["loss_sum"] / r["loss_count"] for r in ranks) / 2
+    assert recs_a[-1]["loss"] == pytest.approx(mean, rel=1e-12)
+    log = (alone / "train.log").read_text()
+    assert log.count("step 3/5 loss") == 1 and log.count("done: 5 steps") == 1
+    assert "resumed from" in (killed / "train.log").read_text()
