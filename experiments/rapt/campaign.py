@@ -43,6 +43,7 @@ from pathlib import Path
 
 from data_utils.task_def import ConfigError
 from experiments.rapt.adopt import adopt_runs
+from experiments.rapt.archive import load_archive, with_archive
 from experiments.rapt.costs import dry_run
 from experiments.rapt.grid import load_grid, plan_grids
 from experiments.rapt.launch import run_campaign
@@ -77,12 +78,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max_runs", type=int, help="run at most this many unfinished runs now (runs that another "
                                                 "campaign process is running are left to it)")
     p.add_argument("--keep_checkpoints", action="store_true", help="keep checkpoint/ of finished runs")
+    p.add_argument("--archive", metavar="FILE",
+                   help="archived best dev results of runs whose folders are gone (JSON; see experiments.rapt.archive)"
+                        ": the report includes them where no run folder covers the cell")
     p.add_argument("--adopt", nargs="+", metavar="RUN_DIR",
                    help="copy these finished runs (same task, seed and flags as a grid cell, e.g. made by "
                         "run_scripts/run_<task>.sh) into the grid's folders, then continue")
     args = p.parse_args(argv)
     setup_logging()
     root = Path(args.root)
+    archived = load_archive(args.archive) if args.archive else []
     if args.jobs < 1:
         raise ConfigError("--jobs must be >= 1")
     if args.max_runs is not None and args.max_runs < 0:
@@ -90,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.grid is None:
         if not args.report:
             raise ConfigError("--grid is required (except with --report)")
-        print(write_report(root, scan_results(root), None, None), end="")
+        print(write_report(root, with_archive(scan_results(root), archived), None, None), end="")
         return 0
     grids = [load_grid(g) for g in args.grid]
     try:
@@ -107,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report:
         failed = run_campaign(runs, root, args.jobs, args.keep_checkpoints, args.max_runs)
     results = [r for r in (load_result(run.folder, run.task, run.name) for run in runs) if r is not None]
+    results = with_archive(results, archived)
     if any(r.finished for r in results):
-        names = list(dict.fromkeys(name for g in grids for name in g.methods))
+        names = list(dict.fromkeys([name for g in grids for name in g.methods] + [a.name for a in archived]))
         best_of = {k: v for g in grids for k, v in g.best_of.items()}
         print(write_report(root, results, names, best_of), end="")
     elif args.report:
