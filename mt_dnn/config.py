@@ -31,7 +31,7 @@ class TrainConfig:
     max_steps: int | None = None
     batch_size: int = 32
     eval_batch_size: int = 128
-    lr: float = 1e-4  # measured best for the packaged MiniLM (README); the paper used 2e-5 for BERT-base
+    lr: float = 1e-4  # measured best for the packaged MiniLM (RESULTS.md §1, §8); the paper used 2e-5 for BERT-base
     weight_decay: float = 0.01
     warmup: float = 0.1
     clip: float = 1.0

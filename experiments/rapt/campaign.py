@@ -1,4 +1,4 @@
-"""A grid of ``mt_dnn.train`` runs that spans sessions, and Table 2 of the paper from its results.
+"""A grid of ``mt_dnn.train`` runs that resumes where it stopped, and Table 2 of the paper from its results.
 
     python -m experiments.rapt.campaign --grid experiments/rapt/grids/pilot.yml --root runs/pilot [--jobs 2]
     python -m experiments.rapt.campaign --grid GRID.yml --root DIR --dry_run [--step_costs costs.json]
@@ -58,7 +58,7 @@ def _csv(value: str | None) -> list[str] | None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.rapt.campaign",
-                                description="Run a grid of mt_dnn.train runs across sessions; report Table 2.")
+                                description="Run a grid of mt_dnn.train runs (a rerun resumes); report Table 2.")
     p.add_argument("--grid", nargs="+", metavar="GRID",
                    help="grid YAML (tasks, methods, seeds, flags); several grids on one root run in turn and share "
                         "one report (a run in two grids runs once); optional with --report")
