@@ -207,6 +207,15 @@ def trainer_state(tr, ranks: list[dict]) -> dict:
     }
 
 
+def load_optimizer(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """``optimizer.load_state_dict(saved)``, keeping this optimizer's kernel choice (``fused``, ``foreach``): a
+    checkpoint written with the fused CUDA kernel resumes on a CPU, and one from a CPU resumes fused on a GPU."""
+    kernel = ("fused", "foreach")
+    groups = [{**g, **{k: mine[k] for k in kernel if k in mine}}
+              for g, mine in zip(saved["param_groups"], optimizer.state_dict()["param_groups"])]
+    optimizer.load_state_dict({**saved, "param_groups": groups})
+
+
 def restore(tr, loaded: Loaded) -> None:
     """Put a checkpoint back into Trainer ``tr`` (built by its setup()); its rank gets its own RNG and loss sums."""
     st = loaded.state
@@ -214,7 +223,7 @@ def restore(tr, loaded: Loaded) -> None:
         tr.model.load_state_dict(loaded.weights)
     except RuntimeError as exc:
         raise ConfigError(f"--resume: {loaded.path}: the weights do not fit this model ({reason(exc)})") from None
-    tr.optimizer.load_state_dict(st["optimizer"])
+    load_optimizer(tr.optimizer, st["optimizer"])
     tr.scheduler.load_state_dict(st["scheduler"])
     tr.scaler.load_state_dict(st["scaler"])
     tr.sampler.load_state_dict(st["sampler"])

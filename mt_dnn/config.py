@@ -1,7 +1,9 @@
 """The typed configuration of a training run (``TrainConfig``), saved as ``config.json`` next to its outputs."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from data_utils.glue import BAD_ROWS
@@ -9,6 +11,8 @@ from data_utils.task_def import ConfigError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "adamax")
+PACKAGED_LR = 1e-4  # measured best for the packaged MiniLM (README)
+PAPER_LR = 2e-5  # the paper's rate for BERT-base: the default for every other encoder
 
 
 @dataclass
@@ -31,7 +35,7 @@ class TrainConfig:
     max_steps: int | None = None
     batch_size: int = 32
     eval_batch_size: int = 128
-    lr: float = 1e-4  # measured best for the packaged MiniLM (RESULTS.md §1, §8); the paper used 2e-5 for BERT-base
+    lr: float | None = None  # None: resolve_lr (1e-4 for the packaged MiniLM, else 2e-5); config.json: the value used
     weight_decay: float = 0.01
     warmup: float = 0.1
     clip: float = 1.0
@@ -49,6 +53,7 @@ class TrainConfig:
     overwrite: bool = False  # replace the run in output_dir (neither flag: a folder holding a run is an error)
     log_every: int = 50
     device: str = "auto"
+    tf32: bool = True  # CUDA only: TF32 matmuls (fp32 range, 10-bit mantissa); --no_tf32 keeps full fp32
     world_size: int = 1
 
     def validate(self) -> None:
@@ -63,7 +68,7 @@ class TrainConfig:
         need(self.eval_batch_size >= 1, "--eval_batch_size must be >= 1")
         need(self.epochs >= 1 or (self.max_steps or 0) > 0, "--epochs must be >= 1 (or give --max_steps)")
         need(self.max_steps is None or self.max_steps >= 1, "--max_steps must be >= 1")
-        need(self.lr > 0, "--lr must be > 0")
+        need(self.lr is None or self.lr > 0, "--lr must be > 0")
         need(0.0 <= self.warmup < 1.0, "--warmup is a fraction of the steps in [0, 1)")
         need(self.grad_accumulation_steps >= 1, "--grad_accumulation_steps must be >= 1")
         need(self.max_seq_len >= 8, "--max_seq_len must be >= 8")
@@ -74,3 +79,50 @@ class TrainConfig:
              "continues the run in --output_dir, --overwrite replaces it)")
         need(self.task_sampling in ("proportional", "uniform", "temperature"),
              f"--task_sampling {self.task_sampling!r}; choose one of proportional, uniform, temperature")
+
+
+# the encoder config keys that tell the packaged MiniLM's architecture from another encoder's
+_ARCH_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+              "vocab_size")
+
+
+def _packaged_config() -> dict | None:
+    from mt_dnn.model import default_model_path
+
+    try:
+        return json.loads((Path(default_model_path()) / "config.json").read_text())
+    except (ConfigError, OSError, ValueError):  # the package is not installed (or unreadable): nothing is it
+        return None
+
+
+def is_packaged_encoder(cfg: TrainConfig) -> bool:
+    """Whether the run trains the packaged all-MiniLM-L6-v2: no --model (or its name or folder), or an
+    --init_checkpoint whose encoder has the packaged one's architecture (it was fine-tuned from it)."""
+    from mt_dnn.model import DEFAULT_MODEL, default_model_path, find_model_dir
+
+    if cfg.init_checkpoint:
+        packaged = _packaged_config()
+        path = find_model_dir(cfg.init_checkpoint) / "encoder" / "config.json"
+        try:
+            mine = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return False  # loading the checkpoint reports it
+        return packaged is not None and all(mine.get(k) == packaged.get(k) for k in _ARCH_KEYS)
+    if cfg.model in (None, "", DEFAULT_MODEL):
+        return True
+    if not Path(cfg.model).exists():
+        return False  # a hub name
+    try:
+        return Path(cfg.model).resolve() == Path(default_model_path()).resolve()
+    except ConfigError:
+        return False
+
+
+def resolve_lr(cfg: TrainConfig) -> tuple[float, str]:
+    """(peak learning rate, where it comes from): --lr when given; else 1e-4 for the packaged MiniLM (the
+    measured best) and 2e-5 (the paper's, for BERT-base) for every other encoder."""
+    if cfg.lr is not None:
+        return cfg.lr, "--lr"
+    if is_packaged_encoder(cfg):
+        return PACKAGED_LR, "the default for the packaged MiniLM"
+    return PAPER_LR, "the default for encoders other than the packaged MiniLM"

@@ -43,10 +43,14 @@ def on_main(fn: Callable[[], T], rank: int, world_size: int) -> T:
 
 
 def mean_over_ranks(values, world_size: int, device: torch.device) -> list[float]:
-    """The mean of each value over the ranks (every rank must call it, with the same number of values)."""
+    """The mean of each value (floats, or a 1-dim tensor) over the ranks, as floats (every rank must call it, with
+    the same number of values)."""
     if world_size == 1:
-        return list(values)
-    t = torch.tensor(list(values), dtype=torch.float64, device=device)
+        return values.detach().cpu().double().tolist() if torch.is_tensor(values) else [float(v) for v in values]
+    if torch.is_tensor(values):
+        t = values.detach().to(device=device, dtype=torch.float64, copy=True)
+    else:
+        t = torch.tensor(list(values), dtype=torch.float64, device=device)
     torch.distributed.all_reduce(t)
     return (t / world_size).tolist()
 

@@ -1,8 +1,10 @@
 """Training regularizers behind one registry: standard, smart, rapt, r3f.
 
 Each method is one class with one call, ``reg(model, batch, clean_logits) -> (loss, logs)``: ``loss`` is the
-un-weighted regularizer term (a 0-dim fp32 tensor), ``logs`` a dict of floats. The trainer computes
-``task_loss + reg.alpha * loss`` (alpha is applied there, once) and never looks at a method's name.
+un-weighted regularizer term (a 0-dim fp32 tensor), ``logs`` a dict of floats or detached 0-dim tensors (a
+method never reads a device value on the host in its call: that would stall a GPU every step; the trainer reads
+the logs when it logs them). The trainer computes ``task_loss + reg.alpha * loss`` (alpha is applied there, once)
+and never looks at a method's name.
 Before each micro-batch the trainer sets ``reg.step`` (optimizer step) and ``reg.micro`` (micro-batch index within
 the step); a method that needs something from the clean forward pass returns a context manager from
 ``clean_pass(model, batch)`` (RAPT's shared-lower-layers path does).
@@ -181,13 +183,13 @@ class Rapt(Regularizer):
 
     def __call__(self, model, batch, clean_logits):
         layer = self.layer_for_step(self.step, self.micro)
-        seen: dict[str, float] = {}
+        seen: dict[str, torch.Tensor] = {}
         capture, self._capture = getattr(self, "_capture", None), None
 
         def add_noise(h: torch.Tensor) -> torch.Tensor:
             delta = self.noise(h, batch["attention_mask"])
-            seen["ratio"] = float(delta.detach().float().norm() /
-                                  (h.detach().float() * _pad_mask(batch, h.float())).norm().clamp_min(1e-12))
+            with torch.no_grad():  # ||delta|| / ||h|| over real tokens, a 0-dim tensor (read when logged)
+                seen["ratio"] = delta.float().norm() / (h.float() * _pad_mask(batch, h.float())).norm().clamp_min(1e-12)
             return h + delta
 
         if capture is not None:  # shared lower layers: reuse the clean pass up to r
@@ -211,7 +213,7 @@ class Smart(Regularizer):
     ``ball`` (SMART paper): delta <- clip(delta + step_size * normalise(g), -radius, radius); g is normalised, so
     the objective's scale does not matter.
     Then loss = sym_kl(clean, noisy(delta)) (MSE for regression), averaged over rows. A non-finite gradient norm
-    skips the term for that step (counted).
+    skips the term for that step (counted on the device; ``skipped`` reads the count).
     """
 
     name = "smart"
@@ -234,7 +236,17 @@ class Smart(Regularizer):
 
     def __init__(self, options, seed=0):
         super().__init__(options, seed)
-        self.skipped = 0
+        self._skipped_before = 0  # skips counted up to the last ``skipped = n`` (a checkpoint's count)
+        self._skipped_since: torch.Tensor | None = None  # skips since then, counted on the device
+
+    @property
+    def skipped(self) -> int:
+        """Steps whose adversarial term was skipped (non-finite gradient norm). Reading it waits for the device."""
+        return self._skipped_before + (int(self._skipped_since) if self._skipped_since is not None else 0)
+
+    @skipped.setter
+    def skipped(self, value: int) -> None:
+        self._skipped_before, self._skipped_since = int(value), None
 
     def check(self, model):
         if self.options.k < 1:
@@ -265,7 +277,11 @@ class Smart(Regularizer):
         def add_delta(h: torch.Tensor) -> torch.Tensor:
             return h + delta.to(h.dtype)
 
-        share = 0.0
+        # A non-finite gradient norm skips the term, decided on the device (no host read in the step): delta is
+        # zeroed so that the last pass stays finite, and its loss is replaced by 0, which sends exactly zero
+        # gradient back through it.
+        finite = torch.ones((), dtype=torch.bool, device=ids.device)
+        share = _zero(ids.device)
         for _ in range(o.k):
             delta.requires_grad_(True)
             with model.perturb(0, add_delta):
@@ -273,18 +289,17 @@ class Smart(Regularizer):
             inner = losses.adversarial_objective(kind, clean_logits, noisy)
             (grad,) = torch.autograd.grad(inner, delta)
             delta = delta.detach()
-            if not torch.isfinite(grad.norm()):
-                self.skipped += 1
-                logger.warning("smart: non-finite gradient norm at step %d; adversarial term skipped", self.step)
-                return _zero(clean_logits.device), {"smart_skipped": 1.0, "smart_skipped_total": float(self.skipped)}
+            finite = finite & torch.isfinite(grad.norm())
             step = o.step_size * grad
-            share = float(step.norm() / (delta + step).norm().clamp_min(1e-30))
-            delta = self.ascend(delta, grad) * mask
+            share = torch.where(finite, step.norm() / (delta + step).norm().clamp_min(1e-30), 0.0)
+            delta = torch.where(finite, self.ascend(delta, grad) * mask, 0.0)
         with model.perturb(0, add_delta):
             noisy = model(batch)
-        loss = losses.divergence(kind, clean_logits, noisy)
-        return loss, {"smart_delta_inf": float(delta.abs().max()), "smart_grad_share": share,
-                      "smart_skipped": 0.0, "smart_skipped_total": float(self.skipped)}
+        loss = torch.where(finite, losses.divergence(kind, clean_logits, noisy), 0.0)
+        skipped = (~finite).to(torch.int64)
+        self._skipped_since = skipped if self._skipped_since is None else self._skipped_since + skipped
+        return loss, {"smart_delta_inf": delta.abs().max(), "smart_grad_share": share, "smart_skipped": skipped.float(),
+                      "smart_skipped_total": self._skipped_since + self._skipped_before}
 
 
 @register

@@ -22,9 +22,10 @@ RUN_FILES = ("config.json", "metrics.jsonl", "best", "best.old", "checkpoint", "
 TEMP_PATTERNS = ("checkpoint.tmp*", "best.tmp*")  # half-written folders of a killed process
 # TrainConfig fields that cannot change what a run computes: where things are, how often it logs or saves,
 # when it gives up, and how it was started. Every other field is part of the recipe. (task_def is replaced by
-# the contents of the selected tasks' definitions; the device is the user's to change.)
+# the contents of the selected tasks' definitions; the device is the user's to change, and so is tf32, which
+# only matters on CUDA: like moving a run to another device, it changes the last digits, not the recipe.)
 NOT_RESULT = frozenset({"glue_dir", "output_dir", "cache_dir", "task_def", "eval_batch_size", "log_every", "device",
-                        "save_every_steps", "max_bad_steps", "resume", "overwrite"})
+                        "tf32", "save_every_steps", "max_bad_steps", "resume", "overwrite"})
 # how a config.json without a "recipe" block (written by older versions) can still be compared
 LEGACY_SKIP = frozenset({"tasks", "model", "init_checkpoint"})
 

@@ -2,7 +2,8 @@
 
 The step: forward (clean pass, regularizer) under autocast -> loss / accumulation -> backward -> (after the
 last micro-step) unscale, clip, optimizer step, scheduler step, zero_grad(set_to_none=True). A step with a
-non-finite loss on any rank, or one GradScaler skips, is skipped on every rank and does not count.
+non-finite loss on any rank, or one GradScaler skips, is skipped on every rank and does not count. Losses and
+logs stay on the device; a step reads one flag on the host (whether to skip), the rest is read when logged.
 
 The output folder is checked (``run_folder``) before anything is loaded, and written only from
 ``prepare_output()`` on; checkpoints are read and written by ``checkpoint``.
@@ -24,17 +25,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from data_utils.batching import MultiTaskSampler, collate, eval_batches
+from data_utils.batching import MultiTaskSampler, collate
 from data_utils.encoder_limits import check_encoder_fits
 from data_utils.features import Features, load_features, save_pending, tokenizer_fingerprint
 from data_utils.metrics import compute_metrics
 from data_utils.task_def import ConfigError, TaskDef, load_task_defs, select_tasks
-from mt_dnn import checkpoint, distributed, losses, run_folder
-from mt_dnn.config import OPTIMIZERS, PRECISIONS, TrainConfig  # noqa: F401 (re-exported)
+from mt_dnn import checkpoint, distributed, run_folder, runtime
+from mt_dnn.config import OPTIMIZERS, PRECISIONS, TrainConfig, resolve_lr  # noqa: F401 (re-exported)
 from mt_dnn.distributed import init_distributed
 from mt_dnn.model import (MultiTaskModel, checkpoint_pooling, find_model_dir, load_encoder, load_model, resolve_model,
                           save_model)
-from mt_dnn.perturbation import Regularizer, build_regularizer
+from mt_dnn.perturbation import build_regularizer
+from mt_dnn.runtime import autocast, pick_device, to_device  # noqa: F401 (re-exported)
+from mt_dnn.step import TrainStep, predict  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -42,73 +45,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, precision: str):
-    """torch.amp autocast for bf16/fp16; a no-op context for fp32."""
-    if precision == "fp32":
-        return torch.autocast(device_type=device.type, enabled=False)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-class TrainStep(nn.Module):
-    """The whole regularized step as one module call (one forward per backward under DDP).
-
-    forward(batch) -> (loss, task_loss, reg_loss, logs): loss = task_loss + alpha * reg_loss.
-    """
-
-    def __init__(self, model: MultiTaskModel, reg: Regularizer):
-        super().__init__()
-        self.model = model
-        self.reg = reg
-
-    def forward(self, batch: dict):
-        task = self.model.task_defs[batch["task"]]
-        with self.reg.clean_pass(self.model, batch):
-            logits = self.model(batch)
-        task_loss = losses.task_loss(task, logits, batch["labels"])
-        reg_loss, logs = self.reg(self.model, batch, logits)
-        return task_loss + self.reg.alpha * reg_loss, task_loss.detach(), reg_loss.detach(), logs
-
-
-@torch.no_grad()
-def predict(model: MultiTaskModel, features: Features, batch_size: int, device: torch.device, pad_id: int,
-            precision: str = "fp32", rank: int = 0, world_size: int = 1) -> np.ndarray:
-    """Predictions for every row of ``features`` in file order: class ids (N,) or scores (N,).
-
-    Rows are batched by length (little padding); no gradients; the model is put in eval mode. Under DDP each
-    rank predicts rows rank::world_size and the shards are gathered, so every row is predicted exactly once.
-    """
-    was_training = model.training
-    model.eval()
-    task = model.task_defs[features.task]
-    regression = task.type == "regression"
-    out = np.zeros(len(features), dtype=np.float64 if regression else np.int64)
-    mine: list[int] = []
-    for rows in eval_batches(features, batch_size, rank, world_size):
-        batch = to_device(collate(features, rows, pad_id, regression), device)
-        with autocast(device, precision):
-            logits = model(batch).float()
-        out[rows] = (logits.squeeze(-1) if regression else logits.argmax(-1)).cpu().numpy()
-        mine.extend(rows)
-    if world_size > 1:
-        shards: list = [None] * world_size
-        torch.distributed.all_gather_object(shards, (mine, out[mine].tolist()))
-        for rows, values in shards:
-            out[rows] = values
-    model.train(was_training)
-    return out
 
 
 class Trainer:
@@ -138,9 +74,27 @@ class Trainer:
         self.skipped_steps = 0
         self.best_score = -math.inf
         self.train_seconds = 0.0
-        self.loss_sum = 0.0
-        self.reg_sum = 0.0
+        # running sums of the task and regularizer losses over the counted steps, kept on the device so that a
+        # step never waits for it; read (loss_sum, reg_sum) only when logging, saving or at the end
+        self._sums = torch.zeros(2, dtype=torch.float32 if self.device.type == "mps" else torch.float64,
+                                 device=self.device)
         self.loss_count = 0
+
+    @property
+    def loss_sum(self) -> float:
+        return float(self._sums[0])
+
+    @loss_sum.setter
+    def loss_sum(self, value: float) -> None:
+        self._sums[0] = value
+
+    @property
+    def reg_sum(self) -> float:
+        return float(self._sums[1])
+
+    @reg_sum.setter
+    def reg_sum(self, value: float) -> None:
+        self._sums[1] = value
 
     # ---- setup ------------------------------------------------------------------------------------------
 
@@ -153,6 +107,13 @@ class Trainer:
             if not t.splits_of("train"):
                 raise ConfigError(f"task {t.name} has no train split (it is predicted by the {t.head_name} head)")
         self.reg = build_regularizer(cfg.method, cfg.method_options, cfg.seed)
+        given_lr = cfg.lr
+        cfg.lr, why = resolve_lr(cfg)  # before the recipe: config.json and --resume see the value used
+        if given_lr is None and self.is_main:
+            logger.info("lr %g (%s; pass --lr to choose)", cfg.lr, why)
+        tf32 = runtime.set_tf32(self.device, cfg.tf32)
+        if tf32 and self.is_main:
+            logger.info("%s: %s", self.device, tf32)
         # the folder is locked and checked before the model and data load; nothing is written there yet
         self.recipe = run_folder.recipe(cfg, self.tasks, dataclasses.asdict(self.reg.options), resolve_model(cfg.model))
         self.start = distributed.on_main(self._check_output_dir, self.rank, self.world_size)
@@ -175,10 +136,7 @@ class Trainer:
         self.step_module = TrainStep(self.model, self.reg)
         self.wrapped: nn.Module = self.step_module
         if self.world_size > 1:  # the whole regularized step is one forward of the wrapped module
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            self.wrapped = DDP(self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                               find_unused_parameters=True)
+            self.wrapped = runtime.wrap_ddp(self.step_module, self.device, len(self.model.heads))
         self.sampler = MultiTaskSampler({t: len(f) for t, f in self.train_data.items()}, cfg.batch_size, cfg.seed,
                                         cfg.task_sampling, cfg.sampling_temperature, self.rank, self.world_size)
         micro_per_epoch = self.sampler.steps_per_epoch()
@@ -242,9 +200,7 @@ class Trainer:
                 continue
             (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
         groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        if self.cfg.optimizer == "adamax":
-            return torch.optim.Adamax(groups, lr=self.cfg.lr)
-        return torch.optim.AdamW(groups, lr=self.cfg.lr)
+        return runtime.build_optimizer(self.cfg.optimizer, groups, self.cfg.lr)
 
     # ---- outputs ----------------------------------------------------------------------------------------
 
@@ -327,13 +283,15 @@ class Trainer:
         """One optimizer step over ``micro`` (the accumulation micro-batches). False if skipped (non-finite).
 
         Every rank runs every forward and backward, even after a non-finite loss, so that DDP's gradient
-        all-reduces line up on all ranks; whether to skip is then agreed by one all-reduce of a finite flag.
+        all-reduces line up on all ranks; whether to skip is then agreed by one all-reduce of a finite flag. That
+        flag (losses, and the gradient norm where no GradScaler is used) is the step's one read on the host: the
+        losses and the regularizer's logs stay on the device until they are logged.
         """
         cfg = self.cfg
         n = len(micro)
-        finite = True
-        tl_sum = rl_sum = 0.0
-        logs_last: dict[str, float] = {}
+        finite: list[torch.Tensor] = []
+        sums = torch.zeros_like(self._sums)  # (task loss, reg loss) summed over the micro-batches
+        logs_last: dict = {}
         for k, (task, rows) in enumerate(micro):
             feats = self.train_data[task]
             batch = to_device(collate(feats, rows, self.pad_id, self.model.task_defs[task].type == "regression"),
@@ -345,35 +303,33 @@ class Trainer:
                 with autocast(self.device, cfg.precision):
                     loss, tl, rl, logs = self.wrapped(batch)
                 loss = self.fault(loss, self.step)
-                finite = finite and bool(torch.isfinite(loss))
+                finite.append(torch.isfinite(loss))
                 self.scaler.scale(loss / n).backward()  # NaN gradients of a skipped step are dropped below
-            tl_sum += float(tl)
-            rl_sum += float(rl)
+            sums += torch.stack([tl.to(sums.dtype), rl.to(sums.dtype)])
             logs_last = logs
-        if self.world_size > 1:  # every rank must agree to skip, or the ranks' weights would drift apart
-            flag = torch.tensor([1.0 if finite else 0.0], device=self.device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-            finite = bool(flag.item())
+        scaled = self.scaler.is_enabled()  # fp16: the GradScaler unscales, and skips steps with inf/NaN gradients
+        if not scaled:
+            finite.append(torch.isfinite(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)))
+        ok = runtime.all_finite(finite, self.device, self.world_size)
         self._skip_why = "non-finite loss or gradient"
-        if finite:
+        if ok and scaled:
             self.scaler.unscale_(self.optimizer)
-            gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
-            finite = bool(torch.isfinite(gnorm)) or cfg.precision == "fp16"  # fp16: GradScaler skips and rescales
-        if finite:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
             scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            if self.scaler.is_enabled() and self.scaler.get_scale() < scale:  # it found inf/NaN and skipped
-                finite = False
+            if self.scaler.get_scale() < scale:  # it found inf/NaN and skipped
+                ok = False
                 self._skip_why = f"fp16 gradient overflow (GradScaler lowered its scale to {self.scaler.get_scale():g})"
-        if finite:
+        elif ok:
+            self.optimizer.step()
+        if ok:
             self.scheduler.step()
-            self.loss_sum += tl_sum / n
-            self.reg_sum += rl_sum / n
+            self._sums += sums / n
             self.loss_count += 1
             self.last_logs = logs_last
         self.optimizer.zero_grad(set_to_none=True)
-        return finite
+        return ok
 
     def fault(self, loss: torch.Tensor, step: int) -> torch.Tensor:
         """Test hooks: ``MT_DNN_NAN_AT_STEP=k[,j]`` makes the first attempt at step k a NaN loss;
@@ -408,9 +364,8 @@ class Trainer:
         if os.environ.get("MT_DNN_STEP_DELAY"):  # test hook: slow a run down so a test can kill it mid-way
             time.sleep(float(os.environ["MT_DNN_STEP_DELAY"]))
         if self.step % self.cfg.log_every == 0 and self.loss_count:  # the same steps on every rank
-            loss, reg = distributed.mean_over_ranks((self.loss_sum / self.loss_count, self.reg_sum / self.loss_count),
-                                                     self.world_size, self.device)
-            extra = " ".join(f"{k} {v:.4g}" for k, v in self.last_logs.items())
+            loss, reg = distributed.mean_over_ranks(self._sums / self.loss_count, self.world_size, self.device)
+            extra = " ".join(f"{k} {v:.4g}" for k, v in runtime.host_floats(self.last_logs).items())
             logger.info("step %d/%d loss %.4f reg %.4f lr %.2e %s", self.step, self.total_steps, loss, reg,
                         self.scheduler.get_last_lr()[0], extra)
             self.bar.set_postfix(loss=f"{loss:.4f}")
@@ -449,8 +404,11 @@ class Trainer:
             self._end_epoch(epoch, save=False)  # a --max_steps run: evaluate where it stopped
         if self.cfg.no_eval:  # nothing to compare: the final model is the one to keep
             self._save_best({"epoch": epoch, "step": self.step, "score": None, "method": cfg.method})
-        n = max(self.loss_count, 1)
-        loss, reg = distributed.mean_over_ranks((self.loss_sum / n, self.reg_sum / n), self.world_size, self.device)
+        loss, reg = distributed.mean_over_ranks(self._sums / max(self.loss_count, 1), self.world_size, self.device)
+        skipped = getattr(self.reg, "skipped", 0)
+        if skipped and self.is_main:
+            logger.warning("%s: the regularizer's term was skipped on %d step(s) (non-finite gradient norm)",
+                           cfg.method, skipped)
         record = {"epoch": epoch, "step": self.step, "task": cfg.tasks, "split": "train", "method": cfg.method,
                   "seed": cfg.seed, "train_seconds": round(self.train_seconds, 3), "steps": self.step,
                   "skipped_steps": self.skipped_steps, "loss": loss, "reg_loss": reg}

@@ -1,5 +1,6 @@
 """Two real gloo ranks (torch.multiprocessing spawn) running ``mt_dnn.train.main``: a NaN loss on one rank only,
-and a resume that must continue every rank exactly where it stopped (its own RNG, its own loss sums)."""
+a resume that must continue every rank exactly where it stopped (its own RNG, its own loss sums), and DDP's search
+for unused parameters, on only where a step leaves some unused (several heads)."""
 from __future__ import annotations
 
 import json
@@ -29,6 +30,9 @@ def _worker(rank: int, world: int, port: int, jobs: list[dict]) -> None:
     run the CLI's main once per job, dumping what the tests compare (weights, skipped count, RNG, loss sums)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), MT_DNN_NO_TQDM="1")
+    # this rank's stderr (Python's and torch's C++ warnings, which DDP's reducer writes there) goes to a file
+    err = open(Path(jobs[0]["dump"]).parent / f"stderr{rank}.txt", "w")
+    os.dup2(err.fileno(), 2)
     torch.set_num_threads(1)
     import torch.distributed as dist
 
@@ -51,7 +55,7 @@ def _worker(rank: int, world: int, port: int, jobs: list[dict]) -> None:
                   str(out / f"weights{rank}.safetensors"))
         (out / f"rank{rank}.json").write_text(json.dumps(
             {"skipped": self.skipped_steps, "step": self.step, "loss_sum": self.loss_sum,
-             "loss_count": self.loss_count}))
+             "loss_count": self.loss_count, "find_unused": getattr(self.wrapped, "find_unused_parameters", None)}))
         return record
 
     def save_then_stop(self):
@@ -88,13 +92,19 @@ def runs(tmp_path_factory, tiny_model_dir):
     from tests.glue_fixtures import write_glue
 
     root = tmp_path_factory.mktemp("ddp")
-    glue = write_glue(root / "glue", tasks=("rte",))
+    glue = write_glue(root / "glue", tasks=("rte", "mrpc"))
 
     def argv(name, *extra):
         return _argv(glue, tiny_model_dir, root / name, root / "cache", *extra)
 
     nan = {"MT_DNN_NAN_AT_STEP": "1", "MT_DNN_NAN_RANK": "1"}
-    jobs = [{"dump": str(root / "d_nan1"), "env": nan, "argv": argv("nan1", "--max_steps", "3", "--no_eval")},
+    # the single-head run goes first (DDP warns about a needless search for unused parameters once per process)
+    jobs = [{"dump": str(root / "d_one_head"), "argv": argv("one_head", "--max_steps", "2", "--no_eval",
+                                                            "--method", "smart")},
+            {"dump": str(root / "d_two_heads"),
+             "argv": [*argv("two_heads", "--max_steps", "3", "--no_eval", "--method", "rapt", "--rapt_max_layer", "2",
+                            "--rapt_share_lower_layers"), "--tasks", "rte,mrpc"]},
+            {"dump": str(root / "d_nan1"), "env": nan, "argv": argv("nan1", "--max_steps", "3", "--no_eval")},
             {"dump": str(root / "d_nan2"), "env": nan,
              "argv": argv("nan2", "--max_steps", "3", "--no_eval", "--grad_accumulation_steps", "2")},
             {"dump": str(root / "d_alone"), "argv": argv("alone", *RESUME_FLAGS)},
@@ -103,7 +113,7 @@ def runs(tmp_path_factory, tiny_model_dir):
     mp.spawn(_worker, args=(2, _free_port(), jobs), nprocs=2, join=True)
     for job in jobs:
         rcs = {(Path(job["dump"]) / f"rc{r}").read_text() for r in (0, 1)}
-        assert rcs == {"stopped" if job.get("stop_at") else "0"}, (job["argv"], rcs)
+        assert rcs == {"stopped" if job.get("stop_at") else "0"}, (job["argv"], rcs, (root / "stderr0.txt").read_text())
     return root
 
 
@@ -145,3 +155,14 @@ def test_two_rank_resume_is_bit_identical_and_each_rank_gets_its_own_rng(runs):
     log = (alone / "train.log").read_text()
     assert log.count("step 3/5 loss") == 1 and log.count("done: 5 steps") == 1
     assert "resumed from" in (killed / "train.log").read_text()
+
+
+def test_ddp_searches_for_unused_parameters_only_with_several_heads(runs):
+    one = [json.loads((runs / "d_one_head" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [(r["find_unused"], r["step"]) for r in one] == [(False, 2), (False, 2)]  # every parameter is used
+    for r in (0, 1):  # nor any of the other single-head runs: DDP never warned of a needless search
+        assert "find_unused_parameters=True was specified" not in (runs / f"stderr{r}.txt").read_text()
+    # two tasks: a step trains one task's head, the other's parameters get no gradient
+    two = [json.loads((runs / "d_two_heads" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [(r["find_unused"], r["step"]) for r in two] == [(True, 3), (True, 3)]
+    assert json.loads((runs / "two_heads" / "config.json").read_text())["tasks"] == "rte,mrpc"

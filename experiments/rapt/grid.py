@@ -20,7 +20,7 @@ GRID_KEYS = {"tasks", "seeds", "flags", "task_flags", "methods", "best_of", "mod
 # set by the campaign itself, never by a grid
 RESERVED = {"tasks", "seed", "output_dir", "resume", "config"}
 # flags that cannot change a run's result: left out of the folder hash
-NOT_IDENTITY = {"glue_dir", "cache_dir", "save_every_steps", "log_every", "device", "eval_batch_size"}
+NOT_IDENTITY = {"glue_dir", "cache_dir", "save_every_steps", "log_every", "device", "tf32", "eval_batch_size"}
 NAME_RE = re.compile(r"^[A-Za-z0-9_.=+-]+$")
 
 
@@ -137,8 +137,9 @@ def load_grid(path: str | Path) -> Grid:
 def flag_argv(flags: dict[str, Any], parser: argparse.ArgumentParser | None = None) -> list[str]:
     """``{"lr": 3e-5, "rapt_share_lower_layers": True}`` -> ``["--lr", "3e-05", "--rapt_share_lower_layers"]``.
 
-    ``None`` and ``False`` are left out (every boolean flag of mt_dnn.train is off by default), except that a
-    ``--no-<flag>`` the parser knows is written for ``False``; a list repeats the flag (``task_def``).
+    ``None`` and ``False`` are left out (boolean flags of mt_dnn.train are off by default), except that a
+    ``--no-<flag>`` or ``--no_<flag>`` the parser knows is written for ``False`` (``tf32: false`` ->
+    ``--no_tf32``); a list repeats the flag (``task_def``).
     """
     known = {s for a in parser._actions for s in a.option_strings} if parser is not None else set()
     out: list[str] = []
@@ -146,8 +147,8 @@ def flag_argv(flags: dict[str, Any], parser: argparse.ArgumentParser | None = No
         if value is None:
             continue
         if value is False:
-            if f"--no-{key}" in known:
-                out.append(f"--no-{key}")
+            negative = [f for f in (f"--no-{key}", f"--no_{key}") if f in known]
+            out += negative[:1]
         elif value is True:
             out.append(f"--{key}")
         elif isinstance(value, (list, tuple)):

@@ -1,11 +1,16 @@
 """Step-time benchmark: standard, SMART, both RAPT paths and R3F on the same real batches of a task, interleaved.
 
     python -m experiments.rapt.speed --glue_dir $GLUE_DIR --task rte --steps 24   # -> results/speed_rte.json
+    python -m experiments.rapt.speed --device cuda --precision bf16 --model bert-base-uncased --steps 50
 
 Each method has its own copy of the model and optimizer, so all start from the same weights; at step i every
 method trains on batch i, in a rotating order, so machine noise hits them alike. A step is the full
-training step (forward passes, backward, clip, optimizer, scheduler). Reports each method's median step time
-and the ratios RAPT/SMART and RAPT/standard. RAPT's layer r varies with the step (uniform over 1..3), so use >= 20 steps.
+training step (batch to the device, forward passes under autocast, backward, clip, optimizer), as the trainer runs
+it (on CUDA: TF32 matmuls unless --no_tf32, fused AdamW; fp16 with a GradScaler); --warmup untimed steps come
+first. On CUDA each timed step is bracketed by torch.cuda.synchronize(), so it measures the GPU's work, not the
+launch queue. Reports each method's median step time and the ratios RAPT/SMART and RAPT/standard, with the
+device's name, the precision and the torch version. RAPT's layer r varies with the step (uniform over 1..3), so
+use >= 20 steps.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import argparse
 import copy
 import json
 import logging
+import platform
 import statistics
 import sys
 import time
@@ -25,7 +31,9 @@ from data_utils.features import load_features
 from data_utils.task_def import load_task_defs
 from mt_dnn.cli_utils import run_cli, setup_logging
 from mt_dnn.model import MultiTaskModel, checkpoint_pooling, load_encoder, resolve_model
+from mt_dnn.config import PRECISIONS
 from mt_dnn.perturbation import build_regularizer
+from mt_dnn.runtime import autocast, build_optimizer, pick_device, set_tf32, to_device
 from mt_dnn.trainer import TrainStep, seed_everything
 
 logger = logging.getLogger(__name__)
@@ -39,6 +47,19 @@ METHODS = {
 }
 
 
+def device_name(device: torch.device) -> str:
+    """The GPU's name on CUDA; else the processor's (``platform.processor()``, which may be empty) or "cpu"."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for the GPU's queued work (CUDA kernels run asynchronously); nothing to wait for on a CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.rapt.speed", description=__doc__.splitlines()[0])
     p.add_argument("--glue_dir", default="../shared/glue_data")
@@ -50,17 +71,22 @@ def main(argv=None) -> int:
     p.add_argument("--max_seq_len", type=int, default=128)
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="fp32, or bf16/fp16 autocast")
+    p.add_argument("--no_tf32", action="store_true", help="on CUDA, full fp32 matmuls instead of TF32")
     p.add_argument("--cache_dir", default=".cache/features")
     p.add_argument("--out", default=None, help="default: experiments/rapt/results/speed_<task>.json")
     args = p.parse_args(argv)
     setup_logging()
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    set_tf32(device, not args.no_tf32)
     seed_everything(1)
     task = load_task_defs()[args.task]
     path = resolve_model(args.model)
     encoder, tokenizer = load_encoder(path)
-    base = MultiTaskModel(encoder, [task], checkpoint_pooling(path))
+    base = MultiTaskModel(encoder, [task], checkpoint_pooling(path)).to(device)
     feats = load_features(args.glue_dir, task, task.splits_of("train")[0], tokenizer, args.max_seq_len, args.cache_dir)
     sampler = MultiTaskSampler({task.name: len(feats)}, args.batch_size, seed=1)
     plan = sampler.epoch_plan(0)
@@ -74,19 +100,26 @@ def main(argv=None) -> int:
         model = copy.deepcopy(base).train()
         reg = build_regularizer(method, opts, seed=1)
         reg.check(model)
-        opt = torch.optim.AdamW(model.parameters(), lr=2e-5)
-        runs[name] = {"step": TrainStep(model, reg), "model": model, "opt": opt, "reg": reg, "times": []}
+        opt = build_optimizer("adamw", [{"params": list(model.parameters())}], lr=2e-5)
+        scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+        runs[name] = {"step": TrainStep(model, reg), "model": model, "opt": opt, "reg": reg, "scaler": scaler,
+                      "times": []}
     for i, batch in enumerate(batches):
         order = names[i % len(names):] + names[: i % len(names)]
         for name in order:
             r = runs[name]
             r["reg"].step = i
+            _sync(device)
             t0 = time.perf_counter()
-            loss, _, _, _ = r["step"](batch)
-            loss.backward()
+            with autocast(device, args.precision):
+                loss, _, _, _ = r["step"](to_device(batch, device))
+            r["scaler"].scale(loss).backward()  # the scaler is a pass-through unless --precision fp16
+            r["scaler"].unscale_(r["opt"])
             torch.nn.utils.clip_grad_norm_(r["model"].parameters(), 1.0)
-            r["opt"].step()
+            r["scaler"].step(r["opt"])
+            r["scaler"].update()
             r["opt"].zero_grad(set_to_none=True)
+            _sync(device)
             dt = time.perf_counter() - t0
             if i >= args.warmup:
                 r["times"].append(dt)
@@ -94,8 +127,10 @@ def main(argv=None) -> int:
                     "  ".join(f"{n} {runs[n]['times'][-1]:.2f}s" for n in names if runs[n]["times"]))
     med = {n: statistics.median(runs[n]["times"]) for n in names}
     result = {
-        "task": args.task, "model": path, "steps": args.steps, "batch_size": args.batch_size,
+        "task": args.task, "model": path, "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size,
         "max_seq_len": args.max_seq_len, "threads": torch.get_num_threads(),
+        "device": str(device), "device_name": device_name(device), "precision": args.precision,
+        "tf32": device.type == "cuda" and not args.no_tf32, "torch": torch.__version__,
         "mean_tokens_per_batch": sum(int(b["attention_mask"].sum()) for b in batches) / len(batches),
         "median_seconds": med,
         "mean_seconds": {n: statistics.mean(runs[n]["times"]) for n in names},
@@ -108,7 +143,8 @@ def main(argv=None) -> int:
     out = Path(args.out or f"experiments/rapt/results/speed_{args.task}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(f"median step time over {args.steps} interleaved steps ({args.task}, batch {args.batch_size}):")
+    print(f"median step time over {args.steps} interleaved steps ({args.task}, batch {args.batch_size}, "
+          f"{result['device_name']}, {args.precision}):")
     for n in names:
         print(f"  {n:12s} {med[n]:.3f} s")
     for k, v in result["ratios"].items():

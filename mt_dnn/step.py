@@ -1,0 +1,63 @@
+"""The forward pieces the trainer runs: the whole regularized step as one module, and batched prediction."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from data_utils.batching import collate, eval_batches
+from data_utils.features import Features
+from mt_dnn import losses
+from mt_dnn.model import MultiTaskModel
+from mt_dnn.perturbation import Regularizer
+from mt_dnn.runtime import autocast, to_device
+
+
+class TrainStep(nn.Module):
+    """The whole regularized step as one module call (one forward per backward under DDP).
+
+    forward(batch) -> (loss, task_loss, reg_loss, logs): loss = task_loss + alpha * reg_loss; the last three
+    detached, and ``logs`` the regularizer's (floats or 0-dim tensors).
+    """
+
+    def __init__(self, model: MultiTaskModel, reg: Regularizer):
+        super().__init__()
+        self.model = model
+        self.reg = reg
+
+    def forward(self, batch: dict):
+        task = self.model.task_defs[batch["task"]]
+        with self.reg.clean_pass(self.model, batch):
+            logits = self.model(batch)
+        task_loss = losses.task_loss(task, logits, batch["labels"])
+        reg_loss, logs = self.reg(self.model, batch, logits)
+        return task_loss + self.reg.alpha * reg_loss, task_loss.detach(), reg_loss.detach(), logs
+
+
+@torch.no_grad()
+def predict(model: MultiTaskModel, features: Features, batch_size: int, device: torch.device, pad_id: int,
+            precision: str = "fp32", rank: int = 0, world_size: int = 1) -> np.ndarray:
+    """Predictions for every row of ``features`` in file order: class ids (N,) or scores (N,).
+
+    Rows are batched by length (little padding); no gradients; the model is put in eval mode. Under DDP each
+    rank predicts rows rank::world_size and the shards are gathered, so every row is predicted exactly once.
+    """
+    was_training = model.training
+    model.eval()
+    task = model.task_defs[features.task]
+    regression = task.type == "regression"
+    out = np.zeros(len(features), dtype=np.float64 if regression else np.int64)
+    mine: list[int] = []
+    for rows in eval_batches(features, batch_size, rank, world_size):
+        batch = to_device(collate(features, rows, pad_id, regression), device)
+        with autocast(device, precision):
+            logits = model(batch).float()
+        out[rows] = (logits.squeeze(-1) if regression else logits.argmax(-1)).cpu().numpy()
+        mine.extend(rows)
+    if world_size > 1:
+        shards: list = [None] * world_size
+        torch.distributed.all_gather_object(shards, (mine, out[mine].tolist()))
+        for rows, values in shards:
+            out[rows] = values
+    model.train(was_training)
+    return out
