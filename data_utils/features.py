@@ -20,6 +20,7 @@ import hashlib
 import itertools
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Iterable
 
@@ -165,6 +166,7 @@ def load_features(glue_dir: str | Path, task: TaskDef, split: SplitDef, tokenize
     """
     check_bad_rows(bad_rows)
     path = split_path(glue_dir, task, split)
+    start = time.perf_counter()
     if cache_dir is None:
         return tokenize_examples(tokenizer, task, split, iter_split(path, task, split, bad_rows), max_len)
     digest, source_lines = file_digest(path, task, split)
@@ -173,10 +175,11 @@ def load_features(glue_dir: str | Path, task: TaskDef, split: SplitDef, tokenize
     if cache_file.exists():
         loaded = _load(cache_file, key, task, split, source_lines, tokenizer)
         if loaded is not None:
-            features, skipped = loaded
-            if skipped:  # the rows are still dropped: say so on every run, not only the first
-                logger.warning(skipped_summary(path, skipped))
-            logger.info("%s %s: %d rows from cache %s", task.name, split.name, len(features), cache_file)
+            features, dropped = loaded
+            if dropped:  # the rows are still dropped: say so on every run, not only the first
+                logger.warning(skipped_summary(path, dropped))
+            logger.info("%s %s: %d rows from cache %s (%.1f s)", task.name, split.name, len(features), cache_file,
+                        time.perf_counter() - start)
             return features
     skipped: list[tuple[int, str]] = []
     hasher = hashlib.sha256()  # the bytes tokenized must be the bytes the key was made of
@@ -188,7 +191,8 @@ def load_features(glue_dir: str | Path, task: TaskDef, split: SplitDef, tokenize
         pending.append((features, cache_file, key, skipped))
         return features
     _save(features, cache_file, key, skipped)
-    logger.info("%s %s: tokenized %d rows, cached in %s", task.name, split.name, len(features), cache_file)
+    logger.info("%s %s: tokenized %d rows in %.1f s, cached in %s", task.name, split.name, len(features),
+                time.perf_counter() - start, cache_file)
     return features
 
 
