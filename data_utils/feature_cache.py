@@ -2,8 +2,9 @@
 
 One file per split holds the flat arrays of :class:`~data_utils.flat_rows.Features` as tensors (``torch.save``,
 loaded with ``weights_only=True``): ``lengths`` (N,) int64, ``input_ids`` (T,) int32, ``token_type_ids`` (T,) int8
-or None, ``labels`` (N,) int64 / float64 or None, ``indices`` (N strings), ``skipped`` (the ``[line, reason]`` of
-dropped rows), with ``format`` and the full ``key``. Loading checks keys, dtypes, row lengths against the flat
+or None, ``labels`` (N,) int64 / float64 or None, ``indices`` (the N row ids joined by newlines: one string, which
+``weights_only`` unpickles at once, where a list of 400k strings takes seconds), ``skipped`` (the
+``[line, reason]`` of dropped rows), with ``format`` and the full ``key``. Loading checks keys, dtypes, row lengths against the flat
 arrays, the row count against the source file, label and id ranges; a file that fails raises :class:`Unusable`.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from data_utils.flat_rows import Features
 from data_utils.task_def import SplitDef, TaskDef
 
-CACHE_FORMAT = 3  # 3: flat arrays read back as flat arrays (rows are never split into per-row tensors)
+CACHE_FORMAT = 3  # 3: row ids as one newline-joined string; flat arrays read back as they are
 PAYLOAD_KEYS = ("format", "key", "lengths", "input_ids", "token_type_ids", "labels", "indices", "skipped")
 
 
@@ -29,6 +30,9 @@ class Unusable(Exception):
 def save(features: Features, path: Path, key: str, skipped: list[tuple[int, str]]) -> None:
     """Write one cache file atomically (a temporary file, then a rename); raises OSError when it cannot."""
     labels = features.labels
+    indices = "\n".join(str(i) for i in features.indices)
+    if indices.count("\n") != max(len(features) - 1, 0):
+        raise ValueError("a row id holds a newline")  # GLUE ids are TSV fields: never
     payload = {
         "format": CACHE_FORMAT,
         "key": key,
@@ -39,7 +43,7 @@ def save(features: Features, path: Path, key: str, skipped: list[tuple[int, str]
         # float64 keeps regression scores exactly as read (2.857 stays 2.857)
         "labels": (torch.tensor(labels, dtype=torch.float64 if any(isinstance(x, float) for x in labels)
                                 else torch.long) if labels is not None else None),
-        "indices": [str(i) for i in features.indices],
+        "indices": indices,
         "skipped": [[line, reason] for line, reason in skipped],
     }
     tmp = None
@@ -83,8 +87,7 @@ def check_payload(payload, key: str, task: TaskDef, split: SplitDef, source_line
     else:
         _need(types is None, "token_type_ids for a tokenizer without them")
     indices, skipped = payload["indices"], payload["skipped"]
-    _need(isinstance(indices, list) and len(indices) == n and all(isinstance(i, str) for i in indices),
-          f"indices: not {n} strings")
+    _need(isinstance(indices, str) and indices.count("\n") == n - 1, f"indices: not {n} row ids")
     _need(isinstance(skipped, list), "skipped: not a list")
     _need(n + len(skipped) == source_lines,
           f"{n} rows (+{len(skipped)} skipped), the source file has {source_lines} data lines")
@@ -116,5 +119,6 @@ def load(path: Path, key: str, task: TaskDef, split: SplitDef, source_lines: int
     labels = payload["labels"].tolist() if payload["labels"] is not None else None
     skipped = [(int(line), str(reason)) for line, reason in payload["skipped"]]
     features = Features.from_flat(task.name, split.name, payload["input_ids"].numpy(), offsets,
-                                  types.numpy() if types is not None else None, labels, payload["indices"])
+                                  types.numpy() if types is not None else None, labels,
+                                  payload["indices"].split("\n"))
     return features, skipped

@@ -150,8 +150,9 @@ def _save(features: Features, path: Path, key: str, skipped: list[tuple[int, str
     """Write one cache file; a cache that cannot be written is a warning, never an error."""
     try:
         feature_cache.save(features, path, key, skipped)
-    except OSError as exc:
-        logger.warning("cannot write cache file %s (%s); continuing without it", path, exc.strerror or exc)
+    except (OSError, ValueError) as exc:
+        logger.warning("cannot write cache file %s (%s); continuing without it", path,
+                       getattr(exc, "strerror", None) or exc)
 
 
 def load_features(glue_dir: str | Path, task: TaskDef, split: SplitDef, tokenizer, max_len: int,

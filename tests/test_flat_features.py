@@ -203,6 +203,7 @@ def test_cache_round_trip_keeps_the_flat_arrays(glue, tasks, tokenizer, tmp_path
         payload = torch.load(path, weights_only=True)
         assert payload["format"] == CACHE_FORMAT == 3
         assert payload["input_ids"].dtype == torch.int32 and payload["token_type_ids"].dtype == torch.int8
+        assert payload["indices"] == "\n".join(fresh.indices)  # one string: fast to unpickle with weights_only
         with monkeypatch.context() as m:
             m.setattr(features_mod, "tokenize_examples", None)  # a cache hit never tokenizes
             cached = load_features(glue, task, split, tokenizer, MAX_LEN, tmp_path, fp)
