@@ -7,7 +7,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["mt_dnn", "mt_dnn.*", "data_utils", "data_utils.*",
-                                    "experiments", "experiments.*"]),
+                                    "experiments", "experiments.*", "benchmarks", "benchmarks.*"]),
     package_data={"data_utils": ["glue_tasks.yml"]},
     install_requires=[
         # A floor only: which build (CPU or CUDA) pip installs depends on where it finds torch, not on this

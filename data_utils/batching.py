@@ -22,20 +22,13 @@ SAMPLING_CHOICES = ("proportional", "uniform", "temperature")
 
 
 def collate(features: Features, rows: list[int], pad_id: int, regression: bool) -> dict:
-    """Pad ``rows`` of ``features`` to their own longest length. Returns the batch dict (see module doc)."""
-    ids = [features.input_ids[i] for i in rows]
-    longest = max(len(x) for x in ids)
-    input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
-    for j, x in enumerate(ids):
-        input_ids[j, : len(x)] = x
-        attention_mask[j, : len(x)] = 1
+    """Pad ``rows`` of ``features`` to their own longest length. Returns the batch dict (see module doc).
+
+    Built from the flat arrays in a few vectorized steps (:meth:`Features.padded`), never row by row.
+    """
+    input_ids, attention_mask, types = features.padded(rows, pad_id)
     batch = {"task": features.task, "input_ids": input_ids, "attention_mask": attention_mask}
-    if features.token_type_ids is not None:
-        types = torch.zeros((len(rows), longest), dtype=torch.long)
-        for j, i in enumerate(rows):
-            t = features.token_type_ids[i]
-            types[j, : len(t)] = t
+    if types is not None:
         batch["token_type_ids"] = types
     if features.labels is not None:
         labels = [features.labels[i] for i in rows]
@@ -44,11 +37,13 @@ def collate(features: Features, rows: list[int], pad_id: int, regression: bool) 
 
 
 def eval_batches(features: Features, batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:
-    """Row ids for evaluation: sorted by length (little padding), this rank's share (rows rank::world_size)."""
-    rows = list(range(rank, len(features), world_size))
-    lengths = features.lengths()
-    rows.sort(key=lambda i: lengths[i])
-    return [rows[i: i + batch_size] for i in range(0, len(rows), batch_size)]
+    """Row ids for evaluation: sorted by length (little padding), this rank's share (rows rank::world_size).
+
+    Rows of equal length keep their order (a stable sort), so the batches depend only on the features.
+    """
+    rows = np.arange(rank, len(features), world_size, dtype=np.int64)
+    rows = rows[np.argsort(features.row_lengths[rows], kind="stable")]
+    return [rows[i: i + batch_size].tolist() for i in range(0, len(rows), batch_size)]
 
 
 def task_probabilities(sizes: dict[str, int], sampling: str, temperature: float) -> dict[str, float]:

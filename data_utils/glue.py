@@ -5,6 +5,7 @@ except CoLA's train/dev, and MRPC's header starts with a byte-order mark. Empty 
 are not rows. Every problem stops with a :class:`DataError` whose message is one line:
 ``path:line: what is wrong (the value)``.
 
+Files are read one line at a time (:func:`iter_split`), so memory does not grow with the file's size.
 Rows are checked: the number of fields, the label (one of the task's labels), and a regression score
 (a finite number inside the task's ``score_range``). With ``bad_rows="skip"`` a malformed row of a train
 or dev file is dropped instead, and one warning gives the count and the first few lines; test files are
@@ -12,10 +13,13 @@ always read strictly, since every test row needs a prediction.
 """
 from __future__ import annotations
 
+import hashlib
+import itertools
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from data_utils.task_def import ConfigError, SplitDef, TaskDef
 
@@ -118,13 +122,12 @@ def _score(task: TaskDef, value: str) -> float:
 def read_split(glue_dir: str | Path, task: TaskDef, split: SplitDef, bad_rows: str = "error") -> list[Example]:
     """Read one split of a task. Labels are required on train/dev splits and ignored on test splits."""
     path = split_path(glue_dir, task, split)
-    return parse_split(path, read_bytes(path, task, split), task, split, bad_rows).examples
+    return list(iter_split(path, task, split, bad_rows))
 
 
-def read_bytes(path: Path, task: TaskDef, split: SplitDef) -> bytes:
-    """The file's bytes; a missing file or a folder is a :class:`DataError`."""
+def _open(path: Path, task: TaskDef, split: SplitDef):
     try:
-        return path.read_bytes()
+        return open(path, "rb")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found (task {task.name}, split {split.name})") from None
     except IsADirectoryError:
@@ -133,21 +136,89 @@ def read_bytes(path: Path, task: TaskDef, split: SplitDef) -> bytes:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
+def read_bytes(path: Path, task: TaskDef, split: SplitDef) -> bytes:
+    """The file's bytes; a missing file or a folder is a :class:`DataError`."""
+    with _open(path, task, split) as f:
+        try:
+            return f.read()
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+_EMPTY_LINES = (b"\n", b"\r\n", b"\r", b"")
+
+
+def file_digest(path: Path, task: TaskDef, split: SplitDef) -> tuple[bytes, int]:
+    """The sha256 digest of the file's bytes and its number of data lines (as :func:`data_line_count`), read
+    line by line: memory independent of the file's size."""
+    h = hashlib.sha256()
+    lines = last_text = 0
+    with _open(path, task, split) as f:
+        for raw in f:
+            h.update(raw)
+            lines += 1
+            if raw not in _EMPTY_LINES:
+                last_text = lines  # empty lines at the end are not rows
+    return h.digest(), max(0, last_text - (1 if split.header else 0))
+
+
+def _file_lines(path: Path, task: TaskDef, split: SplitDef, hasher=None) -> Iterator[str]:
+    """The file's lines as :func:`_lines` gives them (no LF/CRLF, no empty lines at the end), decoded one at a
+    time; ``hasher`` (a hashlib object) is fed every byte read."""
+    with _open(path, task, split) as f:
+        empty = 0  # empty lines seen and not yet given: they are rows only if a non-empty line follows
+        for lineno, raw in enumerate(f, start=1):
+            if hasher is not None:
+                hasher.update(raw)
+            if raw in _EMPTY_LINES:
+                empty += 1
+                continue
+            try:
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # strips MRPC's byte-order mark
+            except UnicodeDecodeError as exc:
+                bad = raw[exc.start:exc.start + 4]
+                raise DataError(f"{path}:{lineno}: bytes that are not UTF-8 ({bad!r})") from None
+            for _ in range(empty):
+                yield ""
+            empty = 0
+            text = text[:-1] if text.endswith("\n") else text
+            yield text[:-1] if text.endswith("\r") else text
+
+
+def iter_split(path: Path, task: TaskDef, split: SplitDef, bad_rows: str = "error",
+               skipped: list[tuple[int, str]] | None = None, hasher=None) -> Iterator[Example]:
+    """The rows of the file ``path`` as ``split`` of ``task``, read and checked one line at a time (memory
+    independent of the file's size). Malformed rows dropped by ``bad_rows="skip"`` are appended to ``skipped``;
+    ``hasher`` is fed the file's bytes. Errors are raised when the row is reached, the end-of-file ones (no
+    usable row) at the end."""
+    check_bad_rows(bad_rows)
+    return _parse_lines(path, _file_lines(path, task, split, hasher), task, split, bad_rows,
+                        [] if skipped is None else skipped)
+
+
 def parse_split(path: Path, raw: bytes, task: TaskDef, split: SplitDef, bad_rows: str = "error") -> SplitRows:
     """Parse the bytes ``raw`` of the file ``path`` (named in errors) as ``split`` of ``task``."""
     check_bad_rows(bad_rows)
+    out = SplitRows(examples=[])
+    out.examples = list(_parse_lines(path, iter(_lines(_decode(path, raw))), task, split, bad_rows, out.skipped))
+    return out
+
+
+def _parse_lines(path: Path, lines: Iterator[str], task: TaskDef, split: SplitDef, bad_rows: str,
+                 skipped: list[tuple[int, str]]) -> Iterator[Example]:
+    """Parse the decoded lines of ``path`` (no line endings, no empty lines at the end) one at a time."""
     strict = bad_rows == "error" or split.kind == "test"
-    lines = _lines(_decode(path, raw))
-    if not lines:
+    first = next(lines, None)
+    if first is None:
         raise DataError(f"{path}: file is empty")
     if split.header:
-        columns = lines[0].split("\t")
+        columns = first.split("\t")
         first_data_line = 2
-        body = lines[1:]
+        body: Iterator[str] = lines
     else:
         columns = list(split.columns or ())
         first_data_line = 1
-        body = lines
+        body = itertools.chain([first], lines)
     needed = [task.text_a] + ([task.text_b] if task.text_b else [])
     needed += [task.index] if split.kind == "test" else [task.label]
     if split.kind == "test" and task.index not in columns:
@@ -156,12 +227,12 @@ def parse_split(path: Path, raw: bytes, task: TaskDef, split: SplitDef, bad_rows
     if missing:
         if split.header:
             raise DataError(f"{path}:1: wrong header: no column {', '.join(map(repr, missing))} "
-                            f"({lines[0][:200]!r})")
+                            f"({first[:200]!r})")
         raise DataError(f"{path}: task {task.name}'s columns lack {', '.join(map(repr, missing))}")
     col = {name: i for i, name in enumerate(columns)}
     label_ids = {lab: i for i, lab in enumerate(task.labels)} if task.labels else None
     hint = "" if split.kind == "test" else "; --bad_rows skip drops such rows"
-    out = SplitRows(examples=[])
+    good = 0
     for offset, line_text in enumerate(body):
         lineno = first_data_line + offset
         fields = line_text.split("\t")
@@ -182,22 +253,19 @@ def parse_split(path: Path, raw: bytes, task: TaskDef, split: SplitDef, bad_rows
         except _BadRow as bad:
             if strict:
                 raise DataError(f"{path}:{lineno}: {bad.detail}{hint}") from None
-            out.skipped.append((lineno, bad.reason))
+            skipped.append((lineno, bad.reason))
             continue
         index = fields[col[task.index]] if task.index in col else str(offset)
-        out.examples.append(Example(
-            text_a=fields[col[task.text_a]],
-            text_b=fields[col[task.text_b]] if task.text_b else None,
-            label=label, index=index, line=lineno))
-    if not out.examples:
-        if out.skipped:
-            line, reason = out.skipped[0]
-            raise DataError(f"{path}: no usable rows: all {len(out.skipped)} data rows are malformed "
+        good += 1
+        yield Example(text_a=fields[col[task.text_a]], text_b=fields[col[task.text_b]] if task.text_b else None,
+                      label=label, index=index, line=lineno)
+    if not good:
+        if skipped:
+            line, reason = skipped[0]
+            raise DataError(f"{path}: no usable rows: all {len(skipped)} data rows are malformed "
                             f"(first: line {line}, {reason})")
         raise DataError(f"{path}: file is empty (no data rows)")
-    if out.skipped:
-        logger.warning(skipped_summary(path, out.skipped))
-    if split.rows is not None and len(out.examples) + len(out.skipped) != split.rows:
-        logger.warning("%s: %d rows, the official file has %d", path, len(out.examples) + len(out.skipped),
-                       split.rows)
-    return out
+    if skipped:
+        logger.warning(skipped_summary(path, skipped))
+    if split.rows is not None and good + len(skipped) != split.rows:
+        logger.warning("%s: %d rows, the official file has %d", path, good + len(skipped), split.rows)

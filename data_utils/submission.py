@@ -27,9 +27,9 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import Iterable, Sequence, TextIO
 
-from data_utils.glue import DataError, read_split, split_path
+from data_utils.glue import DataError, iter_split, split_path
 from data_utils.task_def import ConfigError, SplitDef, TaskDef, load_task_defs
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def baseline_rows(task: TaskDef, split: SplitDef, glue_dir: str | Path | None = 
     """
     prediction = format_prediction(task, task.baseline_label if task.labels else float(task.baseline_label))
     if glue_dir is not None and split_path(glue_dir, task, split).is_file():
-        indices = [ex.index for ex in read_split(glue_dir, task, split)]
+        indices = [ex.index for ex in iter_split(split_path(glue_dir, task, split), task, split)]
     else:
         if split.rows is None:
             raise ConfigError(f"task {task.name}, split {split.name}: no row count and no test file "
@@ -107,17 +107,20 @@ def baseline_rows(task: TaskDef, split: SplitDef, glue_dir: str | Path | None = 
     return [(index, prediction) for index in indices]
 
 
-def _file_bytes(name: str, rows: Sequence[tuple[str, str]]) -> bytes:
-    """A submission file's bytes; refuses a row that would break the format."""
-    lines = [HEADER]
-    for n, row in enumerate(rows):
-        if len(row) != 2 or not all(isinstance(x, str) for x in row):
-            raise ValueError(f"{name}: row {n} must be two strings (index, prediction), got {row!r}")
-        for x in row:
-            if not x or any(c in x for c in "\t\r\n"):
-                raise ValueError(f"{name}: row {n} has an empty value or a tab/newline in it: {row!r}")
-        lines.append(f"{row[0]}\t{row[1]}")
-    return ("\n".join(lines) + "\n").encode("utf-8")
+def _write_file(path: Path, name: str, rows: Iterable[tuple[str, str]]) -> int:
+    """Write a submission file row by row (never held whole); refuses a row that would break the format.
+    Returns the number of rows."""
+    n = 0
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write(HEADER + "\n")
+        for n, row in enumerate(rows, start=1):
+            if len(row) != 2 or not all(isinstance(x, str) for x in row):
+                raise ValueError(f"{name}: row {n - 1} must be two strings (index, prediction), got {row!r}")
+            for x in row:
+                if not x or any(c in x for c in "\t\r\n"):
+                    raise ValueError(f"{name}: row {n - 1} has an empty value or a tab/newline in it: {row!r}")
+            f.write(f"{row[0]}\t{row[1]}\n")
+    return n
 
 
 def check_output(out_dir: str | Path, zip_name: str = "submission.zip") -> None:
@@ -137,41 +140,87 @@ def check_output(out_dir: str | Path, zip_name: str = "submission.zip") -> None:
             break
 
 
-def write_submission(out_dir: str | Path, rows_by_file: dict[str, Sequence[tuple[str, str]]],
-                     zip_name: str = "submission.zip", tasks: dict[str, TaskDef] | None = None) -> Path:
-    """Write every submission file into ``out_dir`` and the flat zip ``out_dir/zip_name``; return the zip.
-
-    ``rows_by_file`` maps each official file name to its ``(index, prediction)`` rows (already formatted,
-    see :func:`format_prediction`), written in the order given. The set of files must be exactly the
-    official one (from ``tasks``, by default the packaged GLUE tasks). Everything is first written into a
-    temporary folder next to ``out_dir`` and then moved into place, so a failure leaves no partial file.
-    """
-    tasks = load_task_defs() if tasks is None else tasks
-    official = submission_files(tasks)
-    missing = sorted(set(official) - set(rows_by_file))
-    extra = sorted(set(rows_by_file) - set(official))
+def _exact_files(official: dict, names) -> None:
+    missing = sorted(set(official) - set(names))
+    extra = sorted(set(names) - set(official))
     if missing or extra:
         parts = ([f"missing {', '.join(missing)}"] if missing else []) + \
                 ([f"unexpected {', '.join(extra)}"] if extra else [])
         raise ConfigError(f"a GLUE submission has exactly the files {', '.join(official)}: {'; '.join(parts)}")
-    check_output(out_dir, zip_name)
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        with zipfile.ZipFile(tmp / zip_name, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for name in official:  # task-definition order
-                data = _file_bytes(name, rows_by_file[name])
-                (tmp / name).write_bytes(data)
-                zf.writestr(name, data)
-        out_dir.mkdir(exist_ok=True)
-        for name in official:
-            os.replace(tmp / name, out_dir / name)
-        os.replace(tmp / zip_name, out_dir / zip_name)  # last: the zip appears only when complete
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("wrote %d submission files and %s", len(official), out_dir / zip_name)
-    return out_dir / zip_name
+
+
+class SubmissionWriter:
+    """Writes the submission files one at a time, each as its rows come (streamed to disk, never held whole).
+
+    Files go into a temporary folder next to ``out_dir``; :meth:`finish` (once every official file is there)
+    writes the flat zip and moves everything into place, the zip last. Leaving a ``with`` block by an exception,
+    or :meth:`abort`, removes the temporary folder: a failure leaves no partial file in ``out_dir``.
+    """
+
+    def __init__(self, out_dir: str | Path, zip_name: str = "submission.zip", tasks: dict[str, TaskDef] | None = None):
+        self.official = submission_files(load_task_defs() if tasks is None else tasks)
+        check_output(out_dir, zip_name)
+        self.out_dir, self.zip_name = Path(out_dir), zip_name
+        self.rows: dict[str, int] = {}  # file name -> rows written
+        self.tmp: Path | None = None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.rows
+
+    def __enter__(self) -> "SubmissionWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.abort()
+
+    def add(self, name: str, rows: Iterable[tuple[str, str]]) -> int:
+        """Write the file ``name`` from its ``(index, prediction)`` rows (formatted, see :func:`format_prediction`)
+        in the order given; returns the number of rows."""
+        if name not in self.official or name in self.rows:
+            raise ConfigError(f"{name}: {'written twice' if name in self.rows else 'not a GLUE submission file'}")
+        if self.tmp is None:
+            self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-", dir=self.out_dir.parent))
+        self.rows[name] = _write_file(self.tmp / name, name, rows)
+        return self.rows[name]
+
+    def finish(self) -> Path:
+        """The zip of every official file (task-definition order), then everything moved into ``out_dir``."""
+        _exact_files(self.official, self.rows)
+        assert self.tmp is not None
+        with zipfile.ZipFile(self.tmp / self.zip_name, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for name in self.official:
+                zf.write(self.tmp / name, arcname=name)
+        self.out_dir.mkdir(exist_ok=True)
+        for name in self.official:
+            os.replace(self.tmp / name, self.out_dir / name)
+        # last: the zip appears only when complete
+        os.replace(self.tmp / self.zip_name, self.out_dir / self.zip_name)
+        self.abort()
+        logger.info("wrote %d submission files and %s", len(self.official), self.out_dir / self.zip_name)
+        return self.out_dir / self.zip_name
+
+    def abort(self) -> None:
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+
+
+def write_submission(out_dir: str | Path, rows_by_file: dict[str, Iterable[tuple[str, str]]],
+                     zip_name: str = "submission.zip", tasks: dict[str, TaskDef] | None = None) -> Path:
+    """Write every submission file into ``out_dir`` and the flat zip ``out_dir/zip_name``; return the zip.
+
+    ``rows_by_file`` maps each official file name to its ``(index, prediction)`` rows (already formatted,
+    see :func:`format_prediction`; any iterable), written in the order given. The set of files must be exactly
+    the official one (from ``tasks``, by default the packaged GLUE tasks). Everything is first written into a
+    temporary folder next to ``out_dir`` and then moved into place, so a failure leaves no partial file.
+    """
+    writer = SubmissionWriter(out_dir, zip_name, tasks)
+    _exact_files(writer.official, rows_by_file)
+    with writer:
+        for name in writer.official:  # task-definition order
+            writer.add(name, rows_by_file[name])
+        return writer.finish()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -252,7 +301,7 @@ def _check_indices(task: TaskDef, split: SplitDef, indices: list[tuple[int, str]
     if glue_dir is None or not split_path(glue_dir, task, split).is_file():
         return problems
     try:
-        expected = [ex.index for ex in read_split(glue_dir, task, split)]
+        expected = [ex.index for ex in iter_split(split_path(glue_dir, task, split), task, split)]
     except DataError as exc:
         return problems + [f"cannot compare indices with the test file: {exc}"]
     got = [index for _, index in indices]

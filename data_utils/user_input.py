@@ -4,13 +4,15 @@ Each row needs the task's text columns (the names in its task definition, e.g. `
 for RTE, or the names given as ``text_a``/``text_b``) and may have an id column. TSV files follow the GLUE
 files' rules (UTF-8, tab-separated, no quoting, a byte-order mark is ignored). Every problem is a
 :class:`~data_utils.glue.DataError` of one line: ``file:line: what is wrong``. Rows come back as
-:class:`~data_utils.glue.Example` (no label), so they go through the same tokenization as GLUE files.
+:class:`~data_utils.glue.Example` (no label), so they go through the same tokenization as GLUE files. Files are
+read one line at a time (:func:`iter_user_rows`): memory does not grow with the file.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from data_utils.glue import DataError, Example
 from data_utils.task_def import TaskDef
@@ -51,25 +53,23 @@ def task_columns(task: TaskDef, text_a: str | None = None, text_b: str | None = 
     return Columns(text_a or task.text_a, (text_b or task.text_b) if task.text_b else None, id_column)
 
 
-def _read_text(path: Path) -> str:
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of every line, without its LF/CRLF, read and decoded one line at a time."""
     try:
-        raw = path.read_bytes()
+        f = open(path, "rb")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, expected a file") from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{path}:{line}: bytes that are not UTF-8 ({raw[exc.start:exc.start + 4]!r})") from None
-
-
-def _lines(text: str) -> list[str]:
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+    with f:
+        for line, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8-sig" if line == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{line}: bytes that are not UTF-8 ({raw[exc.start:exc.start + 4]!r})") \
+                    from None
+            text = text[:-1] if text.endswith("\n") else text
+            yield line, text[:-1] if text.endswith("\r") else text
 
 
 def _id_column(columns: Columns, have: list[str] | set[str], where: str) -> str | None:
@@ -106,31 +106,31 @@ def _example(path: Path, line: int, row: int, columns: Columns, get, id_col: str
     return Example(text_a=texts[0], text_b=texts[1], label=None, index=index, line=line)
 
 
-def read_tsv(path: Path, columns: Columns) -> list[Example]:
-    lines = _lines(_read_text(path))
-    if not lines:
+def iter_tsv(path: Path, columns: Columns) -> Iterator[Example]:
+    lines = _lines(path)
+    first = next(lines, None)
+    if first is None:
         raise DataError(f"{path}: file is empty")
-    header = lines[0].split("\t")
+    header = first[1].split("\t")
     _missing_text(columns, header, f"{path}:1")
     id_col = _id_column(columns, header, f"{path}:1")
     col = {name: i for i, name in enumerate(header)}
-    out = []
-    for row, text in enumerate(lines[1:]):
-        line = row + 2
+    rows = 0
+    for line, text in lines:
         fields = text.split("\t")
         if len(fields) != len(header):
             raise DataError(f"{path}:{line}: {len(fields)} field(s), the header has {len(header)} "
                             f"({text[:80]!r})")
-        out.append(_example(path, line, row, columns, lambda c: fields[col[c]], id_col))
-    if not out:
+        yield _example(path, line, rows, columns, lambda c: fields[col[c]], id_col)
+        rows += 1
+    if not rows:
         raise DataError(f"{path}: no rows after the header")
-    return out
 
 
-def read_jsonl(path: Path, columns: Columns) -> list[Example]:
-    out = []
+def iter_jsonl(path: Path, columns: Columns) -> Iterator[Example]:
+    rows = 0
     id_col: str | None = None
-    for line, text in enumerate(_lines(_read_text(path)), start=1):
+    for line, text in _lines(path):
         if not text.strip():
             continue  # blank lines between records
         try:
@@ -140,17 +140,23 @@ def read_jsonl(path: Path, columns: Columns) -> list[Example]:
         if not isinstance(record, dict):
             raise DataError(f"{path}:{line}: expected a JSON object, got {type(record).__name__}")
         _missing_text(columns, list(record), f"{path}:{line}")
-        if not out:  # the first record decides the id column; every later one must have it
+        if not rows:  # the first record decides the id column; every later one must have it
             id_col = _id_column(columns, list(record), f"{path}:{line}")
         elif id_col is not None and id_col not in record:
             raise DataError(f"{path}:{line}: no id {id_col!r} (the first record has one)")
-        out.append(_example(path, line, len(out), columns, record.get, id_col))
-    if not out:
+        yield _example(path, line, rows, columns, record.get, id_col)
+        rows += 1
+    if not rows:
         raise DataError(f"{path}: no records")
-    return out
+
+
+def iter_user_rows(path: str | Path, columns: Columns, fmt: str = "auto") -> Iterator[Example]:
+    """The rows of a TSV (with header) or JSON-lines file, in file order, read one line at a time; errors are
+    raised when the line is reached (the format's, at once)."""
+    path = Path(path)
+    return iter_tsv(path, columns) if input_format(path, fmt) == "tsv" else iter_jsonl(path, columns)
 
 
 def read_user_rows(path: str | Path, columns: Columns, fmt: str = "auto") -> list[Example]:
     """The rows of a TSV (with header) or JSON-lines file, in file order."""
-    path = Path(path)
-    return read_tsv(path, columns) if input_format(path, fmt) == "tsv" else read_jsonl(path, columns)
+    return list(iter_user_rows(path, columns, fmt))

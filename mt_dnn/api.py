@@ -7,8 +7,8 @@
     model.predict("stsb", [("A cat sits.", "A cat is sitting.")])      # regression: [{"score": 4.2}]
 
 Rows go through exactly the GLUE prediction path: the task's tokenization
-(:func:`data_utils.features.tokenize_examples`, truncated to the run's ``max_seq_len``), length-sorted batches
-padded to their longest row (:func:`data_utils.batching.eval_batches`, :func:`~data_utils.batching.collate`),
+(:func:`data_utils.features.tokenize_examples`, in chunks, truncated to the run's ``max_seq_len``), length-sorted
+batches padded to their longest row (:func:`data_utils.batching.eval_batches`, :func:`~data_utils.batching.collate`),
 one no-grad forward of the model in eval mode; the label is the arg-max of the logits (what
 ``python -m mt_dnn.predict`` writes for GLUE files), the probabilities their softmax, a regression score the
 head's output (not clipped).
@@ -20,7 +20,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from data_utils.batching import collate, eval_batches
 from data_utils.features import Features, tokenize_examples
 from data_utils.glue import DataError, Example
 from data_utils.task_def import ConfigError, SplitDef, TaskDef, load_task_defs
-from data_utils.user_input import read_user_rows, task_columns
+from data_utils.user_input import iter_user_rows, task_columns
 from mt_dnn.model import MultiTaskModel, find_model_dir, load_model
 from mt_dnn.trainer import autocast, pick_device, to_device
 
@@ -61,15 +61,27 @@ def predict_logits(model: MultiTaskModel, features: Features, batch_size: int, d
     return out if out is not None else np.zeros((0, 1), dtype=np.float32)
 
 
+RECORD_CHUNK = 4096  # rows whose output dicts exist at once when records are streamed to a file
+
+
+def iter_prediction_records(task: TaskDef, logits: np.ndarray) -> Iterator[dict[str, Any]]:
+    """One dict per row of ``logits`` (N, C): ``{"label", "probabilities": {label: p}}``, or ``{"score"}`` for
+    regression; made ``RECORD_CHUNK`` rows at a time (the softmax of a row does not depend on the others)."""
+    labels = list(task.labels or ())
+    for start in range(0, len(logits), RECORD_CHUNK):
+        part = logits[start:start + RECORD_CHUNK]
+        if task.type == "regression":
+            yield from ({"score": float(v)} for v in part[:, 0])
+            continue
+        probs = torch.softmax(torch.from_numpy(part), dim=-1).numpy()  # (n, C), fp32 as the logits
+        ids = part.argmax(-1)  # the GLUE path's class ids
+        yield from ({"label": labels[int(i)], "probabilities": {lab: float(p) for lab, p in zip(labels, row)}}
+                    for i, row in zip(ids, probs))
+
+
 def prediction_records(task: TaskDef, logits: np.ndarray) -> list[dict[str, Any]]:
     """One dict per row: ``{"label", "probabilities": {label: p}}``, or ``{"score"}`` for regression."""
-    if task.type == "regression":
-        return [{"score": float(v)} for v in logits[:, 0]]
-    labels = list(task.labels or ())
-    probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()  # (N, C), fp32 as the logits
-    ids = logits.argmax(-1)  # the GLUE path's class ids
-    return [{"label": labels[int(i)], "probabilities": {lab: float(p) for lab, p in zip(labels, row)}}
-            for i, row in zip(ids, probs)]
+    return list(iter_prediction_records(task, logits))
 
 
 class Predictor:
@@ -99,15 +111,22 @@ class Predictor:
             raise ConfigError(f"{self.source or 'this model'} has no task {name!r} (it has {', '.join(self.tasks)})")
         return self.model.task_defs[name]
 
-    def predict_examples(self, task: str, examples: list[Example], where: str = "input") -> list[dict[str, Any]]:
-        """Predictions for rows already read (``Example``: text_a, text_b), in their order."""
+    def logits(self, task: str, examples: Iterable[Example], where: str = "input") -> tuple[Features, np.ndarray]:
+        """The rows' features (flat arrays; their ``indices`` are the rows' ids) and logits (N, C), in row order.
+
+        ``examples`` may be a file being read: it is tokenized in chunks and never held whole.
+        """
         tdef = self.task(task)
-        if not examples:
-            return []
         split = SplitDef(name=where, kind="test", file=where)
         feats = tokenize_examples(self.tokenizer, tdef, split, examples, self.max_len)
-        logits = predict_logits(self.model, feats, self.batch_size, self.device, self.pad_id, self.precision)
-        return prediction_records(tdef, logits)
+        if not len(feats):
+            return feats, np.zeros((0, 1), dtype=np.float32)
+        return feats, predict_logits(self.model, feats, self.batch_size, self.device, self.pad_id, self.precision)
+
+    def predict_examples(self, task: str, examples: Iterable[Example], where: str = "input") -> list[dict[str, Any]]:
+        """Predictions for rows already read (``Example``: text_a, text_b), in their order."""
+        _, logits = self.logits(task, examples, where)
+        return prediction_records(self.task(task), logits)
 
     def predict(self, task: str, rows: Iterable[Row]) -> list[dict[str, Any]]:
         """Predictions for ``rows``: strings for single-sentence tasks, (sentence, sentence) pairs for pair
@@ -163,9 +182,11 @@ def predict_file(predictor: Predictor, task: str, input_path: str | Path, output
     """Predict every row of a TSV/JSON-lines file; write ``{"id", "label", "probabilities"}`` (or ``"score"``)
     per row to ``output_path`` (JSON lines, atomically). Returns the number of rows."""
     columns = task_columns(predictor.task(task), text_a, text_b, id_column)
-    examples = read_user_rows(input_path, columns, fmt)
-    preds = predictor.predict_examples(task, examples, where=Path(input_path).name)
-    write_jsonl_atomic(output_path, ({"id": e.index, **p} for e, p in zip(examples, preds)))
-    logger.info("%s: %d rows predicted with %s (%s) -> %s", input_path, len(examples), predictor.source, task,
+    # read and tokenized a chunk at a time (a bad row stops everything before the output is opened); the
+    # records are made and written as they go: memory holds the flat features and logits, never all records
+    feats, logits = predictor.logits(task, iter_user_rows(input_path, columns, fmt), where=Path(input_path).name)
+    records = iter_prediction_records(predictor.task(task), logits)
+    write_jsonl_atomic(output_path, ({"id": i, **r} for i, r in zip(feats.indices, records)))
+    logger.info("%s: %d rows predicted with %s (%s) -> %s", input_path, len(feats), predictor.source, task,
                 output_path)
-    return len(examples)
+    return len(feats)

@@ -62,3 +62,34 @@ def gather(obj, world_size: int) -> list:
     out: list = [None] * world_size
     torch.distributed.all_gather_object(out, obj)
     return out
+
+
+def once_per_node(fn: Callable[[], T], world_size: int) -> T:
+    """``fn()`` on every rank, the first rank of each node (LOCAL_RANK 0) first while the node's other ranks wait.
+
+    For work whose result the first rank leaves on disk (the feature cache): it tokenizes and writes the cache
+    once per node, and the other ranks, released after it, read that cache. The wait is one collective
+    (``all_gather_object``: a barrier that also carries each first rank's error), so a user error there stops
+    every rank with the same one-line error instead of leaving them waiting; any other failure stops the others
+    with a RuntimeError naming it.
+    """
+    if world_size == 1:
+        return fn()
+    from data_utils.glue import DataError
+
+    first = int(os.environ.get("LOCAL_RANK", "0")) == 0
+    result, failure, error = None, None, None
+    if first:
+        try:
+            result = fn()
+        except Exception as exc:  # noqa: BLE001 - shared with the waiting ranks, then raised here unchanged
+            failure = exc
+            error = (type(exc).__name__, (str(exc).strip().splitlines() or [""])[0])
+    errors = gather(error, world_size)
+    if failure is not None:
+        raise failure
+    for kind, message in (e for e in errors if e is not None):
+        if kind in ("ConfigError", "DataError"):
+            raise (ConfigError if kind == "ConfigError" else DataError)(message)
+        raise RuntimeError(f"another rank failed while preparing the data: {kind}: {message}")
+    return fn() if not first else result

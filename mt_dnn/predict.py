@@ -36,8 +36,8 @@ from data_utils.encoder_limits import check_encoder_fits
 from data_utils.features import load_features
 from data_utils.glue import BAD_ROWS, split_path
 from data_utils.metrics import compute_metrics
-from data_utils.submission import (baseline_rows, check_output, check_submission, format_prediction, submission_files,
-                                   write_submission)
+from data_utils.submission import (SubmissionWriter, baseline_rows, check_output, check_submission, format_prediction,
+                                   submission_files)
 from data_utils.task_def import ConfigError, TaskDef, load_task_defs, select_tasks
 from mt_dnn.cli_utils import run_cli, setup_logging
 from mt_dnn.model import find_model_dir, load_model
@@ -151,56 +151,27 @@ def main(argv: list[str] | None = None) -> int:
     del saved
     device = pick_device(args.device)
     dev_scores: dict[str, dict] = {}
-    rows_by_file: dict[str, list[tuple[str, str]]] = {}
     source: dict[str, str] = {}
-    for plan in plans:
-        if not plan.tasks:
-            logger.info("%s: none of --tasks %s, skipped", plan.dir, args.tasks)
-            continue
-        d = plan.dir
-        model, tokenizer, _ = load_model(d)
-        model.to(device).eval()
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        for name, task in plan.tasks.items():
-            if name not in model.task_defs:
-                model.task_defs[name] = task
-            for split in task.splits_of("dev"):
-                key = f"{name}/{split.name}"
-                if key in dev_scores or not split_path(args.glue_dir, task, split).is_file():
-                    continue
-                feats = load_features(args.glue_dir, task, split, tokenizer, plan.max_len, args.cache_dir,
-                                      bad_rows=args.bad_rows)
-                preds = predict(model, feats, args.eval_batch_size, device, pad, args.precision)
-                dev_scores[key] = {"checkpoint": str(d), **compute_metrics(task.metrics, preds, feats.labels)}
-                print(f"dev {key}: " + "  ".join(f"{k} {v:.4f}" for k, v in dev_scores[key].items()
-                                                   if k != "checkpoint"))
-            for split in task.splits_of("test"):
-                if not split.submission or split.submission in rows_by_file:
-                    continue
-                if not split_path(args.glue_dir, task, split).is_file():
-                    logger.warning("%s: no test file %s", name, split_path(args.glue_dir, task, split))
-                    continue
-                feats = load_features(args.glue_dir, task, split, tokenizer, plan.max_len, args.cache_dir)
-                preds = predict(model, feats, args.eval_batch_size, device, pad, args.precision)
-                rows_by_file[split.submission] = [(idx, format_prediction(task, v))
-                                                  for idx, v in zip(feats.indices, preds.tolist())]
-                source[split.submission] = str(d)
-                logger.info("%s: predicted %d test rows with %s", split.submission, len(feats), d)
-        del model
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    filled = []
-    for name, (task, split) in submission_files(official).items():
-        if name not in rows_by_file:
-            rows_by_file[name] = baseline_rows(task, split, args.glue_dir)
-            filled.append(f"{name} ({task.name}: '{task.baseline_label}')")
-    zip_path = write_submission(out, rows_by_file, zip_name=args.zip_name, tasks=official)
+    # each test file is written as soon as it is predicted (rows formatted as they are written); the zip and
+    # the move into --submission_dir come last, and a failure on the way leaves nothing there
+    with SubmissionWriter(out, args.zip_name, official) as writer:
+        for plan in plans:
+            if not plan.tasks:
+                logger.info("%s: none of --tasks %s, skipped", plan.dir, args.tasks)
+                continue
+            predict_plan(plan, args, device, dev_scores, writer, source)
+        filled = []
+        for name, (task, split) in submission_files(official).items():
+            if name not in writer:
+                writer.add(name, baseline_rows(task, split, args.glue_dir))
+                filled.append(f"{name} ({task.name}: '{task.baseline_label}')")
+        zip_path = writer.finish()
     (out / "dev_scores.json").write_text(json.dumps(dev_scores, indent=2))
     problems = check_submission(zip_path, official, args.glue_dir)
     print(f"predicted by a model: {', '.join(sorted(source)) or 'none'}")
     if filled:
         print("!" * 78)
-        print(f"BASELINE-FILLED (no trained head or no test file), {len(filled)} of {len(rows_by_file)} files:")
+        print(f"BASELINE-FILLED (no trained head or no test file), {len(filled)} of {len(writer.rows)} files:")
         for f in filled:
             print(f"  - {f}")
         print("!" * 78)
@@ -211,6 +182,46 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"OK: {zip_path} is a valid GLUE submission (validated); dev scores in {out / 'dev_scores.json'}")
     return 0
+
+
+def predict_plan(plan: Plan, args: argparse.Namespace, device: torch.device, dev_scores: dict[str, dict],
+                 writer: SubmissionWriter, source: dict[str, str]) -> None:
+    """Score the dev splits and write the test files of one checkpoint's tasks (those not done by an earlier one).
+
+    A split's features are flat arrays and its predictions one array (N,): rows are predicted in length-sorted
+    batches, and the test file's lines are formatted as they are written.
+    """
+    d = plan.dir
+    model, tokenizer, _ = load_model(d)
+    model.to(device).eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for name, task in plan.tasks.items():
+        if name not in model.task_defs:
+            model.task_defs[name] = task
+        for split in task.splits_of("dev"):
+            key = f"{name}/{split.name}"
+            if key in dev_scores or not split_path(args.glue_dir, task, split).is_file():
+                continue
+            feats = load_features(args.glue_dir, task, split, tokenizer, plan.max_len, args.cache_dir,
+                                  bad_rows=args.bad_rows)
+            preds = predict(model, feats, args.eval_batch_size, device, pad, args.precision)
+            dev_scores[key] = {"checkpoint": str(d), **compute_metrics(task.metrics, preds, feats.labels)}
+            print(f"dev {key}: " + "  ".join(f"{k} {v:.4f}" for k, v in dev_scores[key].items()
+                                               if k != "checkpoint"))
+        for split in task.splits_of("test"):
+            if not split.submission or split.submission in writer:
+                continue
+            if not split_path(args.glue_dir, task, split).is_file():
+                logger.warning("%s: no test file %s", name, split_path(args.glue_dir, task, split))
+                continue
+            feats = load_features(args.glue_dir, task, split, tokenizer, plan.max_len, args.cache_dir)
+            preds = predict(model, feats, args.eval_batch_size, device, pad, args.precision)
+            writer.add(split.submission, ((idx, format_prediction(task, v)) for idx, v in zip(feats.indices, preds)))
+            source[split.submission] = str(d)
+            logger.info("%s: predicted %d test rows with %s", split.submission, len(feats), d)
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def predict_own_input(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -172,6 +172,10 @@ class Trainer:
         return model, tokenizer, None
 
     def _load_data(self) -> None:
+        """Under DDP the first rank of each node tokenizes and writes the feature cache; the others then read it."""
+        distributed.once_per_node(self._read_data, self.world_size)
+
+    def _read_data(self) -> None:
         cfg = self.cfg
         cache = cfg.cache_dir or str(self.out.parent / ".cache" / "features")
         fp = tokenizer_fingerprint(self.tokenizer)
@@ -190,8 +194,7 @@ class Trainer:
                     self.dev.append(load_features(cfg.glue_dir, t, s, self.tokenizer, cfg.max_seq_len, cache, fp,
                                                   pending, cfg.bad_rows))
             logger.info("task %s: %d training rows", t.name, len(feats))
-        if self.is_main:
-            save_pending(pending)
+        save_pending(pending)
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         decay, no_decay = [], []

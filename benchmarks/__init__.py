@@ -1,0 +1,1 @@
+"""Benchmarks of the framework itself (data scale, memory, throughput)."""

@@ -1,0 +1,35 @@
+"""benchmarks.scale builds MNLI/QQP-layout files that the GLUE readers accept, with the row counts asked for."""
+from __future__ import annotations
+
+import pytest
+
+import benchmarks.scale as scale
+from data_utils.glue import read_split
+from data_utils.task_def import load_task_defs
+from tests.glue_fixtures import write_glue
+
+
+def test_built_files_have_the_official_layout_and_the_row_counts(tmp_path, monkeypatch):
+    glue = write_glue(tmp_path / "src")
+    rows = {"train": 50, "dev_matched": 7, "dev_mismatched": 8, "test_matched": 9, "test_mismatched": 10}
+    monkeypatch.setattr(scale, "MNLI_ROWS", rows)
+    monkeypatch.setattr(scale, "QQP_TEST_ROWS", 30)
+    report = scale.build_data(tmp_path / "work", glue, [5, 12])
+    tasks = load_task_defs()
+    mnli = tasks["mnli"]
+    for split, n in rows.items():
+        examples = read_split(tmp_path / "work" / "glue", mnli, mnli.splits[split])
+        assert len(examples) == n and all(e.text_a and e.text_b for e in examples)
+        if not split.startswith("test"):
+            assert {e.label for e in examples} <= {0, 1, 2}
+    assert len(read_split(tmp_path / "work" / "glue_pred", mnli, mnli.splits["test_matched"])) == 9
+    qqp = tasks["qqp"]
+    full = read_split(tmp_path / "work" / "glue_qqp", qqp, qqp.splits["test"])
+    assert [e.index for e in full] == [str(i) for i in range(30)]
+    assert (tmp_path / "work" / "qqp" / "test_5.tsv").read_text().count("\n") == 6
+    assert report["sentences_in_pool"] > 50
+
+
+def test_work_folder_inside_the_repository_is_refused():
+    with pytest.raises(SystemExit):
+        scale.main(["--work", str(scale.REPO / "scale_work"), "--steps", "none"])
