@@ -84,7 +84,8 @@ def test_runs_side_by_side_each_get_their_own_gpu(tmp_path, fake_train):
     overlaps = [(a, b) for a, b in itertools.combinations(seen, 2) if a["start"] < b["end"] and b["start"] < a["end"]]
     assert overlaps and all(a["env"]["CUDA_VISIBLE_DEVICES"] != b["env"]["CUDA_VISIBLE_DEVICES"] for a, b in overlaps)
     for run, s in zip(runs, seen):  # the run's own log names its GPU
-        assert f"$ CUDA_VISIBLE_DEVICES={s['env']['CUDA_VISIBLE_DEVICES']} " in (run.folder / "campaign.out").read_text()
+        device = s["env"]["CUDA_VISIBLE_DEVICES"]
+        assert f"$ CUDA_VISIBLE_DEVICES={device} " in (run.folder / "campaign.out").read_text()
         assert s["argv"][-3:] == ["--output_dir", str(run.folder), "--resume"]
     assert sorted(_progress(root)) == sorted([(r.label, s) for r in runs for s in ("start", "done")])
     assert (root / ".submitit").is_dir()  # submitit's job logs and pickles
@@ -285,3 +286,18 @@ def test_slurm_errors_are_one_line_and_leave_no_run_folder(tmp_path, slurm, monk
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))  # no srun: not a Slurm machine
     assert run_cli(campaign.main, ["--grid", str(grid), "--root", str(root), "--cluster", "slurm"]) == 2
     assert 'error: --cluster slurm: Could not detect "srun"' in capsys.readouterr().err
+
+
+def test_gpus_come_from_the_flag_or_cuda_visible_devices(monkeypatch):
+    assert launch.parse_gpus("0,2") == [0, 2] and launch.parse_gpus("none") == [] and launch.parse_gpus(None) is None
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert launch.detect_gpus() == [2, 3]  # physical numbers: a run's CUDA_VISIBLE_DEVICES is one of them
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert launch.detect_gpus() == []
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-5f1c")
+    with pytest.raises(launch.ConfigError, match="pass --gpus 0,1"):
+        launch.detect_gpus()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    import torch
+
+    assert launch.detect_gpus() == list(range(torch.cuda.device_count()))

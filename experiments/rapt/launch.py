@@ -19,7 +19,6 @@ import asyncio
 import json
 import logging
 import os
-import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ import submitit
 from data_utils.task_def import ConfigError
 from experiments.rapt import cluster as slurm_jobs
 from experiments.rapt.grid import Run
-from experiments.rapt.jobs import REPO, TrainJob, lock_holder, log_progress, started
+from experiments.rapt.jobs import TrainJob, lock_holder, log_progress, started
 from experiments.rapt.results import is_finished
 
 logger = logging.getLogger(__name__)
@@ -118,6 +117,7 @@ def write_flags(run: Run) -> None:
 def run_campaign(runs: list[Run], root: Path, opts: LaunchOptions) -> int:
     """Skip finished runs, run or resume the rest (locally, or submit them to Slurm); returns how many failed
     (a submission to Slurm fails as a whole: a one-line error)."""
+    gpus = [] if opts.cluster == "slurm" else opts.gpus if opts.gpus is not None else detect_gpus()
     progress = root / "progress.log"
     root.mkdir(parents=True, exist_ok=True)
     queued = slurm_jobs.queued_runs([r.folder for r in runs]) if opts.cluster == "slurm" else {}
@@ -140,7 +140,7 @@ def run_campaign(runs: list[Run], root: Path, opts: LaunchOptions) -> int:
             todo.append(run)
     if opts.cluster == "slurm":
         return _submit_to_slurm(todo, root, opts, finished, busy, len(runs))
-    return _run_here(todo, root, opts, finished, busy, len(runs))
+    return _run_here(todo, root, opts, gpus, finished, busy, len(runs))
 
 
 def _submit_to_slurm(todo: list[Run], root: Path, opts: LaunchOptions, finished: int, busy: int, total: int) -> int:
@@ -159,8 +159,8 @@ def _submit_to_slurm(todo: list[Run], root: Path, opts: LaunchOptions, finished:
     return 0
 
 
-def _run_here(todo: list[Run], root: Path, opts: LaunchOptions, finished: int, busy: int, total: int) -> int:
-    gpus = opts.gpus if opts.gpus is not None else detect_gpus()
+def _run_here(todo: list[Run], root: Path, opts: LaunchOptions, gpus: list[int], finished: int, busy: int,
+              total: int) -> int:
     jobs = opts.jobs or max(len(gpus), 1)
     logger.info("%d runs: %d finished, %d running elsewhere, %d to run now (%d at a time%s)", total, finished, busy,
                 len(todo), jobs, f" on GPUs {','.join(map(str, gpus))}" if gpus else "")
@@ -170,14 +170,25 @@ def _run_here(todo: list[Run], root: Path, opts: LaunchOptions, finished: int, b
     if jobs == 1 and not gpus:
         executor: submitit.Executor = submitit.DebugExecutor(folder)
     else:
-        executor = submitit.LocalExecutor(folder)
-        setup = [f"export PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}"]
-        executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, setup=setup)
+        executor = submitit.LocalExecutor(folder)  # its jobs inherit this process's environment and folder
+        executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN)
     env = local_env(jobs, bool(gpus))
     train_jobs = [TrainJob(run.label, str(run.folder), train_command(run), str(root / "progress.log"), env,
                            opts.keep_checkpoints) for run in todo]
-    results = asyncio.run(_pool(executor, todo, train_jobs, jobs, gpus))
+    quiet = _DebugNotice()
+    logging.getLogger().addFilter(quiet)
+    try:
+        results = asyncio.run(_pool(executor, todo, train_jobs, jobs, gpus))
+    finally:
+        logging.getLogger().removeFilter(quiet)
     return sum(r.startswith("failed") for r in results)
+
+
+class _DebugNotice(logging.Filter):
+    """DebugExecutor warns at every job that it also logs to its files in ROOT/.submitit; once is in the docs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Logging is written both to stderr/stdout")
 
 
 async def _pool(executor: submitit.Executor, runs: list[Run], train_jobs: list[TrainJob], slots: int,
