@@ -140,7 +140,7 @@ def clear_lock_of_requeued_job(folder: Path, job: tuple[str, str] | None) -> Non
 class TrainJob(submitit.helpers.Checkpointable):
     """One run as a job: ``cmd`` (mt_dnn.train with ``--resume``) in ``folder`` with ``env`` added to the
     environment. Returns ``done``, ``skip`` (finished before it began), ``busy`` (another training holds the run)
-    or ``failed ...``; never raises for a failed training."""
+    or ``failed rc=N: <the output's last line>``; never raises for a failed training."""
 
     label: str
     folder: str
@@ -209,4 +209,4 @@ class TrainJob(submitit.helpers.Checkpointable):
         log_progress(progress, self.label, f"failed rc={rc}", seconds)
         logger.error("%s failed (rc %d): %s  [see %s]", self.label, rc, tail[0] if tail else "",
                      folder / "campaign.out")
-        return f"failed rc={rc}"
+        return f"failed rc={rc}" + (f": {tail[0].strip()}" if tail else "")

@@ -208,8 +208,15 @@ async def _pool(executor: submitit.Executor, runs: list[Run], train_jobs: list[T
             write_flags(run)
             job = executor.submit(train_job)
             submitted.append(job)
+            here = isinstance(executor, submitit.DebugExecutor)  # in this process: the job logs to this console
+            if not here:
+                logger.info("%s: job %s%s", run.label, job.job_id, f" on GPU {gpus[slot % len(gpus)]}" if gpus else "")
             try:
-                return await job.awaitable().result(poll_interval=POLL_SECONDS)
+                result = await job.awaitable().result(poll_interval=POLL_SECONDS)
+                if not here:
+                    logger.log(logging.ERROR if result.startswith("failed") else logging.INFO, "%s: %s%s", run.label,
+                               result, f"  [see {run.folder / 'campaign.out'}]" if result.startswith("failed") else "")
+                return result
             except Exception as exc:  # the job's process died (killed) before it could return
                 log_progress(Path(train_job.progress), run.label, "failed (job)")
                 lines = [ln for ln in str(exc).splitlines() if ln.strip()]
