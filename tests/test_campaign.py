@@ -1,17 +1,21 @@
 """The RAPT campaign runner (experiments.rapt.campaign): planning, running, resuming, locks, dry runs, adopting.
 
-One test runs real ``mt_dnn.train`` subprocesses (tiny BERT, fixture GLUE files, 2 steps each); the others replace
-the training subprocess (``experiments.rapt.launch.subprocess.run``) by a stand-in or run nothing.
+One test runs real ``mt_dnn.train`` subprocesses (tiny BERT, fixture GLUE files, 2 steps each) through submitit's
+LocalExecutor; the others replace the training subprocess (``experiments.rapt.jobs.subprocess.run``, called in this
+process by submitit's DebugExecutor with ``--gpus none``) by a stand-in or run nothing. Executors, GPU slots and
+Slurm are in test_campaign_launch.py.
 """
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from experiments.rapt import campaign, launch
+from experiments.rapt import campaign, jobs, launch
 from experiments.rapt.grid import load_grid, plan_grids, plan_runs
 from experiments.rapt.results import is_finished
 from mt_dnn.cli_utils import run_cli
@@ -35,43 +39,49 @@ def _run_folders(root: Path) -> list[Path]:
 
 
 def test_campaign_runs_skips_and_resumes(tmp_path, glue_dir, tiny_model_dir):
+    """Real trainings, two at a time on two (named) GPUs; then a half-finished grid: one run finished, one with a
+    checkpoint only, two not started: the rerun skips the first, resumes the second and starts the others."""
     grid = _grid(tmp_path / "grid.yml")
     root = tmp_path / "camp"
-    base = ["--grid", str(grid), "--root", str(root), "--glue_dir", str(glue_dir), "--model", str(tiny_model_dir)]
-    assert campaign.main([*base, "--jobs", "2", "--keep_checkpoints"]) == 0
+    base = ["--grid", str(grid), "--root", str(root), "--glue_dir", str(glue_dir), "--model", str(tiny_model_dir),
+            "--gpus", "0,1"]
+    assert campaign.main([*base, "--jobs", "2", "--max_runs", "2", "--keep_checkpoints"]) == 0
 
-    folders = _run_folders(root)
-    assert [(f.parent.name, f.name.split("-")[0]) for f in folders] == [
-        ("rapt", "s1"), ("rapt", "s2"), ("standard", "s1"), ("standard", "s2")]
-    for f in folders:
-        assert is_finished(f)
-        info = json.loads((f / "flags.json").read_text())
-        assert info["identity"]["max_steps"] == 2 and f.name.endswith(info["hash"])
-        assert "--resume" in (f / "campaign.out").read_text()
+    runs = plan_runs(load_grid(grid), root, model=str(tiny_model_dir), glue_dir=str(glue_dir))
+    assert [(r.seed, r.name) for r in runs] == [(1, "standard"), (1, "rapt"), (2, "standard"), (2, "rapt")]
     first = _progress(root)
-    assert sorted(s for _, _, s, _ in first) == ["done"] * 4 + ["start"] * 4
-    assert (root / "table2.md").is_file() and (root / "table2.json").is_file()
-    report = json.loads((root / "table2.json").read_text())
-    assert report["methods"] == ["standard", "rapt"] and report["rows"]["rapt"]["tasks"]["rte"]["seeds"] == [1, 2]
+    assert sorted(s for _, _, s, _ in first) == ["done"] * 2 + ["start"] * 2
+    devices = set()
+    for run in runs[:2]:
+        assert is_finished(run.folder) and (run.folder / "checkpoint").is_dir()
+        info = json.loads((run.folder / "flags.json").read_text())
+        assert info["identity"]["max_steps"] == 2 and run.folder.name.endswith(info["hash"])
+        [header] = [ln for ln in (run.folder / "campaign.out").read_text().splitlines() if ln.startswith("$ ")]
+        assert header.endswith("--resume") and " -m mt_dnn.train " in header
+        devices.add(header.split()[1])
+    assert devices == {"CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1"}  # side by side: one GPU each
+    assert not any(r.folder.exists() for r in runs[2:])
 
-    # a rerun starts no subprocess: every run is logged as skipped
-    assert campaign.main(base) == 0
-    second = _progress(root)[len(first):]
-    assert [s for _, _, s, _ in second] == ["skip"] * 4
-
-    # an unfinished run (train record gone, a checkpoint at step 1 left) is resumed, and only it
-    victim = next(f for f in folders if f.parent.name == "rapt" and f.name.startswith("s2-"))
+    # seed 1 rapt loses its train record: a checkpoint at step 1 is left
+    victim = runs[1].folder
     assert (victim / "checkpoint" / "trainer_state.pt").is_file()
     lines = (victim / "metrics.jsonl").read_text().splitlines()
     (victim / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n")
-    assert launch.run_status(victim) == "resume"
-    assert campaign.main(base) == 0
-    third = _progress(root)[len(first) + len(second):]
-    label = f"rte/rapt/{victim.name}"
-    assert [(r, s) for _, r, s, _ in third if s != "skip"] == [(label, "resume"), (label, "done")]
-    assert sum(s == "skip" for _, _, s, _ in third) == 3
+    assert [launch.run_status(r.folder) for r in runs] == ["done", "resume", "run", "run"]
+    assert campaign.main([*base, "--jobs", "2"]) == 0
+    second = _progress(root)[len(first):]
+    events = {(r, s) for _, r, s, _ in second}
+    assert {(runs[0].label, "skip"), (runs[1].label, "resume"), (runs[1].label, "done"), (runs[2].label, "start"),
+            (runs[2].label, "done"), (runs[3].label, "start"), (runs[3].label, "done")} == events
     assert "resumed from" in (victim / "campaign.out").read_text()  # logged before train.log opens
-    assert is_finished(victim) and not (victim / "checkpoint").exists()  # removed once finished
+    assert all(is_finished(r.folder) for r in runs)
+    assert not (victim / "checkpoint").exists() and (runs[0].folder / "checkpoint").exists()  # kept when asked
+    report = json.loads((root / "table2.json").read_text())
+    assert report["methods"] == ["standard", "rapt"] and report["rows"]["rapt"]["tasks"]["rte"]["seeds"] == [1, 2]
+
+    # a rerun starts nothing: every run is logged as skipped
+    assert campaign.main(base) == 0
+    assert [s for _, _, s, _ in _progress(root)[len(first) + len(second):]] == ["skip"] * 4
 
 
 def test_a_failed_run_is_logged_and_the_campaign_exits_1(tmp_path, monkeypatch, capsys):
@@ -81,21 +91,23 @@ def test_a_failed_run_is_logged_and_the_campaign_exits_1(tmp_path, monkeypatch, 
     def fake_run(cmd, stdout, stderr, env):
         calls.append(cmd)
         stdout.write("error: boom\n")
-        return launch.subprocess.CompletedProcess(cmd, 2)
+        return jobs.subprocess.CompletedProcess(cmd, 2)
 
-    monkeypatch.setattr(launch.subprocess, "run", fake_run)
+    monkeypatch.setattr(jobs.subprocess, "run", fake_run)
     grid = _grid(tmp_path / "grid.yml", seeds=[1])
     root = tmp_path / "camp"
-    assert campaign.main(["--grid", str(grid), "--root", str(root)]) == 1
+    assert campaign.main(["--grid", str(grid), "--root", str(root), "--gpus", "none"]) == 1
     assert len(calls) == 2 and all(c[1:3] == ["-m", "mt_dnn.train"] and c[-1] == "--resume" for c in calls)
     assert [s for _, _, s, _ in _progress(root)].count("failed rc=2") == 2
     assert "2 run(s) failed" in capsys.readouterr().err
     assert all(launch.run_status(f) == "run" for f in _run_folders(root))  # nothing written: a fresh start next
 
 
-def test_subprocesses_get_one_thread_when_side_by_side():
-    assert launch.run_env(2)["OMP_NUM_THREADS"] == "1"
-    assert launch.run_env(1).get("MT_DNN_NO_TQDM") == "1"
+def test_subprocesses_get_one_thread_when_side_by_side_on_cpu():
+    assert launch.local_env(2, on_gpus=False)["OMP_NUM_THREADS"] == "1"
+    assert launch.local_env(1, on_gpus=False) == {"MT_DNN_NO_TQDM": "1"}  # alone: torch's own thread count
+    cores = launch.os.cpu_count() or 1
+    assert launch.local_env(2, on_gpus=True)["MKL_NUM_THREADS"] == str(max(1, cores // 2))
 
 
 def test_folder_hash_follows_the_hyperparameters(tmp_path, glue_dir):
@@ -265,42 +277,40 @@ def _fake_training(calls: list):
     def fake_run(cmd, stdout, stderr, env):
         folder = Path(cmd[cmd.index("--output_dir") + 1])
         calls.append(folder)
-        assert (folder / launch.LOCK_NAME).is_file()  # held while training
         recs = [{"epoch": 0, "step": 2, "task": "rte", "split": "dev", "split_name": "dev", "train_seconds": 1.0,
                  "metrics": {"acc": 0.5}}, {"epoch": 0, "task": "rte", "split": "train", "steps": 2,
                                            "train_seconds": 1.0, "loss": 0.5, "reg_loss": 0.0}]
         (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-        return launch.subprocess.CompletedProcess(cmd, 0)
+        return jobs.subprocess.CompletedProcess(cmd, 0)
 
     return fake_run
 
 
 def test_seeds_slice_the_grid_and_locked_runs_are_left_to_their_process(tmp_path, monkeypatch, capsys):
     calls: list[Path] = []
-    monkeypatch.setattr(launch.subprocess, "run", _fake_training(calls))
+    monkeypatch.setattr(jobs.subprocess, "run", _fake_training(calls))
     grid = _grid(tmp_path / "grid.yml", seeds=[1, 2, 3])
     root = tmp_path / "camp"
     runs = plan_runs(load_grid(grid), root)
     first = {r.label: r.folder for r in runs if r.seed == 2}
     std2, rapt2 = first[next(k for k in first if "/standard/" in k)], first[next(k for k in first if "/rapt/" in k)]
 
-    # another live process on this host (our own pid stands in for it) is training standard seed 2
+    # a live training on this host (our own pid stands in for it) holds standard seed 2: the trainer's own lock
     std2.mkdir(parents=True)
-    (std2 / launch.LOCK_NAME).write_text(f"{launch.socket.gethostname()}:{launch.os.getpid()}\n")
+    (std2 / ".lock").write_text(f"{launch.os.getpid()} {jobs.socket.gethostname()}\n")
     assert launch.run_status(std2) == "busy"
-    base = ["--grid", str(grid), "--root", str(root)]
+    base = ["--grid", str(grid), "--root", str(root), "--gpus", "none"]
     assert campaign.main([*base, "--dry_run", "--seeds", "2"]) == 0
     assert "2 runs: 0 done, 1 running now, 0 to resume, 1 to run" in capsys.readouterr().out
 
-    # --max_runs 1 on seed 2 passes the busy run by and trains the next one; its lock is gone afterwards
+    # --max_runs 1 on seed 2 passes the busy run by and trains the next one
     assert campaign.main([*base, "--seeds", "2", "--max_runs", "1"]) == 0
-    assert calls == [rapt2] and not (rapt2 / launch.LOCK_NAME).exists()
-    assert (std2 / launch.LOCK_NAME).exists() and not is_finished(std2)
+    assert calls == [rapt2] and (std2 / ".lock").exists() and not is_finished(std2)
 
-    # a lock left by a dead process is stale: the run is taken over
-    dead = launch.subprocess.Popen([launch.sys.executable, "-c", "pass"])
+    # a lock of a dead process is stale: the run is started (the trainer takes the lock over)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (std2 / launch.LOCK_NAME).write_text(f"{launch.socket.gethostname()}:{dead.pid}\n")
+    (std2 / ".lock").write_text(f"{dead.pid} {jobs.socket.gethostname()}\n")
     assert launch.run_status(std2) == "run"
     assert campaign.main([*base, "--seeds", "2"]) == 0
     assert calls == [rapt2, std2] and is_finished(std2)
@@ -332,14 +342,14 @@ def test_the_shipped_grids_plan_and_share_runs_where_they_should(tmp_path):
 
 def test_several_grids_share_a_root_run_shared_cells_once_and_report_together(tmp_path, monkeypatch, capsys):
     calls: list[Path] = []
-    monkeypatch.setattr(launch.subprocess, "run", _fake_training(calls))
+    monkeypatch.setattr(jobs.subprocess, "run", _fake_training(calls))
     core = _grid(tmp_path / "core.yml", seeds=[1, 2])
     sweep = _grid(tmp_path / "sweep.yml", seeds=[1], methods={
         "rapt": {"method": "rapt", "rapt_max_layer": 2}, "rapt_eta1": {"method": "rapt", "rapt_max_layer": 2,
                                                                        "rapt_eta": 1.0}},
         best_of={"rapt_best": ["rapt", "rapt_eta1"]})
     root = tmp_path / "camp"
-    assert campaign.main(["--grid", str(core), str(sweep), "--root", str(root)]) == 0
+    assert campaign.main(["--grid", str(core), str(sweep), "--root", str(root), "--gpus", "none"]) == 0
     # core: 2 methods x 2 seeds; the sweep adds only rapt_eta1 (its rapt is core's seed-1 rapt run)
     assert len(calls) == 5 and len(set(calls)) == 5
     report = json.loads((root / "table2.json").read_text())

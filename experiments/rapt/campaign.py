@@ -1,6 +1,8 @@
 """A grid of ``mt_dnn.train`` runs that resumes where it stopped, and Table 2 of the paper from its results.
 
     python -m experiments.rapt.campaign --grid experiments/rapt/grids/pilot.yml --root runs/pilot [--jobs 2]
+    python -m experiments.rapt.campaign --grid GRID.yml --root DIR --gpus 0,1,2,3      # one run per GPU
+    python -m experiments.rapt.campaign --grid GRID.yml --root DIR --cluster slurm --partition gpu
     python -m experiments.rapt.campaign --grid GRID.yml --root DIR --dry_run [--step_costs costs.json]
     python -m experiments.rapt.campaign --root DIR --report            # or with --grid: only the grid's runs
     python -m experiments.rapt.campaign --grid core.yml extra.yml eta.yml --root DIR   # one root, one report
@@ -26,12 +28,21 @@ checkpoint and makes the trainer write one at each epoch end. Runs go seed by se
 1 first), so a campaign cut short still has complete, paired seeds. ``ROOT/progress.log`` gets one line per event:
 ``timestamp<TAB>run<TAB>status<TAB>seconds``.
 
-Several campaign processes may share one ROOT (two terminals, or a loop of ``--max_runs 1`` calls per worker):
-a run being trained holds ``<run folder>/RUNNING`` (``host:pid``), and the others pass it by (``busy`` in
-``--dry_run``). ``--tasks``, ``--methods`` and ``--seeds`` pick a slice of the grid.
+Runs go through submitit. On this machine ``--jobs N`` runs N at a time; on GPUs (``--gpus 0,1,2,3``, or every
+GPU torch sees) each run gets its own (``CUDA_VISIBLE_DEVICES``), and ``--jobs`` defaults to one per GPU; on CPU
+runs side by side get one thread each. ``--cluster slurm --partition P [--gpus_per_job 1 --cpus_per_job 8
+--mem_gb 64 --time_min 240 --account A --qos Q]`` submits the runs as one Slurm job array instead (``--jobs``:
+at most that many at once) and returns; the same command later skips finished runs and submits only those
+neither finished nor still queued. A job stopped at its time limit is requeued and resumes from its checkpoint.
+
+Several campaign processes may share one ROOT (two terminals, a ``--max_runs 1`` loop per worker, or a cluster
+and a workstation): a run being trained holds the trainer's own ``<run folder>/.lock`` (``PID HOST``), and the
+others pass it by (``busy`` in ``--dry_run``); a lock of a dead process is taken over. ``--tasks``,
+``--methods`` and ``--seeds`` pick a slice of the grid.
 
 This module is the command line; the work lives beside it: ``grid`` (grid files and run planning), ``launch``
-(training subprocesses, locks, progress log), ``costs`` (step costs and the dry run), ``adopt`` (runs made
+(submitit executors here, GPU slots), ``jobs`` (one run as a job: the training subprocess, progress log),
+``cluster`` (Slurm), ``costs`` (step costs and the dry run), ``adopt`` (runs made
 elsewhere), ``results`` (run folders as results), ``report`` (Table 2), ``stats`` (paired statistics) and
 ``paper`` (the paper's rows and columns).
 """
@@ -46,7 +57,8 @@ from experiments.rapt.adopt import adopt_runs
 from experiments.rapt.archive import load_archive, with_archive
 from experiments.rapt.costs import dry_run
 from experiments.rapt.grid import load_grid, plan_grids
-from experiments.rapt.launch import run_campaign
+from experiments.rapt.cluster import SlurmOptions
+from experiments.rapt.launch import LaunchOptions, parse_gpus, run_campaign
 from experiments.rapt.report import write_report
 from experiments.rapt.results import load_result, scan_results
 from mt_dnn.cli_utils import run_cli, setup_logging
@@ -54,6 +66,25 @@ from mt_dnn.cli_utils import run_cli, setup_logging
 
 def _csv(value: str | None) -> list[str] | None:
     return [x for x in value.split(",") if x] if value else None
+
+
+SLURM_FLAGS = ("partition", "gpus_per_job", "cpus_per_job", "mem_gb", "time_min", "account", "qos")
+
+
+def _launch_options(args: argparse.Namespace) -> LaunchOptions:
+    """Where and how the runs run; Slurm flags need --cluster slurm, --gpus is for this machine."""
+    given = {k: getattr(args, k) for k in SLURM_FLAGS if getattr(args, k) is not None}
+    if args.cluster == "slurm":
+        if args.gpus is not None:
+            raise ConfigError("--gpus picks this machine's GPUs; with --cluster slurm use --gpus_per_job")
+        slurm = SlurmOptions(**given)
+        slurm.check()
+        return LaunchOptions(jobs=args.jobs, keep_checkpoints=args.keep_checkpoints, max_runs=args.max_runs,
+                             cluster="slurm", slurm=slurm)
+    if given:
+        raise ConfigError(f"--{next(iter(given))} is a Slurm setting: add --cluster slurm")
+    return LaunchOptions(jobs=args.jobs, gpus=parse_gpus(args.gpus), keep_checkpoints=args.keep_checkpoints,
+                         max_runs=args.max_runs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +95,23 @@ def main(argv: list[str] | None = None) -> int:
                         "one report (a run in two grids runs once); optional with --report")
     p.add_argument("--root", required=True, help="campaign folder: <task>/<method>/s<seed>-<hash>/, progress.log")
     p.add_argument("--dry_run", action="store_true", help="print the plan and time estimates; run nothing")
-    p.add_argument("--jobs", type=int, default=1, help="runs side by side (each with one thread when > 1)")
+    p.add_argument("--jobs", type=int, help="runs at a time (default: one per GPU, 1 on CPU; on CPU each gets "
+                                            "one thread when > 1); with --cluster slurm: at most this many jobs "
+                                            "at once")
+    p.add_argument("--gpus", help="this machine's GPUs for the runs, one per run at a time (e.g. 0,1,2,3; "
+                                  "none = CPU; default: CUDA_VISIBLE_DEVICES, else every GPU torch sees)")
+    p.add_argument("--cluster", choices=["local", "slurm"], default="local",
+                   help="slurm: submit the runs as a Slurm job array (submitit) and return")
+    slurm = p.add_argument_group("Slurm (with --cluster slurm)")
+    slurm.add_argument("--partition", help="partition (default: the cluster's)")
+    slurm.add_argument("--gpus_per_job", type=int, help="GPUs per run, as --gres=gpu:N (default 1; 0 = CPU "
+                                                        "jobs; > 1 trains under torchrun)")
+    slurm.add_argument("--cpus_per_job", type=int, help="CPUs per run (default 8; also its training's threads)")
+    slurm.add_argument("--mem_gb", type=float, help="memory per run in GB (default 64)")
+    slurm.add_argument("--time_min", type=int, help="time limit per job in minutes (default 240); a job that "
+                                                    "reaches it is requeued and resumes from its checkpoint")
+    slurm.add_argument("--account", help="account to charge")
+    slurm.add_argument("--qos", help="quality of service")
     p.add_argument("--glue_dir", help="GLUE folder (wins over the grid's)")
     p.add_argument("--model", help="encoder for every run (wins over the grid's; default: the packaged MiniLM)")
     p.add_argument("--report", action="store_true",
@@ -88,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     root = Path(args.root)
     archived = load_archive(args.archive) if args.archive else []
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         raise ConfigError("--jobs must be >= 1")
+    launch = _launch_options(args)
     if args.max_runs is not None and args.max_runs < 0:
         raise ConfigError("--max_runs must be >= 0")
     if args.grid is None:
@@ -107,10 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         for line in adopt_runs(runs, args.adopt):
             print(line)
     if args.dry_run:
-        return dry_run(runs, root, args.jobs, args.step_costs, _csv(args.costs_from))
+        return dry_run(runs, root, args.jobs or 1, args.step_costs, _csv(args.costs_from))
     failed = 0
     if not args.report:
-        failed = run_campaign(runs, root, args.jobs, args.keep_checkpoints, args.max_runs)
+        failed = run_campaign(runs, root, launch)
     results = [r for r in (load_result(run.folder, run.task, run.name) for run in runs) if r is not None]
     results = with_archive(results, archived)
     if any(r.finished for r in results):

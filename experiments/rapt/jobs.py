@@ -1,0 +1,212 @@
+"""One run of a campaign as a submitit job: the part that runs where the run trains (this machine or a cluster node).
+
+A :class:`TrainJob` is pickled by submitit and called in the job's process. It skips a finished run, leaves a run
+that another training holds (the trainer's own ``<run>/.lock``) to it, and otherwise runs
+``python -m mt_dnn.train ... --output_dir <run> --resume`` (a fresh start when there is no checkpoint), its output
+appended to ``<run>/campaign.out``. Every event is a line of ``ROOT/progress.log``, written by the job itself, so a
+cluster job logs there too. ``<run>/job.json`` says which submitit job trains the run (executor, job id, host).
+
+A job stopped on a cluster (time limit, preemption) is requeued by submitit (:class:`TrainJob` is
+``Checkpointable``) and resumes from the run's last checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import submitit
+
+from experiments.rapt.results import is_finished
+from mt_dnn.run_folder import LOCK
+
+logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+JOB_RECORD = "job.json"
+STARTED_FILES = ("checkpoint", "checkpoint.old", "metrics.jsonl", "config.json")
+
+
+class Holder(NamedTuple):
+    """The training that holds a run folder's lock."""
+
+    pid: int
+    host: str
+
+    def __str__(self) -> str:
+        return f"pid {self.pid} on {self.host}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def read_lock(folder: Path) -> Holder | None:
+    """What ``<folder>/.lock`` says (``PID HOST``, as mt_dnn.train writes it), live or not; None if absent."""
+    try:
+        parts = (folder / LOCK).read_text().split()
+    except OSError:
+        return None
+    if len(parts) != 2 or not parts[0].isdigit():
+        return None
+    return Holder(int(parts[0]), parts[1])
+
+
+def lock_holder(folder: Path) -> Holder | None:
+    """The training now holding the run (its lock), or None. A lock of a dead process on this host is stale
+    (the trainer takes it over); one from another host cannot be checked here and counts as held."""
+    holder = read_lock(folder)
+    if holder is None or (holder.host == socket.gethostname() and not _alive(holder.pid)):
+        return None
+    return holder
+
+
+def remove_lock(folder: Path, why: str) -> None:
+    holder = read_lock(folder)
+    (folder / LOCK).unlink(missing_ok=True)
+    logger.warning("%s: removed the lock of %s (%s)", folder, holder, why)
+
+
+def started(folder: Path) -> bool:
+    """Something of a training is there (a checkpoint, records or its config): a start continues it."""
+    return any((folder / name).exists() for name in STARTED_FILES)
+
+
+def log_progress(path: Path, run: str, status: str, seconds: float = 0.0) -> None:
+    """Append ``timestamp<TAB>run<TAB>status<TAB>seconds`` to ROOT/progress.log (one write: jobs share the file)."""
+    line = f"{time.strftime('%Y-%m-%d %H:%M:%S')}\t{run}\t{status}\t{seconds:.1f}\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def read_record(folder: Path) -> dict:
+    """``<folder>/job.json``: the submitit job that was given the run (``executor``, ``job_id``, ``host`` once
+    it started), or {}."""
+    try:
+        data = json.loads((folder / JOB_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_record(folder: Path, **fields) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{JOB_RECORD}.{os.getpid()}"
+    tmp.write_text(json.dumps(fields, indent=2) + "\n")
+    os.replace(tmp, folder / JOB_RECORD)
+
+
+def current_job() -> tuple[str, str] | None:
+    """(executor, job id) of the submitit job this process runs in (``slurm``, ``local``, ``debug``), or None."""
+    if not (os.environ.get("SUBMITIT_EXECUTOR") or os.environ.get("SUBMITIT_DEBUG_JOB_ID")):
+        return None
+    try:
+        env = submitit.JobEnvironment()
+        return env.cluster, str(env.job_id)
+    except Exception:  # not inside a job after all
+        return None
+
+
+def clear_lock_of_requeued_job(folder: Path, job: tuple[str, str] | None) -> None:
+    """A Slurm job killed without notice (node failure) leaves its trainer's lock behind, from a host this node
+    cannot check. When the lock was written on the host ``job.json`` records for this very job id, the holder is
+    this job before it was requeued, and Slurm runs a job id once at a time: the lock is stale."""
+    if job is None or job[0] != "slurm":
+        return
+    holder, record = lock_holder(folder), read_record(folder)
+    if holder is not None and record.get("job_id") == job[1] and record.get("host") == holder.host:
+        remove_lock(folder, f"Slurm job {job[1]} before it was requeued")
+
+
+@dataclass
+class TrainJob(submitit.helpers.Checkpointable):
+    """One run as a job: ``cmd`` (mt_dnn.train with ``--resume``) in ``folder`` with ``env`` added to the
+    environment. Returns ``done``, ``skip`` (finished before it began), ``busy`` (another training holds the run)
+    or ``failed rc=N: <the output's last line>``; never raises for a failed training."""
+
+    label: str
+    folder: str
+    cmd: list[str]
+    progress: str
+    env: dict[str, str] = field(default_factory=dict)
+    keep_checkpoints: bool = False
+
+    def __call__(self) -> str:
+        try:
+            return self._run()
+        except Exception as exc:  # a bug or an unwritable disk: one failed run, not a broken campaign
+            log_progress(Path(self.progress), self.label, f"failed ({type(exc).__name__})")
+            logger.exception("%s failed", self.label)
+            return f"failed ({type(exc).__name__}: {exc})"
+
+    def _run(self) -> str:
+        folder, progress = Path(self.folder), Path(self.progress)
+        if is_finished(folder):
+            log_progress(progress, self.label, "skip")
+            return "skip"
+        job = current_job()
+        clear_lock_of_requeued_job(folder, job)
+        holder = lock_holder(folder)
+        if holder is not None:
+            log_progress(progress, self.label, "busy")
+            logger.info("%s is being trained by %s; left to it", self.label, holder)
+            return "busy"
+        status = "resume" if started(folder) else "start"
+        folder.mkdir(parents=True, exist_ok=True)
+        if job is not None:
+            write_record(folder, executor=job[0], job_id=job[1], host=socket.gethostname(), started=time.time())
+        env = dict(os.environ)
+        env.update(self.env)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+        device = env.get("CUDA_VISIBLE_DEVICES")
+        shown = (f"CUDA_VISIBLE_DEVICES={device} " if device is not None else "") + shlex.join(self.cmd)
+        log_progress(progress, self.label, status)
+        logger.info("%s %s%s", "resuming" if status == "resume" else "starting", self.label,
+                    f" on GPU {device}" if device else "")
+        t0 = time.time()
+        with open(folder / "campaign.out", "a") as out:
+            out.write(f"\n$ {shown}\n")
+            out.flush()
+            try:
+                rc = subprocess.run(self.cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+            except BaseException:  # stopped (Ctrl-C; a cluster's time limit or preemption, then requeued)
+                if read_lock(folder) is not None and lock_holder(folder) is None:
+                    remove_lock(folder, "its training was stopped with this job")
+                log_progress(progress, self.label, "stopped", time.time() - t0)
+                raise
+        seconds = time.time() - t0
+        if rc == 0 and is_finished(folder):
+            log_progress(progress, self.label, "done", seconds)
+            logger.info("done %s (%.0f s)", self.label, seconds)
+            if not self.keep_checkpoints:  # a finished run never resumes; its checkpoint is only disk
+                for name in ("checkpoint", "checkpoint.old"):
+                    shutil.rmtree(folder / name, ignore_errors=True)
+            return "done"
+        holder = lock_holder(folder)
+        if holder is not None:  # another process took the run between our check and the trainer's
+            log_progress(progress, self.label, "busy", seconds)
+            logger.info("%s is being trained by %s; left to it", self.label, holder)
+            return "busy"
+        tail = [ln for ln in (folder / "campaign.out").read_text().splitlines() if ln.strip()][-1:]
+        log_progress(progress, self.label, f"failed rc={rc}", seconds)
+        logger.error("%s failed (rc %d): %s  [see %s]", self.label, rc, tail[0] if tail else "",
+                     folder / "campaign.out")
+        return f"failed rc={rc}" + (f": {tail[0].strip()}" if tail else "")
