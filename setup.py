@@ -12,6 +12,7 @@ setup(
         # 2.13.0 is the CPU build on this machine's disk; an open range would make pip fetch a CUDA build.
         "torch>=2.2,<2.14",
         "transformers>=4.40",
+        "accelerate>=1.1",  # transformers.Trainer (mt_dnn.hf, experiments.hf_trainer)
         "safetensors",
         "numpy",
         "scikit-learn",
