@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_steps", type=int, default=-1)
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--log_every", type=int, default=20, help="optimizer steps between training logs (default: 20)")
     for method, flag, default, meta, field_name in option_flags():
         kw: dict[str, Any] = {"dest": f"opt__{method}__{field_name}", "default": None,
                               "help": f"{meta.get('help', '')} (default: {default})"}
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.eval_batch_size,
         gradient_accumulation_steps=args.grad_accumulation_steps, warmup_steps=args.warmup,
         weight_decay=args.weight_decay, max_grad_norm=1.0, lr_scheduler_type="linear",
-        eval_strategy="epoch", save_strategy="no", logging_strategy="steps", logging_steps=20,
+        eval_strategy="epoch", save_strategy="no", logging_strategy="steps", logging_steps=args.log_every,
         bf16=args.precision == "bf16", fp16=args.precision == "fp16", disable_tqdm=True,
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available())
     timer = StepTimer()

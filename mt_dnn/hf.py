@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
+from transformers import Trainer, TrainerCallback
 
 from data_utils.task_def import ConfigError
 from mt_dnn.encoder_hooks import EncoderHooks, LayerCapture, _replace_first, _with_hidden
@@ -187,13 +188,7 @@ def normalise_options(name: str, options: dict[str, Any] | None) -> dict[str, An
     return {(k + "_" if k not in valid and k + "_" in valid else k): v for k, v in (options or {}).items()}
 
 
-def _base_trainer():
-    from transformers import Trainer
-
-    return Trainer
-
-
-class RegularizedTrainer(_base_trainer()):
+class RegularizedTrainer(Trainer):
     """``transformers.Trainer`` with a training regularizer: loss = task_loss + alpha * reg_loss.
 
     ``method``: a registered name (``standard``, ``smart``, ``rapt``, ``r3f``); ``method_options``: the method's
@@ -203,7 +198,8 @@ class RegularizedTrainer(_base_trainer()):
 
     The task loss is the classifier's own (cross-entropy, or MSE for ``num_labels == 1``), a mean over the
     micro-batch like the regularizer term; ``num_items_in_batch`` is not used and the Trainer divides each
-    micro-batch's loss by the number of accumulation steps (``loss_is_scaled_for_ga = False``). Training logs
+    micro-batch's loss by the number of accumulation steps (``loss_is_scaled_for_ga = False``, and
+    ``model_accepts_loss_kwargs = False`` for versions of transformers that decide from that). Training logs
     carry ``task_loss`` and ``reg_loss`` (means over the micro-batches since the last log, averaged over ranks)
     and the method's own logs (this rank's means) beside the Trainer's ``loss``.
     """
@@ -221,13 +217,16 @@ class RegularizedTrainer(_base_trainer()):
         self._count = 0
         self._log_sums: dict[str, float] = {}
         super().__init__(*args, **kwargs)
-        if self.model is not None:
-            self.regularizer.check(self.adapter(self.model))
+        self.model_accepts_loss_kwargs = False  # batch-mean losses: the Trainer divides by the accumulation steps
+        if self.model is not None:  # fail early on an unsupported encoder or impossible options
+            self.adapter(self.model)
 
     def adapter(self, model: nn.Module) -> HFClassifier:
-        inner = self.accelerator.unwrap_model(model) if hasattr(self, "accelerator") else model
+        """The adapter of the classifier inside ``model`` (DDP or accelerate wrappers removed), checked once."""
+        inner = self.accelerator.unwrap_model(model)
         if self._adapter is None or self._adapter.model is not inner:
             self._adapter = HFClassifier(inner)
+            self.regularizer.check(self._adapter)
         return self._adapter
 
     def compute_loss(self, model: nn.Module, inputs: dict, return_outputs: bool = False,
@@ -264,13 +263,7 @@ class RegularizedTrainer(_base_trainer()):
         super().log(logs, *args, **kwargs)
 
 
-def _base_callback():
-    from transformers import TrainerCallback
-
-    return TrainerCallback
-
-
-class StepTimer(_base_callback()):
+class StepTimer(TrainerCallback):
     """Wall time of every optimizer step (its micro-batches' forward/backward and the update), in seconds."""
 
     def __init__(self) -> None:

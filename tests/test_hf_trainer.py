@@ -367,3 +367,46 @@ def test_ddp_two_processes_gloo_identical_weights_after_three_steps(tmp_path):
     expected = [(s, k, reg.layer_for_step(s, k)) for s in range(3) for k in range(2)]
     assert ranks[0]["layers"] == ranks[1]["layers"] == expected
     assert all("reg_loss" in h for h in ranks[0]["logs"])
+
+
+# ---- the example script ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("task", ["rte", "stsb"])
+def test_example_trains_saves_and_the_pipeline_loads_it(task, glue_dir, tiny_model_dir, tmp_path):
+    import json
+
+    from transformers import pipeline
+
+    from experiments.hf_trainer import main
+
+    out = tmp_path / "run"
+    rc = main(["--model", str(tiny_model_dir), "--task", task, "--method", "rapt", "--rapt_max_layer", "2",
+               "--glue_dir", str(glue_dir), "--output_dir", str(out), "--epochs", "2", "--batch_size", "8",
+               "--max_seq_len", "32", "--seed", "1", "--log_every", "2"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row["epoch"] for row in summary["dev"]] == [1.0, 2.0]
+    metric = "acc" if task == "rte" else "pearson"
+    assert all(metric in row for row in summary["dev"])
+    assert summary["steps"] == 6 and summary["median_step_seconds"] > 0 and len(summary["step_seconds"]) == 6
+    assert summary["method_options"] == {"max_layer": 2}
+    assert any("reg_loss" in h for h in summary["log_history"])
+    clf = pipeline("text-classification", model=str(out / "model"), device="cpu")
+    preds = clf([{"text": "the cat sat", "text_pair": "a cat sat"}, {"text": "dogs run", "text_pair": "it rains"}],
+                function_to_apply="none" if task == "stsb" else "softmax")
+    assert len(preds) == 2
+    if task == "rte":
+        assert {p["label"] for p in preds} <= {"entailment", "not_entailment"}
+
+
+def test_example_bad_input_is_one_line_and_exit_2(glue_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO)] + sys.path)}
+    for extra, message in ((["--task", "nope"], "unknown task 'nope'"),
+                           (["--method", "rapt", "--smart_k", "2"], "--smart_k is an option of --method smart"),
+                           (["--glue_dir", str(tmp_path / "none")], "file not found")):
+        done = subprocess.run([sys.executable, "-m", "experiments.hf_trainer", "--output_dir", str(tmp_path / "o"),
+                               "--glue_dir", str(glue_dir), *extra], env=env, capture_output=True, text=True,
+                              timeout=300, cwd=REPO)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert done.stderr.strip().splitlines()[-1].startswith("error: ") and message in done.stderr
+        assert "Traceback" not in done.stderr
