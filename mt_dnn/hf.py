@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import statistics
 import time
 from dataclasses import fields
 from typing import Any, Callable, Iterator
@@ -229,6 +230,10 @@ class RegularizedTrainer(Trainer):
             self.regularizer.check(self._adapter)
         return self._adapter
 
+    def train(self, *args: Any, **kwargs: Any):
+        self._micro_of, self._sums, self._count, self._log_sums = None, None, 0, {}
+        return super().train(*args, **kwargs)
+
     def compute_loss(self, model: nn.Module, inputs: dict, return_outputs: bool = False,
                      num_items_in_batch: Any = None):
         if not model.training:  # evaluation and prediction: the plain model, no noise
@@ -285,8 +290,4 @@ class StepTimer(TrainerCallback):
             self._start = None
 
     def median(self) -> float | None:
-        if not self.times:
-            return None
-        ordered = sorted(self.times)
-        mid = len(ordered) // 2
-        return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+        return statistics.median(self.times) if self.times else None
