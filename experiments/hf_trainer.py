@@ -10,7 +10,8 @@ trained by ``mt_dnn.hf.RegularizedTrainer``. The dev split is scored after every
 
 Outputs (``--output_dir``): ``model/`` (weights, config with id2label, tokenizer: loadable by
 ``transformers.pipeline("text-classification", model=...)``), ``summary.json`` (dev metrics per epoch, train
-seconds, median optimizer-step time, the Trainer's log history) and ``train.log``.
+seconds, median optimizer-step time, the Trainer's log history), ``step_times.tsv`` (each optimizer step's
+seconds, written as training goes) and ``train.log``.
 """
 from __future__ import annotations
 
@@ -159,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         eval_strategy="epoch", save_strategy="no", logging_strategy="steps", logging_steps=args.log_every,
         bf16=args.precision == "bf16", fp16=args.precision == "fp16", disable_tqdm=True,
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available())
-    timer = StepTimer()
+    (out / "step_times.tsv").unlink(missing_ok=True)
+    timer = StepTimer(str(out / "step_times.tsv"))
     trainer = RegularizedTrainer(model=model, args=targs, train_dataset=train_ds, eval_dataset=dev_ds,
                                  processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
                                  compute_metrics=metrics, callbacks=[timer], method=args.method,

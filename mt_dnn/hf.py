@@ -269,10 +269,12 @@ class RegularizedTrainer(Trainer):
 
 
 class StepTimer(TrainerCallback):
-    """Wall time of every optimizer step (its micro-batches' forward/backward and the update), in seconds."""
+    """Wall time of every optimizer step (its micro-batches' forward/backward and the update), in seconds;
+    with ``path``, each step's ``<step>\t<seconds>`` is also appended to that file as it ends."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: str | None = None) -> None:
         self.times: list[float] = []
+        self.path = path
         self._start: float | None = None
 
     def _sync(self) -> None:
@@ -288,6 +290,9 @@ class StepTimer(TrainerCallback):
             self._sync()
             self.times.append(time.perf_counter() - self._start)
             self._start = None
+            if self.path and state.is_world_process_zero:
+                with open(self.path, "a", encoding="utf-8") as fh:
+                    fh.write(f"{state.global_step}\t{self.times[-1]:.4f}\n")
 
     def median(self) -> float | None:
         return statistics.median(self.times) if self.times else None

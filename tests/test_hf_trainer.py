@@ -390,6 +390,7 @@ def test_example_trains_saves_and_the_pipeline_loads_it(task, glue_dir, tiny_mod
     assert all(metric in row for row in summary["dev"])
     assert summary["steps"] == 6 and summary["median_step_seconds"] > 0 and len(summary["step_seconds"]) == 6
     assert summary["method_options"] == {"max_layer": 2}
+    assert len((out / "step_times.tsv").read_text().splitlines()) == 6
     assert any("reg_loss" in h for h in summary["log_history"])
     clf = pipeline("text-classification", model=str(out / "model"), device="cpu")
     preds = clf([{"text": "the cat sat", "text_pair": "a cat sat"}, {"text": "dogs run", "text_pair": "it rains"}],
