@@ -14,6 +14,7 @@ setup(
         # range. Install the torch you want first (README quick start); pip then keeps it.
         "torch>=2.2",
         "transformers>=4.40",
+        "accelerate>=1.1",  # transformers.Trainer (mt_dnn.hf, experiments.hf_trainer)
         "safetensors",
         "numpy",
         "scikit-learn",

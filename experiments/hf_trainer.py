@@ -1,0 +1,198 @@
+"""Fine-tune any Hugging Face sequence classifier on one GLUE task with ``transformers.Trainer`` and a regularizer.
+
+    python -m experiments.hf_trainer --task rte --method rapt [--model NAME_OR_PATH] [--epochs 3 --lr 1e-4
+        --batch_size 32 --seed 1 --output_dir runs/hf-rte-rapt] [--rapt_eta 2 --rapt_max_layer 3 ...]
+
+The task's official files are read by ``data_utils.glue`` (``--glue_dir``, default ``$GLUE_DIR``, else
+``../shared/glue_data``), tokenized with the model's own tokenizer and padded per batch; the model is
+``AutoModelForSequenceClassification`` (default: the packaged all-MiniLM-L6-v2, with a fresh classifier head)
+trained by ``mt_dnn.hf.RegularizedTrainer``. The dev split is scored after every epoch.
+
+Outputs (``--output_dir``): ``model/`` (weights, config with id2label, tokenizer: loadable by
+``transformers.pipeline("text-classification", model=...)``), ``summary.json`` (dev metrics per epoch, train
+seconds, median optimizer-step time, the Trainer's log history), ``step_times.tsv`` (each optimizer step's
+seconds, written as training goes) and ``train.log``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from data_utils.glue import read_split
+from data_utils.metrics import compute_metrics
+from data_utils.task_def import ConfigError, TaskDef, load_task_defs
+from mt_dnn.cli_utils import run_cli, setup_logging
+from mt_dnn.model import resolve_model
+from mt_dnn.perturbation import REGISTRY, option_flags
+
+logger = logging.getLogger(__name__)
+
+
+def default_glue_dir() -> str:
+    return os.environ.get("GLUE_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "glue_data"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.hf_trainer",
+                                description="One GLUE task with transformers.Trainer and a regularizer "
+                                            f"({', '.join(REGISTRY)}).")
+    p.add_argument("--model", default=None, help="hub name or local path (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument("--task", default="rte", help="a task of data_utils/glue_tasks.yml (default: rte)")
+    p.add_argument("--method", default="rapt", choices=list(REGISTRY))
+    p.add_argument("--glue_dir", default=None, help="GLUE folder (default: $GLUE_DIR, else ../shared/glue_data)")
+    p.add_argument("--output_dir", default=None, help="default: runs/hf-<task>-<method>-s<seed>")
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--eval_batch_size", type=int, default=128)
+    p.add_argument("--grad_accumulation_steps", type=int, default=1)
+    p.add_argument("--max_seq_len", type=int, default=128)
+    p.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps (default: 0.1)")
+    p.add_argument("--weight_decay", type=float, default=0.01)
+    p.add_argument("--max_train_samples", type=int, default=None)
+    p.add_argument("--max_steps", type=int, default=-1)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--log_every", type=int, default=20, help="optimizer steps between training logs (default: 20)")
+    for method, flag, default, meta, field_name in option_flags():
+        kw: dict[str, Any] = {"dest": f"opt__{method}__{field_name}", "default": None,
+                              "help": f"{meta.get('help', '')} (default: {default})"}
+        if isinstance(default, bool):
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = type(default)
+            if meta.get("choices"):
+                kw["choices"] = meta["choices"]
+        p.add_argument(f"--{flag}", **kw)
+    return p
+
+
+class _Rows(torch.utils.data.Dataset):
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
+
+
+def tokenized(tokenizer, task: TaskDef, examples, max_len: int) -> _Rows:
+    """Token ids of each example (pairs as the tokenizer joins them), with its label: a list of dicts."""
+    enc = tokenizer([e.text_a for e in examples], [e.text_b for e in examples] if task.text_b else None,
+                    truncation=True, max_length=max_len)
+    rows = []
+    for i, e in enumerate(examples):
+        row = {k: enc[k][i] for k in enc.keys()}
+        row["labels"] = float(e.label) if task.type == "regression" else int(e.label)
+        rows.append(row)
+    return _Rows(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    options = {}
+    for method, flag, _, _, field_name in option_flags():
+        value = getattr(args, f"opt__{method}__{field_name}")
+        if value is None:
+            continue
+        if method != args.method:
+            raise ConfigError(f"--{flag} is an option of --method {method}, but --method is {args.method}")
+        options[field_name] = value
+    if os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    tasks = load_task_defs()
+    if args.task not in tasks:
+        raise ConfigError(f"unknown task {args.task!r}; choose one of {', '.join(tasks)}")
+    task = tasks[args.task]
+    if task.type not in ("classification", "regression") or not task.splits_of("dev"):
+        raise ConfigError(f"task {task.name} has no labelled dev split to train and score on")
+    glue_dir = args.glue_dir or default_glue_dir()
+    out = Path(args.output_dir or f"runs/hf-{task.name}-{args.method}-s{args.seed}")
+    out.mkdir(parents=True, exist_ok=True)
+    setup_logging(out / "train.log")
+
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
+                              TrainingArguments)
+
+    from mt_dnn.hf import RegularizedTrainer, StepTimer
+
+    train_ex = read_split(glue_dir, task, task.splits_of("train")[0])
+    if args.max_train_samples:
+        train_ex = train_ex[:args.max_train_samples]
+    dev_split = task.splits_of("dev")[0]
+    dev_ex = read_split(glue_dir, task, dev_split)
+    model_path = resolve_model(args.model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path, use_fast=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot load a tokenizer from {model_path!r}: {str(exc).strip().splitlines()[0]}") from None
+    regression = task.type == "regression"
+    labels = list(task.labels or ["score"])
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_path, num_labels=1 if regression else len(labels),
+        id2label=dict(enumerate(labels)), label2id={lab: i for i, lab in enumerate(labels)},
+        problem_type="regression" if regression else "single_label_classification")
+    train_ds = tokenized(tokenizer, task, train_ex, args.max_seq_len)
+    dev_ds = tokenized(tokenizer, task, dev_ex, args.max_seq_len)
+
+    def metrics(pred) -> dict[str, float]:
+        logits = np.asarray(pred.predictions)
+        guesses = logits.reshape(len(logits), -1)[:, 0] if regression else logits.argmax(-1)
+        return compute_metrics(task.metrics, guesses, np.asarray(pred.label_ids))
+
+    targs = TrainingArguments(
+        output_dir=str(out / "trainer"), report_to="none", push_to_hub=False, seed=args.seed,
+        num_train_epochs=args.epochs, max_steps=args.max_steps, learning_rate=args.lr,
+        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.eval_batch_size,
+        gradient_accumulation_steps=args.grad_accumulation_steps, warmup_steps=args.warmup,
+        weight_decay=args.weight_decay, max_grad_norm=1.0, lr_scheduler_type="linear",
+        eval_strategy="epoch", save_strategy="no", logging_strategy="steps", logging_steps=args.log_every,
+        bf16=args.precision == "bf16", fp16=args.precision == "fp16", disable_tqdm=True,
+        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available())
+    (out / "step_times.tsv").unlink(missing_ok=True)
+    timer = StepTimer(str(out / "step_times.tsv"))
+    trainer = RegularizedTrainer(model=model, args=targs, train_dataset=train_ds, eval_dataset=dev_ds,
+                                 processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
+                                 compute_metrics=metrics, callbacks=[timer], method=args.method,
+                                 method_options=options, seed=args.seed)
+    logger.info("%s on %s: %d train / %d dev rows, method %s %s", model_path, task.name, len(train_ds),
+                len(dev_ds), args.method, options)
+    start = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - start
+    trainer.save_model(str(out / "model"))
+    dev = [{"epoch": round(h["epoch"], 3), "step": h["step"],
+            **{m: h[f"eval_{m}"] for m in task.metrics}, "loss": h["eval_loss"]}
+           for h in trainer.state.log_history if "eval_loss" in h]
+    summary = {"task": task.name, "method": args.method, "method_options": options, "seed": args.seed,
+               "model": model_path, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+               "max_seq_len": args.max_seq_len, "precision": args.precision,
+               "threads": torch.get_num_threads(), "steps": trainer.state.global_step,
+               "train_seconds": round(train_seconds, 2),
+               "median_step_seconds": timer.median(), "step_seconds": [round(t, 4) for t in timer.times],
+               "dev": dev, "log_history": trainer.state.log_history}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    for row in dev:
+        logger.info("dev epoch %s: %s", row["epoch"], {m: round(row[m], 4) for m in task.metrics})
+    logger.info("train %.1f s, median step %.3f s; model in %s", train_seconds, timer.median() or 0.0,
+                out / "model")
+    return 0
+
+
+def cli() -> None:
+    sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()
