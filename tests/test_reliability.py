@@ -47,7 +47,11 @@ def _dev(out):
 
 
 def _env(**extra):
-    return {**os.environ, "MT_DNN_NO_TQDM": "1", "PYTHONPATH": str(REPO), **extra}
+    # the subprocess computes with this process's thread count: another count sums in another order, and a
+    # test earlier in the session may have changed it
+    threads = str(torch.get_num_threads())
+    return {**os.environ, "MT_DNN_NO_TQDM": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads, **extra}
 
 
 def test_resume_after_sigkill_is_bit_identical(tmp_path, glue_dir, tiny_model_dir):
