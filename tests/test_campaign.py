@@ -170,6 +170,25 @@ def test_a_method_can_be_limited_to_some_tasks_and_costs_can_come_from_another_r
     assert "no such campaign folder" in capsys.readouterr().err
 
 
+def test_a_method_can_have_its_own_seeds_and_the_other_methods_keep_the_grids(tmp_path, capsys):
+    grid = _grid(tmp_path / "grid.yml", tasks=["rte", "mrpc"], seeds=[1],
+                 methods={"standard": {"method": "standard"},
+                          "shared": {"method": "rapt", "rapt_share_lower_layers": True, "tasks": ["mrpc"],
+                                     "seeds": [1, 2, 3]}})
+    g = load_grid(grid)
+    cells = [(r.seed, r.task, r.name) for r in plan_runs(g, tmp_path / "camp")]
+    assert cells == [(1, "rte", "standard"), (1, "mrpc", "standard"), (1, "mrpc", "shared"),
+                     (2, "mrpc", "shared"), (3, "mrpc", "shared")]
+    # a method's own seed can be picked with --seeds, and the folder of seed 1 is the same in both plans
+    only3 = plan_grids([g], tmp_path / "camp", seeds=[3])
+    assert [(r.seed, r.task, r.name) for r in only3] == [(3, "mrpc", "shared")]
+    assert {r.folder.name for r in plan_runs(g, tmp_path / "camp") if r.name == "shared"} == {
+        f"s{k}-{only3[0].folder.name.split('-', 1)[1]}" for k in (1, 2, 3)}
+    assert run_cli(campaign.main, ["--grid", str(grid), "--root", str(tmp_path / "r"), "--dry_run",
+                                   "--seeds", "4"]) == 2
+    assert "seed(s) 4 not in the grid" in capsys.readouterr().err
+
+
 def test_dry_run_sees_started_runs(tmp_path, capsys):
     grid = _grid(tmp_path / "grid.yml")
     root = tmp_path / "camp"
@@ -199,6 +218,8 @@ def test_dry_run_sees_started_runs(tmp_path, capsys):
     ({"methods": {"x": {"method": "standard", "no_such_flag": 1}}}, "unrecognized arguments: --no_such_flag"),
     ({"colour": "red"}, "unknown key(s) colour"),
     ({"methods": {"x": {"method": "standard", "tasks": ["mrpc"]}}}, "method x: tasks must be a non-empty subset"),
+    ({"methods": {"x": {"method": "standard", "seeds": []}}}, "method x: seeds must be a non-empty list"),
+    ({"methods": {"x": {"method": "standard", "seeds": ["one"]}}}, "method x: seeds must be a non-empty list"),
 ])
 def test_bad_grids_are_one_line_errors(tmp_path, capsys, change, message):
     grid = _grid(tmp_path / "grid.yml", **change)

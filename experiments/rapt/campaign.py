@@ -15,10 +15,12 @@ The grid (YAML)::
     task_flags: {stsb: {batch_size: 16}}     # optional, per task (method flags still win)
     methods:                                 # name -> mt_dnn.train flags; each needs `method`
       standard: {method: standard}
-      rapt_shared: {method: rapt, rapt_share_lower_layers: true}
+      rapt_shared: {method: rapt, rapt_share_lower_layers: true, tasks: [rte], seeds: [1, 2, 3, 4]}
     best_of: {rapt_best_eta: [rapt_eta1.5, rapt_eta2]}   # optional derived report rows
     model: null                              # optional; --model wins
     glue_dir: null                           # optional; --glue_dir wins
+
+A method's own ``tasks:`` (a subset of the grid's) and ``seeds:`` (any) replace the grid's for that method.
 
 Each run lives in ``ROOT/<task>/<method name>/s<seed>-<hash>``: the hash covers every flag that can change the
 result (normalised through mt_dnn.train's own parser), so a changed hyperparameter never reuses a folder; the

@@ -37,9 +37,19 @@ class Grid:
     model: str | None = None
     glue_dir: str | None = None
     method_tasks: dict[str, list[str]] = field(default_factory=dict)  # a method limited to some tasks
+    method_seeds: dict[str, list[int]] = field(default_factory=dict)  # a method with its own seeds
 
     def applies(self, name: str, task: str) -> bool:
         return task in self.method_tasks.get(name, [task])
+
+    def seeds_of(self, name: str) -> list[int]:
+        return self.method_seeds.get(name, self.seeds)
+
+    @property
+    def all_seeds(self) -> list[int]:
+        """The grid's seeds, then any other seed a method asks for (ascending), each once."""
+        extra = sorted({s for v in self.method_seeds.values() for s in v} - set(self.seeds))
+        return list(dict.fromkeys(self.seeds)) + extra
 
 
 @dataclass
@@ -97,7 +107,7 @@ def load_grid(path: str | Path) -> Grid:
         seeds = [int(s) for s in data["seeds"]]
     except (TypeError, ValueError):
         raise ConfigError(f"{path}: seeds must be a list of integers") from None
-    methods, method_tasks = {}, {}
+    methods, method_tasks, method_seeds = {}, {}, {}
     for name, mflags in _mapping(data["methods"], f"{path}: methods").items():
         name = str(name)
         if not NAME_RE.match(name):
@@ -111,6 +121,15 @@ def load_grid(path: str | Path) -> Grid:
                 raise ConfigError(f"{path}: method {name}: tasks must be a non-empty subset of the grid's tasks "
                                   f"({', '.join(tasks)}); got {', '.join(stray) or '(none)'}")
             method_tasks[name] = only
+        own_seeds = mflags.pop("seeds", None)
+        if own_seeds is not None:
+            try:
+                own_seeds = [int(s) for s in own_seeds]
+            except (TypeError, ValueError):
+                own_seeds = []
+            if not own_seeds:
+                raise ConfigError(f"{path}: method {name}: seeds must be a non-empty list of integers")
+            method_seeds[name] = own_seeds
         if "method" not in mflags:
             raise ConfigError(f"{path}: method {name} needs a `method:` flag (standard, smart, rapt, ...)")
         methods[name] = mflags
@@ -131,7 +150,8 @@ def load_grid(path: str | Path) -> Grid:
             raise ConfigError(f"{path}: best_of.{name} has the name of a method")
         best_of[str(name)] = [str(m) for m in members]
     return Grid(tasks=tasks, seeds=seeds, methods=methods, flags=flags, task_flags=task_flags, best_of=best_of,
-                model=data.get("model"), glue_dir=data.get("glue_dir"), method_tasks=method_tasks)
+                model=data.get("model"), glue_dir=data.get("glue_dir"), method_tasks=method_tasks,
+                method_seeds=method_seeds)
 
 
 def flag_argv(flags: dict[str, Any], parser: argparse.ArgumentParser | None = None) -> list[str]:
@@ -200,7 +220,7 @@ def check_slice(grids: list[Grid], tasks: list[str] | None, methods: list[str] |
     """Each task, method and seed asked for must be in at least one of the grids (a one-line error if not)."""
     for wanted, have, what in ((tasks, [t for g in grids for t in g.tasks], "task"),
                                (methods, [m for g in grids for m in g.methods], "method"),
-                               (seeds, [x for g in grids for x in g.seeds], "seed")):
+                               (seeds, [x for g in grids for x in g.all_seeds], "seed")):
         have = list(dict.fromkeys(have))  # grid order, each once
         bad = [str(x) for x in wanted or [] if x not in have]
         if bad:
@@ -222,14 +242,15 @@ def plan_runs(grid: Grid, root: Path, model: str | None = None, glue_dir: str | 
     check_slice([grid], tasks, methods, seeds, "the grid")
     runs: list[Run] = []
     checked: dict[str, Any] = {}
-    for seed in grid.seeds:
+    for seed in grid.all_seeds:
         if seeds and seed not in seeds:
             continue
         for task in grid.tasks:
             if tasks and task not in tasks:
                 continue
             for name, mflags in grid.methods.items():
-                if (methods and name not in methods) or not grid.applies(name, task):
+                if ((methods and name not in methods) or not grid.applies(name, task)
+                        or seed not in grid.seeds_of(name)):
                     continue
                 flags: dict[str, Any] = {}
                 if model is not None:
@@ -263,7 +284,7 @@ def plan_grids(grids: list[Grid], root: Path, model: str | None = None, glue_dir
     runs: dict[Path, Run] = {}
     for grid in grids:
         picks = [None if wanted is None else [x for x in wanted if x in have]
-                 for wanted, have in ((tasks, grid.tasks), (methods, grid.methods), (seeds, grid.seeds))]
+                 for wanted, have in ((tasks, grid.tasks), (methods, grid.methods), (seeds, grid.all_seeds))]
         if any(pick == [] for pick in picks):
             continue  # the filters leave nothing of this grid
         for run in plan_runs(grid, root, model, glue_dir, *picks):
