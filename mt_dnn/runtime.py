@@ -77,13 +77,16 @@ def host_floats(values: Mapping[str, object]) -> dict[str, float]:
     return {k: out[k] for k in values}
 
 
-def all_finite(flags: Iterable[torch.Tensor], device: torch.device, world_size: int) -> bool:
-    """One host read per step: True when every flag (bool tensors) is True on every rank (one all_reduce)."""
+def step_verdict(flags: Iterable[torch.Tensor], stop: bool, device: torch.device,
+                 world_size: int) -> tuple[bool, bool]:
+    """One host read per step: (every flag (bool tensors) is True on every rank, some rank asked to stop).
+    Under DDP both come from one all_reduce, so every rank takes the same decision at the same step."""
     ok = torch.ones((), dtype=torch.bool, device=device)
     for f in flags:
         ok = ok & f.to(device)
+    # MIN over ranks of [all finite, not stopping]: both stay 1 only if they are 1 on every rank
+    verdict = torch.stack([ok.float(), torch.tensor(0.0 if stop else 1.0, device=device)])
     if world_size > 1:  # every rank must agree, or the ranks' weights would drift apart
-        flag = ok.float().reshape(1)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-        ok = flag[0] > 0
-    return bool(ok)
+        torch.distributed.all_reduce(verdict, op=torch.distributed.ReduceOp.MIN)
+    finite, go_on = verdict.tolist()
+    return finite > 0, go_on == 0

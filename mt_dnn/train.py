@@ -4,6 +4,8 @@ Flags come from the ``TrainConfig`` dataclass and from each registered method's 
 (``--<method>_<option>``). ``--config FILE.yml`` supplies defaults; flags on the command line win. Flags are
 never abbreviated (``--epoch`` is an error, not ``--epochs``), so what was typed is always what wins.
 Under torchrun only rank 0 logs to the console and ``train.log``; the other ranks show warnings and errors.
+SIGUSR2 or SIGTERM during training: the step ends, ``checkpoint/`` is written and the exit status is 75
+(``mt_dnn.stop``); ``--resume`` continues.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import yaml
 
 from data_utils.glue import BAD_ROWS
 from data_utils.task_def import ConfigError
+from mt_dnn import stop
 from mt_dnn.cli_utils import run_cli, setup_logging
 from mt_dnn.perturbation import REGISTRY, option_flags
 from mt_dnn.config import OPTIMIZERS, PRECISIONS, TrainConfig
@@ -197,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
                 for record in held.buffer:
                     handler.handle(record)
         trainer.train()
+    except stop.Stopped as exc:
+        logger.warning("%s", exc)
+        return stop.EXIT_STOPPED
     finally:
         trainer.close()
     if not cfg.no_eval and trainer.is_main:

@@ -30,7 +30,7 @@ from data_utils.encoder_limits import check_encoder_fits
 from data_utils.features import Features, load_features, save_pending, tokenizer_fingerprint
 from data_utils.metrics import compute_metrics
 from data_utils.task_def import ConfigError, TaskDef, load_task_defs, select_tasks
-from mt_dnn import checkpoint, distributed, run_folder, runtime
+from mt_dnn import checkpoint, distributed, run_folder, runtime, stop
 from mt_dnn.config import OPTIMIZERS, PRECISIONS, TrainConfig, resolve_lr  # noqa: F401 (re-exported)
 from mt_dnn.distributed import init_distributed
 from mt_dnn.model import (MultiTaskModel, checkpoint_pooling, find_model_dir, load_encoder, load_model, resolve_model,
@@ -70,6 +70,8 @@ class Trainer:
         self.resumed = False
         self._evaluated_epoch: int | None = None
         self.step = 0
+        self._stop = stop.StopOnSignal()
+        self._stop_agreed = False  # some rank caught SIGUSR2/SIGTERM during the last step
         self.bad_steps = 0
         self.skipped_steps = 0
         self.best_score = -math.inf
@@ -313,7 +315,7 @@ class Trainer:
         scaled = self.scaler.is_enabled()  # fp16: the GradScaler unscales, and skips steps with inf/NaN gradients
         if not scaled:
             finite.append(torch.isfinite(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)))
-        ok = runtime.all_finite(finite, self.device, self.world_size)
+        ok, self._stop_agreed = runtime.step_verdict(finite, self._stop.requested, self.device, self.world_size)
         self._skip_why = "non-finite loss or gradient"
         if ok and scaled:
             self.scaler.unscale_(self.optimizer)
@@ -386,22 +388,25 @@ class Trainer:
                         disable=not self.is_main or os.environ.get("MT_DNN_NO_TQDM") is not None,
                         dynamic_ncols=True)
         epoch = self.sampler.state.epoch
-        while self.step < self.total_steps:
-            epoch = self.sampler.state.epoch
-            micro: list[tuple[str, list[int]]] = []
-            for task, rows in self.sampler:  # continues from the sampler's position (resume)
-                micro.append((task, rows))
-                if len(micro) == cfg.grad_accumulation_steps:
-                    self._after_step(self._timed_step(micro))
-                    micro = []
-                    if self.step >= self.total_steps:
-                        break
-            else:  # the epoch ran to its end
-                if micro:  # a last, shorter accumulation
-                    self._after_step(self._timed_step(micro))
-                self._end_epoch(epoch)
-                continue
-            break  # --max_steps reached inside an epoch
+        with self._stop:  # SIGUSR2 / SIGTERM: checkpoint at the end of the step, then stop (mt_dnn.stop)
+            while self.step < self.total_steps:
+                epoch = self.sampler.state.epoch
+                micro: list[tuple[str, list[int]]] = []
+                for task, rows in self.sampler:  # continues from the sampler's position (resume)
+                    micro.append((task, rows))
+                    if len(micro) == cfg.grad_accumulation_steps:
+                        self._after_step(self._timed_step(micro))
+                        self._stop_if_asked()
+                        micro = []
+                        if self.step >= self.total_steps:
+                            break
+                else:  # the epoch ran to its end
+                    if micro:  # a last, shorter accumulation
+                        self._after_step(self._timed_step(micro))
+                        self._stop_if_asked()
+                    self._end_epoch(epoch)
+                    continue
+                break  # --max_steps reached inside an epoch
         self.bar.close()
         if self.sampler.state.position > 0 or self._evaluated_epoch != epoch:
             self._end_epoch(epoch, save=False)  # a --max_steps run: evaluate where it stopped
@@ -425,6 +430,17 @@ class Trainer:
         ok = self.train_step(micro)
         self.train_seconds += time.perf_counter() - t0
         return ok
+
+    def _stop_if_asked(self) -> None:
+        """After a step on which some rank caught SIGUSR2 or SIGTERM: write the checkpoint and raise
+        :class:`mt_dnn.stop.Stopped` (every rank, at the same step)."""
+        if not self._stop_agreed or self.step >= self.total_steps:  # at the last step: finish instead
+            return
+        self.bar.close()
+        self.save_checkpoint()
+        raise stop.Stopped(f"stopped by {self._stop.name if self._stop.requested else 'a signal on another rank'} "
+                           f"at step {self.step}/{self.total_steps}; checkpoint saved in "
+                           f"{Path(self.cfg.output_dir) / 'checkpoint'}: --resume continues from there")
 
     def _end_epoch(self, epoch: int, save: bool = True) -> None:
         self._evaluated_epoch = epoch

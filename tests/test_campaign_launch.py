@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -120,23 +121,44 @@ def test_a_run_taken_meanwhile_is_busy_and_a_killed_training_leaves_no_lock(tmp_
     folder.mkdir()
     progress = tmp_path / "progress.log"
 
-    def taken(cmd, stdout, stderr, env):  # another process took the run: the trainer refuses (exit 2)
-        (folder / ".lock").write_text(f"{os.getpid()} {jobs.socket.gethostname()}\n")
-        return subprocess.CompletedProcess(cmd, 2)
+    class Training:  # stands in for subprocess.Popen; ``waits`` says what each wait() does
+        waits: list = []
 
-    monkeypatch.setattr(jobs.subprocess, "run", taken)
+        def __init__(self, cmd, stdout, stderr, env):
+            self.returncode, self.pid, self.killed = None, 0, False
+
+        def wait(self, timeout=None):
+            self.returncode = Training.waits.pop(0)()
+            return self.returncode
+
+        def poll(self):
+            return self.returncode
+
+        def kill(self):
+            self.killed = True
+            Training.last = self
+
+    def taken():  # another process took the run: the trainer refuses (exit 2)
+        (folder / ".lock").write_text(f"{os.getpid()} {jobs.socket.gethostname()}\n")
+        return 2
+
+    monkeypatch.setattr(jobs.subprocess, "Popen", Training)
+    Training.waits = [taken]
     assert jobs.TrainJob("rte/x/s1", str(folder), ["train"], str(progress))() == "busy"
 
-    def interrupted(cmd, stdout, stderr, env):  # Ctrl-C (or a cluster's time limit) kills the training
-        dead = subprocess.Popen([sys.executable, "-c", "pass"])
-        dead.wait()
-        (folder / ".lock").write_text(f"{dead.pid} {jobs.socket.gethostname()}\n")
+    monkeypatch.undo()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    monkeypatch.setattr(jobs.subprocess, "Popen", Training)
+
+    def interrupted():  # Ctrl-C (or a cluster's time limit) while the training runs: it dies with its lock
+        (folder / ".lock").write_text(f"{int(dead.stdout)} {jobs.socket.gethostname()}\n")
         raise KeyboardInterrupt
 
     (folder / ".lock").unlink()
-    monkeypatch.setattr(jobs.subprocess, "run", interrupted)
+    Training.waits = [interrupted, lambda: -9]
     with pytest.raises(KeyboardInterrupt):
         jobs.TrainJob("rte/x/s1", str(folder), ["train"], str(progress))()
+    assert Training.last.killed and jobs._training is None  # the training does not outlive the job
     assert not (folder / ".lock").exists()
     assert [line.split("\t")[2] for line in progress.read_text().splitlines()] == ["start", "busy", "start",
                                                                                    "stopped"]
@@ -259,6 +281,39 @@ def test_a_requeued_slurm_task_takes_back_its_own_lock(tmp_path, monkeypatch, fa
     fake_train.write_text(FAKE_TRAIN.replace("SLEEP", "0"))
     assert job() == "done" and not (folder / ".lock").exists()
     assert jobs.read_record(folder)["job_id"] == "4242_1" and callable(job.checkpoint)  # requeued by submitit
+
+
+def test_slurms_warning_makes_the_training_checkpoint_its_step_before_the_requeue(tmp_path, glue_dir,
+                                                                                 tiny_model_dir):
+    """submitit calls TrainJob.checkpoint on Slurm's SIGUSR2: a real mt_dnn.train run gets the signal, writes
+    checkpoint/ at its current step and exits; the job says "stopped", and the requeued job resumes and finishes."""
+    import threading
+
+    import torch
+    from submitit.helpers import DelayedSubmission
+
+    folder = tmp_path / "run"
+    cmd = [sys.executable, "-m", "mt_dnn.train", "--tasks", "rte", "--glue_dir", str(glue_dir), "--model",
+           str(tiny_model_dir), "--cache_dir", str(tmp_path / "cache"), "--batch_size", "4", "--epochs", "2",
+           "--lr", "1e-3", "--log_every", "1", "--output_dir", str(folder), "--resume"]
+    job = jobs.TrainJob("rte/x/s1", str(folder), cmd, str(tmp_path / "progress.log"),
+                        env={"MT_DNN_STEP_DELAY": "0.3", "MT_DNN_NO_TQDM": "1", "OMP_NUM_THREADS": "1"})
+    result: list[str] = []
+    worker = threading.Thread(target=lambda: result.append(job()))
+    worker.start()
+    log = folder / "train.log"
+    deadline = time.time() + 120
+    while time.time() < deadline and "step 2/" not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.05)
+    delayed = job.checkpoint()  # what submitit's signal handler does before it requeues
+    worker.join(timeout=120)
+    assert result == ["stopped"] and isinstance(delayed, DelayedSubmission) and delayed.function is job
+    step = torch.load(folder / "checkpoint" / "trainer_state.pt", weights_only=True)["step"]
+    assert 2 <= step < 12 and not is_finished(folder)
+    assert f"stopped by SIGUSR2 at step {step}/12" in (folder / "campaign.out").read_text()
+    assert [ln.split("\t")[2] for ln in (tmp_path / "progress.log").read_text().splitlines()] == ["start", "stopped"]
+    assert job() == "done" and is_finished(folder)  # the requeued job
+    assert f"resumed from {folder / 'checkpoint'} at step {step}" in (folder / "train.log").read_text()
 
 
 @pytest.mark.parametrize("flags,message", [

@@ -46,6 +46,16 @@ def _dev(out):
     return [(r["epoch"], r["step"], r["metrics"]) for r in recs if r["split"] == "dev"], recs[-1]
 
 
+def _assert_same_run(a, b, evaluations):
+    """Two runs with the same dev records, mean losses and best weights (bit for bit)."""
+    dev_a, train_a = _dev(a)
+    dev_b, train_b = _dev(b)
+    assert dev_a == dev_b and len(dev_a) == evaluations
+    assert train_a["loss"] == train_b["loss"] and train_a["reg_loss"] == train_b["reg_loss"]
+    wa, wb = load_file(str(a / "best" / "model.safetensors")), load_file(str(b / "best" / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def _env(**extra):
     # the subprocess computes with this process's thread count: another count sums in another order, and a
     # test earlier in the session may have changed it
@@ -73,12 +83,56 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, glue_dir, tiny_model_di
     state = torch.load(killed / "checkpoint" / "trainer_state.pt", weights_only=True)
     assert 0 < state["step"] < 18
     assert main(_args(glue_dir, tiny_model_dir, killed, tmp_path / "c", *common, "--resume")) == 0
-    dev_a, train_a = _dev(alone)
-    dev_b, train_b = _dev(killed)
-    assert dev_a == dev_b and len(dev_a) == 3
-    assert train_a["loss"] == train_b["loss"] and train_a["reg_loss"] == train_b["reg_loss"]
-    wa, wb = load_file(str(alone / "best" / "model.safetensors")), load_file(str(killed / "best" / "model.safetensors"))
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    _assert_same_run(alone, killed, evaluations=3)
+
+
+@pytest.mark.parametrize("sig", ["SIGUSR2", "SIGTERM"])
+def test_a_scheduler_signal_checkpoints_the_step_and_resume_is_bit_identical(tmp_path, glue_dir, tiny_model_dir,
+                                                                             sig):
+    """SIGUSR2 (Slurm's warning before a time limit) or SIGTERM: the step ends, checkpoint/ is written at that
+    step (no periodic checkpoints here), exit 75, and --resume ends where an uninterrupted run ends."""
+    from mt_dnn.stop import EXIT_STOPPED
+
+    common = ("--epochs", "2", "--batch_size", "4", "--method", "rapt", "--rapt_max_layer", "2")
+    alone = tmp_path / "alone"
+    assert main(_args(glue_dir, tiny_model_dir, alone, tmp_path / "c", *common)) == 0
+    stopped = tmp_path / "stopped"
+    cmd = [sys.executable, "-m", "mt_dnn.train", *_args(glue_dir, tiny_model_dir, stopped, tmp_path / "c", *common)]
+    proc = subprocess.Popen(cmd, env=_env(MT_DNN_STEP_DELAY="0.3"), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and "step 2/" not in ((stopped / "train.log").read_text()
+                                                       if (stopped / "train.log").exists() else ""):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be signalled"
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_STOPPED, err
+    state = torch.load(stopped / "checkpoint" / "trainer_state.pt", weights_only=True)
+    assert 2 <= state["step"] < 12
+    assert f"stopped by {sig} at step {state['step']}/12; checkpoint saved in" in err
+    assert "Traceback" not in err and not (stopped / ".lock").exists()
+    assert main(_args(glue_dir, tiny_model_dir, stopped, tmp_path / "c", *common, "--resume")) == 0
+    _assert_same_run(alone, stopped, evaluations=2)
+
+
+def test_the_stop_flag_is_agreed_by_every_rank_in_the_steps_all_reduce(monkeypatch):
+    """One all_reduce (MIN) of [finite, not stopping]: a stop or a NaN on one rank reaches every rank."""
+    from mt_dnn import runtime
+
+    seen = []
+
+    def fake_all_reduce(t, op):  # the other rank's values: finite, and it asks to stop
+        seen.append(t.clone())
+        t.copy_(torch.minimum(t, torch.tensor([1.0, 0.0])))
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", fake_all_reduce)
+    ok, stop = runtime.step_verdict([torch.tensor(True)], False, torch.device("cpu"), world_size=2)
+    assert (ok, stop) == (True, True) and seen[0].tolist() == [1.0, 1.0]
+    ok, stop = runtime.step_verdict([torch.tensor(False)], False, torch.device("cpu"), world_size=1)
+    assert (ok, stop) == (False, False)
+    ok, stop = runtime.step_verdict([torch.tensor(True), torch.tensor(True)], True, torch.device("cpu"), 1)
+    assert (ok, stop) == (True, True)
 
 
 def test_kill_during_save_leaves_previous_checkpoint(tmp_path, glue_dir, tiny_model_dir, monkeypatch):

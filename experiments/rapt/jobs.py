@@ -7,7 +7,9 @@ appended to ``<run>/campaign.out``. Every event is a line of ``ROOT/progress.log
 cluster job logs there too. ``<run>/job.json`` says which submitit job trains the run (executor, job id, host).
 
 A job stopped on a cluster (time limit, preemption) is requeued by submitit (:class:`TrainJob` is
-``Checkpointable``) and resumes from the run's last checkpoint.
+``Checkpointable``) and resumes from the run's last checkpoint. On Slurm's warning signal, before it kills the job,
+:meth:`TrainJob.checkpoint` passes SIGUSR2 on to the training, which ends its step, writes ``checkpoint/`` and
+exits (``mt_dnn.stop``); so the requeued job continues from that step, not from the last epoch's end.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -27,12 +30,17 @@ import submitit
 
 from experiments.rapt.results import is_finished
 from mt_dnn.run_folder import LOCK
+from mt_dnn.stop import EXIT_STOPPED
 
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 JOB_RECORD = "job.json"
 STARTED_FILES = ("checkpoint", "checkpoint.old", "metrics.jsonl", "config.json")
+# Seconds the training gets to end its step and write its checkpoint after the warning signal. submitit asks
+# Slurm for the signal 90 s before the kill; the rest is for requeueing.
+STOP_WAIT_S = 60.0
+_training: subprocess.Popen | None = None  # the training this job process runs now (one at a time)
 
 
 class Holder(NamedTuple):
@@ -139,8 +147,9 @@ def clear_lock_of_requeued_job(folder: Path, job: tuple[str, str] | None) -> Non
 @dataclass
 class TrainJob(submitit.helpers.Checkpointable):
     """One run as a job: ``cmd`` (mt_dnn.train with ``--resume``) in ``folder`` with ``env`` added to the
-    environment. Returns ``done``, ``skip`` (finished before it began), ``busy`` (another training holds the run)
-    or ``failed rc=N: <the output's last line>``; never raises for a failed training."""
+    environment. Returns ``done``, ``skip`` (finished before it began), ``busy`` (another training holds the run),
+    ``stopped`` (a signal stopped the training after it wrote its checkpoint) or ``failed rc=N: <the output's last
+    line>``; never raises for a failed training."""
 
     label: str
     folder: str
@@ -156,6 +165,30 @@ class TrainJob(submitit.helpers.Checkpointable):
             log_progress(Path(self.progress), self.label, f"failed ({type(exc).__name__})")
             logger.exception("%s failed", self.label)
             return f"failed ({type(exc).__name__}: {exc})"
+
+    def _train(self, out, env: dict[str, str], folder: Path, progress: Path, t0: float) -> int:
+        """Run the training to its end; the process is kept where :meth:`checkpoint` finds it."""
+        global _training
+        proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        _training = proc
+        try:
+            return proc.wait()
+        except BaseException:  # stopped (Ctrl-C; a cluster's time limit or preemption, then requeued)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if read_lock(folder) is not None and lock_holder(folder) is None:
+                remove_lock(folder, "its training was stopped with this job")
+            log_progress(progress, self.label, "stopped", time.time() - t0)
+            raise
+        finally:
+            _training = None
+
+    def checkpoint(self, *args, **kwargs):
+        """Called by submitit on Slurm's warning signal (time limit or preemption), before it requeues this job:
+        the training gets SIGUSR2 and up to :data:`STOP_WAIT_S` seconds to end its step and write its checkpoint."""
+        stop_training(STOP_WAIT_S)
+        return super().checkpoint(*args, **kwargs)
 
     def _run(self) -> str:
         folder, progress = Path(self.folder), Path(self.progress)
@@ -185,14 +218,12 @@ class TrainJob(submitit.helpers.Checkpointable):
         with open(folder / "campaign.out", "a") as out:
             out.write(f"\n$ {shown}\n")
             out.flush()
-            try:
-                rc = subprocess.run(self.cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
-            except BaseException:  # stopped (Ctrl-C; a cluster's time limit or preemption, then requeued)
-                if read_lock(folder) is not None and lock_holder(folder) is None:
-                    remove_lock(folder, "its training was stopped with this job")
-                log_progress(progress, self.label, "stopped", time.time() - t0)
-                raise
+            rc = self._train(out, env, folder, progress, t0)
         seconds = time.time() - t0
+        if rc == EXIT_STOPPED:  # a signal reached the training itself: it saved its checkpoint
+            log_progress(progress, self.label, "stopped", seconds)
+            logger.info("%s stopped by a signal after writing its checkpoint; the next start resumes it", self.label)
+            return "stopped"
         if rc == 0 and is_finished(folder):
             log_progress(progress, self.label, "done", seconds)
             logger.info("done %s (%.0f s)", self.label, seconds)
@@ -210,3 +241,19 @@ class TrainJob(submitit.helpers.Checkpointable):
         logger.error("%s failed (rc %d): %s  [see %s]", self.label, rc, tail[0] if tail else "",
                      folder / "campaign.out")
         return f"failed rc={rc}" + (f": {tail[0].strip()}" if tail else "")
+
+
+def stop_training(wait_s: float) -> int | None:
+    """Ask the training this process runs (if any) to checkpoint and stop (SIGUSR2); wait up to ``wait_s``
+    seconds for it. Its exit status, or None when there was none or it is still running."""
+    proc = _training
+    if proc is None or proc.poll() is not None:
+        return None if proc is None else proc.returncode
+    logger.info("asking the training (pid %d) to write its checkpoint and stop", proc.pid)
+    proc.send_signal(signal.SIGUSR2)
+    try:
+        return proc.wait(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        logger.warning("the training (pid %d) did not stop within %.0f s; it is left to the scheduler", proc.pid,
+                       wait_s)
+        return None
