@@ -155,3 +155,26 @@ class EncoderHooks:
                 out = self.conv(hidden, out, cap.conv_mask)
             hidden = out
         return hidden
+
+
+class HookedEncoder:
+    """The part of the encoder interface the perturbation methods use that only forwards to ``self.hooks`` (an
+    :class:`EncoderHooks` on the model's encoder); the multi-task model and the Hugging Face classifier both
+    inherit it and add ``logits_from``, ``reg_loss_kind``, ``num_layers`` and ``hidden_size`` themselves."""
+
+    hooks: EncoderHooks
+
+    def check_layer(self, layer: int) -> None:
+        self.hooks.check_layer(layer)
+
+    def perturb(self, layer: int, fn: Callable[[torch.Tensor], torch.Tensor]):
+        """Context: layer ``layer``'s state h (B, T, H) is replaced by ``fn(h)`` for every later module."""
+        return self.hooks.perturb(layer, fn)
+
+    def perturb_token_embeddings(self, fn: Callable[[torch.Tensor], torch.Tensor]):
+        """Context: the token embedding lookup e (B, T, E) is replaced by ``fn(e)``."""
+        return self.hooks.perturb_token_embeddings(fn)
+
+    def capture(self, layer: int):
+        """Context yielding a ``LayerCapture`` of layer ``layer`` filled during the pass inside it."""
+        return self.hooks.capture(layer)

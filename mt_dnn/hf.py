@@ -27,13 +27,13 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 
 from data_utils.task_def import ConfigError
-from mt_dnn.encoder_hooks import EncoderHooks, LayerCapture, _replace_first, _with_hidden
+from mt_dnn.encoder_hooks import EncoderHooks, HookedEncoder, LayerCapture, _replace_first, _with_hidden
 from mt_dnn.perturbation import REGISTRY, Regularizer, build_regularizer
 
 logger = logging.getLogger(__name__)
 
 
-class HFClassifier:
+class HFClassifier(HookedEncoder):
     """A Hugging Face sequence classifier seen through the regularizers' interface.
 
     ``adapter(batch) -> logits (B, C)``; ``num_layers``; ``hidden_size``; ``reg_loss_kind(batch)``: ``"mse"`` for
@@ -89,18 +89,6 @@ class HFClassifier:
 
     def __call__(self, batch: dict) -> torch.Tensor:
         return self.logits_of(self.outputs(batch, with_labels=False), batch)
-
-    def perturb(self, layer: int, fn: Callable[[torch.Tensor], torch.Tensor]):
-        """Context: layer ``layer``'s state h (B, T, H) is replaced by ``fn(h)`` for every later module."""
-        return self.hooks.perturb(layer, fn)
-
-    def perturb_token_embeddings(self, fn: Callable[[torch.Tensor], torch.Tensor]):
-        """Context: the token embedding lookup e (B, T, E) is replaced by ``fn(e)``."""
-        return self.hooks.perturb_token_embeddings(fn)
-
-    def capture(self, layer: int):
-        """Context yielding a ``LayerCapture`` of layer ``layer`` filled during the pass inside it."""
-        return self.hooks.capture(layer)
 
     def logits_from(self, cap: LayerCapture, hidden: torch.Tensor, batch: dict) -> torch.Tensor:
         """Logits (B, C) of the classifier run from layer r = ``cap.layer`` on ``hidden`` (B, T, H).

@@ -11,13 +11,12 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 from data_utils.task_def import ConfigError, TaskDef
-from mt_dnn.encoder_hooks import EncoderHooks, LayerCapture
+from mt_dnn.encoder_hooks import EncoderHooks, HookedEncoder, LayerCapture
 from mt_dnn.heads import build_head
 from mt_dnn.saved_model import find_model_dir, load_weights, read_model_dir  # noqa: F401 (find_model_dir re-exported)
 
@@ -79,7 +78,7 @@ def _drop_pooler(encoder: nn.Module) -> None:
         encoder.pooler = None
 
 
-class MultiTaskModel(nn.Module):
+class MultiTaskModel(HookedEncoder, nn.Module):
     """One shared encoder and an ``nn.ModuleDict`` of heads keyed by task (head) name.
 
     ``forward(batch) -> logits (B, C)`` for the batch's task (C = 1 for regression).
@@ -142,21 +141,6 @@ class MultiTaskModel(nn.Module):
         return self.head_logits(batch["task"], self.encode(batch), batch["attention_mask"])
 
     # ---- hooks used by the perturbation methods (see mt_dnn.encoder_hooks) ------------------------------
-
-    def check_layer(self, layer: int) -> None:
-        self.hooks.check_layer(layer)
-
-    def perturb(self, layer: int, fn: Callable[[torch.Tensor], torch.Tensor]):
-        """Context: layer ``layer``'s state h (B, T, H) is replaced by ``fn(h)`` for every later module."""
-        return self.hooks.perturb(layer, fn)
-
-    def perturb_token_embeddings(self, fn: Callable[[torch.Tensor], torch.Tensor]):
-        """Context: the token embedding lookup e (B, T, E) is replaced by ``fn(e)``."""
-        return self.hooks.perturb_token_embeddings(fn)
-
-    def capture(self, layer: int):
-        """Context yielding a ``LayerCapture`` of layer ``layer`` filled during the pass inside it."""
-        return self.hooks.capture(layer)
 
     def logits_from(self, cap: LayerCapture, hidden: torch.Tensor, batch: dict) -> torch.Tensor:
         """Re-run the modules above the captured layer on ``hidden`` (B, T, H); the batch's head -> logits (B, C)."""
