@@ -25,13 +25,13 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from data_utils.batching import collate, eval_batches
 from data_utils.features import Features, tokenize_examples
 from data_utils.glue import DataError, Example
 from data_utils.task_def import ConfigError, SplitDef, TaskDef, load_task_defs
 from data_utils.user_input import iter_user_rows, task_columns
 from mt_dnn.model import MultiTaskModel, find_model_dir, load_model
-from mt_dnn.trainer import autocast, pick_device, to_device
+from mt_dnn.step import batch_logits
+from mt_dnn.trainer import pick_device
 
 logger = logging.getLogger(__name__)
 
@@ -39,25 +39,17 @@ DEFAULT_MAX_LEN = 128  # a saved model folder without its run's config.json
 Row = str | Sequence[str]  # one sentence, or (sentence, sentence) for pair tasks
 
 
-@torch.no_grad()
 def predict_logits(model: MultiTaskModel, features: Features, batch_size: int, device: torch.device, pad_id: int,
                    precision: str = "fp32") -> np.ndarray:
     """Logits (N, C) for every row of ``features`` in row order (C = 1 for regression); the model in eval mode.
 
     The same batches and forward as :func:`mt_dnn.trainer.predict` (which keeps only the arg-max or the score).
     """
-    was_training = model.training
-    model.eval()
-    regression = model.task_defs[features.task].type == "regression"
     out: np.ndarray | None = None
-    for rows in eval_batches(features, batch_size):
-        batch = to_device(collate(features, rows, pad_id, regression), device)
-        with autocast(device, precision):
-            logits = model(batch).float()  # (B, C)
+    for rows, logits in batch_logits(model, features, batch_size, device, pad_id, precision):
         if out is None:
             out = np.zeros((len(features), logits.shape[-1]), dtype=np.float32)
         out[rows] = logits.cpu().numpy()
-    model.train(was_training)
     return out if out is not None else np.zeros((0, 1), dtype=np.float32)
 
 

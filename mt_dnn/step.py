@@ -1,6 +1,8 @@
 """The forward pieces the trainer runs: the whole regularized step as one module, and batched prediction."""
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 import torch
 from torch import nn
@@ -34,7 +36,24 @@ class TrainStep(nn.Module):
         return task_loss + self.reg.alpha * reg_loss, task_loss.detach(), reg_loss.detach(), logs
 
 
-@torch.no_grad()
+def batch_logits(model: MultiTaskModel, features: Features, batch_size: int, device: torch.device, pad_id: int,
+                 precision: str = "fp32", rank: int = 0,
+                 world_size: int = 1) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """(rows, logits (B, C) in fp32) for each of this rank's length-sorted evaluation batches of ``features``
+    (rows rank::world_size), with no gradients and the model in eval mode; its mode is restored at the end."""
+    was_training = model.training
+    model.eval()
+    regression = model.task_defs[features.task].type == "regression"
+    try:
+        for rows in eval_batches(features, batch_size, rank, world_size):
+            batch = to_device(collate(features, rows, pad_id, regression), device)
+            with torch.no_grad(), autocast(device, precision):
+                logits = model(batch).float()
+            yield rows, logits
+    finally:
+        model.train(was_training)
+
+
 def predict(model: MultiTaskModel, features: Features, batch_size: int, device: torch.device, pad_id: int,
             precision: str = "fp32", rank: int = 0, world_size: int = 1) -> np.ndarray:
     """Predictions for every row of ``features`` in file order: class ids (N,) or scores (N,).
@@ -42,16 +61,10 @@ def predict(model: MultiTaskModel, features: Features, batch_size: int, device: 
     Rows are batched by length (little padding); no gradients; the model is put in eval mode. Under DDP each
     rank predicts rows rank::world_size and the shards are gathered, so every row is predicted exactly once.
     """
-    was_training = model.training
-    model.eval()
-    task = model.task_defs[features.task]
-    regression = task.type == "regression"
+    regression = model.task_defs[features.task].type == "regression"
     out = np.zeros(len(features), dtype=np.float64 if regression else np.int64)
     mine: list[int] = []
-    for rows in eval_batches(features, batch_size, rank, world_size):
-        batch = to_device(collate(features, rows, pad_id, regression), device)
-        with autocast(device, precision):
-            logits = model(batch).float()
+    for rows, logits in batch_logits(model, features, batch_size, device, pad_id, precision, rank, world_size):
         out[rows] = (logits.squeeze(-1) if regression else logits.argmax(-1)).cpu().numpy()
         mine.extend(rows)
     if world_size > 1:
@@ -59,5 +72,4 @@ def predict(model: MultiTaskModel, features: Features, batch_size: int, device: 
         torch.distributed.all_gather_object(shards, (mine, out[mine].tolist()))
         for rows, values in shards:
             out[rows] = values
-    model.train(was_training)
     return out
