@@ -152,7 +152,7 @@ def report_markdown(report: dict, title: str) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {avg} | {'/'.join(map(str, seeds))} |")
     for group, picks in report["best_of"].items():
         lines += ["", f"`{group}` takes, per task, the member with the best mean primary dev metric over the seeds "
-                  "its members share (a choice made on dev, as the paper's BEST η): " + ", ".join(f"{t}: {m}" for t, m in picks.items()) + "."]
+                  "its members share (a choice made on dev, as the paper's BEST rows): " + ", ".join(f"{t}: {m}" for t, m in picks.items()) + "."]
     lines += ["", "## The paper (BERT-base, dev, mean of 5 seeds)", "",
               "Same columns. 'Average (these tasks)' is computed as ours; 'Paper Average' is the published column "
               "(the mean of all 12 numbers of the row, over all 8 GLUE tasks).", "",
