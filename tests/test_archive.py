@@ -27,7 +27,7 @@ def test_archived_runs_fill_missing_cells_and_folders_win(tmp_path):
         {"task": "rte", "method": "standard", "seed": 1, "epoch": 0, "metrics": {"acc": 0.1}},  # a folder has it
         {"task": "rte", "method": "old_smart", "seed": 1, "epoch": 2, "metrics": {"acc": 0.612},
          "train_seconds": 600.0, "steps": 234},
-        {"task": "rte", "method": "old_smart", "seed": 2, "epoch": 1, "metrics": {"acc": 0.588}}])
+        {"task": "rte", "method": "old_smart", "seed": 2, "epoch": None, "metrics": {"acc": 0.588}}])
     merged = with_archive(scan_results(root), load_archive(arch))
     by = {(r.task, r.name, r.seed): r for r in merged}
     assert by[("rte", "standard", 1)].best.primary == real[("rte", "standard", 1)].best.primary != 0.1
@@ -37,6 +37,8 @@ def test_archived_runs_fill_missing_cells_and_folders_win(tmp_path):
     table = (root / "table2.md").read_text()
     row = next(line for line in table.splitlines() if line.startswith("| old_smart |"))
     assert "60.0 ± 1.7" in row  # mean and sample std of 61.2 and 58.8
+    per_seed = next(line for line in table.splitlines() if line.startswith("| old_smart | 61.2"))
+    assert per_seed.startswith("| old_smart | 61.2 (ep 3) | 58.8 (ep ?) |")  # an epoch the archive lacks
 
 
 @pytest.mark.parametrize("runs, message", [
@@ -58,3 +60,41 @@ def test_shipped_archive_loads_and_matches_its_report():
     assert len(runs) == 55
     assert runs[("mrpc", "smart_batchmean", 1)].best.metrics["dev"] == {"acc": 0.819, "f1": 0.875}
     assert runs[("cola", "rapt", 3)].best.primary == pytest.approx(0.212)
+
+
+def test_an_archive_entry_may_carry_its_settings_and_an_unknown_epoch(tmp_path):
+    arch = _archive(tmp_path / "a.json", [
+        {"task": "rte", "method": "max5", "seed": 1, "epoch": None, "metrics": {"acc": 0.56},
+         "config": {"method": "rapt", "method_options": {"eta": 2.0, "max_layer": 5}}},
+        {"task": "rte", "method": "standard", "seed": 1, "epoch": 1, "metrics": {"acc": 0.5}}])
+    max5, std = load_archive(arch)
+    assert max5.settings()["method_options"]["max_layer"] == 5 and max5.best.epoch == -1
+    assert std.config is None and std.best.epoch == 1
+    bad = _archive(tmp_path / "b.json", [{"task": "rte", "method": "m", "seed": 1, "epoch": 0,
+                                          "metrics": {"acc": 0.5}, "config": [1]}])
+    with pytest.raises(ConfigError, match="config must be an object"):
+        load_archive(bad)
+
+
+def test_layer_sweep_from_the_shipped_archive_reproduces_its_table_and_a_new_run_fills_the_gap(tmp_path, capsys):
+    """The committed layers.md is regenerated from archive_layers.json and archive_table2.json (the baseline);
+    a finished RTE max5 folder under --root joins the archived points."""
+    from experiments.rapt import layers
+    from tests.test_campaign_report import _write_run
+
+    results = campaign.__file__.replace("campaign.py", "results/")
+    out = tmp_path / "layers.png"
+    args = ["--root", str(tmp_path / "none"), "--archive", results + "archive_layers.json",
+            "--baseline", str(tmp_path / "none"), "--baseline_archive", SHIPPED, "--out", str(out)]
+    assert layers.main(args) == 0
+    assert out.with_suffix(".md").read_text() == open(results + "layers.md").read()
+    assert "rte: embed 54.5, 1 54.9, 2 53.8, 3 54.9, 4 54.9, 6 55.2; best max_layer 6; not run: 5" in \
+        capsys.readouterr().out
+    root = tmp_path / "layers"
+    _write_run(root, "rte", "max5", 1, [{"acc": 0.40}, {"acc": 0.57}])
+    (root / "rte" / "max5" / "s1" / "config.json").write_text(json.dumps(
+        {"method": "rapt", "method_options": {"eta": 2.0, "max_layer": 5}}))
+    assert layers.main(["--root", str(root), *args[2:]]) == 0
+    assert "rte: embed 54.5, 1 54.9, 2 53.8, 3 54.9, 4 54.9, 5 57.0, 6 55.2; best max_layer 5\n" in \
+        capsys.readouterr().out
+

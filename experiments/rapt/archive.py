@@ -8,6 +8,9 @@ The file (e.g. ``experiments/rapt/results/archive_table2.json``)::
 
 Each entry becomes a finished ``RunResult`` with one evaluation (its best). A run folder under the campaign root
 always wins over an archived entry of the same (task, method, seed), so re-running a cell replaces its archive.
+``epoch`` may be null where the source did not say (kept as -1: reports show ``ep ?``); an optional ``config``
+(``{"method": "rapt", "method_options": {"eta": 2.0, "max_layer": 5}}``) stands for the run's config.json,
+for readers that need the settings (the layer sweep).
 """
 from __future__ import annotations
 
@@ -48,8 +51,12 @@ def load_archive(path: str | Path) -> list[RunResult]:
         seen.add((task, name, seed))
         steps = int(entry["steps"]) if entry.get("steps") is not None else None
         seconds = float(entry["train_seconds"]) if entry.get("train_seconds") is not None else None
-        ev = Evaluation(int(entry["epoch"]), steps or 0, seconds or 0.0, {"dev": metrics}, metrics[primary])
-        out.append(RunResult(task, name, seed, path, True, [ev], seconds, steps, primary))
+        epoch = -1 if entry["epoch"] is None else int(entry["epoch"])
+        config = entry.get("config")
+        if config is not None and not isinstance(config, dict):
+            raise ConfigError(f"{where}: config must be an object (the run's config.json settings)")
+        ev = Evaluation(epoch, steps or 0, seconds or 0.0, {"dev": metrics}, metrics[primary])
+        out.append(RunResult(task, name, seed, path, True, [ev], seconds, steps, primary, config))
     return out
 
 

@@ -2,7 +2,9 @@
 
     python -m experiments.rapt.campaign --grid experiments/rapt/grids/layers.yml --root runs/layers --jobs 2
     python -m experiments.rapt.layers --root runs/layers [--tasks mrpc,rte] [--baseline runs/table2] \
-        [--out experiments/rapt/results/layers.png] [--table experiments/rapt/results/layers.md]
+        [--out experiments/rapt/results/layers.png] [--table experiments/rapt/results/layers.md] \
+        [--archive experiments/rapt/results/archive_layers.json \
+         --baseline_archive experiments/rapt/results/archive_table2.json]   # runs whose folders are gone
 
 Every finished RAPT run under ``ROOT/<task>/<method name>/s<seed>*`` is a point: x = its ``rapt_max_layer``
 (from the run's ``config.json``; 0 is drawn as "embed": noise on the embedding output only; k >= 1: a layer
@@ -17,7 +19,6 @@ baseline method's score on the sweep's seeds, and a band of its mean ± std over
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from data_utils.task_def import ConfigError
+from experiments.rapt.archive import load_archive, with_archive
 from experiments.rapt.figure1 import campaign_folder, headless_pyplot
 from experiments.rapt.paper import TASK_LABEL
 from experiments.rapt.results import RunResult, scan_results
@@ -39,7 +41,7 @@ def sweep_runs(results: list[RunResult], task: str, eta: float) -> list[tuple[Ru
     for r in results:
         if r.task != task or not r.finished or r.best is None:
             continue
-        cfg = json.loads((r.folder / "config.json").read_text())
+        cfg = r.settings()
         opts = cfg.get("method_options", {})
         if cfg.get("method") == "rapt" and abs(float(opts.get("eta", 2.0)) - eta) <= 1e-9:
             out.append((r, int(opts.get("max_layer", 3))))
@@ -83,6 +85,15 @@ def draw_baseline(ax, scores: dict[int, float], seeds: set[int], method: str) ->
     return note + "."
 
 
+def gather(folder: str | None, archive: str | None) -> list[RunResult]:
+    """The runs under ``folder`` plus ``archive``'s (a folder wins); the folder may be missing if an archive is
+    given."""
+    results = []
+    if folder and (Path(folder).exists() or not archive):
+        results = scan_results(campaign_folder(folder))
+    return with_archive(results, load_archive(archive)) if archive else results
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.rapt.layers",
                                 description="Dev score against RAPT's max_layer (the paper's Figures 2 and 3).")
@@ -92,20 +103,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", help="a campaign folder whose --baseline_method runs give the reference line "
                                       "(same seeds as the sweep) and the seed-noise band (mean ± std, all seeds)")
     p.add_argument("--baseline_method", default="standard", help="method name of the baseline runs")
+    p.add_argument("--archive", help="archived sweep runs (JSON, entries with a `config`) beside --root's "
+                                     "folders; a folder wins over an archived cell")
+    p.add_argument("--baseline_archive", help="archived baseline runs beside --baseline's folders")
     p.add_argument("--out", default="experiments/rapt/results/layers.png")
     p.add_argument("--table", default=None, help="markdown table (default: --out with .md)")
     args = p.parse_args(argv)
     setup_logging()
     plt = headless_pyplot()
-    root = campaign_folder(args.root)
-    results = scan_results(root)
+    root = Path(args.root)
+    results = gather(args.root, args.archive)
     wanted = [t for t in args.tasks.split(",") if t]
     sweeps = {t: sweep_runs(results, t, args.eta) for t in wanted}
     found = {t: layer_points(sweeps[t]) for t in wanted}
     tasks = [t for t in wanted if found[t]]
     if not tasks:
         raise ConfigError(f"{root}: no finished RAPT runs (eta {args.eta:g}) of {', '.join(wanted)}")
-    base_results = scan_results(campaign_folder(args.baseline)) if args.baseline else []
+    base_results = gather(args.baseline, args.baseline_archive)
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.0 * len(tasks), 4.0), squeeze=False)
     lines = [f"RAPT (eta {args.eta:g}): best dev score (x100) against max_layer; mean over seeds [seeds]. "
              f"`embed` = noise on the embedding output only; k = a layer drawn from 1..k per mini-batch.", ""]

@@ -129,7 +129,8 @@ def per_seed_markdown(report: dict) -> list[str]:
                 if s in t["seeds"]:
                     i = t["seeds"].index(s)
                     values = "/".join(f"{c['values'][i]:.1f}" for c in t["cells"])
-                    cells.append(f"{values} (ep {t['best_epochs'][s] + 1})")
+                    epoch = t["best_epochs"][s]
+                    cells.append(f"{values} (ep {epoch + 1 if epoch >= 0 else '?'})")
                 else:
                     cells.append("-")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")

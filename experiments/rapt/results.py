@@ -64,6 +64,13 @@ class RunResult:
     train_seconds: float | None = None  # the final train record's (training steps only), when finished
     steps: int | None = None
     metric: str = "score"  # the task's primary metric: what Evaluation.primary is
+    config: dict | None = None  # an archived run's recorded settings (a run folder has its config.json)
+
+    def settings(self) -> dict:
+        """The run's config.json (``method``, ``method_options``, ...), or what its archive entry recorded."""
+        if self.config is not None:
+            return self.config
+        return json.loads((self.folder / "config.json").read_text())
 
     @property
     def best(self) -> Evaluation | None:
