@@ -98,3 +98,23 @@ def test_layer_sweep_from_the_shipped_archive_reproduces_its_table_and_a_new_run
     assert "rte: embed 54.5, 1 54.9, 2 53.8, 3 54.9, 4 54.9, 5 57.0, 6 55.2; best max_layer 5\n" in \
         capsys.readouterr().out
 
+
+def test_order_puts_rows_and_best_of_rows_where_asked_and_pairs_follow_it(tmp_path):
+    """--order: an archived row right after the row it is compared with, a best-of row in the middle; each
+    paired test compares a row with the rows above it."""
+    root = tmp_path / "root"
+    grid = _grid(tmp_path / "grid.yml")
+    write_fake_runs(root, grid)
+    arch = _archive(tmp_path / "a.json", [
+        {"task": t, "method": "old_smart", "seed": s, "epoch": 0, "metrics": m}
+        for t, m in (("rte", {"acc": 0.6}), ("mrpc", {"acc": 0.8, "f1": 0.85}), ("stsb", {"pearson": 0.8}),
+                     ("cola", {"mcc": 0.3}), ("mnli", {"acc": 0.7})) for s in (1, 2)])
+    order = "standard,smart,old_smart,rapt_best_eta,rapt"
+    assert campaign.main(["--grid", str(grid), "--root", str(root), "--report", "--archive", str(arch),
+                          "--order", order]) == 0
+    report = json.loads((root / "table2.json").read_text())
+    assert report["methods"][:5] == order.split(",")
+    assert report["methods"][5:] == ["rapt_eta1.5"]  # the grid's other rows follow
+    pairs = {(c["a"], c["b"]) for c in report["paired"]}
+    assert ("old_smart", "smart") in pairs and ("rapt", "old_smart") in pairs and ("smart", "old_smart") not in pairs
+

@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max_runs", type=int, help="run at most this many unfinished runs now (runs that another "
                                                 "campaign process is running are left to it)")
     p.add_argument("--keep_checkpoints", action="store_true", help="keep checkpoint/ of finished runs")
+    p.add_argument("--order", help="the report's row order (comma-separated method or best-of names; the rest "
+                                   "follow in grid order); a row's paired tests compare it with the rows above it")
     p.add_argument("--archive", metavar="FILE",
                    help="archived best dev results of runs whose folders are gone (JSON; see experiments.rapt.archive)"
                         ": the report includes them where no run folder covers the cell")
@@ -164,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     results = [r for r in (load_result(run.folder, run.task, run.name) for run in runs) if r is not None]
     results = with_archive(results, archived)
     if any(r.finished for r in results):
-        names = list(dict.fromkeys([name for g in grids for name in g.methods] + [a.name for a in archived]))
+        names = list(dict.fromkeys(_csv(args.order) or []))
+        names += [n for n in dict.fromkeys([name for g in grids for name in g.methods] + [a.name for a in archived])
+                  if n not in names]
         best_of = {k: v for g in grids for k, v in g.best_of.items()}
         print(write_report(root, results, names, best_of), end="")
     elif args.report:

@@ -64,6 +64,9 @@ def build_report(results: list[RunResult], method_order: list[str] | None = None
             by[group] = {t: by[m][t] for t, m in picks.items()}
             chosen[group] = picks
             names.append(group)
+    if method_order:  # a best-of row named in the order takes its place there, not the end
+        rank = {n: i for i, n in enumerate(method_order)}
+        names.sort(key=lambda n: rank.get(n, len(rank)))  # stable: unnamed rows keep their order, after the rest
     rows: dict[str, dict] = {}
     for name in names:
         row: dict[str, Any] = {"tasks": {}}
