@@ -1,7 +1,7 @@
 """The RAPT campaign runner (experiments.rapt.campaign): planning, running, resuming, locks, dry runs, adopting.
 
 One test runs real ``mt_dnn.train`` subprocesses (tiny BERT, fixture GLUE files, 2 steps each) through submitit's
-LocalExecutor; the others replace the training subprocess (``experiments.rapt.jobs.subprocess.run``, called in this
+LocalExecutor; the others replace the training subprocess (``experiments.rapt.jobs.start_training``, called in this
 process by submitit's DebugExecutor with ``--gpus none``) by a stand-in or run nothing. Executors, GPU slots and
 Slurm are in test_campaign_launch.py.
 """
@@ -88,12 +88,12 @@ def test_a_failed_run_is_logged_and_the_campaign_exits_1(tmp_path, monkeypatch, 
     """No real training here: the subprocess is replaced by one that fails at once."""
     calls = []
 
-    def fake_run(cmd, stdout, stderr, env):
+    def fake_run(cmd, out, env):
         calls.append(cmd)
-        stdout.write("error: boom\n")
-        return jobs.subprocess.CompletedProcess(cmd, 2)
+        out.write("error: boom\n")
+        return _Ended(2)
 
-    monkeypatch.setattr(jobs.subprocess, "run", fake_run)
+    monkeypatch.setattr(jobs, "start_training", fake_run)
     grid = _grid(tmp_path / "grid.yml", seeds=[1])
     root = tmp_path / "camp"
     assert campaign.main(["--grid", str(grid), "--root", str(root), "--gpus", "none"]) == 1
@@ -292,24 +292,37 @@ def test_dry_run_scales_a_method_measured_elsewhere_by_this_tasks_standard_cost(
     assert "1.500" in stsb and "standard x 3.00 (rte)" in stsb
 
 
+class _Ended:
+    """A training process that has already ended with ``returncode``."""
+
+    def __init__(self, returncode: int):
+        self.returncode, self.pid = returncode, 0
+
+    def wait(self, timeout=None) -> int:
+        return self.returncode
+
+    def poll(self) -> int:
+        return self.returncode
+
+
 def _fake_training(calls: list):
     """A stand-in for the training subprocess: it records the run folder and writes a finished metrics file."""
 
-    def fake_run(cmd, stdout, stderr, env):
+    def fake_run(cmd, out, env):
         folder = Path(cmd[cmd.index("--output_dir") + 1])
         calls.append(folder)
         recs = [{"epoch": 0, "step": 2, "task": "rte", "split": "dev", "split_name": "dev", "train_seconds": 1.0,
                  "metrics": {"acc": 0.5}}, {"epoch": 0, "task": "rte", "split": "train", "steps": 2,
                                            "train_seconds": 1.0, "loss": 0.5, "reg_loss": 0.0}]
         (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-        return jobs.subprocess.CompletedProcess(cmd, 0)
+        return _Ended(0)
 
     return fake_run
 
 
 def test_seeds_slice_the_grid_and_locked_runs_are_left_to_their_process(tmp_path, monkeypatch, capsys):
     calls: list[Path] = []
-    monkeypatch.setattr(jobs.subprocess, "run", _fake_training(calls))
+    monkeypatch.setattr(jobs, "start_training", _fake_training(calls))
     grid = _grid(tmp_path / "grid.yml", seeds=[1, 2, 3])
     root = tmp_path / "camp"
     runs = plan_runs(load_grid(grid), root)
@@ -363,7 +376,7 @@ def test_the_shipped_grids_plan_and_share_runs_where_they_should(tmp_path):
 
 def test_several_grids_share_a_root_run_shared_cells_once_and_report_together(tmp_path, monkeypatch, capsys):
     calls: list[Path] = []
-    monkeypatch.setattr(jobs.subprocess, "run", _fake_training(calls))
+    monkeypatch.setattr(jobs, "start_training", _fake_training(calls))
     core = _grid(tmp_path / "core.yml", seeds=[1, 2])
     sweep = _grid(tmp_path / "sweep.yml", seeds=[1], methods={
         "rapt": {"method": "rapt", "rapt_max_layer": 2}, "rapt_eta1": {"method": "rapt", "rapt_max_layer": 2,

@@ -121,10 +121,10 @@ def test_a_run_taken_meanwhile_is_busy_and_a_killed_training_leaves_no_lock(tmp_
     folder.mkdir()
     progress = tmp_path / "progress.log"
 
-    class Training:  # stands in for subprocess.Popen; ``waits`` says what each wait() does
+    class Training:  # stands in for the training process; ``waits`` says what each wait() does
         waits: list = []
 
-        def __init__(self, cmd, stdout, stderr, env):
+        def __init__(self, cmd, out, env):
             self.returncode, self.pid, self.killed = None, 0, False
 
         def wait(self, timeout=None):
@@ -142,13 +142,11 @@ def test_a_run_taken_meanwhile_is_busy_and_a_killed_training_leaves_no_lock(tmp_
         (folder / ".lock").write_text(f"{os.getpid()} {jobs.socket.gethostname()}\n")
         return 2
 
-    monkeypatch.setattr(jobs.subprocess, "Popen", Training)
+    monkeypatch.setattr(jobs, "start_training", Training)
     Training.waits = [taken]
     assert jobs.TrainJob("rte/x/s1", str(folder), ["train"], str(progress))() == "busy"
 
-    monkeypatch.undo()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    monkeypatch.setattr(jobs.subprocess, "Popen", Training)
 
     def interrupted():  # Ctrl-C (or a cluster's time limit) while the training runs: it dies with its lock
         (folder / ".lock").write_text(f"{int(dead.stdout)} {jobs.socket.gethostname()}\n")

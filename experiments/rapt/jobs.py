@@ -169,7 +169,7 @@ class TrainJob(submitit.helpers.Checkpointable):
     def _train(self, out, env: dict[str, str], folder: Path, progress: Path, t0: float) -> int:
         """Run the training to its end; the process is kept where :meth:`checkpoint` finds it."""
         global _training
-        proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = start_training(self.cmd, out, env)
         _training = proc
         try:
             return proc.wait()
@@ -241,6 +241,11 @@ class TrainJob(submitit.helpers.Checkpointable):
         logger.error("%s failed (rc %d): %s  [see %s]", self.label, rc, tail[0] if tail else "",
                      folder / "campaign.out")
         return f"failed rc={rc}" + (f": {tail[0].strip()}" if tail else "")
+
+
+def start_training(cmd: list[str], out, env: dict[str, str]) -> subprocess.Popen:
+    """The training process, its stdout and stderr appended to ``out`` (tests replace this function)."""
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
 def stop_training(wait_s: float) -> int | None:
