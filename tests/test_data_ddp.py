@@ -70,6 +70,7 @@ def _worker(rank: int, world: int, port: int, jobs: list[dict]) -> None:
         except USER_ERRORS as exc:  # what run_cli prints as the one line
             rc, error = 2, f"{type(exc).__name__}: {exc}"
         (Path(job["dump"]) / f"rank{rank}.json").write_text(json.dumps({"rc": rc, "error": error, **events}))
+    dist.barrier()  # leave together: gloo can abort a rank whose peer tears the group down first
     dist.destroy_process_group()
 
 

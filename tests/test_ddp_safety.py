@@ -75,6 +75,7 @@ def _worker(rank: int, world: int, port: int, jobs: list[dict]) -> None:
         for key in job.get("env", {}):
             del os.environ[key]
         (Path(job["dump"]) / f"rc{rank}").write_text(rc)
+    dist.barrier()  # leave together: gloo can abort a rank whose peer tears the group down first
     dist.destroy_process_group()
 
 
