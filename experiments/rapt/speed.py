@@ -30,7 +30,7 @@ from data_utils.batching import MultiTaskSampler, collate
 from data_utils.features import load_features
 from data_utils.task_def import load_task_defs
 from mt_dnn.cli_utils import run_cli, setup_logging
-from mt_dnn.model import MultiTaskModel, checkpoint_pooling, load_encoder, resolve_model
+from mt_dnn.model import DEFAULT_MODEL, MultiTaskModel, checkpoint_pooling, load_encoder, resolve_model
 from mt_dnn.config import PRECISIONS
 from mt_dnn.perturbation import build_regularizer
 from mt_dnn.runtime import autocast, build_optimizer, pick_device, set_tf32, to_device
@@ -127,7 +127,8 @@ def main(argv=None) -> int:
                     "  ".join(f"{n} {runs[n]['times'][-1]:.2f}s" for n in names if runs[n]["times"]))
     med = {n: statistics.median(runs[n]["times"]) for n in names}
     result = {
-        "task": args.task, "model": path, "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size,
+        "task": args.task, "model": args.model or DEFAULT_MODEL,  # the encoder asked for, not where it lies
+        "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size,
         "max_seq_len": args.max_seq_len, "threads": torch.get_num_threads(),
         "device": str(device), "device_name": device_name(device), "precision": args.precision,
         "tf32": device.type == "cuda" and not args.no_tf32, "torch": torch.__version__,
