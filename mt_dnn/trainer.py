@@ -395,15 +395,13 @@ class Trainer:
                 for task, rows in self.sampler:  # continues from the sampler's position (resume)
                     micro.append((task, rows))
                     if len(micro) == cfg.grad_accumulation_steps:
-                        self._after_step(self._timed_step(micro))
-                        self._stop_if_asked()
+                        self._step(micro)
                         micro = []
                         if self.step >= self.total_steps:
                             break
                 else:  # the epoch ran to its end
                     if micro:  # a last, shorter accumulation
-                        self._after_step(self._timed_step(micro))
-                        self._stop_if_asked()
+                        self._step(micro)
                     self._end_epoch(epoch)
                     continue
                 break  # --max_steps reached inside an epoch
@@ -424,6 +422,11 @@ class Trainer:
         logger.info("done: %d steps in %.1f s of training; mean loss %.4f, mean reg loss %.4f", self.step,
                     self.train_seconds, record["loss"], record["reg_loss"])
         return record
+
+    def _step(self, micro) -> None:
+        """One optimizer step over the micro-batches, its bookkeeping, then a stop a signal asked for."""
+        self._after_step(self._timed_step(micro))
+        self._stop_if_asked()
 
     def _timed_step(self, micro) -> bool:
         t0 = time.perf_counter()
