@@ -150,6 +150,38 @@ def test_best_of_rows_pick_the_best_member_per_task(tmp_path):
     assert report["rows"]["standard"]["tasks"]["rte"]["cells"][0]["mean"] == pytest.approx(78.0)
 
 
+def test_baselines_limit_the_paired_tests_and_the_average_comes_first(tmp_path, capsys):
+    root = tmp_path / "camp"
+    _hand_written(root)
+    for seed, rte, mrpc in ((1, 0.66, 0.81), (2, 0.75, 0.86)):
+        _write_run(root, "rte", "smart_x", seed, [{"acc": rte}])
+        _write_run(root, "mrpc", "smart_x", seed, [{"acc": mrpc, "f1": mrpc}])
+    order = ["--order", "standard,smart_x,rapt"]
+    assert campaign.main(["--root", str(root), "--report", *order]) == 0
+    everything = {(c["task"], c["a"], c["b"]) for c in json.loads((root / "table2.json").read_text())["paired"]}
+    assert ("rte", "rapt", "smart_x") in everything and ("rte", "smart_x", "standard") in everything
+    capsys.readouterr()
+
+    assert campaign.main(["--root", str(root), "--report", *order, "--baselines", "smart_x"]) == 0
+    report = json.loads((root / "table2.json").read_text())
+    pairs = {(c["task"], c["a"], c["b"]) for c in report["paired"]}
+    assert pairs == {("rte", "rapt", "smart_x"), ("mrpc", "rapt", "smart_x"), ("average", "rapt", "smart_x")}
+    # RTE: rapt 71, 72 against 66, 75 -> differences 5 and -3: mean 1, one win each
+    rte = next(c for c in report["paired"] if c["task"] == "rte")
+    assert rte["mean_diff"] == pytest.approx(1.0) and (rte["a_wins"], rte["b_wins"]) == (1, 1)
+    # Average (RTE, MRPC) per seed: rapt (71 + 86.5) / 2 = 78.75 and (72 + 85) / 2 = 78.5; smart_x 73.5 and 80.5
+    avg = next(c for c in report["paired"] if c["task"] == "average")
+    assert avg["mean_diff"] == pytest.approx(((78.75 - 73.5) + (78.5 - 80.5)) / 2)
+    md = capsys.readouterr().out
+    assert "each row against `smart_x` where that row is above it" in md
+    assert md.index("### On the Average") < md.index("| Average (RTE, MRPC) | rapt | smart_x | 2 | +1.62 |") \
+        < md.index("### Per task") < md.index("| RTE | rapt | smart_x | 2 | +1.00 |")
+    assert "| rapt | standard |" not in md
+
+    assert run_cli(campaign.main, ["--root", str(root), "--report", "--baselines", "smart"]) == 2
+    assert "--baselines smart: no such row" in capsys.readouterr().err
+
+
 def test_paper_rows_match_the_published_average():
     """The paper's Average column is the mean of the 12 numbers of its row."""
     for name, row in PAPER_DEV.items():

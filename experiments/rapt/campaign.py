@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep_checkpoints", action="store_true", help="keep checkpoint/ of finished runs")
     p.add_argument("--order", help="the report's row order (comma-separated method or best-of names; the rest "
                                    "follow in grid order); a row's paired tests compare it with the rows above it")
+    p.add_argument("--baselines", help="the report's paired tests compare each row with only these rows "
+                                       "(comma-separated, e.g. standard,smart; default: every row above it)")
     p.add_argument("--archive", metavar="FILE",
                    help="archived best dev results of runs whose folders are gone (JSON; see experiments.rapt.archive)"
                         ": the report includes them where no run folder covers the cell")
@@ -147,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.grid is None:
         if not args.report:
             raise ConfigError("--grid is required (except with --report)")
-        print(write_report(root, with_archive(scan_results(root), archived), None, None), end="")
+        print(write_report(root, with_archive(scan_results(root), archived), _csv(args.order), None,
+                           _csv(args.baselines)), end="")
         return 0
     grids = [load_grid(g) for g in args.grid]
     try:
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         names += [n for n in dict.fromkeys([name for g in grids for name in g.methods] + [a.name for a in archived])
                   if n not in names]
         best_of = {k: v for g in grids for k, v in g.best_of.items()}
-        print(write_report(root, results, names, best_of), end="")
+        print(write_report(root, results, names, best_of, _csv(args.baselines)), end="")
     elif args.report:
         raise ConfigError(f"{root}: no finished runs of {' '.join(args.grid)} to report")
     if failed:

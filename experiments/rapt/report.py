@@ -39,9 +39,10 @@ BASELINES = ("standard", "smart")  # first rows of a report without a grid; pair
 
 
 def build_report(results: list[RunResult], method_order: list[str] | None = None,
-                 best_of: dict[str, list[str]] | None = None) -> dict:
+                 best_of: dict[str, list[str]] | None = None, baselines: list[str] | None = None) -> dict:
     """Table 2 from finished runs: cells (mean ± std over seeds of each run's best dev evaluation, x100),
-    task scores, the Average, best-of rows, the paper's dev rows, and paired comparisons."""
+    task scores, the Average, best-of rows, the paper's dev rows, and paired comparisons (each row against every
+    row above it, or against only the ``baselines`` rows above it)."""
     finished = [r for r in results if r.finished and r.best is not None]
     by: dict[str, dict[str, dict[int, RunResult]]] = {}
     for r in finished:
@@ -67,6 +68,9 @@ def build_report(results: list[RunResult], method_order: list[str] | None = None
     if method_order:  # a best-of row named in the order takes its place there, not the end
         rank = {n: i for i, n in enumerate(method_order)}
         names.sort(key=lambda n: rank.get(n, len(rank)))  # stable: unnamed rows keep their order, after the rest
+    unknown = [b for b in baselines or [] if b not in names]
+    if unknown:
+        raise ConfigError(f"--baselines {','.join(unknown)}: no such row with finished runs (rows: {', '.join(names)})")
     rows: dict[str, dict] = {}
     for name in names:
         row: dict[str, Any] = {"tasks": {}}
@@ -99,7 +103,8 @@ def build_report(results: list[RunResult], method_order: list[str] | None = None
                         "average_paper": prow["average"]}
     return {"tasks": tasks, "methods": names, "rows": rows, "best_of": chosen, "paper": paper,
             "times": training_times(by, [n for n in names if n not in chosen], tasks),
-            "paired": paired_comparisons(by, names, tasks, best_of or {}),
+            "paired": paired_comparisons(by, names, tasks, best_of or {}, baselines),
+            "baselines": baselines,
             "unfinished": sorted(r.folder.as_posix() for r in results if not r.finished)}
 
 
@@ -140,6 +145,18 @@ def per_seed_markdown(report: dict) -> list[str]:
     return lines
 
 
+def _paired_line(c: dict, tasks: list[str]) -> str:
+    """One paired comparison as a markdown table row."""
+    p = f"{c['p_value']:.3f}" if c["p_value"] is not None else "-"
+    sd = f"{c['sd_diff']:.2f}" if c.get("sd_diff") is not None else "-"
+    verdict = "-" if c["p_value"] is None else "beyond seed noise" if c["p_value"] < 0.05 else "within seed noise"
+    task = TASK_LABEL.get(c["task"], c["task"])
+    if c["task"] == "average":
+        task = "Average" + ("" if c["over"] == tasks else " (" + ", ".join(TASK_LABEL.get(t, t) for t in c["over"]) + ")")
+    return (f"| {task} | {c['a']} | {c['b']} | {c['n']} | {c['mean_diff']:+.2f} | {sd} | {c['a_wins']} | "
+            f"{c['b_wins']} | {p} | {verdict} |")
+
+
 def report_markdown(report: dict, title: str) -> str:
     tasks, rows = report["tasks"], report["rows"]
     lines = [f"# Table 2 (dev): {title}", "",
@@ -178,36 +195,33 @@ def report_markdown(report: dict, title: str) -> str:
                 ratios = [f"{t[k]:.2f}" if k in t else "-" for k in ("/standard", "/smart")]
                 lines.append(f"| {TASK_LABEL.get(task, task)} | {name} | {t['runs']} | {t['minutes']:.1f} | "
                              f"{t['s_per_step']:.2f} | {ratios[0]} | {ratios[1]} |")
+    baselines = report.get("baselines")
+    against = ("each row against the rows above it" if not baselines else
+               "each row against " + ", ".join(f"`{b}`" for b in baselines) + " where that row is above it")
     lines += ["", "## Paired comparisons (runs with the same seed)", "",
-              "Per task on the primary metric; 'Average' on each seed's mean of the task scores (as the Average "
-              "column; seeds where both methods have every task; 'Average (tasks)' over only the tasks with the "
-              "most common seeds, while other tasks lack seeds). mean(A-B) x100; sd = sample std of the per-seed "
-              "differences; wins = seeds where A > B (ties count for neither); p = paired t-test "
-              "(scipy.stats.ttest_rel), shown with >= 2 seeds whose differences are not all equal. Verdict: "
-              "'beyond seed noise' when p < 0.05, else 'within seed noise'.", "",
-              "| Task | A | B | Seeds | mean(A-B) | sd | A wins | B wins | p | verdict |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    for c in report["paired"]:
-        p = f"{c['p_value']:.3f}" if c["p_value"] is not None else "-"
-        sd = f"{c['sd_diff']:.2f}" if c.get("sd_diff") is not None else "-"
-        verdict = ("-" if c["p_value"] is None else "beyond seed noise" if c["p_value"] < 0.05
-                   else "within seed noise")
-        task = TASK_LABEL.get(c["task"], c["task"])
-        if c["task"] == "average":
-            over = c["over"]
-            task = "Average" + ("" if over == report["tasks"] else
-                                " (" + ", ".join(TASK_LABEL.get(t, t) for t in over) + ")")
-        lines.append(f"| {task} | {c['a']} | {c['b']} | {c['n']} | {c['mean_diff']:+.2f} | {sd} | {c['a_wins']} | "
-                     f"{c['b_wins']} | {p} | {verdict} |")
+              f"Rows in the report's order, {against}. 'Average' on each seed's mean of the task scores (as the "
+              "Average column; seeds where both methods have every task; 'Average (tasks)' over only the tasks with "
+              "the most common seeds, while other tasks lack seeds); per task on the primary metric. mean(A-B) x100; "
+              "sd = sample std of the per-seed differences; wins = seeds where A > B (ties count for neither); p = "
+              "paired t-test (scipy.stats.ttest_rel), shown with >= 2 seeds whose differences are not all equal. "
+              "Verdict: 'beyond seed noise' when p < 0.05, else 'within seed noise'."]
+    averages = [c for c in report["paired"] if c["task"] == "average"]
+    per_task = [c for c in report["paired"] if c["task"] != "average"]
+    for heading, group in (("On the Average", averages), ("Per task", per_task)):
+        if not group:
+            continue
+        lines += ["", f"### {heading}", "", "| Task | A | B | Seeds | mean(A-B) | sd | A wins | B wins | p | verdict |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [_paired_line(c, report["tasks"]) for c in group]
     if report["unfinished"]:
         lines += ["", f"Left out (not finished): {len(report['unfinished'])} run(s)."]
     return "\n".join(lines) + "\n"
 
 
 def write_report(root: Path, results: list[RunResult], method_order: list[str] | None,
-                 best_of: dict[str, list[str]] | None) -> str:
+                 best_of: dict[str, list[str]] | None, baselines: list[str] | None = None) -> str:
     """Write ROOT/table2.md and ROOT/table2.json; returns the markdown."""
-    report = build_report(results, method_order, best_of)
+    report = build_report(results, method_order, best_of, baselines)
     if not report["tasks"]:
         raise ConfigError(f"{root}: no finished runs to report")
     text = report_markdown(report, str(root))

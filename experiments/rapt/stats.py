@@ -38,8 +38,10 @@ def paired(task: str, a: str, b: str, seeds: list[int], xa: np.ndarray, xb: np.n
             "sd_diff": sd, "a_wins": int((diff > 0).sum()), "b_wins": int((diff < 0).sum()), "p_value": p}
 
 
-def paired_comparisons(by: dict, names: list[str], tasks: list[str], best_of: dict[str, list[str]]) -> list[dict]:
-    """For each task and each pair (A after B in the row order: B is the baseline) with common seeds: the mean
+def paired_comparisons(by: dict, names: list[str], tasks: list[str], best_of: dict[str, list[str]],
+                       baselines: list[str] | None = None) -> list[dict]:
+    """For each task and each pair (A after B in the row order: B is the baseline; with ``baselines``, only
+    those rows serve as B) with common seeds: the mean
     difference of the best primary metric (x100), how many seeds A beats B, the sd of the per-seed differences and
     the paired t-test p-value (>= 2 seeds). Then, per pair, the same on the average (task ``"average"``): each
     seed's mean over all tasks of the task score (mean of the task's metrics, as the Average column), for seeds
@@ -49,6 +51,8 @@ def paired_comparisons(by: dict, names: list[str], tasks: list[str], best_of: di
     out, averages = [], []
     for i, a in enumerate(names):
         for b in names[:i]:
+            if baselines is not None and b not in baselines:
+                continue
             if a in best_of.get(b, ()) or b in best_of.get(a, ()):
                 continue  # a best-of row is one of its members
             common = {t: set(by[a].get(t, {})) & set(by[b].get(t, {})) for t in tasks}
