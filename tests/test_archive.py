@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -9,6 +10,7 @@ from data_utils.task_def import ConfigError
 from experiments.rapt import campaign
 from experiments.rapt.archive import load_archive, with_archive
 from experiments.rapt.results import scan_results
+from mt_dnn.cli_utils import run_cli
 from tests.test_campaign_golden import _grid, write_fake_runs
 
 SHIPPED = campaign.__file__.replace("campaign.py", "results/archive_table2.json")
@@ -41,11 +43,59 @@ def test_archived_runs_fill_missing_cells_and_folders_win(tmp_path):
     assert per_seed.startswith("| old_smart | 61.2 (ep 3) | 58.8 (ep ?) |")  # an epoch the archive lacks
 
 
+def test_the_grid_report_lists_the_cells_it_lacks_and_says_when_none_are(tmp_path, capsys):
+    """Cells of the grid with no folder and no archived result are 'not started'; an archived result counts."""
+    root, grid = tmp_path / "root", _grid(tmp_path / "grid.yml")
+    runs = write_fake_runs(root, grid)  # cola/smart/s3 and rte/rapt_eta1.5/s3 missing; two unfinished
+    arch = _archive(tmp_path / "a.json", [{"task": "cola", "method": "smart", "seed": 3, "epoch": 1,
+                                           "metrics": {"mcc": 0.3}}])
+    assert campaign.main(["--grid", str(grid), "--root", str(root), "--report", "--archive", str(arch)]) == 0
+    report = json.loads((root / "table2.json").read_text())
+    assert report["not_started"] == ["rte/rapt_eta1.5/s3"]
+    table = (root / "table2.md").read_text()
+    assert "- Not started: 1 run(s) of the grid: rte/rapt_eta1.5/s3." in table
+    assert "- Left out (not finished): 2 run(s): mnli/rapt/s2-" in table
+    assert "Every run of the grid" not in table
+    # a run that has started but not yet evaluated is unfinished, not "not started"
+    started = next(r for r in runs if (r.task, r.name, r.seed) == ("rte", "rapt_eta1.5", 3))
+    started.folder.mkdir(parents=True)
+    assert campaign.main(["--grid", str(grid), "--root", str(root), "--report", "--archive", str(arch)]) == 0
+    report = json.loads((root / "table2.json").read_text())
+    assert report["not_started"] == [] and started.folder.as_posix() in report["unfinished"]
+    assert "- Left out (not finished): 3 run(s): " in (root / "table2.md").read_text()
+    started.folder.rmdir()
+
+    unfinished = [r for r in runs if (r.task, r.name, r.seed) in {("mnli", "rapt", 2), ("stsb", "smart", 3)}]
+    for run in unfinished:
+        shutil.rmtree(run.folder)
+    done = [{"task": t, "method": m, "seed": s, "epoch": 2, "metrics": metrics} for t, m, s, metrics in (
+        ("cola", "smart", 3, {"mcc": 0.3}), ("rte", "rapt_eta1.5", 3, {"acc": 0.6}),
+        ("mnli", "rapt", 2, {"dev_matched": {"acc": 0.7}, "dev_mismatched": {"acc": 0.72}}),
+        ("stsb", "smart", 3, {"pearson": 0.8, "spearman": 0.8}))]
+    assert campaign.main(["--grid", str(grid), "--root", str(root), "--report", "--archive",
+                          str(_archive(tmp_path / "all.json", done))]) == 0
+    table = (root / "table2.md").read_text()
+    assert "- Not started: 0 run(s) of the grid.\n- Every run of the grid is in the table.\n" in table
+    assert json.loads((root / "table2.json").read_text())["not_started"] == []
+    # the archived MNLI run (per split) joins the folders' seeds: its task score is the mean of the two splits
+    mnli = json.loads((root / "table2.json").read_text())["rows"]["rapt"]["tasks"]["mnli"]
+    assert mnli["seeds"] == [1, 2, 3] and [c["values"][1] for c in mnli["cells"]] == pytest.approx([70.0, 72.0])
+
+    # an MNLI entry written with one "dev" split cannot share a row with run folders' two splits
+    done[2]["metrics"] = {"acc": 0.7}
+    assert run_cli(campaign.main, ["--grid", str(grid), "--root", str(root), "--report", "--archive",
+                                   str(_archive(tmp_path / "bad.json", done))]) == 2
+    assert "rapt mnli: seed 2" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("runs, message", [
     ([{"task": "rte", "seed": 1, "epoch": 0, "metrics": {"acc": 0.5}}], "needs task, method"),
     ([{"task": "nope", "method": "m", "seed": 1, "epoch": 0, "metrics": {"acc": 0.5}}], "unknown task"),
     ([{"task": "mrpc", "method": "m", "seed": 1, "epoch": 0, "metrics": {"f1": 0.5}}], "primary metric 'acc'"),
     ([{"task": "rte", "method": "m", "seed": 1, "epoch": 0, "metrics": {"acc": 0.5}}] * 2, "archived twice"),
+    ([{"task": "rte", "method": "m", "seed": 1, "epoch": 0, "metrics": {"acc": "high"}}], "metrics must be"),
+    ([{"task": "mnli", "method": "m", "seed": 1, "epoch": 0, "metrics": {"dev_matched": {"f1": 0.5}}}],
+     "primary metric 'acc'"),
 ])
 def test_malformed_archive_is_one_line_error(tmp_path, runs, message):
     with pytest.raises(ConfigError, match=message):

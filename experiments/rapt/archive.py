@@ -10,7 +10,9 @@ Each entry becomes a finished ``RunResult`` with one evaluation (its best). A ru
 always wins over an archived entry of the same (task, method, seed), so re-running a cell replaces its archive.
 ``epoch`` may be null where the source did not say (kept as -1: reports show ``ep ?``); an optional ``config``
 (``{"method": "rapt", "method_options": {"eta": 2.0, "max_layer": 5}}``) stands for the run's config.json,
-for readers that need the settings (the layer sweep).
+for readers that need the settings (the layer sweep). A task with several dev splits (MNLI) gives its metrics per
+split, named as its run folders name them: ``"metrics": {"dev_matched": {"acc": 0.84}, "dev_mismatched": {...}}``
+(the primary metric is then their mean, as for a run folder).
 """
 from __future__ import annotations
 
@@ -21,6 +23,13 @@ from data_utils.task_def import ConfigError
 from experiments.rapt.results import Evaluation, RunResult, task_defs
 
 REQUIRED = ("task", "method", "seed", "epoch", "metrics")
+
+
+def _splits(metrics: dict) -> dict[str, dict[str, float]]:
+    """{metric: value} (one split, "dev") or {split: {metric: value}} -> {split: {metric: float}}."""
+    if metrics and all(isinstance(v, dict) for v in metrics.values()):
+        return {str(split): {str(k): float(v) for k, v in m.items()} for split, m in metrics.items()}
+    return {"dev": {str(k): float(v) for k, v in metrics.items()}}
 
 
 def load_archive(path: str | Path) -> list[RunResult]:
@@ -43,8 +52,11 @@ def load_archive(path: str | Path) -> list[RunResult]:
         if task not in defs:
             raise ConfigError(f"{where}: unknown task {task!r}")
         primary = defs[task].primary_metric
-        metrics = {k: float(v) for k, v in entry["metrics"].items()}
-        if primary not in metrics:
+        try:
+            splits = _splits(entry["metrics"])
+        except (AttributeError, TypeError, ValueError):
+            raise ConfigError(f"{where}: metrics must be {{metric: number}} or {{split: {{metric: number}}}}") from None
+        if any(primary not in metrics for metrics in splits.values()):
             raise ConfigError(f"{where}: metrics lack {task}'s primary metric {primary!r}")
         if (task, name, seed) in seen:
             raise ConfigError(f"{where}: {task}/{name} seed {seed} is archived twice")
@@ -55,7 +67,8 @@ def load_archive(path: str | Path) -> list[RunResult]:
         config = entry.get("config")
         if config is not None and not isinstance(config, dict):
             raise ConfigError(f"{where}: config must be an object (the run's config.json settings)")
-        ev = Evaluation(epoch, steps or 0, seconds or 0.0, {"dev": metrics}, metrics[primary])
+        score = sum(m[primary] for m in splits.values()) / len(splits)
+        ev = Evaluation(epoch, steps or 0, seconds or 0.0, splits, score)
         out.append(RunResult(task, name, seed, path, True, [ev], seconds, steps, primary, config))
     return out
 

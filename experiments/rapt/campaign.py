@@ -168,12 +168,17 @@ def main(argv: list[str] | None = None) -> int:
         failed = run_campaign(runs, root, launch)
     results = [r for r in (load_result(run.folder, run.task, run.name) for run in runs) if r is not None]
     results = with_archive(results, archived)
+    have = {(r.task, r.name, r.seed) for r in results}
+    pending = [run for run in runs if (run.task, run.name, run.seed) not in have]  # no evaluation yet
+    not_started = [f"{run.task}/{run.name}/s{run.seed}" for run in pending if not run.folder.is_dir()]
+    no_evaluation = [run.folder.as_posix() for run in pending if run.folder.is_dir()]
     if any(r.finished for r in results):
         names = list(dict.fromkeys(_csv(args.order) or []))
         names += [n for n in dict.fromkeys([name for g in grids for name in g.methods] + [a.name for a in archived])
                   if n not in names]
         best_of = {k: v for g in grids for k, v in g.best_of.items()}
-        print(write_report(root, results, names, best_of, _csv(args.baselines)), end="")
+        print(write_report(root, results, names, best_of, _csv(args.baselines), not_started,
+                           no_evaluation), end="")
     elif args.report:
         raise ConfigError(f"{root}: no finished runs of {' '.join(args.grid)} to report")
     if failed:

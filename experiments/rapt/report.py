@@ -39,10 +39,13 @@ BASELINES = ("standard", "smart")  # first rows of a report without a grid; pair
 
 
 def build_report(results: list[RunResult], method_order: list[str] | None = None,
-                 best_of: dict[str, list[str]] | None = None, baselines: list[str] | None = None) -> dict:
+                 best_of: dict[str, list[str]] | None = None, baselines: list[str] | None = None,
+                 not_started: list[str] | None = None, no_evaluation: list[str] | None = None) -> dict:
     """Table 2 from finished runs: cells (mean ± std over seeds of each run's best dev evaluation, x100),
     task scores, the Average, best-of rows, the paper's dev rows, and paired comparisons (each row against every
-    row above it, or against only the ``baselines`` rows above it)."""
+    row above it, or against only the ``baselines`` rows above it). ``not_started``: the grid's cells with neither
+    a run folder nor an archived result (``task/name/s<seed>``; None when no grid says what should exist);
+    ``no_evaluation``: the folders of the grid's runs that have started but not yet evaluated."""
     finished = [r for r in results if r.finished and r.best is not None]
     by: dict[str, dict[str, dict[int, RunResult]]] = {}
     for r in finished:
@@ -80,6 +83,11 @@ def build_report(results: list[RunResult], method_order: list[str] | None = None
                 continue
             seeds = sorted(runs)
             keys = cell_keys(task, runs[seeds[0]].best)
+            for s in seeds[1:]:
+                if cell_keys(task, runs[s].best) != keys:
+                    raise ConfigError(f"{name} {task}: seed {s} ({runs[s].folder}) has the dev metrics "
+                                      f"{cell_keys(task, runs[s].best)}, seed {seeds[0]} ({runs[seeds[0]].folder}) "
+                                      f"has {keys}: one row cannot average them")
             cells = []
             for split, metric in keys:
                 values = [runs[s].best.metrics[split][metric] * 100 for s in seeds]
@@ -105,7 +113,8 @@ def build_report(results: list[RunResult], method_order: list[str] | None = None
             "times": training_times(by, [n for n in names if n not in chosen], tasks),
             "paired": paired_comparisons(by, names, tasks, best_of or {}, baselines),
             "baselines": baselines,
-            "unfinished": sorted(r.folder.as_posix() for r in results if not r.finished)}
+            "unfinished": sorted([r.folder.as_posix() for r in results if not r.finished] + (no_evaluation or [])),
+            "not_started": not_started}
 
 
 def _header(task: str, cells: list[dict] | None) -> str:
@@ -142,6 +151,22 @@ def per_seed_markdown(report: dict) -> list[str]:
                 else:
                     cells.append("-")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _missing_lines(report: dict) -> list[str]:
+    """What the table lacks: started runs that have not finished, and (with a grid) cells never started."""
+    unfinished = ["/".join(Path(f).parts[-3:]) for f in report["unfinished"]]
+    not_started = report.get("not_started")
+    lines = [f"- Left out (not finished): {len(unfinished)} run(s)" + (": " + ", ".join(unfinished) if unfinished
+                                                                       else "") + "."]
+    if not_started is None:
+        lines.append("- Not started: unknown (no grid given; `--grid` lists the cells that should exist).")
+    else:
+        lines.append(f"- Not started: {len(not_started)} run(s) of the grid" + (": " + ", ".join(not_started)
+                                                                               if not_started else "") + ".")
+    if not unfinished and not_started == []:
+        lines.append("- Every run of the grid is in the table.")
     return lines
 
 
@@ -213,15 +238,15 @@ def report_markdown(report: dict, title: str) -> str:
         lines += ["", f"### {heading}", "", "| Task | A | B | Seeds | mean(A-B) | sd | A wins | B wins | p | verdict |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         lines += [_paired_line(c, report["tasks"]) for c in group]
-    if report["unfinished"]:
-        lines += ["", f"Left out (not finished): {len(report['unfinished'])} run(s)."]
+    lines += ["", "## Runs not in the table", ""] + _missing_lines(report)
     return "\n".join(lines) + "\n"
 
 
 def write_report(root: Path, results: list[RunResult], method_order: list[str] | None,
-                 best_of: dict[str, list[str]] | None, baselines: list[str] | None = None) -> str:
+                 best_of: dict[str, list[str]] | None, baselines: list[str] | None = None,
+                 not_started: list[str] | None = None, no_evaluation: list[str] | None = None) -> str:
     """Write ROOT/table2.md and ROOT/table2.json; returns the markdown."""
-    report = build_report(results, method_order, best_of, baselines)
+    report = build_report(results, method_order, best_of, baselines, not_started, no_evaluation)
     if not report["tasks"]:
         raise ConfigError(f"{root}: no finished runs to report")
     text = report_markdown(report, str(root))
