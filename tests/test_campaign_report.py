@@ -182,6 +182,17 @@ def test_baselines_limit_the_paired_tests_and_the_average_comes_first(tmp_path, 
     assert "--baselines smart: no such row" in capsys.readouterr().err
 
 
+def test_differences_within_the_archives_rounding_are_ties():
+    import numpy as np
+
+    from experiments.rapt.stats import paired
+
+    # 54.87 (a run folder) against 54.9 (an archived 0.549): a tie, not a loss; 1 point is a win, -0.2 a loss
+    c = paired("rte", "a", "b", [1, 2, 3], np.array([54.87, 58.0, 55.0]), np.array([54.9, 57.0, 55.2]))
+    assert (c["a_wins"], c["b_wins"]) == (1, 1)
+    assert c["mean_diff"] == pytest.approx((-0.03 + 1.0 - 0.2) / 3)
+
+
 def test_paper_rows_match_the_published_average():
     """The paper's Average column is the mean of the 12 numbers of its row."""
     for name, row in PAPER_DEV.items():

@@ -24,8 +24,12 @@ def seed_averages(runs: dict[str, dict[int, RunResult]], tasks: list[str], seeds
     return [float(np.mean([task_score(runs[t][s], t) for t in tasks])) for s in seeds]
 
 
+TIE = 0.05  # x100 points: differences this small are ties (archived results keep one decimal of the x100 score)
+
+
 def paired(task: str, a: str, b: str, seeds: list[int], xa: np.ndarray, xb: np.ndarray) -> dict:
-    """Mean difference, wins, sd of the differences and the paired t-test p-value (>= 2 seeds, unequal diffs)."""
+    """Mean difference, wins (a difference within ``TIE`` is a tie), sd of the differences and the paired t-test
+    p-value (>= 2 seeds, unequal diffs). ``xa``, ``xb``: (n_seeds,) scores x100."""
     from scipy.stats import ttest_rel
 
     diff = xa - xb
@@ -35,7 +39,7 @@ def paired(task: str, a: str, b: str, seeds: list[int], xa: np.ndarray, xb: np.n
         if float(np.ptp(diff)) > 1e-12:  # equal differences: t is undefined
             p = float(ttest_rel(xa, xb).pvalue)
     return {"task": task, "a": a, "b": b, "seeds": seeds, "n": len(seeds), "mean_diff": float(diff.mean()),
-            "sd_diff": sd, "a_wins": int((diff > 0).sum()), "b_wins": int((diff < 0).sum()), "p_value": p}
+            "sd_diff": sd, "a_wins": int((diff > TIE).sum()), "b_wins": int((diff < -TIE).sum()), "p_value": p}
 
 
 def paired_comparisons(by: dict, names: list[str], tasks: list[str], best_of: dict[str, list[str]],
