@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from data_utils.task_def import ConfigError
+from experiments.rapt.campaign import _csv
 from mt_dnn.cli_utils import run_cli, setup_logging
 
 STEP_LINE = re.compile(r"\bstep (\d+)/(\d+) (.*)$")
@@ -77,11 +78,10 @@ def main(argv: list[str] | None = None) -> int:
                         "are left out)")
     args = p.parse_args(argv)
     setup_logging()
-    split = lambda s: [x for x in s.split(",") if x] if s else None  # noqa: E731
-    folders = run_folders(args.runs, args.root, split(args.methods), split(args.tasks))
+    folders = run_folders(args.runs, args.root, _csv(args.methods), _csv(args.tasks))
     if not folders:
         raise ConfigError("no runs: name run folders or give --root (with --methods/--tasks that match)")
-    keys = split(args.keys) or []
+    keys = _csv(args.keys) or []
     lines = ["| run | key | logged steps | first | last | mean | min | max |", "|---|---|---|---|---|---|---|---|"]
     for folder in folders:
         log = folder / "train.log"

@@ -249,7 +249,7 @@ def write_report(root: Path, results: list[RunResult], method_order: list[str] |
     report = build_report(results, method_order, best_of, baselines, not_started, no_evaluation)
     if not report["tasks"]:
         raise ConfigError(f"{root}: no finished runs to report")
-    text = report_markdown(report, str(root))
+    text = report_markdown(report, root.name)  # the campaign's name, not where this machine keeps it
     root.mkdir(parents=True, exist_ok=True)
     (root / "table2.md").write_text(text)
     (root / "table2.json").write_text(json.dumps(report, indent=2, default=str))
