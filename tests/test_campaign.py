@@ -394,3 +394,31 @@ def test_several_grids_share_a_root_run_shared_cells_once_and_report_together(tm
         [load_grid(core), load_grid(sweep)], root, methods=["rapt_eta1"])] == ["rapt_eta1"]
     assert {r.seed for r in plan_grids(
         [load_grid(core), load_grid(sweep)], root, seeds=[2])} == {2}
+
+
+def test_archived_cells_are_not_trained_again_unless_a_folder_or_no_archive_says_so(tmp_path, monkeypatch, capsys):
+    """With --archive, a cell whose result is archived and whose folder is gone is done: the dry run says
+    'archived' and the campaign trains only the others; without --archive the same cell is trained."""
+    calls: list[Path] = []
+    monkeypatch.setattr(jobs, "start_training", _fake_training(calls))
+    grid = _grid(tmp_path / "grid.yml", seeds=[1, 2])
+    root = tmp_path / "camp"
+    runs = {(r.name, r.seed): r for r in plan_runs(load_grid(grid), root)}
+    arch = tmp_path / "archive.json"
+    arch.write_text(json.dumps({"source": "test", "runs": [
+        {"task": "rte", "method": "standard", "seed": 1, "epoch": 0, "metrics": {"acc": 0.61}},
+        {"task": "rte", "method": "rapt", "seed": 7, "epoch": 0, "metrics": {"acc": 0.6}}]}))  # not in the grid
+    base = ["--grid", str(grid), "--root", str(root), "--gpus", "none", "--archive", str(arch)]
+    assert campaign.main([*base, "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    assert f"archived {runs['standard', 1].label}" in out
+    assert "4 runs: 0 done, 1 archived, 0 to resume, 3 to run" in out
+    assert not root.exists() or not any(root.rglob("flags.json"))
+    assert campaign.main(base) == 0
+    assert sorted(calls) == sorted(runs[k].folder for k in [("rapt", 1), ("standard", 2), ("rapt", 2)])
+    table = (root / "table2.md").read_text()
+    assert "| standard | 61.0" in table  # the archived result fills the cell in the report
+    # without --archive, the cell has no result and no folder: it is trained
+    calls.clear()
+    assert campaign.main(base[:-2]) == 0
+    assert calls == [runs["standard", 1].folder]

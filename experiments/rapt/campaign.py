@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                                        "(comma-separated, e.g. standard,smart; default: every row above it)")
     p.add_argument("--archive", metavar="FILE",
                    help="archived best dev results of runs whose folders are gone (JSON; see experiments.rapt.archive)"
-                        ": the report includes them where no run folder covers the cell")
+                        ": the report includes them where no run folder covers the cell, and the campaign does not "
+                        "train those cells again (leave --archive out to re-run them)")
     p.add_argument("--adopt", nargs="+", metavar="RUN_DIR",
                    help="copy these finished runs (same task, seed and flags as a grid cell, e.g. made by "
                         "run_scripts/run_<task>.sh) into the grid's folders, then continue")
@@ -161,11 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.adopt:
         for line in adopt_runs(runs, args.adopt):
             print(line)
+    # an archived cell with no run folder is done: its result is in the archive, so it is not trained again
+    archived_keys = {(a.task, a.name, a.seed) for a in archived}
+    is_archived = {run.label for run in runs
+                   if (run.task, run.name, run.seed) in archived_keys and not run.folder.is_dir()}
     if args.dry_run:
-        return dry_run(runs, root, args.jobs or 1, args.step_costs, _csv(args.costs_from))
+        return dry_run(runs, root, args.jobs or 1, args.step_costs, _csv(args.costs_from), is_archived)
     failed = 0
     if not args.report:
-        failed = run_campaign(runs, root, launch)
+        failed = run_campaign([run for run in runs if run.label not in is_archived], root, launch)
     results = [r for r in (load_result(run.folder, run.task, run.name) for run in runs) if r is not None]
     results = with_archive(results, archived)
     have = {(r.task, r.name, r.seed) for r in results}
