@@ -128,7 +128,7 @@ def test_an_archive_entry_may_carry_its_settings_and_an_unknown_epoch(tmp_path):
 
 def test_layer_sweep_from_the_shipped_archive_reproduces_its_table_and_a_new_run_fills_the_gap(tmp_path, capsys):
     """The committed layers.md is regenerated from archive_layers.json and archive_table2.json (the baseline);
-    a finished RTE max5 folder under --root joins the archived points."""
+    a finished RTE max5 folder under --root replaces its archived point."""
     from experiments.rapt import layers
     from tests.test_campaign_report import _write_run
 
@@ -138,7 +138,7 @@ def test_layer_sweep_from_the_shipped_archive_reproduces_its_table_and_a_new_run
             "--baseline", str(tmp_path / "none"), "--baseline_archive", SHIPPED, "--out", str(out)]
     assert layers.main(args) == 0
     assert out.with_suffix(".md").read_text() == open(results + "layers.md").read()
-    assert "rte: embed 54.5, 1 54.9, 2 53.8, 3 54.9, 4 54.9, 6 55.2; best max_layer 6; not run: 5" in \
+    assert "rte: embed 54.5, 1 54.9, 2 53.8, 3 54.9, 4 54.9, 5 54.5, 6 55.2; best max_layer 6\n" in \
         capsys.readouterr().out
     root = tmp_path / "layers"
     _write_run(root, "rte", "max5", 1, [{"acc": 0.40}, {"acc": 0.57}])
