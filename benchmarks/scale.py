@@ -1,6 +1,6 @@
 """Data at MNLI/QQP scale: wall time and peak memory of a first run, a cached run, and prediction.
 
-    GLUE_DIR=/path/to/glue_data python -m benchmarks.scale --work /tmp/scale [--code DIR] [--out report.json]
+    GLUE_DIR=/path/to/glue_data python -m benchmarks.scale --work runs/scale [--code DIR] [--out report.json]
 
 It builds, under ``--work`` (a temporary folder by default; never inside the repository), MNLI files in the
 official layout and at the official row counts (train 392,702; dev_matched 9,815; dev_mismatched 9,832;

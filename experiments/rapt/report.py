@@ -10,7 +10,7 @@ import numpy as np
 from data_utils.task_def import ConfigError
 from experiments.rapt.paper import METRIC_LABEL, PAPER_DEV, PAPER_METRICS, TASK_LABEL, cell_keys, task_order
 from experiments.rapt.results import RunResult
-from experiments.rapt.stats import mean_std, paired_comparisons, seed_averages
+from experiments.rapt.stats import TIE, mean_std, paired_comparisons, seed_averages
 
 
 def training_times(by: dict[str, dict[str, dict[int, RunResult]]], names: list[str], tasks: list[str]) -> dict:
@@ -227,7 +227,7 @@ def report_markdown(report: dict, title: str) -> str:
               f"Rows in the report's order, {against}. 'Average' on each seed's mean of the task scores (as the "
               "Average column; seeds where both methods have every task; 'Average (tasks)' over only the tasks with "
               "the most common seeds, while other tasks lack seeds); per task on the primary metric. mean(A-B) x100; "
-              "sd = sample std of the per-seed differences; wins = seeds where A > B by more than 0.05 (smaller differences are ties and count for neither: archived results keep one decimal); p = "
+              f"sd = sample std of the per-seed differences; wins = seeds where A > B by more than {TIE} (smaller differences are ties and count for neither: archived results keep one decimal); p = "
               "paired t-test (scipy.stats.ttest_rel), shown with >= 2 seeds whose differences are not all equal. "
               "Verdict: 'beyond seed noise' when p < 0.05, else 'within seed noise'."]
     averages = [c for c in report["paired"] if c["task"] == "average"]
