@@ -21,6 +21,13 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def device_label(device: torch.device) -> str:
+    """What a run trained on, as run records name it: ``cpu``, ``mps``, or ``cuda (<GPU name>)``."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
 def autocast(device: torch.device, precision: str):
     """torch.amp autocast for bf16/fp16; a no-op context for fp32."""
     if precision == "fp32":

@@ -239,6 +239,7 @@ class Trainer:
         data["steps_per_epoch"] = self.steps_per_epoch
         data["total_steps"] = self.total_steps
         data["torch"] = torch.__version__
+        data["resolved_device"] = runtime.device_label(self.device)
         data["recipe"] = self.recipe  # what --resume compares (run_folder.NOT_RESULT lists what may change)
         (self.out / "config.json").write_text(json.dumps(data, indent=2, default=str))
 

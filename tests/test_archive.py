@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ from mt_dnn.cli_utils import run_cli
 from tests.test_campaign_golden import _grid, write_fake_runs
 
 SHIPPED = campaign.__file__.replace("campaign.py", "results/archive_table2.json")
+GRIDS = Path(campaign.__file__).parent / "grids"
 
 
 def _archive(path, runs):
@@ -105,11 +107,19 @@ def test_malformed_archive_is_one_line_error(tmp_path, runs, message):
         load_archive(tmp_path / "b.json")
 
 
-def test_shipped_archive_loads_and_matches_its_report():
+def test_shipped_archive_regenerates_the_committed_table2(tmp_path):
     runs = {(r.task, r.name, r.seed): r for r in load_archive(SHIPPED)}
-    assert len(runs) == 55
     assert runs[("mrpc", "smart_batchmean", 1)].best.metrics["dev"] == {"acc": 0.819, "f1": 0.875}
     assert runs[("cola", "rapt", 3)].best.primary == pytest.approx(0.212)
+    assert runs[("rte", "r3f", 1)].device == "cuda (NVIDIA H200)" and runs[("rte", "smart", 1)].device == "cpu"
+    # results/table2.md is the campaign's report over every Table 2 grid from the archive alone (no run folders)
+    root = tmp_path / "table2"
+    root.mkdir()
+    grids = [str(GRIDS / f"{g}.yml") for g in ("core", "extra", "eta", "smart_step", "r3f")]
+    assert campaign.main(["--grid", *grids, "--root", str(root), "--report", "--archive", SHIPPED, "--order",
+                          "standard,smart,smart_batchmean,smart_best_step,rapt,rapt_best_eta,rapt_shared,"
+                          "rapt_embedding,r3f", "--baselines", "standard,smart,rapt"]) == 0
+    assert (root / "table2.md").read_text() == (GRIDS.parent / "results" / "table2.md").read_text()
 
 
 def test_an_archive_entry_may_carry_its_settings_and_an_unknown_epoch(tmp_path):
@@ -168,3 +178,90 @@ def test_order_puts_rows_and_best_of_rows_where_asked_and_pairs_follow_it(tmp_pa
     pairs = {(c["a"], c["b"]) for c in report["paired"]}
     assert ("old_smart", "smart") in pairs and ("rapt", "old_smart") in pairs and ("smart", "old_smart") not in pairs
 
+
+
+def _finished_folder(root, task, name, seed, config, evals, seconds=120.0, steps=40):
+    folder = root / task / name / f"s{seed}-abc"
+    folder.mkdir(parents=True)
+    recs = [{"epoch": i, "step": 10 * (i + 1), "task": task, "split": "dev", "split_name": "dev", "method": name,
+             "seed": seed, "train_seconds": 30.0 * (i + 1), "metrics": m} for i, m in enumerate(evals)]
+    recs.append({"epoch": len(evals) - 1, "step": steps, "task": task, "split": "train", "method": name,
+                 "seed": seed, "train_seconds": seconds, "steps": steps, "loss": 0.5})
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (folder / "flags.json").write_text(json.dumps({"task": task, "method_name": name, "seed": seed}))
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_run_device_from_config_json():
+    from experiments.rapt.results import run_device
+
+    assert run_device({"resolved_device": "cuda (NVIDIA H200)", "device": "auto"}) == "cuda (NVIDIA H200)"
+    assert run_device({"device": "cuda:1", "torch": "2.11.0+cu130"}) == "cuda"  # written before resolved_device
+    assert run_device({"device": "auto", "torch": "2.13.0+cpu"}) == "cpu"
+    assert run_device({"device": "auto", "torch": "2.11.0+cu130"}) == "?"  # auto on a CUDA build: cannot tell
+
+
+def test_archive_cli_adds_finished_folders_with_their_best_evaluation_and_device(tmp_path, capsys):
+    from experiments.rapt import archive
+
+    root = tmp_path / "runs"
+    gpu = _finished_folder(root, "mrpc", "r3f", 1, {"method": "r3f", "method_options": {"eps": 1e-5},
+                                                     "resolved_device": "cuda (NVIDIA H200)"},
+                           [{"acc": 0.80123, "f1": 0.86}, {"acc": 0.79, "f1": 0.9}], seconds=61.66, steps=345)
+    cpu = _finished_folder(root, "rte", "r3f", 1, {"method": "r3f", "device": "auto", "torch": "2.13.0+cpu"},
+                           [{"acc": 0.55}])
+    path = tmp_path / "a.json"
+    assert run_cli(archive.main, [str(path), str(gpu)]) == 2  # a new archive needs --source
+    assert "give --source" in capsys.readouterr().err and not path.exists()
+    assert archive.main([str(path), str(gpu), str(cpu), "--source", "test runs"]) == 0
+    data = json.loads(path.read_text())
+    assert data["source"] == "test runs" and len(data["runs"]) == 2
+    entry = data["runs"][0]
+    # the best evaluation by acc (epoch 0), its own f1 with it, 4 decimals; the run's clock, steps and device
+    assert entry["metrics"] == {"acc": 0.8012, "f1": 0.86} and entry["epoch"] == 0
+    assert entry["train_seconds"] == 61.7 and entry["steps"] == 345 and entry["device"] == "cuda (NVIDIA H200)"
+    assert entry["config"] == {"method": "r3f", "method_options": {"eps": 1e-5}}
+    loaded = {r.task: r for r in load_archive(path)}
+    assert loaded["mrpc"].device == "cuda (NVIDIA H200)" and loaded["rte"].device == "cpu"
+    assert loaded["mrpc"].best.primary == pytest.approx(0.8012) and loaded["mrpc"].steps == 345
+    # adding a run that is archived already is an error that leaves the file as it was; --replace replaces it
+    before = path.read_text()
+    assert run_cli(archive.main, [str(path), str(cpu)]) == 2
+    assert "rte/r3f seed 1 is archived already" in capsys.readouterr().err and path.read_text() == before
+    (cpu / "metrics.jsonl").write_text((cpu / "metrics.jsonl").read_text().replace('"acc": 0.55', '"acc": 0.6'))
+    assert archive.main([str(path), str(cpu), "--replace"]) == 0
+    assert [r.best.primary for r in load_archive(path) if r.task == "rte"] == [pytest.approx(0.6)]
+    unfinished = _finished_folder(root, "cola", "r3f", 1, {"method": "r3f"}, [{"mcc": 0.2}])
+    (unfinished / "metrics.jsonl").write_text((unfinished / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+    assert run_cli(archive.main, [str(path), str(unfinished)]) == 2
+    assert "not a finished run" in capsys.readouterr().err and len(load_archive(path)) == 2
+
+
+def test_archive_device_defaults_to_the_files_and_then_to_unknown(tmp_path):
+    runs = [{"task": "rte", "method": "a", "seed": 1, "epoch": 0, "metrics": {"acc": 0.5}},
+            {"task": "rte", "method": "b", "seed": 1, "epoch": 0, "metrics": {"acc": 0.5}, "device": "cuda (X)"}]
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps({"source": "t", "device": "cpu", "runs": runs}))
+    assert [r.device for r in load_archive(path)] == ["cpu", "cuda (X)"]
+    assert [r.device for r in load_archive(_archive(tmp_path / "b.json", runs))] == ["?", "cuda (X)"]
+
+
+def test_training_time_ratios_compare_runs_on_the_same_device_only(tmp_path):
+    from experiments.rapt.report import build_report, report_markdown
+
+    runs = []
+    for name, seed, device, seconds in (("standard", 1, "cpu", 400.0), ("smart", 1, "cpu", 1200.0),
+                                        ("r3f", 1, "cuda (H200)", 20.0), ("rapt", 1, "cpu", 600.0),
+                                        ("rapt", 2, "cuda (H200)", 8.0)):
+        runs.append({"task": "rte", "method": name, "seed": seed, "epoch": 0, "metrics": {"acc": 0.5},
+                     "train_seconds": seconds, "steps": 100, "device": device})
+    report = build_report(load_archive(_archive(tmp_path / "a.json", runs)), ["standard", "smart", "rapt", "r3f"])
+    times = report["times"]["rte"]
+    assert set(times) == {"standard", "smart", "rapt @ cpu", "rapt @ cuda (H200)", "r3f"}
+    assert times["rapt @ cpu"]["/standard"] == pytest.approx(1.5) and times["rapt @ cpu"]["/smart"] == pytest.approx(0.5)
+    # no standard or smart ran on the GPU: its rows get no ratio rather than one against a CPU clock
+    assert "/standard" not in times["r3f"] and "/smart" not in times["rapt @ cuda (H200)"]
+    md = report_markdown(report, "t")
+    assert "| RTE | rapt @ cpu | cpu | 1 | 10.0 | 6.00 | 1.50 | 0.50 |" in md
+    assert "| RTE | r3f | cuda (H200) | 1 | 0.3 | 0.20 | - | - |" in md

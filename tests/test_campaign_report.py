@@ -276,4 +276,4 @@ def test_report_has_training_time_and_ratios(tmp_path):
     assert times["smart"]["minutes"] == pytest.approx(6.0) and times["smart"]["s_per_step"] == pytest.approx(18.0)
     assert times["rapt"]["/standard"] == pytest.approx(2.0) and times["rapt"]["/smart"] == pytest.approx(2 / 3)
     md = report_markdown(report, "t")
-    assert "| RTE | rapt | 1 | 2.0 | 12.00 | 2.00 | 0.67 |" in md
+    assert "| RTE | rapt | ? | 1 | 2.0 | 12.00 | 2.00 | 0.67 |" in md

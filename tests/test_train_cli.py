@@ -27,6 +27,7 @@ def test_single_task_run_writes_the_contract(tmp_path, glue_dir, tiny_model_dir)
     out = _train(tmp_path, glue_dir, tiny_model_dir, "--tasks", "rte", "--epochs", "2")
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["world_size"] == 1 and cfg["method"] == "standard" and cfg["resolved_pooling"] == "cls"
+    assert cfg["resolved_device"] == "cpu"  # what the report's clocks are grouped by
     recs = _records(out)
     dev = [r for r in recs if r["split"] == "dev"]
     assert [r["epoch"] for r in dev] == [0, 1]

@@ -12,7 +12,9 @@ always wins over an archived entry of the same (task, method, seed), so re-runni
 (``{"method": "rapt", "method_options": {"eta": 2.0, "max_layer": 5}}``) stands for the run's config.json,
 for readers that need the settings (the layer sweep). A task with several dev splits (MNLI) gives its metrics per
 split, named as its run folders name them: ``"metrics": {"dev_matched": {"acc": 0.84}, "dev_mismatched": {...}}``
-(the primary metric is then their mean, as for a run folder).
+(the primary metric is then their mean, as for a run folder). ``device`` (``cpu``, ``cuda (NVIDIA H200)``) says
+what a run trained on, so the report compares its clock only with runs on the same device; a top-level
+``device`` is the default for entries that name none, and without either it is ``?``.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ def load_archive(path: str | Path) -> list[RunResult]:
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
         raise ConfigError(f"{path}: expected an object with a 'runs' list")
     defs = task_defs()
+    default_device = str(data.get("device", "?"))
     out: list[RunResult] = []
     seen: set[tuple[str, str, int]] = set()
     for i, entry in enumerate(data["runs"]):
@@ -69,7 +72,8 @@ def load_archive(path: str | Path) -> list[RunResult]:
             raise ConfigError(f"{where}: config must be an object (the run's config.json settings)")
         score = sum(m[primary] for m in splits.values()) / len(splits)
         ev = Evaluation(epoch, steps or 0, seconds or 0.0, splits, score)
-        out.append(RunResult(task, name, seed, path, True, [ev], seconds, steps, primary, config))
+        out.append(RunResult(task, name, seed, path, True, [ev], seconds, steps, primary, config,
+                             device=str(entry.get("device", default_device))))
     return out
 
 
@@ -77,3 +81,91 @@ def with_archive(results: list[RunResult], archived: list[RunResult]) -> list[Ru
     """``results`` plus the archived runs whose (task, method, seed) no run folder covers."""
     have = {(r.task, r.name, r.seed) for r in results if r.finished}
     return results + [a for a in archived if (a.task, a.name, a.seed) not in have]
+
+
+def archive_entry(result: RunResult) -> dict:
+    """A finished run folder as an archive entry: its best dev evaluation (metrics to 4 decimals; per split where
+    the task has several), that evaluation's epoch, the run's training seconds and steps, what it trained on, and
+    its method settings (``config``)."""
+    best = result.best
+    if not result.finished or best is None:
+        raise ConfigError(f"{result.folder}: not a finished run with a dev evaluation")
+    splits = {split: {k: round(v, 4) for k, v in m.items()} for split, m in best.metrics.items()}
+    settings = result.settings()
+    return {"task": result.task, "method": result.name, "seed": result.seed, "epoch": best.epoch,
+            "metrics": splits["dev"] if list(splits) == ["dev"] else splits,
+            "train_seconds": round(result.train_seconds, 1) if result.train_seconds else None,
+            "steps": result.steps, "device": result.device,
+            "config": {"method": settings.get("method"), "method_options": settings.get("method_options", {})}}
+
+
+def _write(path: Path, data: dict) -> None:
+    """The archive with one run per line (diffs stay readable), written whole or not at all."""
+    head = "".join(f" {json.dumps(k)}: {json.dumps(v)},\n" for k, v in data.items() if k != "runs")
+    runs = ",\n".join("  " + json.dumps(r) for r in data["runs"])
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("{\n" + head + ' "runs": [\n' + runs + "\n ]\n}\n")
+    tmp.replace(path)
+
+
+def add_runs(path: str | Path, folders: list[str], source: str | None = None, replace: bool = False) -> list[str]:
+    """Add finished run folders (``ROOT/<task>/<method name>/s<seed>-<hash>``) to the archive ``path`` (made if
+    missing, which needs ``source``). A (task, method, seed) already archived is an error unless ``replace``.
+    Every folder is checked before the file changes. Returns one line per run."""
+    from experiments.rapt.results import load_result
+
+    path = Path(path)
+    if path.exists():
+        load_archive(path)  # a malformed archive stops here, before anything is added to it
+        data = json.loads(path.read_text())
+    elif source:
+        data = {"source": source, "runs": []}
+    else:
+        raise ConfigError(f"{path}: no such archive; give --source to start one")
+    entries = []
+    for folder in map(Path, folders):
+        result = load_result(folder)
+        if result is None:
+            raise ConfigError(f"{folder}: no metrics.jsonl records (not a run folder)")
+        entries.append(archive_entry(result))
+    keys = [(e["task"], e["method"], e["seed"]) for e in entries]
+    if len(set(keys)) < len(keys):
+        raise ConfigError("two of the folders are the same (task, method, seed)")
+    index = {(r["task"], r["method"], int(r["seed"])): i for i, r in enumerate(data["runs"])}
+    lines = []
+    for key, entry in zip(keys, entries):
+        if key in index and not replace:
+            raise ConfigError(f"{path}: {key[0]}/{key[1]} seed {key[2]} is archived already (--replace replaces it)")
+        if key in index:
+            data["runs"][index[key]] = entry
+        else:
+            data["runs"].append(entry)
+        lines.append(f"{'replaced' if key in index else 'added'} {key[0]}/{key[1]} seed {key[2]}: epoch "
+                     f"{entry['epoch']} {entry['metrics']} on {entry['device']}")
+    _write(path, data)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m experiments.rapt.archive",
+                                description="Add finished run folders to an archive of best dev evaluations, so "
+                                            "reports (campaign --report --archive, layers --archive) keep them "
+                                            "once the folders are gone.")
+    p.add_argument("archive", help="archive JSON file")
+    p.add_argument("runs", nargs="+", help="finished run folders")
+    p.add_argument("--source", help="where the numbers come from (required for a new archive)")
+    p.add_argument("--replace", action="store_true", help="replace runs that are archived already")
+    args = p.parse_args(argv)
+    for line in add_runs(args.archive, args.runs, args.source, args.replace):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from mt_dnn.cli_utils import run_cli
+
+    sys.exit(run_cli(main))

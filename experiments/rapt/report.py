@@ -14,22 +14,28 @@ from experiments.rapt.stats import TIE, mean_std, paired_comparisons, seed_avera
 
 
 def training_times(by: dict[str, dict[str, dict[int, RunResult]]], names: list[str], tasks: list[str]) -> dict:
-    """Table 3 style, per task and method: mean training minutes and seconds per step over seeds, and the
-    ratios to ``standard`` and ``smart`` where those ran. The runs' own clocks: compare runs made under the same
-    conditions (the same --jobs, nothing else on the machine); experiments.rapt.speed is the controlled measure."""
+    """Table 3 style, per task and method: mean training minutes and seconds per step over seeds, the device the
+    runs trained on, and the ratios to ``standard`` and ``smart`` where those ran on the same device. A method
+    whose runs of a task trained on several devices gets one row per device, named ``<method> @ <device>``. The
+    runs' own clocks: compare runs made under the same conditions (the same --jobs, nothing else on the machine);
+    experiments.rapt.speed is the controlled measure."""
     out: dict[str, dict] = {}
     for task in tasks:
         rows = {}
         for name in names:
             runs = [r for r in by.get(name, {}).get(task, {}).values() if r.train_seconds and r.steps]
-            if runs:
-                rows[name] = {"minutes": float(np.mean([r.train_seconds for r in runs])) / 60.0,
-                              "s_per_step": float(np.mean([r.train_seconds / r.steps for r in runs])),
-                              "runs": len(runs)}
-        for name, row in rows.items():
+            devices = sorted({r.device for r in runs})
+            for device in devices:
+                on = [r for r in runs if r.device == device]
+                rows[name if len(devices) == 1 else f"{name} @ {device}"] = {
+                    "method": name, "device": device,
+                    "minutes": float(np.mean([r.train_seconds for r in on])) / 60.0,
+                    "s_per_step": float(np.mean([r.train_seconds / r.steps for r in on])), "runs": len(on)}
+        for row in rows.values():
             for base in ("standard", "smart"):
-                if base in rows:
-                    row[f"/{base}"] = row["s_per_step"] / rows[base]["s_per_step"]
+                same = [b for b in rows.values() if b["method"] == base and b["device"] == row["device"]]
+                if same:
+                    row[f"/{base}"] = row["s_per_step"] / same[0]["s_per_step"]
         if rows:
             out[task] = rows
     return out
@@ -213,13 +219,15 @@ def report_markdown(report: dict, title: str) -> str:
         lines += ["", "## Training time (Table 3 style)", "",
                   "Mean over seeds of each finished run's training time (training steps only, evaluation excluded) "
                   "and seconds per step; ratios of seconds per step. These are the runs' own clocks: comparable "
-                  "only between runs made under the same conditions.", "",
-                  "| Task | Method | Runs | Minutes | s/step | / standard | / smart |", "|---|---|---|---|---|---|---|"]
+                  "only between runs made under the same conditions, so the ratios compare runs on the same device "
+                  "alone ('?': the records do not say).", "",
+                  "| Task | Method | Device | Runs | Minutes | s/step | / standard | / smart |",
+                  "|---|---|---|---|---|---|---|---|"]
         for task, rows_t in report["times"].items():
             for name, t in rows_t.items():
                 ratios = [f"{t[k]:.2f}" if k in t else "-" for k in ("/standard", "/smart")]
-                lines.append(f"| {TASK_LABEL.get(task, task)} | {name} | {t['runs']} | {t['minutes']:.1f} | "
-                             f"{t['s_per_step']:.2f} | {ratios[0]} | {ratios[1]} |")
+                lines.append(f"| {TASK_LABEL.get(task, task)} | {name} | {t['device']} | {t['runs']} | "
+                             f"{t['minutes']:.1f} | {t['s_per_step']:.2f} | {ratios[0]} | {ratios[1]} |")
     baselines = report.get("baselines")
     against = ("each row against the rows above it" if not baselines else
                "each row against " + ", ".join(f"`{b}`" for b in baselines) + " where that row is above it")

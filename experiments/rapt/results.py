@@ -65,6 +65,7 @@ class RunResult:
     steps: int | None = None
     metric: str = "score"  # the task's primary metric: what Evaluation.primary is
     config: dict | None = None  # an archived run's recorded settings (a run folder has its config.json)
+    device: str = "?"  # what it trained on (run_device); "?" when its records do not say
 
     def settings(self) -> dict:
         """The run's config.json (``method``, ``method_options``, ...), or what its archive entry recorded."""
@@ -107,6 +108,18 @@ def evaluations_of(dev: list[dict], primary: str) -> list[Evaluation]:
     return out
 
 
+def run_device(config: dict) -> str:
+    """What a run trained on, from its config.json: ``resolved_device`` (``cpu``, ``cuda (<GPU name>)``, ...); for
+    folders written before that was recorded, ``--device`` when it named one, else ``cpu`` under a CPU-only build
+    of torch; ``?`` when the records do not tell."""
+    if config.get("resolved_device"):
+        return str(config["resolved_device"])
+    device = str(config.get("device") or "auto")
+    if device != "auto":
+        return device.split(":")[0]
+    return "cpu" if str(config.get("torch", "")).endswith("+cpu") else "?"
+
+
 def load_result(folder: Path, task: str | None = None, name: str | None = None) -> RunResult | None:
     """A run folder's results (task, method name and seed from flags.json, else from the path and records)."""
     records = read_records(folder / "metrics.jsonl")
@@ -125,9 +138,11 @@ def load_result(folder: Path, task: str | None = None, name: str | None = None) 
     done = last.get("split") == "train"
     dev = [r for r in records if r.get("split") == "dev" and r.get("task") == task]
     metric = primary_metric(task, dev) if dev else "score"
+    config = folder / "config.json"
+    device = run_device(json.loads(config.read_text())) if config.is_file() else "?"
     return RunResult(task, name, int(seed), folder, done, evaluations_of(dev, metric),
                      float(last["train_seconds"]) if done and "train_seconds" in last else None,
-                     int(last["steps"]) if done and "steps" in last else None, metric)
+                     int(last["steps"]) if done and "steps" in last else None, metric, device=device)
 
 
 def scan_results(root: Path) -> list[RunResult]:
