@@ -89,7 +89,7 @@ def runs(tmp_path_factory, tiny_model_dir):
     def argv(data, name, cache):
         return ["--glue_dir", str(data), "--model", str(tiny_model_dir), "--output_dir", str(root / name),
                 "--cache_dir", str(root / cache), "--tasks", "rte,mrpc" if data == glue else "rte",
-                "--max_steps", "1", "--batch_size", "4", "--eval_batch_size", "4"]
+                "--max_steps", "1", "--batch_size", "4", "--eval_batch_size", "4", "--device", "cpu"]
 
     jobs = [{"dump": str(root / "d_first"), "argv": argv(glue, "first", "cache")},
             {"dump": str(root / "d_again"), "argv": argv(glue, "again", "cache")},

@@ -81,7 +81,7 @@ def _worker(rank: int, world: int, port: int, jobs: list[dict]) -> None:
 
 def _argv(glue, model, out, cache, *extra):
     return ["--glue_dir", str(glue), "--model", str(model), "--output_dir", str(out), "--cache_dir", str(cache),
-            "--tasks", "rte", "--lr", "1e-3", "--log_every", "1", "--batch_size", "4", *extra]
+            "--tasks", "rte", "--lr", "1e-3", "--log_every", "1", "--batch_size", "4", "--device", "cpu", *extra]
 
 
 RESUME_FLAGS = ("--max_steps", "5", "--save_every_steps", "2", "--method", "rapt", "--rapt_max_layer", "2")
@@ -167,3 +167,35 @@ def test_ddp_searches_for_unused_parameters_only_with_several_heads(runs):
     two = [json.loads((runs / "d_two_heads" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [(r["find_unused"], r["step"]) for r in two] == [(True, 3), (True, 3)]
     assert json.loads((runs / "two_heads" / "config.json").read_text())["tasks"] == "rte,mrpc"
+
+
+def test_more_processes_than_gpus_is_one_line_error_before_joining_the_group(monkeypatch):
+    """torchrun with more processes on a machine than it has GPUs: every rank stops with the same one-line error
+    before NCCL is started (not a CUDA 'invalid device ordinal' from the rank without a GPU); --device cpu runs."""
+    import torch.distributed as dist
+
+    from data_utils.task_def import ConfigError
+    from mt_dnn.distributed import init_distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    started = []
+
+    def fake_init(backend):
+        started.append(backend)
+        raise RuntimeError("joined")
+
+    monkeypatch.setattr(dist, "init_process_group", fake_init)
+    with pytest.raises(ConfigError, match=r"torchrun started 2 processes on this machine, which has 1 GPU\(s\): "
+                                          r"start one process per GPU \(--nproc_per_node 1\), or train on CPU"):
+        init_distributed("auto")
+    assert started == []
+    with pytest.raises(RuntimeError, match="joined"):
+        init_distributed("cpu")
+    assert started == ["gloo"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(RuntimeError, match="joined"):
+        init_distributed("auto")
+    assert started == ["gloo", "nccl"]

@@ -244,11 +244,14 @@ def test_smart_gradient_does_not_depend_on_how_the_batch_is_split(monkeypatch):
         return seen["g"]
 
     whole = grads_of(slice(0, 4))
-    halves = torch.cat([grads_of(slice(0, 2)), grads_of(slice(2, 4))])
-    assert torch.allclose(whole, halves, rtol=1e-4, atol=1e-10)
-    single = grads_of(slice(1, 2))
-    assert torch.allclose(whole[1:2], single, rtol=1e-4, atol=1e-10)
     assert whole.abs().max() > 0
+    # float error floor: other batch shapes sum in another order (entries near zero have no relative precision);
+    # a gradient that depended on the batch would differ by a factor of the batch size, far above it
+    floor = 1e-4 * float(whole.abs().max())
+    halves = torch.cat([grads_of(slice(0, 2)), grads_of(slice(2, 4))])
+    assert torch.allclose(whole, halves, rtol=1e-4, atol=floor)
+    single = grads_of(slice(1, 2))
+    assert torch.allclose(whole[1:2], single, rtol=1e-4, atol=floor)
 
 
 def test_smart_non_finite_skip_leaves_no_hook(monkeypatch):

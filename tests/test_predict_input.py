@@ -107,7 +107,8 @@ def test_columns_by_name_and_rows_numbered_without_an_id(trained, tmp_path):
     path.write_text("premise\thypothesis\n" + "".join(f"{r.text_a}\t{r.text_b}\n" for r in rows))
     out = tmp_path / "p.jsonl"
     assert predict_main(["--checkpoint", str(run), "--task", "rte", "--input", str(path), "--output", str(out),
-                         "--text_a", "premise", "--text_b", "hypothesis", "--eval_batch_size", str(BATCH)]) == 0
+                         "--text_a", "premise", "--text_b", "hypothesis", "--eval_batch_size", str(BATCH),
+                         "--device", "cpu"]) == 0
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in recs] == list(range(len(rows)))
     _check_same(recs, expected, False)
@@ -194,7 +195,7 @@ def test_real_rte_dev_rows_give_the_glue_paths_predictions(tmp_path):
     for path in (tsv, jsonl):
         out = tmp_path / f"{path.suffix[1:]}.preds.jsonl"
         assert predict_main(["--checkpoint", str(run), "--task", "rte", "--input", str(path), "--output", str(out),
-                             "--eval_batch_size", "64"]) == 0
+                             "--eval_batch_size", "64", "--device", "cpu"]) == 0
         _check_same([json.loads(line) for line in out.read_text().splitlines()], expected, False)
     pairs = [(r.text_a, r.text_b) for r in rows]
     _check_same(load_run(run, device="cpu", batch_size=64).predict("rte", pairs), expected, False)

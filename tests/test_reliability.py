@@ -38,7 +38,7 @@ def no_dropout_model(tmp_path_factory, tiny_model_dir):
 
 def _args(glue, model, out, cache, *extra):
     return ["--glue_dir", str(glue), "--model", str(model), "--output_dir", str(out), "--cache_dir", str(cache),
-            "--tasks", "rte", "--lr", "1e-3", "--log_every", "1", *extra]
+            "--tasks", "rte", "--lr", "1e-3", "--log_every", "1", "--device", "cpu", *extra]
 
 
 def _dev(out):
