@@ -21,11 +21,11 @@ def init_distributed(device: str) -> tuple[int, int, int]:
     if not dist.is_initialized():
         use_cuda = torch.cuda.is_available() and device != "cpu"
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        if use_cuda and local_world > torch.cuda.device_count():
+        gpus = torch.cuda.device_count() if use_cuda else 0
+        if use_cuda and local_world > gpus:
             # each process trains on its own GPU (cuda:LOCAL_RANK); every rank sees the same counts, so all stop here
-            raise ConfigError(f"torchrun started {local_world} processes on this machine, which has "
-                              f"{torch.cuda.device_count()} GPU(s): start one process per GPU (--nproc_per_node "
-                              f"{torch.cuda.device_count()}), or train on CPU with --device cpu")
+            raise ConfigError(f"torchrun started {local_world} processes on this machine, which has {gpus} GPU(s): "
+                              f"start one process per GPU (--nproc_per_node {gpus}), or train on CPU with --device cpu")
         dist.init_process_group("nccl" if use_cuda else "gloo")
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
 
