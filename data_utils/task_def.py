@@ -235,9 +235,12 @@ def load_task_defs(extra_files: Iterable[str | Path] = ()) -> dict[str, TaskDef]
              for name, block in _read_yaml("glue_tasks.yml", builtin).items()}
     for path in extra_files:
         for name, block in _read_yaml(path).items():
-            if name in tasks:
-                logger.info("task %s redefined by %s", name, path)
-            tasks[str(name)] = parse_task_block(str(name), block, str(path))
+            task = parse_task_block(str(name), block, str(path))
+            if name in tasks:  # a saved model's tasks.yml repeats the definition it was trained with: not news
+                same = tasks[name] == task
+                logger.log(logging.DEBUG if same else logging.INFO, "task %s redefined by %s%s", name, path,
+                           " (identically)" if same else "")
+            tasks[str(name)] = task
     for t in tasks.values():
         if t.head and (t.head not in tasks or tasks[t.head].labels != t.labels):
             raise ConfigError(f"task {t.name!r}: head {t.head!r} must be a task with the same labels")

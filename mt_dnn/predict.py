@@ -235,7 +235,7 @@ def predict_own_input(args: argparse.Namespace, parser: argparse.ArgumentParser)
     predictor = load_run(args.checkpoint[0], args.device, args.eval_batch_size, args.precision, args.max_seq_len)
     n = predict_file(predictor, args.task, args.input, args.output, args.text_a, args.text_b, args.id_column,
                      args.input_format)
-    print(f"wrote {n} predictions to {args.output}")
+    print(f"wrote {n} prediction{'' if n == 1 else 's'} to {args.output}")
     return 0
 
 

@@ -160,6 +160,15 @@ def test_a_failed_run_leaves_an_old_output_untouched_and_unknown_tasks_are_named
         load_run(run, device="cpu").predict("rte", [("a", "b"), "just one"])
 
 
+def test_one_row_says_one_prediction(trained, tmp_path, capsys):
+    glue, run = trained
+    path = tmp_path / "one.tsv"
+    path.write_text("sentence1\tsentence2\nthe cat sat .\ta cat sat .\n")
+    assert predict_main(["--checkpoint", str(run), "--task", "rte", "--input", str(path), "--output",
+                         str(tmp_path / "p.jsonl"), "--device", "cpu"]) == 0
+    assert f"wrote 1 prediction to {tmp_path / 'p.jsonl'}" in capsys.readouterr().out
+
+
 def test_import_mt_dnn_is_light_and_load_run_is_exported():
     code = "import sys, mt_dnn; assert 'torch' not in sys.modules, 'torch'; print(callable(mt_dnn.load_run))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)

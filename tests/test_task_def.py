@@ -197,6 +197,23 @@ def test_extra_file_adds_and_overrides(tmp_path, tasks):
     assert set(loaded) == set(tasks) | {"newtask"}
 
 
+def test_identical_redefinition_is_debug_a_changed_one_is_info(tmp_path, tasks, caplog):
+    """A saved model's tasks.yml repeats the packaged definition: that is not news on every load."""
+    import logging
+
+    same, changed = tmp_path / "same.yml", tmp_path / "changed.yml"
+    same.write_text(yaml.safe_dump({"rte": tasks["rte"].to_dict()}), encoding="utf-8")
+    block = copy.deepcopy(tasks["rte"].to_dict())
+    block["dropout"] = 0.3
+    changed.write_text(yaml.safe_dump({"rte": block}), encoding="utf-8")
+    with caplog.at_level(logging.DEBUG, logger="data_utils.task_def"):
+        load_task_defs([same])
+        load_task_defs([changed])
+    by_file = {str(path): [r.levelno for r in caplog.records if "redefined" in r.getMessage() and str(path) in
+                           r.getMessage()] for path in (same, changed)}
+    assert by_file == {str(same): [logging.DEBUG], str(changed): [logging.INFO]}
+
+
 def test_later_extra_file_wins(tmp_path):
     a, b = tmp_path / "a.yml", tmp_path / "b.yml"
     a.write_text(yaml.safe_dump({"newtask": good_block()}), encoding="utf-8")
