@@ -21,6 +21,15 @@ logger = logging.getLogger(__name__)
 SAMPLING_CHOICES = ("proportional", "uniform", "temperature")
 
 
+def seeded_subset(n_rows: int, k: int, seed: int) -> list[int]:
+    """The rows ``--max_train_samples k`` trains on: k of ``n_rows`` row indices drawn without replacement by
+    numpy's generator seeded with ``[seed, 0x5EED]``, in file order (all rows when k >= n_rows)."""
+    if k >= n_rows:
+        return list(range(n_rows))
+    rng = np.random.default_rng([seed, 0x5EED])
+    return sorted(rng.choice(n_rows, k, replace=False).tolist())
+
+
 def collate(features: Features, rows: list[int], pad_id: int, regression: bool) -> dict:
     """Pad ``rows`` of ``features`` to their own longest length. Returns the batch dict (see module doc).
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_utils.batching import seeded_subset
 from data_utils.glue import read_split
 from data_utils.metrics import compute_metrics
 from data_utils.task_def import ConfigError, TaskDef, load_task_defs
@@ -119,17 +120,16 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"task {task.name} has no labelled dev split to train and score on")
     glue_dir = args.glue_dir or default_glue_dir()
     out = Path(args.output_dir or f"runs/hf-{task.name}-{args.method}-s{args.seed}")
-    out.mkdir(parents=True, exist_ok=True)
-    setup_logging(out / "train.log")
+    setup_logging()  # the console only: the run folder is made once data, model and trainer are set up
 
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                               TrainingArguments)
 
-    from mt_dnn.hf import RegularizedTrainer, StepTimer
+    from mt_dnn.hf import LastStep, RegularizedTrainer, StepTimer
 
     train_ex = read_split(glue_dir, task, task.splits_of("train")[0])
-    if args.max_train_samples:
-        train_ex = train_ex[:args.max_train_samples]
+    if args.max_train_samples:  # the same seeded rows as mt_dnn.train --max_train_samples
+        train_ex = [train_ex[i] for i in seeded_subset(len(train_ex), args.max_train_samples, args.seed)]
     dev_split = task.splits_of("dev")[0]
     dev_ex = read_split(glue_dir, task, dev_split)
     model_path = resolve_model(args.model)
@@ -151,21 +151,25 @@ def main(argv: list[str] | None = None) -> int:
         guesses = logits.reshape(len(logits), -1)[:, 0] if regression else logits.argmax(-1)
         return compute_metrics(task.metrics, guesses, np.asarray(pred.label_ids))
 
+    by_steps = args.max_steps > 0  # a --max_steps run is scored once, at its end; else after every epoch
     targs = TrainingArguments(
         output_dir=str(out / "trainer"), report_to="none", push_to_hub=False, seed=args.seed,
         num_train_epochs=args.epochs, max_steps=args.max_steps, learning_rate=args.lr,
         per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.eval_batch_size,
         gradient_accumulation_steps=args.grad_accumulation_steps, warmup_steps=args.warmup,
         weight_decay=args.weight_decay, max_grad_norm=1.0, lr_scheduler_type="linear",
-        eval_strategy="epoch", save_strategy="no", logging_strategy="steps", logging_steps=args.log_every,
+        eval_strategy="no" if by_steps else "epoch", save_strategy="no", logging_strategy="steps",
+        logging_steps=args.log_every,
         bf16=args.precision == "bf16", fp16=args.precision == "fp16", disable_tqdm=True,
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available())
-    (out / "step_times.tsv").unlink(missing_ok=True)
     timer = StepTimer(str(out / "step_times.tsv"))
     trainer = RegularizedTrainer(model=model, args=targs, train_dataset=train_ds, eval_dataset=dev_ds,
                                  processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
-                                 compute_metrics=metrics, callbacks=[timer], method=args.method,
-                                 method_options=options, seed=args.seed)
+                                 compute_metrics=metrics, callbacks=[timer, LastStep(evaluate=by_steps)],
+                                 method=args.method, method_options=options, seed=args.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    setup_logging(out / "train.log")
+    (out / "step_times.tsv").unlink(missing_ok=True)
     logger.info("%s on %s: %d train / %d dev rows, method %s %s", model_path, task.name, len(train_ds),
                 len(dev_ds), args.method, options)
     start = time.perf_counter()

