@@ -172,8 +172,10 @@ def test_rapt_paper_literal_noisy_pass_draws_fresh_dropout_masks():
 
 # ---- SMART ---------------------------------------------------------------------------------------------------
 
-def _smart_reference(model, batch, d0: torch.Tensor, step_size: float, regression: bool) -> torch.Tensor:
-    """One ascent step on MT-DNN's inner objective, per-token inf normalisation, then the final divergence."""
+def _smart_reference(model, batch, d0: torch.Tensor, step_size: float, regression: bool,
+                     divergence=ref.sym_kl_value) -> torch.Tensor:
+    """One ascent step on MT-DNN's inner objective, per-token inf normalisation, then the final divergence
+    (``divergence(clean, noisy)`` for classification)."""
     mask = batch["attention_mask"][..., None].float()
     clean = ref.logits(model, batch)
     d = d0.clone().requires_grad_(True)
@@ -182,7 +184,7 @@ def _smart_reference(model, batch, d0: torch.Tensor, step_size: float, regressio
     moved = d.detach() + step_size * g
     delta = moved / (moved.abs().amax(-1, keepdim=True) + 1e-6) * mask
     final = ref.logits(model, batch, inject={0: lambda h: h + delta})
-    return ref.mse_value(clean, final) if regression else ref.sym_kl_value(clean, final)
+    return ref.mse_value(clean, final) if regression else divergence(clean, final)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

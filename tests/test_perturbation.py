@@ -11,7 +11,9 @@ from data_utils.task_def import ConfigError
 from mt_dnn import losses
 from mt_dnn.perturbation import REGISTRY, Regularizer, build_regularizer, register
 from mt_dnn.trainer import TrainStep
+from tests import reference_forward as ref
 from tests.conftest import ARCHS, tiny_batch, tiny_model
+from tests.test_methods_independent import _rapt_noise, _smart_reference
 
 
 # ---- symmetric KL -------------------------------------------------------------------------------------------
@@ -148,10 +150,31 @@ def test_rapt_max_layer_above_depth_is_an_error():
         build_regularizer("rapt", {"max_layer": 3}).check(model)
 
 
+def _sym_kl_stop_gradient(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """MT-DNN's symmetric KL written out: KL(sg(p_a) || p_b) + KL(sg(p_b) || p_a), rows averaged, in float64."""
+    la, lb = torch.log_softmax(a.double(), -1), torch.log_softmax(b.double(), -1)
+    return (ref.kl_rows(la.detach(), lb) + ref.kl_rows(lb.detach(), la)).mean()
+
+
+def _rapt_expected(model, batch, layer: int, eta: float, seed: int) -> torch.Tensor:
+    """RAPT's term written out on the independent forward: N(0, 1) noise (torch seed ``seed``), zero on padding,
+    scaled to inf-norm ``eta`` per example, added to layer ``layer``; MT-DNN's sym KL or the MSE (regression)."""
+    torch.manual_seed(seed)
+    delta = _rapt_noise(batch["input_ids"].shape + (model.hidden_size,), batch["attention_mask"], eta)
+    clean = ref.logits(model, batch)
+    noisy = ref.logits(model, batch, inject={layer: lambda h: h + delta})
+    if model.task_defs[batch["task"]].type == "regression":
+        return ref.mse_value(clean, noisy)
+    return _sym_kl_stop_gradient(clean, noisy)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
-def test_shared_lower_layers_equals_paper_literal_without_dropout(arch):
+def test_shared_lower_layers_and_paper_literal_both_equal_the_independent_value(arch):
+    """Both paths, at the layers the draws give over six steps, against the value written out on the reference
+    forward (without dropout the two paths compute the same number)."""
     model = tiny_model(arch=arch, dropout=0.0)
     batch = tiny_batch(token_types=arch not in ("distilbert", "roberta"))
+    layers = set()
     for step in range(6):
         lit = build_regularizer("rapt", {"max_layer": 2}, seed=3)
         sha = build_regularizer("rapt", {"max_layer": 2, "share_lower_layers": True}, seed=3)
@@ -161,12 +184,16 @@ def test_shared_lower_layers_equals_paper_literal_without_dropout(arch):
         loss_lit, logs_lit = lit(model, batch, clean)
         with sha.clean_pass(model, batch):
             clean2 = model(batch)
-        assert torch.allclose(clean, clean2)
         torch.manual_seed(100 + step)
         loss_sha, logs_sha = sha(model, batch, clean2)
-        assert logs_lit["rapt_layer"] == logs_sha["rapt_layer"]
-        assert loss_lit.item() > 0
-        assert loss_sha.item() == pytest.approx(loss_lit.item(), rel=1e-4, abs=1e-7)
+        layer = int(logs_lit["rapt_layer"])
+        assert logs_sha["rapt_layer"] == layer and layer in (1, 2)
+        layers.add(layer)
+        expected = _rapt_expected(model, batch, layer, 2.0, 100 + step).item()
+        assert expected > 1e-6
+        assert loss_lit.item() == pytest.approx(expected, rel=1e-4, abs=1e-7)
+        assert loss_sha.item() == pytest.approx(expected, rel=1e-4, abs=1e-7)
+    assert layers == {1, 2}
 
 
 def test_rapt_gradients_reach_encoder_and_regression_uses_mse():
@@ -177,10 +204,9 @@ def test_rapt_gradients_reach_encoder_and_regression_uses_mse():
     clean = model(batch)
     torch.manual_seed(0)
     loss, _ = reg(model, batch, clean)
-    torch.manual_seed(0)
-    with model.perturb(1, lambda h: h + reg.noise(h, batch["attention_mask"])):
-        noisy = model(batch)
-    assert loss.item() == pytest.approx(F.mse_loss(clean, noisy).item(), rel=1e-5)
+    expected = _rapt_expected(model, batch, 1, 2.0, 0)  # mean squared difference of the (B, 1) outputs
+    assert expected.item() > 1e-6
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     loss.backward()
     grads = [p.grad for n, p in model.encoder.named_parameters() if "layer.0." in n]
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
@@ -260,16 +286,49 @@ def test_smart_non_finite_gradient_skips_term(monkeypatch):
 
 # ---- R3F and all methods on all encoders --------------------------------------------------------------------
 
+def _step_expected(model, batch, method: str, reg, logs: dict, seed: int) -> torch.Tensor:
+    """The whole step's loss written out on the independent forward: cross entropy + alpha * the method's term,
+    its noise drawn again from torch seed ``seed`` (the step draws it right after the clean pass)."""
+    clean = ref.logits(model, batch)
+    total = F.cross_entropy(clean.double(), batch["labels"])
+    if method == "rapt":
+        term = _rapt_expected(model, batch, int(logs["rapt_layer"]), 2.0, seed)
+    elif method == "smart":  # one ascent step of 1e-3 from N(0, 1) * 1e-5 (the defaults)
+        torch.manual_seed(seed)
+        mask = batch["attention_mask"][..., None]
+        d0 = torch.randn(batch["input_ids"].shape + (model.hidden_size,)) * 1e-5 * mask
+        term = _smart_reference(model, batch, d0, 1e-3, regression=False, divergence=_sym_kl_stop_gradient)
+    else:  # r3f: U(-eps, eps) on a detached token lookup, KL both ways with the gradient through both sides
+        torch.manual_seed(seed)
+        width, eps = model.hooks.word_embeddings.embedding_dim, reg.options.eps
+        z = torch.empty(batch["input_ids"].shape + (width,)).uniform_(-eps, eps)
+        term = ref.sym_kl_value(clean, ref.logits(model, batch, word_noise=z))
+    return total + reg.alpha * term
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("method", ["smart", "rapt", "r3f"])
 def test_every_method_on_every_encoder(arch, method):
-    model = tiny_model(arch=arch, dropout=0.1)
+    """The step's loss and every parameter's gradient equal those of the loss written out on the reference
+    forward (dropout off, so the method's noise is the only randomness)."""
+    model = tiny_model(arch=arch, dropout=0.0)
     batch = tiny_batch(token_types=arch not in ("distilbert", "roberta"))
-    options = {"max_layer": 2} if method == "rapt" else {}
-    step = TrainStep(model, build_regularizer(method, options))
-    loss, tl, rl, _ = step(batch)
-    assert torch.isfinite(loss) and rl.item() > 0
+    # R3F's default eps (1e-5) makes a term too small to show in the gradient: a larger one is tested
+    options = {"rapt": {"max_layer": 2, "alpha": 0.5}, "smart": {}, "r3f": {"eps": 0.5, "lambda_": 2.0}}[method]
+    reg = build_regularizer(method, options)
+    torch.manual_seed(31)
+    loss, tl, rl, logs = TrainStep(model, reg)(batch)
+    assert rl.item() > 0
     loss.backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    expected = _step_expected(model, batch, method, reg, logs, 31)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    expected.backward()
+    want = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert set(got) == set(want)
+    for name, g in want.items():
+        assert torch.allclose(got[name], g.float(), rtol=1e-3, atol=1e-6 * float(g.abs().max()) + 1e-9), name
     emb = model.hooks.word_embeddings.weight.grad
     assert emb is not None and emb.abs().sum() > 0
 
@@ -282,9 +341,11 @@ def test_standard_has_zero_regularizer():
 
 @pytest.mark.parametrize("method", ["smart", "rapt", "r3f"])
 def test_same_seed_same_losses(method):
-    def run():
-        model = tiny_model(dropout=0.1, seed=1)
-        torch.manual_seed(5)
+    """Three optimizer steps: the same seeds give the same losses (with dropout on), and a different torch seed
+    gives different regularizer terms even without dropout (the term comes from random noise, not a constant)."""
+    def run(torch_seed: int, dropout: float):
+        model = tiny_model(dropout=dropout, seed=1)
+        torch.manual_seed(torch_seed)
         reg = build_regularizer(method, {"max_layer": 2} if method == "rapt" else {}, seed=5)
         step = TrainStep(model, reg)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -298,4 +359,7 @@ def test_same_seed_same_losses(method):
             out.append((loss.item(), rl.item()))
         return out
 
-    assert run() == run()
+    assert run(5, 0.1) == run(5, 0.1)
+    first, other = run(5, 0.0), run(6, 0.0)
+    assert all(a[1] > 0 for a in first)
+    assert all(a[1] != b[1] for a, b in zip(first, other)), (first, other)
