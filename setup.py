@@ -30,6 +30,8 @@ setup(
         "plots": ["matplotlib"],
         # the test suite draws those figures too
         "dev": ["pytest", "matplotlib"],
+        # the documentation site (mkdocs.yml, docs/): mkdocs build --strict
+        "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings-python>=1.10"],
     },
     entry_points={"console_scripts": [
         "mt-dnn-train=mt_dnn.train:cli",

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
+import math
+import re
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
+
+from data_utils import atomic
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +27,11 @@ METRICS = ("acc", "f1", "mcc", "pearson", "spearman")
 LOSSES = ("cross_entropy", "mse")
 REG_LOSSES = ("sym_kl", "mse")
 SPLIT_KINDS = ("train", "dev", "test")
+METRICS_OF = {"classification": ("acc", "f1", "mcc"), "regression": ("pearson", "spearman")}
+# task and split names become file names (the feature cache, run folders): letters, digits, _ and - only
+SAFE_NAME = re.compile(r"[A-Za-z0-9_-]+")
+# data_dir, a split's file and a submission file name: relative paths of such parts (dots inside, never first)
+SAFE_PATH_PART = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
 
 class ConfigError(ValueError):
@@ -40,6 +49,18 @@ class SplitDef:
     columns: tuple[str, ...] | None = None  # column names when the file has no header line
     rows: int | None = None  # official number of data rows, when known
     submission: str | None = None  # GLUE server file name (test splits)
+
+
+@dataclass(frozen=True)
+class RobustnessSet:
+    """An evaluation-only file scored beside dev splits (see :mod:`data_utils.robustness`)."""
+
+    file: str  # in the robustness folder
+    splits: dict[str, str]  # our dev split name -> the key of its examples in the file
+    text_a: str
+    text_b: str | None
+    label: str
+    label_ids: dict[int, str]  # the file's label id -> our label name
 
 
 @dataclass(frozen=True)
@@ -63,6 +84,7 @@ class TaskDef:
     labels: tuple[str, ...] | None = None
     head: str | None = None  # predict with another task's head (AX uses mnli's)
     score_range: tuple[float, float] | None = None
+    robustness: dict[str, RobustnessSet] = field(default_factory=dict)  # set name -> set; evaluation only
 
     @property
     def primary_metric(self) -> str:
@@ -96,12 +118,14 @@ class TaskDef:
                 if getattr(s, key) is not None:
                     d[key] = getattr(s, key)
             out["splits"][sname] = d
+        if not out["robustness"]:
+            out.pop("robustness")
         return {k: v for k, v in out.items() if v is not None or k == "text_b"}
 
 
 _REQUIRED = ("data_dir", "type", "input", "metrics", "loss", "reg_loss", "dropout", "text_a", "text_b",
              "label", "index", "baseline_label", "splits")
-_OPTIONAL = ("labels", "head", "score_range")
+_OPTIONAL = ("labels", "head", "score_range", "robustness")
 _SPLIT_KEYS = ("file", "header", "columns", "rows", "submission")
 
 
@@ -111,8 +135,50 @@ def _check_choice(where: str, key: str, value: Any, choices: Iterable[str]) -> N
         raise ConfigError(f"{where}: {key} is {value!r}; choose one of {', '.join(choices)}")
 
 
+def check_name(where: str, what: str, name: str) -> None:
+    """A task or split name: only letters, digits, _ and - (it becomes part of file names)."""
+    if not SAFE_NAME.fullmatch(name):
+        raise ConfigError(f"{where}: the {what} must use only letters, digits, _ and - (it names files)")
+
+
+def _check_relative_path(where: str, key: str, value: Any, parts: bool = True) -> str:
+    """``value`` as a path inside its parent folder: relative, no ``..``, parts of letters, digits, ``_.-``
+    (not starting with a dot); one part only when ``parts`` is False."""
+    text = value if isinstance(value, str) else ""
+    pieces = text.split("/") if parts else [text]
+    if not all(SAFE_PATH_PART.fullmatch(p) for p in pieces):
+        kind = "a relative path of" if parts else "a file name of"
+        raise ConfigError(f"{where}: {key} must be {kind} letters, digits, _, . and - (not starting with a dot), "
+                          f"got {value!r}")
+    return text
+
+
+def _check_metrics(where: str, task_type: str, metrics: list, labels: tuple[str, ...] | None) -> None:
+    """Each metric must suit the task: acc/f1/mcc for classification (f1 only with 2 labels: the F1 of the
+    second), pearson/spearman for regression."""
+    fits = METRICS_OF[task_type]
+    wrong = [m for m in metrics if m not in fits]
+    if wrong:
+        raise ConfigError(f"{where}: metric(s) {', '.join(wrong)} do not apply to a {task_type} task; "
+                          f"choose from {', '.join(fits)}")
+    if "f1" in metrics and len(labels or ()) != 2:
+        raise ConfigError(f"{where}: metric f1 needs exactly 2 labels (it is the F1 of the second), the task has "
+                          f"{len(labels or ())}; use acc or mcc")
+
+
+def _check_score_range(where: str, value: Any) -> tuple[float, float]:
+    """``[low, high]``: two finite numbers, low < high."""
+    ok = (isinstance(value, list) and len(value) == 2
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+    if not ok or not value[0] < value[1]:
+        raise ConfigError(f"{where}: score_range must be [low, high], two finite numbers with low < high, "
+                          f"got {value!r}")
+    return float(value[0]), float(value[1])
+
+
 def _parse_split(where: str, name: str, block: Any) -> SplitDef:
     where = f"{where}, split {name!r}"
+    check_name(where, "split name", name)
     if not isinstance(block, dict):
         raise ConfigError(f"{where}: expected a mapping, got {block!r}")
     unknown = sorted(set(block) - set(_SPLIT_KEYS))
@@ -129,6 +195,8 @@ def _parse_split(where: str, name: str, block: Any) -> SplitDef:
         raise ConfigError(f"{where}: header must be true or false, got {header!r}")
     if columns is not None and (not isinstance(columns, list) or not all(isinstance(c, str) for c in columns)):
         raise ConfigError(f"{where}: columns must be a list of column names, got {columns!r}")
+    if columns and len(set(columns)) != len(columns):
+        raise ConfigError(f"{where}: columns name a column twice: {columns}")
     if not header and not columns:
         raise ConfigError(f"{where}: a file without a header needs 'columns'")
     if header and columns:
@@ -136,16 +204,20 @@ def _parse_split(where: str, name: str, block: Any) -> SplitDef:
     rows = block.get("rows")
     if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 0):
         raise ConfigError(f"{where}: rows must be a non-negative integer, got {rows!r}")
-    if block.get("submission") and kind != "test":
+    submission = block.get("submission")
+    if submission and kind != "test":
         raise ConfigError(f"{where}: only test splits have a submission file")
-    return SplitDef(name=name, kind=kind, file=str(block["file"]), header=header,
+    if submission is not None:
+        _check_relative_path(where, "submission", submission, parts=False)
+    return SplitDef(name=name, kind=kind, file=_check_relative_path(where, "file", block["file"]), header=header,
                     columns=tuple(str(c) for c in columns) if columns else None, rows=rows,
-                    submission=block.get("submission"))
+                    submission=submission)
 
 
 def parse_task_block(name: str, block: Any, source: str = "task definitions") -> TaskDef:
     """Validate one YAML block and build its :class:`TaskDef`."""
     where = f"{source}: task {name!r}"
+    check_name(where, "task name", name)
     if not isinstance(block, dict):
         raise ConfigError(f"{where}: expected a mapping, got {block!r}")
     unknown = sorted(set(block) - set(_REQUIRED) - set(_OPTIONAL))
@@ -186,12 +258,20 @@ def parse_task_block(name: str, block: Any, source: str = "task definitions") ->
             raise ConfigError(f"{where}: baseline_label must be a number for regression") from None
         if block["loss"] != "mse" or block["reg_loss"] != "mse":
             raise ConfigError(f"{where}: a regression task uses loss mse and reg_loss mse")
+    _check_metrics(where, block["type"], metrics, labels)
+    for key in ("text_a", "label", "index"):
+        if not isinstance(block[key], str) or not block[key]:
+            raise ConfigError(f"{where}: {key} must be a column name, got {block[key]!r}")
+    if block["text_b"] is not None and not isinstance(block["text_b"], str):
+        raise ConfigError(f"{where}: text_b must be a column name or null, got {block['text_b']!r}")
+    if block.get("head") is not None and not isinstance(block["head"], str):
+        raise ConfigError(f"{where}: head must be a task name, got {block['head']!r}")
     if block["input"] == "pair" and not block["text_b"]:
         raise ConfigError(f"{where}: a pair task needs text_b")
     if block["input"] == "single" and block["text_b"]:
         raise ConfigError(f"{where}: a single-sentence task has text_b: null")
     dropout = block["dropout"]
-    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise ConfigError(f"{where}: dropout must be a number in [0, 1), got {dropout!r}")
     splits_block = block["splits"]
     if not isinstance(splits_block, dict) or not splits_block:
@@ -201,20 +281,54 @@ def parse_task_block(name: str, block: Any, source: str = "task definitions") ->
         raise ConfigError(f"{where}: at most one train split")
     score_range = block.get("score_range")
     if score_range is not None:
-        if block["type"] != "regression" or not isinstance(score_range, list) or len(score_range) != 2:
+        if block["type"] != "regression":
             raise ConfigError(f"{where}: score_range is [low, high] for a regression task")
-        score_range = (float(score_range[0]), float(score_range[1]))
+        score_range = _check_score_range(where, score_range)
+    data_dir = _check_relative_path(where, "data_dir", block["data_dir"])
+    robustness = {}
+    if block.get("robustness") is not None:
+        from data_utils.robustness import parse_robustness
+
+        robustness = parse_robustness(where, block["robustness"], labels,
+                                      {n for n, sp in splits.items() if sp.kind == "dev"}, block["input"])
     return TaskDef(
-        name=name, data_dir=str(block["data_dir"]), type=block["type"], input=block["input"],
+        name=name, data_dir=data_dir, type=block["type"], input=block["input"],
         metrics=tuple(metrics), loss=block["loss"], reg_loss=block["reg_loss"], dropout=float(dropout),
         text_a=str(block["text_a"]), text_b=str(block["text_b"]) if block["text_b"] else None,
         label=str(block["label"]), index=str(block["index"]), baseline_label=str(block["baseline_label"]),
-        splits=splits, labels=labels, head=block.get("head"), score_range=score_range)
+        splits=splits, labels=labels, head=block.get("head"), score_range=score_range, robustness=robustness)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping naming one key twice (safe_load keeps the last value)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node, deep: bool = False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            repeated = key in seen
+            seen.add(key)
+        except TypeError:  # an unhashable key: construct_mapping reports it
+            continue
+        if repeated:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice (line {key_node.start_mark.line + 1})", key_node.start_mark)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def safe_load_unique(text: str) -> Any:
+    """``yaml.safe_load`` that raises ``yaml.YAMLError`` on a mapping naming a key twice."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
 
 
 def _read_yaml(path: Path | str, text: str | None = None) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text if text is not None else Path(path).read_text(encoding="utf-8"))
+        data = safe_load_unique(text if text is not None else Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: task definition file not found") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -265,4 +379,4 @@ def select_tasks(all_tasks: dict[str, TaskDef], names: str | Iterable[str]) -> l
 def dump_task_defs(tasks: Iterable[TaskDef], path: Path | str) -> None:
     """Write tasks as YAML (used for ``best/tasks.yml``)."""
     data = {t.name: t.to_dict() for t in tasks}
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    atomic.write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))

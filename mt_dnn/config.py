@@ -8,6 +8,7 @@ from typing import Any
 
 from data_utils.glue import BAD_ROWS
 from data_utils.task_def import ConfigError
+from mt_dnn.flags import check_fields, setting
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "adamax")
@@ -17,68 +18,77 @@ PAPER_LR = 2e-5  # the paper's rate for BERT-base: the default for every other e
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs; saved as ``config.json`` next to its outputs."""
+    """Everything a run needs; saved as ``config.json`` next to its outputs. Each field made by ``setting`` is a
+    flag of ``mt_dnn.train`` (its help text, choices and valid range are declared here)."""
 
-    tasks: str = "rte"
-    method: str = "standard"
-    method_options: dict[str, Any] = field(default_factory=dict)
-    glue_dir: str = "glue_data"
-    output_dir: str = "runs/run"
-    model: str | None = None  # hub name or local path; None = the packaged all-MiniLM-L6-v2
-    task_def: list[str] = field(default_factory=list)
-    cache_dir: str | None = None  # default: <output_dir>/../.cache/features
-    bad_rows: str = "error"  # malformed rows in train/dev files: error | skip (dropped, one warning)
-    max_seq_len: int = 128
-    max_train_samples: int | None = None
-    pooling: str = "auto"  # auto (follow the checkpoint) | cls | mean
-    epochs: int = 3
-    max_steps: int | None = None
-    batch_size: int = 32
-    eval_batch_size: int = 128
-    lr: float | None = None  # None: resolve_lr (1e-4 for the packaged MiniLM, else 2e-5); config.json: the value used
-    weight_decay: float = 0.01
-    warmup: float = 0.1
-    clip: float = 1.0
-    optimizer: str = "adamw"
-    seed: int = 1
-    no_eval: bool = False
-    task_sampling: str = "proportional"
-    sampling_temperature: float = 2.0
-    precision: str = "fp32"
-    grad_accumulation_steps: int = 1
-    init_checkpoint: str | None = None
-    max_bad_steps: int = 10
-    save_every_steps: int | None = None
-    resume: bool = False  # continue the run in output_dir; refused if a result-changing setting differs
-    overwrite: bool = False  # replace the run in output_dir (neither flag: a folder holding a run is an error)
-    log_every: int = 50
-    device: str = "auto"
-    tf32: bool = True  # CUDA only: TF32 matmuls (fp32 range, 10-bit mantissa); --no_tf32 keeps full fp32
+    tasks: str = setting("rte", "comma-separated task names (cola, sst, mrpc, stsb, qqp, mnli, qnli, rte, wnli, "
+                                "or --task_def ones)")
+    method: str = setting("standard", "training method (regularizer)")  # choices: the registered methods
+    method_options: dict[str, Any] = field(default_factory=dict)  # the method's Options, by field name
+    glue_dir: str = setting("glue_data", "folder with the GLUE task folders (default: $GLUE_DIR, else ./glue_data)")
+    output_dir: str = setting("runs/run", "run folder: config.json, metrics.jsonl, train.log, best/ "
+                                          "(default: runs/<tasks>-<method>-s<seed>)")
+    model: str | None = setting(None, "encoder: a hub name or a local path (default: the packaged all-MiniLM-L6-v2)")
+    task_def: list[str] = setting([], "extra YAML task definitions (adds or overrides tasks; repeatable)")
+    cache_dir: str | None = setting(None, "feature cache folder (default: <output_dir>/../.cache/features; never "
+                                          "inside GLUE_DIR)")
+    robustness_dir: str | None = setting(None, "folder of the robustness sets' files (AdvGLUE's dev.json), scored "
+                                               "at every evaluation beside dev and never used to choose anything "
+                                               "(default: $ROBUSTNESS_DIR, else an advglue folder beside the GLUE "
+                                               "folder; none found: skipped with one warning)")
+    bad_rows: str = setting("error", "a malformed row in a train/dev file (wrong field count, unknown label, bad "
+                                     "score): error stops with file:line; skip drops such rows with one warning "
+                                     "(test files are always strict)", choices=BAD_ROWS)
+    max_seq_len: int = setting(128, "truncate inputs to this many tokens", ge=8)
+    max_train_samples: int | None = setting(None, "train on a seeded random subset of this many rows per task "
+                                                  "(quick runs)", ge=1)
+    pooling: str = setting("auto", "sentence vector: auto follows the checkpoint (sentence-transformers: mean; "
+                                   "else [CLS])", choices=("auto", "cls", "mean"))
+    epochs: int = setting(3, "training epochs (one epoch = one pass over every task's batches)", ge=0)
+    max_steps: int | None = setting(None, "stop after this many optimizer steps (overrides --epochs; evaluates at "
+                                          "the end)", ge=1)
+    batch_size: int = setting(32, "rows per batch (per process)", ge=1)
+    eval_batch_size: int = setting(128, "rows per evaluation batch", ge=1)
+    # None: resolve_lr (1e-4 for the packaged MiniLM, else 2e-5); config.json: the value used
+    lr: float | None = setting(None, "peak learning rate (default: 1e-4 for the packaged MiniLM, 2e-5 for any "
+                                     "other encoder, as in the paper)", gt=0)
+    weight_decay: float = setting(0.01, "AdamW weight decay (not on biases and LayerNorm)", ge=0)
+    warmup: float = setting(0.1, "fraction of steps with linear warm-up, then linear decay to 0", ge=0, lt=1)
+    clip: float = setting(1.0, "gradient norm clipping", gt=0)
+    optimizer: str = setting("adamw", "optimizer", choices=OPTIMIZERS)
+    seed: int = setting(1, "random seed (data order, dropout, noise, RAPT's layer draws)", ge=0)
+    no_eval: bool = setting(False, "skip dev evaluation (the final model is saved as best/)")
+    task_sampling: str = setting("proportional", "how multi-task batches are mixed: proportional (every batch "
+                                                 "once per epoch), uniform, temperature (p ~ n^(1/T))",
+                                 choices=("proportional", "uniform", "temperature"))
+    sampling_temperature: float = setting(2.0, "T for --task_sampling temperature", ge=0.1)
+    precision: str = setting("fp32", "fp32, or bf16/fp16 autocast (regularizer divergences stay fp32)",
+                             choices=PRECISIONS)
+    grad_accumulation_steps: int = setting(1, "micro-batches per optimizer step", ge=1)
+    init_checkpoint: str | None = setting(None, "start from a trained run (its encoder and the heads of matching "
+                                                "tasks)")
+    max_bad_steps: int = setting(10, "stop after this many consecutive non-finite steps", ge=1)
+    save_every_steps: int | None = setting(None, "write a resumable checkpoint/ every N steps (and at each epoch "
+                                                 "end)", ge=1)
+    resume: bool = setting(False, "continue the run in --output_dir from its checkpoint exactly (bit-identical on "
+                                  "CPU); refused if a result-changing setting differs; no checkpoint = fresh start")
+    overwrite: bool = setting(False, "replace the run in --output_dir (its checkpoint included); without --resume "
+                                     "or --overwrite a folder holding another run is an error")
+    log_every: int = setting(50, "log the running loss every N steps", ge=1)
+    device: str = setting("auto", "auto (cuda if available), cpu, cuda, cuda:1, ...")
+    tf32: bool = setting(True, "on CUDA, keep float32 matmuls in full fp32 instead of TF32 (TF32 is the default on "
+                               "GPUs: several times faster on Ampere and newer, results differ in the last digits; "
+                               "no effect on CPU)")
     world_size: int = 1
 
     def validate(self) -> None:
-        def need(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ConfigError(msg)
-        need(self.precision in PRECISIONS, f"--precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
-        need(self.optimizer in OPTIMIZERS, f"--optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        need(self.bad_rows in BAD_ROWS, f"--bad_rows {self.bad_rows!r}; choose one of {', '.join(BAD_ROWS)}")
-        need(self.pooling in ("auto", "cls", "mean"), f"--pooling {self.pooling!r}; choose one of auto, cls, mean")
-        need(self.batch_size >= 1, "--batch_size must be >= 1")
-        need(self.eval_batch_size >= 1, "--eval_batch_size must be >= 1")
-        need(self.epochs >= 1 or (self.max_steps or 0) > 0, "--epochs must be >= 1 (or give --max_steps)")
-        need(self.max_steps is None or self.max_steps >= 1, "--max_steps must be >= 1")
-        need(self.lr is None or self.lr > 0, "--lr must be > 0")
-        need(0.0 <= self.warmup < 1.0, "--warmup is a fraction of the steps in [0, 1)")
-        need(self.grad_accumulation_steps >= 1, "--grad_accumulation_steps must be >= 1")
-        need(self.max_seq_len >= 8, "--max_seq_len must be >= 8")
-        need(self.max_train_samples is None or self.max_train_samples >= 1, "--max_train_samples must be >= 1")
-        need(self.sampling_temperature > 0, "--sampling_temperature must be > 0")
-        need(self.save_every_steps is None or self.save_every_steps >= 1, "--save_every_steps must be >= 1")
-        need(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other (--resume "
-             "continues the run in --output_dir, --overwrite replaces it)")
-        need(self.task_sampling in ("proportional", "uniform", "temperature"),
-             f"--task_sampling {self.task_sampling!r}; choose one of proportional, uniform, temperature")
+        """Every field against its declaration (type, choices, range), then the settings that exclude each other."""
+        check_fields(self)
+        if self.epochs < 1 and not self.max_steps:
+            raise ConfigError("--epochs must be >= 1 (or give --max_steps)")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other (--resume continues the run in "
+                              "--output_dir, --overwrite replaces it)")
 
 
 # the encoder config keys that tell the packaged MiniLM's architecture from another encoder's

@@ -10,7 +10,8 @@ or a saved model folder. Several runs can contribute (one per task, or one multi
 several, the first checkpoint given wins. Every dev split is scored (printed, and written to
 ``OUT/dev_scores.json``); every test split with a model and a test file is predicted; the rest of the 11
 official files are filled with the task's baseline label, and the command says so loudly. The zip is
-validated before success is reported.
+validated before success is reported. A task's robustness sets (AdvGLUE for SST-2, QQP, MNLI, QNLI and RTE,
+from ``--robustness_dir``) are scored beside its dev splits, under ``"robustness"`` in ``dev_scores.json``.
 
 Everything that can be checked without predicting is checked first, before anything is written: the output
 folder, every checkpoint's files, the ``--tasks`` names (each must be a known task that some checkpoint has a
@@ -32,22 +33,25 @@ from pathlib import Path
 
 import torch
 
+from data_utils import atomic
 from data_utils.encoder_limits import check_encoder_fits
 from data_utils.features import load_features
 from data_utils.glue import BAD_ROWS, split_path
 from data_utils.metrics import compute_metrics
+from data_utils.output_paths import check_output_file, is_stdout
+from data_utils.robustness import RobustSplit, load_sets, robustness_dir, tokenize_set
 from data_utils.submission import (SubmissionWriter, baseline_rows, check_output, check_submission, format_prediction,
                                    submission_files)
 from data_utils.task_def import ConfigError, TaskDef, load_task_defs, select_tasks
 from mt_dnn.cli_utils import run_cli, setup_logging
+from mt_dnn.config import TrainConfig
+from mt_dnn.flags import declared
 from mt_dnn.model import find_model_dir, load_model
-from mt_dnn.saved_model import SavedModel, read_model_dir
+from mt_dnn.runtime import THREADS, set_threads
+from mt_dnn.saved_model import SavedModel, files_read, read_model_dir, run_max_len
 from mt_dnn.trainer import pick_device, predict
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MAX_LEN = 128  # for a bare model folder without its run's config.json
-
 
 @dataclass
 class Plan:
@@ -56,24 +60,6 @@ class Plan:
     dir: Path
     max_len: int
     tasks: dict[str, TaskDef]  # the tasks it predicts: its own and those predicted by one of its heads (AX by mnli)
-
-
-def run_max_len(model_dir: Path, flag: int | None) -> int:
-    """``--max_seq_len`` when given, else the run's own (``RUN_DIR/config.json`` next to ``best/``)."""
-    if flag is not None:
-        return flag
-    cfg = model_dir.parent / "config.json"
-    if model_dir.name not in ("best", "best.old") or not cfg.is_file():
-        return DEFAULT_MAX_LEN
-    try:
-        data = json.loads(cfg.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{cfg}: not a readable run config ({str(exc).splitlines()[0]}); "
-                          f"give --max_seq_len") from None
-    value = data.get("max_seq_len") if isinstance(data, dict) else None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{cfg}: no integer max_seq_len; give --max_seq_len")
-    return value
 
 
 def plan_checkpoints(saved: list[SavedModel], official: dict[str, TaskDef], tasks_flag: str | None,
@@ -114,9 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--submission_dir", help="where the 11 files and the zip go (required without --input)")
     p.add_argument("--tasks", default=None, help="only these tasks (comma-separated; each must have a head in a "
                                                  "checkpoint); default: all the runs have")
-    p.add_argument("--eval_batch_size", type=int, default=128)
-    p.add_argument("--max_seq_len", type=int, default=None, help="default: the run's own")
+    train = {f.key: f for f in declared(TrainConfig)}
+    checked = [train["eval_batch_size"], train["max_seq_len"], THREADS]  # with the ranges mt_dnn.train declares
+    p.add_argument("--eval_batch_size", type=int, default=128, help=f"rows per batch ({checked[0].range_text()})")
+    p.add_argument("--max_seq_len", type=int, default=None,
+                   help=f"{checked[1].range_text()}; default: the run's own")
+    p.add_argument("--threads", type=int, default=None, help=THREADS.help)
     p.add_argument("--cache_dir", default=None, help="feature cache (default: none)")
+    p.add_argument("--robustness_dir", default=None,
+                   help="folder of the robustness sets' files (AdvGLUE's dev.json), scored beside each dev split in "
+                        "dev_scores.json (default: $ROBUSTNESS_DIR, else an advglue folder beside --glue_dir)")
     p.add_argument("--bad_rows", default="error", choices=BAD_ROWS,
                    help="a malformed row in a dev file: error, or skip it with one warning (test files are strict)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
@@ -125,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     own = p.add_argument_group("your own text (instead of GLUE files)")
     own.add_argument("--input", help="TSV file with a header, or JSON lines (.jsonl), to predict")
     own.add_argument("--task", help="the task whose head predicts the rows (with --input)")
-    own.add_argument("--output", help="JSON-lines predictions, one line per input row (with --input)")
+    own.add_argument("--output", help="JSON-lines predictions, one line per input row (with --input); - or "
+                                      "/dev/stdout for stdout (a symlink is written through, a pipe written into)")
     own.add_argument("--text_a", help="column of the first text (default: the task's own name, e.g. sentence1)")
     own.add_argument("--text_b", help="column of the second text of pair tasks (default: the task's own name)")
     own.add_argument("--id_column", help="column of the row id (default: id or index when present, else the row "
@@ -133,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     own.add_argument("--input_format", default="auto", choices=("auto", "tsv", "jsonl"),
                      help="auto: from the extension (.tsv/.txt, .jsonl/.json)")
     args = p.parse_args(argv)
+    for flag in checked:
+        if getattr(args, flag.key) is not None:
+            flag.parse(getattr(args, flag.key))
+    set_threads(args.threads)
     setup_logging()
     if args.input is not None:
         return predict_own_input(args, p)
@@ -143,13 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     check_output(out, args.zip_name)
     if not Path(args.glue_dir).is_dir():
         raise ConfigError(f"--glue_dir {args.glue_dir}: no such folder")
-    if args.eval_batch_size < 1:
-        raise ConfigError("--eval_batch_size must be >= 1")
+    device = pick_device(args.device)
     official = load_task_defs()
     saved = [read_model_dir(find_model_dir(ckpt)) for ckpt in args.checkpoint]
     plans = plan_checkpoints(saved, official, args.tasks, args.max_seq_len)
     del saved
-    device = pick_device(args.device)
     dev_scores: dict[str, dict] = {}
     source: dict[str, str] = {}
     # each test file is written as soon as it is predicted (rows formatted as they are written); the zip and
@@ -166,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 writer.add(name, baseline_rows(task, split, args.glue_dir))
                 filled.append(f"{name} ({task.name}: '{task.baseline_label}')")
         zip_path = writer.finish()
-    (out / "dev_scores.json").write_text(json.dumps(dev_scores, indent=2))
+    atomic.write_text(out / "dev_scores.json", json.dumps(dev_scores, indent=2))
     problems = check_submission(zip_path, official, args.glue_dir)
     print(f"predicted by a model: {', '.join(sorted(source)) or 'none'}")
     if filled:
@@ -195,9 +191,14 @@ def predict_plan(plan: Plan, args: argparse.Namespace, device: torch.device, dev
     model, tokenizer, _ = load_model(d)
     model.to(device).eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    robust_folder = robustness_dir(args.robustness_dir, args.glue_dir)
+    warned: set[str] = set()
     for name, task in plan.tasks.items():
         if name not in model.task_defs:
             model.task_defs[name] = task
+        robust: dict[tuple[str, str], list[RobustSplit]] = {}  # robustness sets, by the dev split they sit beside
+        for rs in load_sets(task, robust_folder, warned):
+            robust.setdefault((name, rs.dev_split), []).append(rs)
         for split in task.splits_of("dev"):
             key = f"{name}/{split.name}"
             if key in dev_scores or not split_path(args.glue_dir, task, split).is_file():
@@ -208,6 +209,12 @@ def predict_plan(plan: Plan, args: argparse.Namespace, device: torch.device, dev
             dev_scores[key] = {"checkpoint": str(d), **compute_metrics(task.metrics, preds, feats.labels)}
             print(f"dev {key}: " + "  ".join(f"{k} {v:.4f}" for k, v in dev_scores[key].items()
                                                if k != "checkpoint"))
+            for rs in robust.get((name, split.name), []):
+                rfeats = tokenize_set(tokenizer, task, rs, plan.max_len)
+                rmetrics = compute_metrics(task.metrics, predict(model, rfeats, args.eval_batch_size, device, pad,
+                                                                 args.precision), rfeats.labels)
+                dev_scores[key].setdefault("robustness", {})[rs.set_name] = rmetrics
+                print(f"{rs.set_name} {key}: " + "  ".join(f"{k} {v:.4f}" for k, v in rmetrics.items()))
         for split in task.splits_of("test"):
             if not split.submission or split.submission in writer:
                 continue
@@ -225,17 +232,22 @@ def predict_plan(plan: Plan, args: argparse.Namespace, device: torch.device, dev
 
 
 def predict_own_input(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """``--input``: predict the rows of the user's file with one run; write ``--output`` atomically."""
+    """``--input``: predict the rows of the user's file with one run; write ``--output`` atomically (or into stdout,
+    a device or a pipe). The output is checked first: a folder, an unwritable place or a file the run reads is
+    refused before anything is loaded."""
     from mt_dnn.api import load_run, predict_file
 
     if not args.task or not args.output:
         parser.error("--input needs --task and --output")
     if len(args.checkpoint) != 1:
         parser.error("--input takes one --checkpoint")
+    check_output_file(args.output, [("the input", Path(args.input)), *files_read(find_model_dir(args.checkpoint[0]))])
     predictor = load_run(args.checkpoint[0], args.device, args.eval_batch_size, args.precision, args.max_seq_len)
     n = predict_file(predictor, args.task, args.input, args.output, args.text_a, args.text_b, args.id_column,
                      args.input_format)
-    print(f"wrote {n} prediction{'' if n == 1 else 's'} to {args.output}")
+    # with the predictions on stdout, the summary goes to stderr: stdout stays pure JSON lines
+    print(f"wrote {n} prediction{'' if n == 1 else 's'} to {args.output}",
+          file=sys.stderr if is_stdout(args.output) else sys.stdout)
     return 0
 
 

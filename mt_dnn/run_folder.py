@@ -1,4 +1,11 @@
-"""One run per output folder: its lock, the guard against replacing another run, and the recipe --resume must match."""
+"""What a run is, and one run per output folder: the role of every setting, the recipe --resume must match, the
+folder's lock, and the guard against replacing another run.
+
+Every ``TrainConfig`` field has one role in :data:`ROLES`, and everything that asks whether two runs are the same
+derives from it: the recipe ``--resume`` compares (:func:`recipe`), the flags a campaign hashes into a run
+folder's name (``experiments.rapt.grid``) and the match a campaign asks of a run it adopts
+(``experiments.rapt.adopt``).
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -10,8 +17,11 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import psutil
+
+from data_utils import atomic
 from data_utils.task_def import ConfigError, TaskDef
 
 logger = logging.getLogger(__name__)
@@ -20,12 +30,27 @@ LOCK = ".lock"
 # what a training writes into its folder (campaign files such as flags.json are not the trainer's)
 RUN_FILES = ("config.json", "metrics.jsonl", "best", "best.old", "checkpoint", "checkpoint.old", "train.log")
 TEMP_PATTERNS = ("checkpoint.tmp*", "best.tmp*")  # half-written folders of a killed process
-# TrainConfig fields that cannot change what a run computes: where things are, how often it logs or saves,
-# when it gives up, and how it was started. Every other field is part of the recipe. (task_def is replaced by
-# the contents of the selected tasks' definitions; the device is the user's to change, and so is tf32, which
-# only matters on CUDA: like moving a run to another device, it changes the last digits, not the recipe.)
-NOT_RESULT = frozenset({"glue_dir", "output_dir", "cache_dir", "task_def", "eval_batch_size", "log_every", "device",
-                        "tf32", "save_every_steps", "max_bad_steps", "resume", "overwrite"})
+MARKER = ".mt_dnn_run"  # written first into every folder a training uses: the RUN_FILES there are ours
+COMPANIONS = ("flags.json", "job.json", "campaign.out")  # a launcher's files beside a training, never touched here
+RESULT = "result"  # changes what the run computes: compared by --resume, part of a campaign folder's name
+PLACE = "place"  # where the run or its inputs are: never compared (what the inputs hold may be)
+RUNTIME = "runtime"  # how the run is carried out (logging, saving, device, when to give up, how it was started)
+# The role of every TrainConfig field. task_def is compared by what it selects: the recipe holds the selected
+# tasks' definitions, wherever the YAML came from. Every method option changes the result (method_options). The
+# device is the user's to change, and so is tf32, which only matters on CUDA: like moving a run to another
+# device, it changes the last digits, not the recipe. max_bad_steps only decides when a run gives up: a run that
+# gave up may be resumed with a higher limit.
+ROLES = {
+    "tasks": RESULT, "method": RESULT, "method_options": RESULT, "glue_dir": PLACE, "output_dir": PLACE,
+    "model": RESULT, "task_def": RESULT, "cache_dir": PLACE, "robustness_dir": PLACE, "bad_rows": RESULT, "max_seq_len": RESULT,
+    "max_train_samples": RESULT, "pooling": RESULT, "epochs": RESULT, "max_steps": RESULT, "batch_size": RESULT,
+    "eval_batch_size": RUNTIME, "lr": RESULT, "weight_decay": RESULT, "warmup": RESULT, "clip": RESULT,
+    "optimizer": RESULT, "seed": RESULT, "no_eval": RESULT, "task_sampling": RESULT, "sampling_temperature": RESULT,
+    "precision": RESULT, "grad_accumulation_steps": RESULT, "init_checkpoint": RESULT, "max_bad_steps": RUNTIME,
+    "save_every_steps": RUNTIME, "resume": RUNTIME, "overwrite": RUNTIME, "log_every": RUNTIME, "device": RUNTIME,
+    "tf32": RUNTIME, "world_size": RESULT,
+}
+NOT_RESULT = frozenset(name for name, role in ROLES.items() if role != RESULT)
 # how a config.json without a "recipe" block (written by older versions) can still be compared
 LEGACY_SKIP = frozenset({"tasks", "model", "init_checkpoint"})
 
@@ -33,12 +58,12 @@ LEGACY_SKIP = frozenset({"tasks", "model", "init_checkpoint"})
 # ---- the recipe -------------------------------------------------------------------------------------------------
 
 def recipe(cfg: Any, tasks: list[TaskDef], method_options: dict, resolved_model: str) -> dict[str, Any]:
-    """Every result-changing setting of a run, as JSON values: TrainConfig minus NOT_RESULT, with the task names
+    """Every result-changing setting of a run (role RESULT), as JSON values, with the task names
     as selected, the method's full options, the model and --init_checkpoint as absolute paths where they are
     local, and the selected tasks' definitions (their contents, wherever the YAML came from)."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cfg):
-        if f.name in NOT_RESULT:
+        if ROLES[f.name] != RESULT or f.name == "task_def":  # task_def: task_defs below
             continue
         value = getattr(cfg, f.name)
         if f.name == "tasks":
@@ -59,7 +84,7 @@ def recipe_of(config_json: dict) -> dict[str, Any]:
     if "recipe" in config_json:
         return config_json["recipe"]
     return {k: v for k, v in config_json.items()
-            if k not in NOT_RESULT and k not in LEGACY_SKIP and not k.startswith("resolved_")}
+            if ROLES.get(k) == RESULT and k != "task_def" and k not in LEGACY_SKIP}
 
 
 def _flat(value: Any, prefix: str) -> dict[str, Any]:
@@ -123,48 +148,123 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def clear_run(out: Path, keep_log: bool = False) -> None:
-    """Remove a previous run's files (checkpoint included) so that a fresh one starts clean."""
+def clear_run(out: Path, restart: bool = False) -> None:
+    """Remove a previous run's files (checkpoint included) so that a fresh one starts clean. A ``restart`` (the
+    same run started again from scratch) keeps its train.log, appended to, and its best/ until a new best
+    replaces it."""
+    kept = ("train.log", "best", "best.old") if restart else ()
     for name in RUN_FILES:
-        if (out / name).exists() and not (keep_log and name == "train.log"):
+        if (out / name).exists() and name not in kept:
             _remove(out / name)
             logger.info("removed %s of the previous run", out / name)
 
 
 def remove_leftovers(out: Path) -> None:
-    """Half-written folders (``checkpoint.tmp-PID``, ``best.tmp-PID``) of a killed process; only called while this
-    process holds the folder's lock, so no live writer owns them."""
+    """Half-written folders (``checkpoint.tmp-PID``, ``best.tmp-PID``) and files (``data_utils.atomic``'s
+    temporary files of the run's own files) of a killed process; only called while this process holds the
+    folder's lock, so no live writer owns them."""
     for pattern in TEMP_PATTERNS:
         for path in out.glob(pattern):
             _remove(path)
             logger.info("removed %s, left by a process that was stopped while saving", path)
+    for name in (*RUN_FILES, MARKER):
+        for path in atomic.remove_stale_temps(out / name, only_dead=False):
+            logger.info("removed %s, left by a process that was stopped while saving", path)
+
+
+def output_path(output_dir: str) -> Path:
+    """``--output_dir`` as a path; an empty one is an error (it would mean the current folder)."""
+    if not str(output_dir).strip():
+        raise ConfigError("--output_dir is empty: name the run's folder")
+    return Path(output_dir)
+
+
+def _earlier_version_run(out: Path) -> bool:
+    """A run folder made before folders were marked: its config.json has a training's shape (a ``recipe``, or
+    an older version's settings), beside that training's records or checkpoint."""
+    try:
+        data = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    shaped = isinstance(data, dict) and (isinstance(data.get("recipe"), dict)
+                                         or {"tasks", "method", "seed", "world_size"} <= set(data))
+    return shaped and any((out / n).exists() for n in ("metrics.jsonl", "checkpoint", "checkpoint.old"))
+
+
+def check_ours(out: Path) -> None:
+    """Refuse a folder holding anything but a run of ours (its marker, or a run of an earlier version), the lock
+    and a launcher's files: what is not ours is never written over or removed."""
+    if not out.is_dir() or (out / MARKER).is_file() or _earlier_version_run(out):
+        return
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in (LOCK, *COMPANIONS))
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+        raise ConfigError(f"{out} holds files that are not a run of mt_dnn.train ({shown}; no {MARKER}): "
+                          "use a new or empty --output_dir")
+
+
+def mark(out: Path) -> None:
+    """Make ``out`` a run folder of ours: the first file a training writes there (kept by --overwrite)."""
+    if not (out / MARKER).is_file():
+        atomic.write_text(out / MARKER, "a run folder of mt_dnn.train: its config.json, metrics.jsonl, best/, "
+                                        "checkpoint/ and train.log are replaced by --overwrite\n")
 
 
 # ---- the lock ---------------------------------------------------------------------------------------------------
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
+class Holder(NamedTuple):
+    """What a run folder's ``.lock`` says: ``PID HOST START JOB``, the training's process, its host, its process
+    start time (seconds since the epoch; None in a lock of an older version) and its Slurm job (or None)."""
+
+    pid: int
+    host: str
+    started: float | None = None
+    job: str | None = None
+
+    def __str__(self) -> str:
+        return f"pid {self.pid} on {self.host}"
 
 
-def _holder(path: Path) -> tuple[int | None, str]:
+def read_lock(out: Path) -> Holder | None:
+    """The lock of ``out`` as written, live or not; None when there is none (or it is being written)."""
     try:
-        pid, _, host = path.read_text().strip().partition(" ")
-        return int(pid), host
-    except (OSError, ValueError):
-        return None, ""
+        parts = (out / LOCK).read_text().split()
+        pid, host = int(parts[0]), parts[1]
+        started = float(parts[2]) if len(parts) > 2 and parts[2] != "-" else None
+    except (OSError, IndexError, ValueError):
+        return None
+    return Holder(pid, host, started, parts[3] if len(parts) > 3 and parts[3] != "-" else None)
+
+
+def why_stale(holder: Holder) -> str | None:
+    """None while the training the lock names may still run; else why it cannot. On this host: the pid must be
+    alive and (when the lock records it) have the training's start time, or the pid now belongs to another process.
+    A lock from another host cannot be checked and counts as held, unless this process runs in the Slurm job that
+    wrote it (requeued: Slurm runs a job once at a time)."""
+    if holder.host != socket.gethostname():
+        mine = holder.job is not None and holder.job == os.environ.get("SLURM_JOB_ID")
+        return f"Slurm job {holder.job}, requeued" if mine else None
+    try:
+        started = psutil.Process(holder.pid).create_time()
+    except psutil.NoSuchProcess:
+        return "no such process"
+    except psutil.Error:  # someone else's process that we may not inspect: alive
+        return None
+    if holder.started is not None and abs(started - holder.started) > 0.05:
+        return "that pid is another process now"
+    return None
+
+
+def lock_holder(out: Path) -> Holder | None:
+    """The training that holds ``out`` now, or None (no lock, or a stale one)."""
+    holder = read_lock(out)
+    return holder if holder is not None and why_stale(holder) is None else None
 
 
 class RunLock:
-    """``<output_dir>/.lock`` holding ``PID HOST`` while a training runs there (taken by the main process only).
+    """``<output_dir>/.lock`` (:class:`Holder`) while a training runs there (taken by the main process only).
 
-    A lock whose process is gone (same host) is stale and taken over with a warning; one from another host
-    cannot be checked and counts as held. The same process may take its own lock again.
+    A stale lock (:func:`why_stale`) is taken over with a warning. The same process may take its own lock again.
     """
 
     def __init__(self, out: Path):
@@ -172,7 +272,8 @@ class RunLock:
         self.path = out / LOCK
         self.held = False
         self.created_dir = False
-        self.me = (os.getpid(), socket.gethostname())
+        self.me = Holder(os.getpid(), socket.gethostname(), psutil.Process().create_time(),
+                         os.environ.get("SLURM_JOB_ID"))
 
     def acquire(self) -> None:
         self.created_dir = not self.out.exists()
@@ -181,26 +282,28 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                pid, host = _holder(self.path)
-                if pid is None:  # being written this instant, or left empty by a crash: look once more
+                holder = read_lock(self.out)
+                if holder is None:  # being written this instant, or left empty by a crash: look once more
                     time.sleep(0.2)
-                    pid, host = _holder(self.path)
-                if pid is not None and (pid, host) != self.me and (host != self.me[1] or _alive(pid)):
-                    raise ConfigError(f"{self.out} is in use by another training (pid {pid} on {host}); "
-                                      "wait for it to end, or use another --output_dir")
-                if (pid, host) != self.me:
-                    logger.warning("%s: taking over the stale lock of pid %s (no such process)", self.out, pid)
+                    holder = read_lock(self.out)
+                if holder is not None and holder[:2] != self.me[:2]:
+                    why = why_stale(holder)
+                    if why is None:
+                        raise ConfigError(f"{self.out} is in use by another training ({holder}); wait for it to "
+                                          "end, or use another --output_dir")
+                    logger.warning("%s: taking over the stale lock of %s (%s)", self.out, holder, why)
                 self.path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as f:
-                f.write(f"{self.me[0]} {self.me[1]}\n")
+                f.write(f"{self.me.pid} {self.me.host} {self.me.started!r} {self.me.job or '-'}\n")
             self.held = True
             return
         raise ConfigError(f"{self.path}: cannot take the lock (another process keeps taking it)")
 
     def release(self) -> None:
         """Drop the lock if it is still ours; remove the folder if acquire() made it and nothing was written."""
-        if self.held and _holder(self.path) == self.me:
+        holder = read_lock(self.out)
+        if self.held and holder is not None and holder[:2] == self.me[:2]:
             self.path.unlink(missing_ok=True)
         self.held = False
         if self.created_dir:
@@ -218,7 +321,7 @@ class Start:
 
     checkpoint: str | None  # the checkpoint folder to resume from
     clear: bool  # remove the previous run's files first (--overwrite; --resume of a run without a checkpoint)
-    keep_log: bool  # ... but append to its train.log (the same run, started again)
+    restart: bool  # ... but keep its train.log and best/ (the same run, started again from scratch)
     run_id: str  # written to config.json and every checkpoint: a checkpoint of another run is refused
 
 
@@ -242,6 +345,7 @@ def plan_start(out: Path, new_recipe: dict, resume: bool, overwrite: bool):
     """
     from mt_dnn import checkpoint
 
+    check_ours(out)
     present = run_files(out)
     new_id = uuid.uuid4().hex[:12]
     if not present:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -20,15 +21,19 @@ import random
 import shutil
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
+from data_utils import atomic
 from data_utils.batching import MultiTaskSampler, collate, seeded_subset
 from data_utils.encoder_limits import check_encoder_fits
-from data_utils.features import Features, load_features, save_pending, tokenizer_fingerprint
+from data_utils.features import Features, data_fingerprint, load_features, save_pending, tokenizer_fingerprint
 from data_utils.metrics import compute_metrics
+from data_utils.output_paths import check_writable_folder
+from data_utils.robustness import load_sets, robustness_dir, tokenize_set
 from data_utils.task_def import ConfigError, TaskDef, load_task_defs, select_tasks
 from mt_dnn import checkpoint, distributed, run_folder, runtime, stop
 from mt_dnn.config import OPTIMIZERS, PRECISIONS, TrainConfig, resolve_lr  # noqa: F401 (re-exported)
@@ -53,7 +58,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         cfg.validate()
         self.cfg = cfg
-        self.out = Path(cfg.output_dir)
+        self.out = run_folder.output_path(cfg.output_dir)
         self.rank, self.world_size, local_rank = init_distributed(cfg.device)
         cfg.world_size = self.world_size
         self.device = pick_device(cfg.device)
@@ -108,6 +113,9 @@ class Trainer:
         for t in self.tasks:
             if not t.splits_of("train"):
                 raise ConfigError(f"task {t.name} has no train split (it is predicted by the {t.head_name} head)")
+            if not cfg.no_eval and not t.splits_of("dev"):
+                raise ConfigError(f"task {t.name} has no dev split to evaluate on: pass --no_eval (the final model "
+                                  "is then saved as best/)")
         self.reg = build_regularizer(cfg.method, cfg.method_options, cfg.seed)
         given_lr = cfg.lr
         cfg.lr, why = resolve_lr(cfg)  # before the recipe: config.json and --resume see the value used
@@ -118,6 +126,7 @@ class Trainer:
             logger.info("%s: %s", self.device, tf32)
         # the folder is locked and checked before the model and data load; nothing is written there yet
         self.recipe = run_folder.recipe(cfg, self.tasks, dataclasses.asdict(self.reg.options), resolve_model(cfg.model))
+        self.recipe["data"] = data_fingerprint(cfg.glue_dir, self.tasks, with_dev=not cfg.no_eval)
         self.start = distributed.on_main(self._check_output_dir, self.rank, self.world_size)
         if cfg.init_checkpoint:
             model, self.tokenizer, _ = self._init_from_checkpoint(cfg.init_checkpoint)
@@ -158,6 +167,7 @@ class Trainer:
             torch.manual_seed(cfg.seed * 1000 + self.rank)
 
     def _check_output_dir(self) -> run_folder.Start:
+        check_writable_folder(self.out, f"--output_dir {self.cfg.output_dir}")  # a read-only place: one line, now
         self.lock.acquire()
         start, self._loaded = run_folder.plan_start(self.out, self.recipe, self.cfg.resume, self.cfg.overwrite)
         return start
@@ -183,6 +193,9 @@ class Trainer:
         fp = tokenizer_fingerprint(self.tokenizer)
         self.train_data: dict[str, Features] = {}
         self.dev: list[Features] = []
+        # (task, dev split) -> [(set name, features)]: scored beside that dev split, never used to choose anything
+        self.robust: dict[tuple[str, str], list[tuple[str, Features]]] = {}
+        robust_folder = robustness_dir(cfg.robustness_dir, cfg.glue_dir)
         pending: list = []  # cache files are written only once every split has been read without error
         for t in self.tasks:
             feats = load_features(cfg.glue_dir, t, t.splits_of("train")[0], self.tokenizer, cfg.max_seq_len, cache, fp,
@@ -194,30 +207,34 @@ class Trainer:
                 for s in t.splits_of("dev"):
                     self.dev.append(load_features(cfg.glue_dir, t, s, self.tokenizer, cfg.max_seq_len, cache, fp,
                                                   pending, cfg.bad_rows))
+                for rs in load_sets(t, robust_folder):
+                    self.robust.setdefault((t.name, rs.dev_split), []).append(
+                        (rs.set_name, tokenize_set(self.tokenizer, t, rs, cfg.max_seq_len)))
             logger.info("task %s: %d training rows", t.name, len(feats))
         save_pending(pending)
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
         groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         return runtime.build_optimizer(self.cfg.optimizer, groups, self.cfg.lr)
 
     # ---- outputs ----------------------------------------------------------------------------------------
 
     def prepare_output(self) -> None:
-        """The first writes into output_dir, once every check has passed: remove the run being replaced, leftovers
-        of killed processes, and the records written after the checkpoint being resumed; write config.json."""
+        """The first writes into output_dir, once every check has passed: mark it as a run folder, remove the run
+        being replaced, leftovers of killed processes, and the records written after the checkpoint being resumed;
+        write config.json."""
         if self._prepared:
             return
         self._prepared = True
         if not self.is_main:
             return
+        run_folder.mark(self.out)
         if self.start.clear:
-            run_folder.clear_run(self.out, keep_log=self.start.keep_log)
+            run_folder.clear_run(self.out, restart=self.start.restart)
         run_folder.remove_leftovers(self.out)
         if self.resumed:
             checkpoint.truncate_metrics(self.out / "metrics.jsonl", self._metrics_bytes)
@@ -240,7 +257,7 @@ class Trainer:
         data["torch"] = torch.__version__
         data["resolved_device"] = runtime.device_label(self.device)
         data["recipe"] = self.recipe  # what --resume compares (run_folder.NOT_RESULT lists what may change)
-        (self.out / "config.json").write_text(json.dumps(data, indent=2, default=str))
+        atomic.write_json(self.out / "config.json", data, default=str)
 
     def log_metrics(self, record: dict) -> None:
         if self.is_main:
@@ -257,11 +274,21 @@ class Trainer:
             preds = predict(self.model, feats, self.cfg.eval_batch_size, self.device, self.pad_id, self.cfg.precision,
                             self.rank, self.world_size)
             metrics = compute_metrics(task.metrics, preds, feats.labels)
-            self.log_metrics({"epoch": epoch, "step": self.step, "task": task.name, "split": "dev",
-                              "split_name": feats.split, "method": self.cfg.method, "seed": self.cfg.seed,
-                              "train_seconds": round(self.train_seconds, 3), "metrics": metrics})
-            logger.info("epoch %d step %d  %s %s: %s", epoch, self.step, task.name, feats.split,
-                        "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            record = {"epoch": epoch, "step": self.step, "task": task.name, "split": "dev",
+                      "split_name": feats.split, "method": self.cfg.method, "seed": self.cfg.seed,
+                      "train_seconds": round(self.train_seconds, 3), "metrics": metrics}
+            robust = {}
+            for set_name, rfeats in self.robust.get((task.name, feats.split), []):
+                rpreds = predict(self.model, rfeats, self.cfg.eval_batch_size, self.device, self.pad_id,
+                                 self.cfg.precision, self.rank, self.world_size)
+                robust[set_name] = compute_metrics(task.metrics, rpreds, rfeats.labels)
+            if robust:  # logged beside the dev metrics; the score returned below is the dev splits' only
+                record["robustness"] = robust
+            self.log_metrics(record)
+            logger.info("epoch %d step %d  %s %s: %s%s", epoch, self.step, task.name, feats.split,
+                        "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+                        "".join(f"  | {n} " + "  ".join(f"{k} {v:.4f}" for k, v in m.items())
+                                for n, m in robust.items()))
             primaries.setdefault(task.name, []).append(metrics[task.primary_metric])
         return float(np.mean([np.mean(v) for v in primaries.values()])) if primaries else float("nan")
 
@@ -307,7 +334,6 @@ class Trainer:
             with (contextlib.nullcontext() if sync else self.wrapped.no_sync()):
                 with autocast(self.device, cfg.precision):
                     loss, tl, rl, logs = self.wrapped(batch)
-                loss = self.fault(loss, self.step)
                 finite.append(torch.isfinite(loss))
                 self.scaler.scale(loss / n).backward()  # NaN gradients of a skipped step are dropped below
             sums += torch.stack([tl.to(sums.dtype), rl.to(sums.dtype)])
@@ -336,38 +362,22 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return ok
 
-    def fault(self, loss: torch.Tensor, step: int) -> torch.Tensor:
-        """Test hooks: ``MT_DNN_NAN_AT_STEP=k[,j]`` makes the first attempt at step k a NaN loss;
-        ``MT_DNN_NAN_FROM_STEP=k`` makes every attempt from step k on NaN (exercises --max_bad_steps);
-        ``MT_DNN_NAN_RANK=r`` limits both to rank r."""
-        once = os.environ.get("MT_DNN_NAN_AT_STEP")
-        always = os.environ.get("MT_DNN_NAN_FROM_STEP")
-        if os.environ.get("MT_DNN_NAN_RANK", str(self.rank)) != str(self.rank):
-            return loss
-        fired = self.__dict__.setdefault("_faulted", set())
-        if once is not None and step in {int(x) for x in once.split(",")} and step not in fired:
-            fired.add(step)
-            return loss * float("nan")
-        if always is not None and step >= int(always):
-            return loss * float("nan")
-        return loss
+    def _count_skip(self) -> None:
+        """A skipped step: counted, and the run stops after ``max_bad_steps`` of them in a row."""
+        self.bad_steps += 1
+        self.skipped_steps += 1
+        logger.warning("step %d: %s, update skipped on every rank (%d in a row)",
+                       self.step, self._skip_why, self.bad_steps)
+        if self.bad_steps >= self.cfg.max_bad_steps:
+            raise ConfigError(f"{self.bad_steps} consecutive non-finite steps (--max_bad_steps "
+                              f"{self.cfg.max_bad_steps}); stopping, last good checkpoint kept. "
+                              "Lower --lr or use --precision fp32.")
 
-    def _after_step(self, ok: bool) -> None:
-        if not ok:
-            self.bad_steps += 1
-            self.skipped_steps += 1
-            logger.warning("step %d: %s, update skipped on every rank (%d in a row)",
-                           self.step, self._skip_why, self.bad_steps)
-            if self.bad_steps >= self.cfg.max_bad_steps:
-                raise ConfigError(f"{self.bad_steps} consecutive non-finite steps (--max_bad_steps "
-                                  f"{self.cfg.max_bad_steps}); stopping, last good checkpoint kept. "
-                                  "Lower --lr or use --precision fp32.")
-            return
+    def _count_step(self) -> None:
+        """A step taken: counted, the running loss logged every ``log_every`` steps, the periodic checkpoint."""
         self.bad_steps = 0
         self.step += 1
         self.bar.update(1)
-        if os.environ.get("MT_DNN_STEP_DELAY"):  # test hook: slow a run down so a test can kill it mid-way
-            time.sleep(float(os.environ["MT_DNN_STEP_DELAY"]))
         if self.step % self.cfg.log_every == 0 and self.loss_count:  # the same steps on every rank
             loss, reg = distributed.mean_over_ranks(self._sums / self.loss_count, self.world_size, self.device)
             extra = " ".join(f"{k} {v:.4g}" for k, v in runtime.host_floats(self.last_logs).items())
@@ -378,7 +388,7 @@ class Trainer:
             self.save_checkpoint()
 
     def train(self) -> dict:
-        """The loop: epochs of the sampler's plan, one optimizer step per ``grad_accumulation_steps`` batches."""
+        """The loop: epoch after epoch from the sampler's position until the run's last step; the final record."""
         cfg = self.cfg
         self.prepare_output()
         self.model.train()
@@ -390,21 +400,7 @@ class Trainer:
         epoch = self.sampler.state.epoch
         with self._stop:  # SIGUSR2 / SIGTERM: checkpoint at the end of the step, then stop (mt_dnn.stop)
             while self.step < self.total_steps:
-                epoch = self.sampler.state.epoch
-                micro: list[tuple[str, list[int]]] = []
-                for task, rows in self.sampler:  # continues from the sampler's position (resume)
-                    micro.append((task, rows))
-                    if len(micro) == cfg.grad_accumulation_steps:
-                        self._step(micro)
-                        micro = []
-                        if self.step >= self.total_steps:
-                            break
-                else:  # the epoch ran to its end
-                    if micro:  # a last, shorter accumulation
-                        self._step(micro)
-                    self._end_epoch(epoch)
-                    continue
-                break  # --max_steps reached inside an epoch
+                epoch = self._train_epoch()
         self.bar.close()
         if self.sampler.state.position > 0 or self._evaluated_epoch != epoch:
             self._end_epoch(epoch, save=False)  # a --max_steps run: evaluate where it stopped
@@ -423,16 +419,35 @@ class Trainer:
                     self.train_seconds, record["loss"], record["reg_loss"])
         return record
 
-    def _step(self, micro) -> None:
-        """One optimizer step over the micro-batches, its bookkeeping, then a stop a signal asked for."""
-        self._after_step(self._timed_step(micro))
-        self._stop_if_asked()
+    def _train_epoch(self) -> int:
+        """The rest of the sampler's epoch (from its position, so a resumed run goes on where it stopped), one
+        optimizer step per ``grad_accumulation_steps`` micro-batches, then the end of the epoch (evaluation,
+        best/, checkpoint). A run that reaches its last step inside the epoch stops there. Returns the epoch."""
+        epoch = self.sampler.state.epoch
+        for micro in self._accumulations():
+            self._step(micro)
+        if self.sampler.state.epoch > epoch:  # the sampler went through the whole epoch
+            self._end_epoch(epoch)
+        return epoch
 
-    def _timed_step(self, micro) -> bool:
+    def _accumulations(self) -> Iterator[list[tuple[str, list[int]]]]:
+        """The epoch's micro-batches ``(task, rows)``, ``grad_accumulation_steps`` at a time (the epoch's last
+        group may be shorter), while the run has steps left. The sampler's position moves with what is taken."""
+        batches = iter(self.sampler)
+        size = self.cfg.grad_accumulation_steps
+        while self.step < self.total_steps and (micro := list(itertools.islice(batches, size))):
+            yield micro
+
+    def _step(self, micro: list[tuple[str, list[int]]]) -> None:
+        """One optimizer step over the micro-batches, its bookkeeping, then a stop a signal asked for."""
         t0 = time.perf_counter()
         ok = self.train_step(micro)
         self.train_seconds += time.perf_counter() - t0
-        return ok
+        if ok:
+            self._count_step()
+        else:
+            self._count_skip()
+        self._stop_if_asked()
 
     def _stop_if_asked(self) -> None:
         """After a step on which some rank caught SIGUSR2 or SIGTERM: write the checkpoint and raise

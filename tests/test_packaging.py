@@ -83,3 +83,11 @@ def test_packaged_encoder_path_is_the_default_encoder_and_import_stays_light():
 
     assert resolve_model(None) == path
 
+
+def test_docs_extra_builds_the_site():
+    extras = _setup_kwargs()["extras_require"]
+    assert {"mkdocs", "mkdocs-material", "mkdocstrings-python"} <= {re.split(r"[<>=]", r)[0] for r in extras["docs"]}
+    assert (REPO / "mkdocs.yml").is_file()
+    ci = (REPO / ".ci" / "run").read_text()
+    assert ".[dev,docs]" in ci or ".[docs]" in ci
+    assert ci.index("python -m pytest -q") < ci.index("mkdocs build --strict")

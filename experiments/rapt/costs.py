@@ -122,8 +122,11 @@ def dry_run(runs: list[Run], root: Path, jobs: int, step_costs_file: str | None,
             table = json.loads(Path(step_costs_file).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{step_costs_file}: cannot read step costs ({exc})") from None
+        if isinstance(table, dict):
+            table.pop("source", None)  # where the costs come from (results/step_costs.json says it)
         if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
-            raise ConfigError(f"{step_costs_file}: expected {{task: {{method: seconds per step}}}}")
+            raise ConfigError(f"{step_costs_file}: expected {{task: {{method: seconds per step}}}} "
+                              "(and an optional \"source\" text)")
     for other in costs_from or []:
         if not Path(other).is_dir():
             raise ConfigError(f"--costs_from {other}: no such campaign folder")
