@@ -30,6 +30,12 @@ def test_built_files_have_the_official_layout_and_the_row_counts(tmp_path, monke
     assert report["sentences_in_pool"] > 50
 
 
-def test_work_folder_inside_the_repository_is_refused():
-    with pytest.raises(SystemExit):
-        scale.main(["--work", str(scale.REPO / "scale_work"), "--steps", "none"])
+@pytest.mark.parametrize("inside", ["scale_work", "."])
+def test_work_folder_inside_the_repository_is_refused(inside, monkeypatch, capsys):
+    built = []
+    monkeypatch.setattr(scale, "build_data", lambda *a, **k: built.append(a) or {})
+    with pytest.raises(SystemExit) as exit_info:
+        scale.main(["--work", str(scale.REPO / inside), "--steps", "none"])
+    assert exit_info.value.code == 2  # argparse's usage error
+    assert "--work must be outside the repository" in capsys.readouterr().err
+    assert built == [] and not (scale.REPO / "scale_work").exists()

@@ -100,9 +100,30 @@ def test_pair_task_on_an_encoder_with_one_token_type(tasks, bert_tok, zero_types
     check_encoder_fits(cfg, no_types, [tasks["rte"]], 32)  # no token types at all
 
 
-def test_encoders_without_a_token_type_table_take_any_tokenizer(tasks, bert_tok):
-    check_encoder_fits(tiny_config("distilbert"), bert_tok, [tasks["rte"]], 32)
-    check_encoder_fits(tiny_config("deberta-v2"), bert_tok, [tasks["rte"]], 32)  # type_vocab_size 0: ignored
+@pytest.mark.parametrize("arch", ["distilbert", "deberta-v2"])
+def test_encoders_without_a_token_type_table_take_any_tokenizer(tasks, bert_tok, arch):
+    """The check lets a pair task with token type 1 through, and rightly: the model's logits on a pair batch are
+    the same with the tokenizer's types (0 then 1) as with all-zero types (DistilBERT's forward takes no token
+    types; DeBERTa-v2 with type_vocab_size 0 adds none). A BERT with one token type is refused the same input."""
+    import torch
+
+    from tests.conftest import tiny_model
+
+    cfg = tiny_config(arch)
+    assert getattr(cfg, "type_vocab_size", 0) == 0
+    check_encoder_fits(cfg, bert_tok, [tasks["rte"]], 32)
+    enc = bert_tok(["the man sees a dog ."], ["a dog ."], return_tensors="pt")
+    assert enc["token_type_ids"].max() == 1
+    model = tiny_model(arch=arch).eval()
+    batch = {"task": "rte", "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    with torch.no_grad():
+        typed = model({**batch, "token_type_ids": enc["token_type_ids"]})
+        zeros = model({**batch, "token_type_ids": torch.zeros_like(enc["token_type_ids"])})
+    assert torch.equal(typed, zeros)
+    one_type = tiny_config("bert")
+    one_type.type_vocab_size = 1
+    with pytest.raises(ConfigError, match="type_vocab_size 1, but its tokenizer gives token type 1"):
+        check_encoder_fits(one_type, bert_tok, [tasks["rte"]], 32)
 
 
 def test_too_short_max_seq_len(tasks, bert_tok):

@@ -305,13 +305,20 @@ def test_trainer_rapt_layer_is_a_function_of_seed_step_and_micro_batch(share, tm
         holder["trainer"].train()
         return list(seen)
 
-    def table(seed: int) -> list[tuple[int, int, int]]:
-        reg = build_regularizer("rapt", {"max_layer": 2}, seed=seed)
-        return [(s, k, reg.layer_for_step(s, k)) for s in range(3) for k in range(2)]
-
-    assert table(7) != table(8)  # the two seeds draw different layers
-    assert run(7) == table(7)
-    assert run(8) == table(8)
+    # Snapshot: the (step, micro-batch, layer) draws of seeds 7 and 8, recorded from the code when this test was
+    # written; a resumed or re-run campaign relies on them staying the same. The properties below do not depend
+    # on the snapshot.
+    seven = [(0, 0, 2), (0, 1, 2), (1, 0, 1), (1, 1, 2), (2, 0, 1), (2, 1, 1)]
+    eight = [(0, 0, 2), (0, 1, 1), (1, 0, 2), (1, 1, 2), (2, 0, 2), (2, 1, 1)]
+    first, second = run(7), run(8)
+    assert first != second  # the seed matters
+    # the micro-batch matters: the two micro-batches of one step do not always perturb the same layer
+    for draws in (first, second):
+        assert [(s, k) for s, k, _ in draws] == [(s, k) for s in range(3) for k in range(2)]
+        by_step = {s: {k: r for s2, k, r in draws if s2 == s} for s in range(3)}
+        assert any(layers[0] != layers[1] for layers in by_step.values()), draws
+        assert {r for _, _, r in draws} == {1, 2}
+    assert first == seven and second == eight
 
 
 def test_trainer_bf16_runs_the_noisy_pass_under_autocast(tmp_path, monkeypatch):

@@ -16,11 +16,6 @@ PRED = [1, 1, 1, 0, 0, 0, 1, 0, 1, 1]
 TP, FN, FP, TN = 4, 1, 2, 3  # positions 0,1,2,8 | 3 | 6,9 | 4,5,7
 
 
-def test_confusion_matrix_of_the_example():
-    pairs = list(zip(GOLD, PRED))
-    assert (pairs.count((1, 1)), pairs.count((1, 0)), pairs.count((0, 1)), pairs.count((0, 0))) == (TP, FN, FP, TN)
-
-
 def test_acc_f1_mcc_by_hand():
     m = compute_metrics(["acc", "f1", "mcc"], PRED, GOLD)
     assert m["acc"] == pytest.approx((TP + TN) / len(GOLD))  # 0.7
