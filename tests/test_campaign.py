@@ -1,13 +1,14 @@
 """The RAPT campaign runner (experiments.rapt.campaign): planning, running, resuming, locks, dry runs, adopting.
 
-One test runs real ``mt_dnn.train`` subprocesses (tiny BERT, fixture GLUE files, 2 steps each) through submitit's
-LocalExecutor; the others replace the training subprocess (``experiments.rapt.jobs.start_training``, called in this
-process by submitit's DebugExecutor with ``--gpus none``) by a stand-in or run nothing. Executors, GPU slots and
+One test runs real ``mt_dnn.train`` subprocesses (tiny BERT, fixture GLUE files, 2 steps each) through the local
+pool; the others replace the training subprocess (``experiments.rapt.jobs.start_training``, called by the pool's
+workers in this process) by a stand-in or run nothing. Executors, GPU slots and
 Slurm are in test_campaign_launch.py.
 """
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import yaml
 
 from experiments.rapt import campaign, jobs, launch
 from experiments.rapt.grid import load_grid, plan_grids, plan_runs
-from experiments.rapt.results import is_finished
+from mt_dnn.run_folder import is_finished
 from mt_dnn.cli_utils import run_cli
 
 
@@ -331,7 +332,7 @@ def test_seeds_slice_the_grid_and_locked_runs_are_left_to_their_process(tmp_path
 
     # a live training on this host (our own pid stands in for it) holds standard seed 2: the trainer's own lock
     std2.mkdir(parents=True)
-    (std2 / ".lock").write_text(f"{launch.os.getpid()} {jobs.socket.gethostname()}\n")
+    (std2 / ".lock").write_text(f"{launch.os.getpid()} {socket.gethostname()}\n")
     assert launch.run_status(std2) == "busy"
     base = ["--grid", str(grid), "--root", str(root), "--gpus", "none"]
     assert campaign.main([*base, "--dry_run", "--seeds", "2"]) == 0
@@ -344,7 +345,7 @@ def test_seeds_slice_the_grid_and_locked_runs_are_left_to_their_process(tmp_path
     # a lock of a dead process is stale: the run is started (the trainer takes the lock over)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (std2 / ".lock").write_text(f"{dead.pid} {jobs.socket.gethostname()}\n")
+    (std2 / ".lock").write_text(f"{dead.pid} {socket.gethostname()}\n")
     assert launch.run_status(std2) == "run"
     assert campaign.main([*base, "--seeds", "2"]) == 0
     assert calls == [rapt2, std2] and is_finished(std2)

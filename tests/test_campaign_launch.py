@@ -1,9 +1,9 @@
-"""How a campaign runs its runs (experiments.rapt.launch, .jobs, .cluster): submitit's LocalExecutor with one GPU per
-run side by side, and Slurm job arrays, all without GPUs or a cluster.
+"""How a campaign runs its runs (experiments.rapt.launch, .jobs): this machine's pool with one GPU per run side by
+side, Slurm job arrays through submitit, and commands for other schedulers, all without GPUs or a cluster.
 
 A stand-in training script replaces ``python -m mt_dnn.train`` (``launch.train_command``): it records what its
 process saw (CUDA_VISIBLE_DEVICES, threads, start and end times) and writes a finished metrics.jsonl. Slurm's
-``sbatch``, ``srun`` and ``squeue`` are stand-in scripts on PATH: sbatch keeps the script submitit wrote and
+``sbatch`` and ``srun`` are stand-in scripts on PATH: sbatch keeps the script submitit wrote and
 answers with a job id.
 """
 from __future__ import annotations
@@ -11,6 +11,9 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shlex
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +24,7 @@ import yaml
 
 from experiments.rapt import campaign, jobs, launch
 from experiments.rapt.grid import load_grid, plan_runs
-from experiments.rapt.results import is_finished
+from mt_dnn.run_folder import is_finished
 from mt_dnn.cli_utils import run_cli
 
 FAKE_TRAIN = r'''
@@ -89,7 +92,6 @@ def test_runs_side_by_side_each_get_their_own_gpu(tmp_path, fake_train):
         assert f"$ CUDA_VISIBLE_DEVICES={device} " in (run.folder / "campaign.out").read_text()
         assert s["argv"][-3:] == ["--output_dir", str(run.folder), "--resume"]
     assert sorted(_progress(root)) == sorted([(r.label, s) for r in runs for s in ("start", "done")])
-    assert (root / ".submitit").is_dir()  # submitit's job logs and pickles
 
 
 def test_resuming_a_half_finished_grid_on_cpu_side_by_side(tmp_path, fake_train):
@@ -103,7 +105,7 @@ def test_resuming_a_half_finished_grid_on_cpu_side_by_side(tmp_path, fake_train)
     (done / "metrics.jsonl").write_text(json.dumps({"split": "train", "steps": 2, "train_seconds": 1}) + "\n")
     (ckpt / "checkpoint").mkdir()
     (ckpt / "metrics.jsonl").write_text(json.dumps({"split": "dev", "step": 1}) + "\n")
-    (busy / ".lock").write_text(f"{os.getpid()} {jobs.socket.gethostname()}\n")
+    (busy / ".lock").write_text(f"{os.getpid()} {socket.gethostname()}\n")
     assert [launch.run_status(f) for f in (done, ckpt, busy, fresh)] == ["done", "resume", "busy", "run"]
     assert campaign.main(["--grid", str(grid), "--root", str(root), "--gpus", "none", "--jobs", "2"]) == 0
     assert not (done / "seen.json").exists() and not (busy / "seen.json").exists()
@@ -116,7 +118,7 @@ def test_resuming_a_half_finished_grid_on_cpu_side_by_side(tmp_path, fake_train)
     assert not (ckpt / "checkpoint").exists()  # a finished run's checkpoint goes (no --keep_checkpoints)
 
 
-def test_a_run_taken_meanwhile_is_busy_and_a_killed_training_leaves_no_lock(tmp_path, monkeypatch):
+def test_a_run_taken_meanwhile_is_busy(tmp_path, monkeypatch):
     folder = tmp_path / "run"
     folder.mkdir()
     progress = tmp_path / "progress.log"
@@ -139,27 +141,124 @@ def test_a_run_taken_meanwhile_is_busy_and_a_killed_training_leaves_no_lock(tmp_
             Training.last = self
 
     def taken():  # another process took the run: the trainer refuses (exit 2)
-        (folder / ".lock").write_text(f"{os.getpid()} {jobs.socket.gethostname()}\n")
+        (folder / ".lock").write_text(f"{os.getpid()} {socket.gethostname()}\n")
         return 2
 
     monkeypatch.setattr(jobs, "start_training", Training)
     Training.waits = [taken]
     assert jobs.TrainJob("rte/x/s1", str(folder), ["train"], str(progress))() == "busy"
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    assert [line.split("\t")[2] for line in progress.read_text().splitlines()] == ["start", "busy"]
 
-    def interrupted():  # Ctrl-C (or a cluster's time limit) while the training runs: it dies with its lock
-        (folder / ".lock").write_text(f"{int(dead.stdout)} {jobs.socket.gethostname()}\n")
-        raise KeyboardInterrupt
 
-    (folder / ".lock").unlink()
-    Training.waits = [interrupted, lambda: -9]
+def _one_method_grid(path: Path, seeds=(1, 2, 3)) -> Path:
+    path.write_text(yaml.safe_dump({"tasks": ["rte"], "seeds": list(seeds), "flags": {"max_steps": 2},
+                                    "methods": {"standard": {"method": "standard"}}}))
+    return path
+
+
+def test_a_three_run_grid_runs_two_at_a_time_through_the_local_pool(tmp_path, fake_train):
+    """2 GPUs: 2 workers; the third run starts when the first one ends, on the GPU that run gave back."""
+    grid = _one_method_grid(tmp_path / "grid.yml")
+    root = tmp_path / "camp"
+    assert campaign.main(["--grid", str(grid), "--root", str(root), "--gpus", "0,1"]) == 0
+    runs = plan_runs(load_grid(grid), root)
+    first, second, third = (_seen(r.folder) for r in runs)
+    assert all(is_finished(r.folder) for r in runs)
+    assert first["start"] < second["end"] and second["start"] < first["end"]  # the first two side by side
+    assert {first["env"]["CUDA_VISIBLE_DEVICES"], second["env"]["CUDA_VISIBLE_DEVICES"]} == {"0", "1"}
+    freed = min((first, second), key=lambda s: s["end"])
+    assert third["start"] >= freed["end"]  # never three at once
+    assert third["env"]["CUDA_VISIBLE_DEVICES"] == freed["env"]["CUDA_VISIBLE_DEVICES"]
+    starts = [label for label, status in _progress(root) if status == "start"]
+    assert sorted(starts[:2]) == sorted(r.label for r in runs[:2]) and starts[2] == runs[2].label  # plan order
+
+
+def test_print_commands_lists_the_unfinished_runs_for_another_scheduler(tmp_path, capsys):
+    grid = _one_method_grid(tmp_path / "grid.yml")
+    root = tmp_path / "camp"
+    done, busy, todo = plan_runs(load_grid(grid), root)
+    for folder in (done.folder, busy.folder):
+        folder.mkdir(parents=True)
+    (done.folder / "metrics.jsonl").write_text(json.dumps({"split": "train", "steps": 2}) + "\n")
+    (busy.folder / ".lock").write_text(f"{os.getpid()} {socket.gethostname()}\n")
+    assert campaign.main(["--grid", str(grid), "--root", str(root), "--print_commands"]) == 0
+    expected = [sys.executable, "-m", "mt_dnn.train", "--max_steps", "2", "--cache_dir", str(root / ".cache" /
+                "features"), "--method", "standard", "--tasks", "rte", "--seed", "3", "--output_dir",
+                str(todo.folder), "--resume"]
+    lines = capsys.readouterr().out.splitlines()
+    assert [sorted(shlex.split(ln)) for ln in lines] == [sorted(expected)]
+    assert shlex.split(lines[0])[-3:] == expected[-3:]
+    assert (todo.folder / "flags.json").is_file() and not (root / "progress.log").exists()
+
+
+STOPPABLE_TRAIN = r'''
+import os, signal, sys, time
+out = sys.argv[sys.argv.index("--output_dir") + 1]
+signal.signal(signal.SIGUSR2, lambda *_: (open(os.path.join(out, "stopped"), "w").close(), sys.exit(75)))
+open(os.path.join(out, "pid"), "w").write(str(os.getpid()))
+time.sleep(60)
+'''
+
+
+def test_ctrl_c_stops_the_running_trainings_at_a_checkpoint_and_starts_no_more(tmp_path, monkeypatch):
+    import threading
+
+    script = tmp_path / "train.py"
+    script.write_text(STOPPABLE_TRAIN)
+    monkeypatch.setattr(launch, "train_command", lambda run, gpus_per_job=1: [
+        sys.executable, str(script), "--output_dir", str(run.folder)])
+    grid = _one_method_grid(tmp_path / "grid.yml")
+    root = tmp_path / "camp"
+    runs = plan_runs(load_grid(grid), root)
+
+    def ctrl_c_once_two_run():
+        deadline = time.time() + 30
+        while time.time() < deadline and not all((r.folder / "pid").exists() for r in runs[:2]):
+            time.sleep(0.05)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    threading.Thread(target=ctrl_c_once_two_run, daemon=True).start()
+    t0 = time.time()
     with pytest.raises(KeyboardInterrupt):
-        jobs.TrainJob("rte/x/s1", str(folder), ["train"], str(progress))()
-    assert Training.last.killed and jobs._training is None  # the training does not outlive the job
-    assert not (folder / ".lock").exists()
-    assert [line.split("\t")[2] for line in progress.read_text().splitlines()] == ["start", "busy", "start",
-                                                                                   "stopped"]
+        campaign.main(["--grid", str(grid), "--root", str(root), "--gpus", "none", "--jobs", "2"])
+    assert time.time() - t0 < 30  # the trainings did not sleep on
+    assert all((r.folder / "stopped").exists() for r in runs[:2]) and not runs[2].folder.exists()
+    assert sorted(_progress(root)) == sorted((r.label, s) for r in runs[:2] for s in ("start", "stopped"))
+
+
+DRIVER = r'''
+import sys
+from experiments.rapt import campaign, launch
+launch.train_command = lambda run, gpus_per_job=1: [sys.executable, "-c", "import os, sys, time; "
+    "open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(60)", str(run.folder / "pid")]
+campaign.main(sys.argv[1:])
+'''
+
+
+def test_a_training_dies_with_its_campaign(tmp_path):
+    """kill -9 of the campaign: its training (a stand-in that would sleep a minute) is gone within seconds."""
+    import psutil
+
+    grid = _one_method_grid(tmp_path / "grid.yml", seeds=[1])
+    root = tmp_path / "camp"
+    [run] = plan_runs(load_grid(grid), root)
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, "--grid", str(grid), "--root", str(root), "--gpus",
+                               "none"], env=dict(os.environ, PYTHONPATH=str(jobs.REPO)), stderr=subprocess.DEVNULL)
+    pid_file, deadline = run.folder / "pid", time.time() + 60
+    while time.time() < deadline and not (pid_file.exists() and pid_file.read_text()):
+        time.sleep(0.05)
+    training = psutil.Process(int(pid_file.read_text()))
+    try:
+        driver.kill()
+        driver.wait()
+        deadline = time.time() + 5
+        while time.time() < deadline and training.is_running() and training.status() != psutil.STATUS_ZOMBIE:
+            time.sleep(0.05)
+        assert not training.is_running() or training.status() == psutil.STATUS_ZOMBIE
+    finally:
+        if training.is_running():
+            training.kill()
 
 
 # ---- Slurm, without a cluster -------------------------------------------------------------------------------------
@@ -173,20 +272,15 @@ n = len(list(box.glob("sbatch_*.sh")))
 shutil.copy(sys.argv[-1], box / f"sbatch_{n}.sh")
 print(f"Submitted batch job {4242 + n}")
 '''
-FAKE_SQUEUE = r'''#!PYTHON
-import pathlib
-queue = pathlib.Path("BOX") / "queue.txt"
-print(queue.read_text() if queue.exists() else "", end="")
-'''
 
 
 @pytest.fixture
 def slurm(tmp_path, monkeypatch):
-    """sbatch, srun and squeue on PATH; returns the folder where sbatch keeps what it was given."""
+    """sbatch and srun on PATH; returns the folder where sbatch keeps what it was given."""
     box, bin_dir = tmp_path / "slurm", tmp_path / "bin"
     box.mkdir()
     bin_dir.mkdir()
-    for name, text in (("sbatch", FAKE_SBATCH), ("squeue", FAKE_SQUEUE), ("srun", "#!/bin/sh\nexit 0\n")):
+    for name, text in (("sbatch", FAKE_SBATCH), ("srun", "#!/bin/sh\nexit 0\n")):
         (bin_dir / name).write_text(text.replace("PYTHON", sys.executable).replace("BOX", str(box)))
         (bin_dir / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
@@ -204,7 +298,7 @@ def test_slurm_submits_one_job_array_whose_tasks_train_and_resume(tmp_path, slur
     root = tmp_path / "camp"
     assert campaign.main(["--grid", str(grid), "--root", str(root), *SLURM_FLAGS, "--jobs", "3"]) == 0
     out = capsys.readouterr().out
-    assert "4 runs: 0 finished, 0 queued or running, 4 submitted now (Slurm job 4242; partition gpu, 1 GPU, " \
+    assert "4 runs: 0 finished, 0 running, 4 submitted now (Slurm job 4242; partition gpu, 1 GPU, " \
            "8 CPUs, 64 GB, 240 min each)" in out
 
     [script] = sorted(slurm.glob("sbatch_*.sh"))
@@ -226,7 +320,7 @@ def test_slurm_submits_one_job_array_whose_tasks_train_and_resume(tmp_path, slur
         assert job.cmd == [sys.executable, "-m", "mt_dnn.train", *run.argv, "--output_dir", str(run.folder),
                            "--resume"]
         assert job.env["OMP_NUM_THREADS"] == "8"
-        assert jobs.read_record(run.folder)["job_id"] == f"4242_{i}" and (run.folder / "flags.json").is_file()
+        assert (run.folder / "flags.json").is_file()
     assert _progress(root) == [(r.label, f"submitted 4242_{i}") for i, r in enumerate(runs)]
     assert launch.train_command(runs[0], gpus_per_job=2)[1:6] == ["-m", "torch.distributed.run", "--standalone",
                                                                  "--nproc_per_node", "2"]
@@ -244,41 +338,34 @@ def test_slurm_submits_one_job_array_whose_tasks_train_and_resume(tmp_path, slur
     subprocess.run([sys.executable, "-u", "-m", "submitit.core._submit", str(root / ".submitit")], env=env,
                    check=True, capture_output=True)
     assert is_finished(runs[0].folder) and _seen(runs[0].folder)["env"]["OMP_NUM_THREADS"] == "8"
-    assert jobs.read_record(runs[0].folder)["host"] == jobs.socket.gethostname()
     assert _progress(root)[-2:] == [(runs[0].label, "start"), (runs[0].label, "done")]
 
-    # submitting again: run 0 finished; run 1 still queued; run 2's job ended but left its lock on its node
-    # (removed); run 3 is held by a training on a host that no job of ours names (left to it)
-    (slurm / "queue.txt").write_text("4242_1\n4300\n")
-    (runs[2].folder / ".lock").write_text("777 node17\n")
-    jobs.write_record(runs[2].folder, executor="slurm", job_id="4242_2", host="node17")
-    (runs[3].folder / ".lock").write_text("777 node18\n")
+    # submitting again: run 0 finished; run 3 is held by a training on another node (left to it); the others are
+    # submitted again (a task whose run has finished by the time it starts skips it)
+    (runs[3].folder / ".lock").write_text("777 node18 12.5 4253\n")
     capsys.readouterr()
     assert campaign.main(["--grid", str(grid), "--root", str(root), *SLURM_FLAGS]) == 0
-    assert "4 runs: 1 finished, 2 queued or running, 1 submitted now (Slurm job 4243;" in capsys.readouterr().out
+    assert "4 runs: 1 finished, 1 running, 2 submitted now (Slurm job 4243;" in capsys.readouterr().out
     second = (slurm / "sbatch_1.sh").read_text()
-    assert "--array" not in second and "#SBATCH --partition=gpu" in second  # one run: a plain job
-    assert DelayedSubmission.load(root / ".submitit" / "4243_submitted.pkl").function.folder == str(runs[2].folder)
-    assert not (runs[2].folder / ".lock").exists() and (runs[3].folder / ".lock").exists()
-    assert _progress(root)[-2:] == [(runs[0].label, "skip"), (runs[2].label, "submitted 4243")]
+    assert "#SBATCH --array=0-1%2" in second and "#SBATCH --partition=gpu" in second
+    assert [DelayedSubmission.load(root / ".submitit" / f"4243_{i}_submitted.pkl").function.folder
+            for i in (0, 1)] == [str(runs[1].folder), str(runs[2].folder)]
+    assert _progress(root)[-3:] == [(runs[0].label, "skip"), (runs[1].label, "submitted 4243_0"),
+                                    (runs[2].label, "submitted 4243_1")]
 
 
 def test_a_requeued_slurm_task_takes_back_its_own_lock(tmp_path, monkeypatch, fake_train):
     """Killed without notice on node17, requeued on this node with the same job id: its lock is stale."""
     folder = tmp_path / "run"
     folder.mkdir()
-    (folder / ".lock").write_text("777 node17\n")
-    jobs.write_record(folder, executor="slurm", job_id="4242_1", host="node17")
-    for key, value in dict(SUBMITIT_EXECUTOR="slurm", SLURM_JOB_ID="4251", SLURM_ARRAY_JOB_ID="4242",
-                           SLURM_ARRAY_TASK_ID="3").items():
-        monkeypatch.setenv(key, value)
+    (folder / ".lock").write_text("777 node17 12.5 4251\n")
+    monkeypatch.setenv("SLURM_JOB_ID", "4252")
     cmd = [sys.executable, str(fake_train), "--output_dir", str(folder), "--resume"]
     job = jobs.TrainJob("rte/x/s1", str(folder), cmd, str(tmp_path / "progress.log"))
-    assert job() == "busy" and (folder / ".lock").exists()  # another task's lock: left alone
-    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    assert job() == "busy"  # another job's lock: left alone
+    monkeypatch.setenv("SLURM_JOB_ID", "4251")
     fake_train.write_text(FAKE_TRAIN.replace("SLEEP", "0"))
-    assert job() == "done" and not (folder / ".lock").exists()
-    assert jobs.read_record(folder)["job_id"] == "4242_1" and callable(job.checkpoint)  # requeued by submitit
+    assert job() == "done" and callable(job.checkpoint)  # requeued by submitit
 
 
 def test_slurms_warning_makes_the_training_checkpoint_its_step_before_the_requeue(tmp_path, glue_dir,
@@ -291,11 +378,12 @@ def test_slurms_warning_makes_the_training_checkpoint_its_step_before_the_requeu
     from submitit.helpers import DelayedSubmission
 
     folder = tmp_path / "run"
-    cmd = [sys.executable, "-m", "mt_dnn.train", "--tasks", "rte", "--glue_dir", str(glue_dir), "--model",
+    slow_train = [sys.executable, str(Path(__file__).with_name("faults.py")), "--step_delay", "0.3", "--"]
+    cmd = [*slow_train, "--tasks", "rte", "--glue_dir", str(glue_dir), "--model",
            str(tiny_model_dir), "--cache_dir", str(tmp_path / "cache"), "--batch_size", "4", "--epochs", "2",
            "--lr", "1e-3", "--log_every", "1", "--output_dir", str(folder), "--resume"]
     job = jobs.TrainJob("rte/x/s1", str(folder), cmd, str(tmp_path / "progress.log"),
-                        env={"MT_DNN_STEP_DELAY": "0.3", "MT_DNN_NO_TQDM": "1", "OMP_NUM_THREADS": "1"})
+                        env={"MT_DNN_NO_TQDM": "1", "OMP_NUM_THREADS": "1"})
     result: list[str] = []
     worker = threading.Thread(target=lambda: result.append(job()))
     worker.start()
@@ -342,15 +430,16 @@ def test_slurm_errors_are_one_line_and_leave_no_run_folder(tmp_path, slurm, monk
 
 
 def test_gpus_come_from_the_flag_or_cuda_visible_devices(monkeypatch):
-    assert launch.parse_gpus("0,2") == [0, 2] and launch.parse_gpus("none") == [] and launch.parse_gpus(None) is None
+    assert campaign.parse_gpus("0,2") == [0, 2] and campaign.parse_gpus("none") == [] \
+        and campaign.parse_gpus(None) is None
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
-    assert launch.detect_gpus() == [2, 3]  # physical numbers: a run's CUDA_VISIBLE_DEVICES is one of them
+    assert campaign.detect_gpus() == [2, 3]  # physical numbers: a run's CUDA_VISIBLE_DEVICES is one of them
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert launch.detect_gpus() == []
+    assert campaign.detect_gpus() == []
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-5f1c")
-    with pytest.raises(launch.ConfigError, match="pass --gpus 0,1"):
-        launch.detect_gpus()
+    with pytest.raises(campaign.ConfigError, match="pass --gpus 0,1"):
+        campaign.detect_gpus()
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     import torch
 
-    assert launch.detect_gpus() == list(range(torch.cuda.device_count()))
+    assert campaign.detect_gpus() == list(range(torch.cuda.device_count()))

@@ -30,27 +30,31 @@ checkpoint and makes the trainer write one at each epoch end. Runs go seed by se
 1 first), so a campaign cut short still has complete, paired seeds. ``ROOT/progress.log`` gets one line per event:
 ``timestamp<TAB>run<TAB>status<TAB>seconds``.
 
-Runs go through submitit. On this machine ``--jobs N`` runs N at a time; on GPUs (``--gpus 0,1,2,3``, or every
-GPU torch sees) each run gets its own (``CUDA_VISIBLE_DEVICES``), and ``--jobs`` defaults to one per GPU; on CPU
-runs side by side get one thread each. ``--cluster slurm --partition P [--gpus_per_job 1 --cpus_per_job 8
---mem_gb 64 --time_min 240 --account A --qos Q]`` submits the runs as one Slurm job array instead (``--jobs``:
-at most that many at once) and returns; the same command later skips finished runs and submits only those
-neither finished nor still queued. A job stopped at its time limit is requeued and resumes from its checkpoint.
+On this machine ``--jobs N`` runs N at a time (a ``concurrent.futures`` pool); on GPUs (``--gpus 0,1,2,3``, or
+every GPU torch sees) each run gets its own (``CUDA_VISIBLE_DEVICES``), and ``--jobs`` defaults to one per GPU; on
+CPU runs side by side get one thread each. A training dies with its campaign: killed outright (``kill -9``), the
+campaign leaves no training behind (each writes its checkpoint and exits; the next start resumes it).
+``--cluster slurm --partition P [--gpus_per_job 1 --cpus_per_job 8 --mem_gb 64 --time_min 240 --account A --qos
+Q]`` submits the runs as one Slurm job array through submitit instead (``--jobs``: at most that many at once) and
+returns; once the array has ended, the same command skips finished runs and submits the rest. A task stopped at
+its time limit or preempted writes its checkpoint on Slurm's warning signal and is requeued. ``--print_commands``
+prints the unfinished runs' ``mt_dnn.train`` commands, one a line, for any other scheduler (GNU parallel, an sbatch
+array script): run them from this folder.
 
 Several campaign processes may share one ROOT (two terminals, a ``--max_runs 1`` loop per worker, or a cluster
-and a workstation): a run being trained holds the trainer's own ``<run folder>/.lock`` (``PID HOST``), and the
-others pass it by (``busy`` in ``--dry_run``); a lock of a dead process is taken over. ``--tasks``,
-``--methods`` and ``--seeds`` pick a slice of the grid.
+and a workstation): a run being trained holds the trainer's own ``<run folder>/.lock`` (its pid, host and start
+time), and the others pass it by (``busy`` in ``--dry_run``); a lock whose process is gone is taken over.
+``--tasks``, ``--methods`` and ``--seeds`` pick a slice of the grid.
 
 This module is the command line; the work lives beside it: ``grid`` (grid files and run planning), ``launch``
-(submitit executors here, GPU slots), ``jobs`` (one run as a job: the training subprocess, progress log),
-``cluster`` (Slurm), ``costs`` (step costs and the dry run), ``adopt`` (runs made
-elsewhere), ``results`` (run folders as results), ``report`` (Table 2), ``stats`` (paired statistics) and
-``paper`` (the paper's rows and columns).
+(this machine's pool, Slurm job arrays, commands), ``jobs`` (one run as a job: the training subprocess, progress
+log), ``costs`` (step costs and the dry run), ``adopt`` (runs made elsewhere), ``results`` (run folders as
+results), ``report`` (Table 2), ``stats`` (paired statistics) and ``paper`` (the paper's rows and columns).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -59,8 +63,7 @@ from experiments.rapt.adopt import adopt_runs
 from experiments.rapt.archive import load_archive, with_archive
 from experiments.rapt.costs import dry_run
 from experiments.rapt.grid import load_grid, plan_grids
-from experiments.rapt.cluster import SlurmOptions
-from experiments.rapt.launch import LaunchOptions, parse_gpus, run_campaign
+from experiments.rapt.launch import LaunchOptions, SlurmOptions, commands, run_campaign
 from experiments.rapt.report import write_report
 from experiments.rapt.results import load_result, scan_results
 from mt_dnn.cli_utils import run_cli, setup_logging
@@ -73,16 +76,46 @@ def _csv(value: str | None) -> list[str] | None:
 SLURM_FLAGS = ("partition", "gpus_per_job", "cpus_per_job", "mem_gb", "time_min", "account", "qos")
 
 
+def parse_gpus(value: str | None) -> list[int] | None:
+    """``--gpus``: ``0,1,3`` -> [0, 1, 3]; ``none`` -> [] (CPU); None -> None (detect)."""
+    if value is None:
+        return None
+    if value.strip().lower() in ("none", "cpu", ""):
+        return []
+    ids = [x.strip() for x in value.split(",") if x.strip()]
+    if not all(x.isdigit() for x in ids) or len(set(ids)) != len(ids):
+        raise ConfigError(f"--gpus {value}: expected distinct comma-separated GPU numbers (0,1,...) or none")
+    return [int(x) for x in ids]
+
+
+def detect_gpus() -> list[int]:
+    """This machine's GPUs for the runs: the numbers in CUDA_VISIBLE_DEVICES when it is set, else every GPU torch
+    sees."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [x.strip() for x in visible.split(",") if x.strip()]
+        if not all(x.isdigit() for x in ids):
+            raise ConfigError(f"CUDA_VISIBLE_DEVICES={visible}: the campaign gives each run a GPU by number; "
+                              "pass --gpus 0,1,... (or --gpus none)")
+        return [int(x) for x in ids]
+    import torch
+
+    return list(range(torch.cuda.device_count()))
+
+
 def _launch_options(args: argparse.Namespace) -> LaunchOptions:
     """Where and how the runs run; Slurm flags need --cluster slurm, --gpus is for this machine."""
+    for name, low in (("jobs", 1), ("max_runs", 0), ("gpus_per_job", 0), ("cpus_per_job", 1), ("time_min", 1)):
+        if getattr(args, name) is not None and getattr(args, name) < low:
+            raise ConfigError(f"--{name} must be >= {low}")
+    if args.mem_gb is not None and args.mem_gb <= 0:
+        raise ConfigError("--mem_gb must be > 0")
     given = {k: getattr(args, k) for k in SLURM_FLAGS if getattr(args, k) is not None}
     if args.cluster == "slurm":
         if args.gpus is not None:
             raise ConfigError("--gpus picks this machine's GPUs; with --cluster slurm use --gpus_per_job")
-        slurm = SlurmOptions(**given)
-        slurm.check()
         return LaunchOptions(jobs=args.jobs, keep_checkpoints=args.keep_checkpoints, max_runs=args.max_runs,
-                             cluster="slurm", slurm=slurm)
+                             cluster="slurm", slurm=SlurmOptions(**given))
     if given:
         raise ConfigError(f"--{next(iter(given))} is a Slurm setting: add --cluster slurm")
     return LaunchOptions(jobs=args.jobs, gpus=parse_gpus(args.gpus), keep_checkpoints=args.keep_checkpoints,
@@ -97,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
                         "one report (a run in two grids runs once); optional with --report")
     p.add_argument("--root", required=True, help="campaign folder: <task>/<method>/s<seed>-<hash>/, progress.log")
     p.add_argument("--dry_run", action="store_true", help="print the plan and time estimates; run nothing")
+    p.add_argument("--print_commands", action="store_true",
+                   help="print the mt_dnn.train command of every run that is neither finished nor running, one a "
+                        "line, for another scheduler (GNU parallel, an sbatch array); run them from this folder. "
+                        "Writes each run's flags.json; runs nothing")
     p.add_argument("--jobs", type=int, help="runs at a time (default: one per GPU, 1 on CPU; on CPU each gets "
                                             "one thread when > 1); with --cluster slurm: at most this many jobs "
                                             "at once")
@@ -142,11 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     root = Path(args.root)
     archived = load_archive(args.archive) if args.archive else []
-    if args.jobs is not None and args.jobs < 1:
-        raise ConfigError("--jobs must be >= 1")
     launch = _launch_options(args)
-    if args.max_runs is not None and args.max_runs < 0:
-        raise ConfigError("--max_runs must be >= 0")
     if args.grid is None:
         if not args.report:
             raise ConfigError("--grid is required (except with --report)")
@@ -168,8 +201,14 @@ def main(argv: list[str] | None = None) -> int:
                    if (run.task, run.name, run.seed) in archived_keys and not run.folder.is_dir()}
     if args.dry_run:
         return dry_run(runs, root, args.jobs or 1, args.step_costs, _csv(args.costs_from), is_archived)
+    if args.print_commands:
+        for line in commands([run for run in runs if run.label not in is_archived][:args.max_runs]):
+            print(line)
+        return 0
     failed = 0
     if not args.report:
+        if launch.cluster == "local" and launch.gpus is None:
+            launch.gpus = detect_gpus()
         failed = run_campaign([run for run in runs if run.label not in is_archived], root, launch)
     results = [r for r in (load_result(run.folder, run.task, run.name) for run in runs) if r is not None]
     results = with_archive(results, archived)

@@ -14,13 +14,15 @@ from typing import Any
 
 import yaml
 
-from data_utils.task_def import ConfigError, load_task_defs
+from data_utils import atomic
+from data_utils.task_def import ConfigError, load_task_defs, select_tasks
+from mt_dnn.run_folder import NOT_RESULT
 
 GRID_KEYS = {"tasks", "seeds", "flags", "task_flags", "methods", "best_of", "model", "glue_dir"}
 # set by the campaign itself, never by a grid
 RESERVED = {"tasks", "seed", "output_dir", "resume", "config"}
-# flags that cannot change a run's result: left out of the folder hash
-NOT_IDENTITY = {"glue_dir", "cache_dir", "save_every_steps", "log_every", "device", "tf32", "eval_batch_size"}
+# flags that cannot change a run's result (mt_dnn.run_folder.ROLES): left out of the folder hash
+NOT_IDENTITY = NOT_RESULT
 NAME_RE = re.compile(r"^[A-Za-z0-9_.=+-]+$")
 
 
@@ -72,6 +74,26 @@ class Run:
     @property
     def method(self) -> str:
         return str(self.identity.get("method", "standard"))
+
+    def recipe(self) -> dict[str, Any]:
+        """The recipe its training will record (mt_dnn.run_folder.recipe: what --resume and adoption compare)."""
+        from mt_dnn.config import resolve_lr
+        from mt_dnn.model import resolve_model
+        from mt_dnn.perturbation import build_regularizer
+        from mt_dnn.run_folder import recipe
+
+        cfg = dataclasses.replace(self.config, lr=resolve_lr(self.config)[0])
+        options = dataclasses.asdict(build_regularizer(cfg.method, cfg.method_options).options)
+        return recipe(cfg, select_tasks(load_task_defs(cfg.task_def), cfg.tasks), options, resolve_model(cfg.model))
+
+    def write_flags(self, folder: Path | None = None, **extra: Any) -> None:
+        """``flags.json`` in its folder (or ``folder``): what the run is (task, method name, seed, the hash and
+        the flags it covers, the grid's flags) and ``extra`` (``adopted_from``)."""
+        folder = folder or self.folder
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(folder / "flags.json", {
+            "task": self.task, "method_name": self.name, "seed": self.seed, "hash": self.folder.name.split("-")[-1],
+            "identity": self.identity, "flags": self.flags, **extra}, default=str)
 
 
 def _mapping(value: Any, what: str) -> dict:

@@ -31,11 +31,6 @@ def read_records(path: Path) -> list[dict]:
     return out
 
 
-def is_finished(folder: Path) -> bool:
-    records = read_records(folder / "metrics.jsonl")
-    return bool(records) and records[-1].get("split") == "train"
-
-
 def done_steps(folder: Path) -> int:
     """Steps a started run has already done (its last record's step: the trainer truncates to its checkpoint)."""
     records = read_records(folder / "metrics.jsonl")
