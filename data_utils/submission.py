@@ -19,7 +19,6 @@ import argparse
 import logging
 import math
 import operator
-import os
 import shutil
 import sys
 import tempfile
@@ -29,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence, TextIO
 
+from data_utils import atomic
 from data_utils.glue import DataError, iter_split, split_path
+from data_utils.output_paths import check_writable_folder
 from data_utils.task_def import ConfigError, SplitDef, TaskDef, load_task_defs
 
 logger = logging.getLogger(__name__)
@@ -126,7 +127,8 @@ def _write_file(path: Path, name: str, rows: Iterable[tuple[str, str]]) -> int:
 def check_output(out_dir: str | Path, zip_name: str = "submission.zip") -> None:
     """Refuse, before any work is done, an output folder that cannot be one and a zip name that is not plain.
 
-    ``out_dir`` must be a folder or not exist yet, with no file in the way on its path.
+    ``out_dir`` must be a folder or not exist yet, with no file in the way on its path, and it and the folder
+    above it (or the nearest existing one above) must take new files.
     """
     if "/" in zip_name or "\\" in zip_name or not zip_name.endswith(".zip"):
         raise ConfigError(f"zip name must be a plain *.zip file name, got {zip_name!r}")
@@ -138,6 +140,9 @@ def check_output(out_dir: str | Path, zip_name: str = "submission.zip") -> None:
             if not parent.is_dir():
                 raise ConfigError(f"{out_dir}: {parent} is a file, not a folder")
             break
+    # the files are written in a temporary folder beside out_dir, then moved into it: both places must take files
+    for folder in dict.fromkeys((out_dir, out_dir.parent)):
+        check_writable_folder(folder, str(out_dir))
 
 
 def _exact_files(official: dict, names) -> None:
@@ -193,9 +198,9 @@ class SubmissionWriter:
                 zf.write(self.tmp / name, arcname=name)
         self.out_dir.mkdir(exist_ok=True)
         for name in self.official:
-            os.replace(self.tmp / name, self.out_dir / name)
+            atomic.commit(self.tmp / name, self.out_dir / name)
         # last: the zip appears only when complete
-        os.replace(self.tmp / self.zip_name, self.out_dir / self.zip_name)
+        atomic.commit(self.tmp / self.zip_name, self.out_dir / self.zip_name)
         self.abort()
         logger.info("wrote %d submission files and %s", len(self.official), self.out_dir / self.zip_name)
         return self.out_dir / self.zip_name

@@ -10,11 +10,12 @@ read one line at a time (:func:`iter_user_rows`): memory does not grow with the 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from data_utils.glue import DataError, Example
+from data_utils.glue import DataError, Example, first_repeat
 from data_utils.task_def import TaskDef
 
 FORMATS = ("auto", "tsv", "jsonl")
@@ -88,6 +89,17 @@ def _missing_text(columns: Columns, have: list[str] | set[str], where: str) -> N
                         f"name the text columns with --text_a/--text_b")
 
 
+def lone_surrogate(value: str) -> str | None:
+    """Where ``value`` holds a lone surrogate (half of a UTF-16 pair, from a JSON escape like ``\\ud800`` or a
+    Python string), which cannot be tokenized or written as UTF-8: ``"a lone surrogate ('\\ud800' at character
+    9)"``; None for text."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"a lone surrogate ({value[exc.start]!r} at character {exc.start})"
+    return None
+
+
 def _example(path: Path, line: int, row: int, columns: Columns, get, id_col: str | None) -> Example:
     texts = []
     for col in (columns.text_a, columns.text_b):
@@ -103,6 +115,13 @@ def _example(path: Path, line: int, row: int, columns: Columns, get, id_col: str
     index = get(id_col) if id_col is not None else row
     if isinstance(index, (dict, list)) or index is None:
         raise DataError(f"{path}:{line}: the id {id_col!r} must be a string or a number")
+    if isinstance(index, float) and not math.isfinite(index):  # Python's json reads NaN, Infinity and 1e999
+        raise DataError(f"{path}:{line}: the id {id_col!r} is {json.dumps(index)}, not a finite number (JSON "
+                        f"has no NaN or Infinity); give ids as strings or finite numbers")
+    for col, value in ((columns.text_a, texts[0]), (columns.text_b, texts[1]), (id_col, index)):
+        where = lone_surrogate(value) if isinstance(value, str) else None
+        if where:
+            raise DataError(f"{path}:{line}: {col!r} holds {where}, which is not text; fix that \\u escape")
     return Example(text_a=texts[0], text_b=texts[1], label=None, index=index, line=line)
 
 
@@ -112,6 +131,9 @@ def iter_tsv(path: Path, columns: Columns) -> Iterator[Example]:
     if first is None:
         raise DataError(f"{path}: file is empty")
     header = first[1].split("\t")
+    repeated = first_repeat(header)
+    if repeated is not None:
+        raise DataError(f"{path}:1: the header names column {repeated!r} twice ({first[1][:80]!r})")
     _missing_text(columns, header, f"{path}:1")
     id_col = _id_column(columns, header, f"{path}:1")
     col = {name: i for i, name in enumerate(header)}
@@ -127,6 +149,17 @@ def iter_tsv(path: Path, columns: Columns) -> Iterator[Example]:
         raise DataError(f"{path}: no rows after the header")
 
 
+class _RepeatedKey(Exception):
+    """A JSON object that names one key twice (``json`` would keep the last value)."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    repeated = first_repeat(k for k, _ in pairs)
+    if repeated is not None:
+        raise _RepeatedKey(repeated)
+    return dict(pairs)
+
+
 def iter_jsonl(path: Path, columns: Columns) -> Iterator[Example]:
     rows = 0
     id_col: str | None = None
@@ -134,9 +167,11 @@ def iter_jsonl(path: Path, columns: Columns) -> Iterator[Example]:
         if not text.strip():
             continue  # blank lines between records
         try:
-            record = json.loads(text)
+            record = json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{line}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+        except _RepeatedKey as exc:
+            raise DataError(f"{path}:{line}: the record names key {exc.args[0]!r} twice") from None
         if not isinstance(record, dict):
             raise DataError(f"{path}:{line}: expected a JSON object, got {type(record).__name__}")
         _missing_text(columns, list(record), f"{path}:{line}")

@@ -17,25 +17,25 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from data_utils.encoder_limits import check_encoder_fits
 from data_utils.features import Features, tokenize_examples
 from data_utils.glue import DataError, Example
+from data_utils.output_paths import check_output_file, open_output
 from data_utils.task_def import ConfigError, SplitDef, TaskDef, load_task_defs
-from data_utils.user_input import iter_user_rows, task_columns
+from data_utils.user_input import iter_user_rows, lone_surrogate, task_columns
 from mt_dnn.model import MultiTaskModel, find_model_dir, load_model
+from mt_dnn.saved_model import files_read, run_max_len
 from mt_dnn.step import batch_logits
 from mt_dnn.trainer import pick_device
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_LEN = 128  # a saved model folder without its run's config.json
 Row = str | Sequence[str]  # one sentence, or (sentence, sentence) for pair tasks
 
 
@@ -80,7 +80,8 @@ class Predictor:
     """A trained run ready to predict: its model (eval mode, on ``device``), tokenizer and tasks."""
 
     def __init__(self, model: MultiTaskModel, tokenizer, max_len: int, device: torch.device,
-                 batch_size: int = 128, precision: str = "fp32", source: str = ""):
+                 batch_size: int = 128, precision: str = "fp32", source: str = "",
+                 reads: Sequence[tuple[str, Path]] = ()):
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.max_len = max_len
@@ -88,6 +89,7 @@ class Predictor:
         self.batch_size = batch_size
         self.precision = precision
         self.source = source
+        self.reads = list(reads)  # (what, path) of the files the model came from: an output must be none of them
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         # tasks predicted by one of this model's heads without their own (AX by MNLI's) join the run's tasks
         for name, task in load_task_defs().items():
@@ -133,50 +135,56 @@ class Predictor:
                                 f", got {row!r}"[:200])
             if not all(t.strip() for t in texts):
                 raise DataError(f"row {i}: empty text")
+            where = next(filter(None, map(lone_surrogate, texts)), None)
+            if where:
+                raise DataError(f"row {i}: {where} is not text")
             examples.append(Example(texts[0], texts[1] if want == 2 else None, None, str(i), i + 1))
         return self.predict_examples(task, examples)
-
-
-def run_max_len(model_dir: Path) -> int:
-    """The ``max_seq_len`` the run was trained with (its ``config.json``), as ``mt_dnn.predict`` uses it."""
-    cfg = model_dir.parent / "config.json"
-    return int(json.loads(cfg.read_text())["max_seq_len"]) if cfg.is_file() else DEFAULT_MAX_LEN
 
 
 def load_run(path: str | Path, device: str = "auto", batch_size: int = 128, precision: str = "fp32",
              max_seq_len: int | None = None) -> Predictor:
     """A run folder (its ``best/`` model) or a saved model folder, ready to predict on ``device``
-    (``auto``: CUDA when available)."""
-    d = find_model_dir(path)
-    model, tokenizer, _ = load_model(d)
-    return Predictor(model, tokenizer, max_seq_len or run_max_len(d), pick_device(device), batch_size,
-                     precision, source=str(path))
+    (``auto``: CUDA when available) with ``max_seq_len`` tokens per row (default: the run's own, else 128).
+
+    What the GLUE path refuses is refused here too, as one-line :class:`ConfigError`: a device this machine
+    lacks (before anything loads), a damaged run ``config.json``, a ``max_seq_len`` past the encoder's
+    position table.
+    """
+    dev = pick_device(device)
+    model_dir = find_model_dir(path)
+    max_len = run_max_len(model_dir, max_seq_len)
+    model, tokenizer, _ = load_model(path)  # the model whole, even while a training replaces best/
+    check_encoder_fits(model.encoder.config, tokenizer, model.task_defs.values(), max_len, name=str(model_dir))
+    return Predictor(model, tokenizer, max_len, dev, batch_size, precision, source=str(path),
+                     reads=files_read(model_dir))
 
 
 def write_jsonl_atomic(path: str | Path, records: Iterable[dict]) -> None:
-    """Write JSON lines to a temporary file beside ``path``, then rename it: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write strict JSON lines (no NaN or Infinity) to ``path`` atomically: never a half-written file (stdout,
+    a device or a pipe are written into, see :func:`data_utils.output_paths.open_output`)."""
+    with open_output(path) as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def predict_file(predictor: Predictor, task: str, input_path: str | Path, output_path: str | Path,
                  text_a: str | None = None, text_b: str | None = None, id_column: str | None = None,
                  fmt: str = "auto") -> int:
     """Predict every row of a TSV/JSON-lines file; write ``{"id", "label", "probabilities"}`` (or ``"score"``)
-    per row to ``output_path`` (JSON lines, atomically). Returns the number of rows."""
+    per row to ``output_path`` (JSON lines, atomically). Returns the number of rows.
+
+    ``output_path`` is checked first: a folder, a place that cannot be written, the input or a file the model
+    came from is a one-line :class:`ConfigError`."""
+    check_output_file(output_path, [("the input", Path(input_path)), *predictor.reads])
     columns = task_columns(predictor.task(task), text_a, text_b, id_column)
     # read and tokenized a chunk at a time (a bad row stops everything before the output is opened); the
     # records are made and written as they go: memory holds the flat features and logits, never all records
     feats, logits = predictor.logits(task, iter_user_rows(input_path, columns, fmt), where=Path(input_path).name)
+    bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
+    if len(bad):  # JSON has no NaN: a broken model (or an fp16 overflow) is an error, not an invalid file
+        raise DataError(f"{input_path}: the model's output is not a finite number for {len(bad)} row(s) (first: "
+                        f"id {feats.indices[bad[0]]!r}); nothing written to {output_path}")
     records = iter_prediction_records(predictor.task(task), logits)
     write_jsonl_atomic(output_path, ({"id": i, **r} for i, r in zip(feats.indices, records)))
     logger.info("%s: %d rows predicted with %s (%s) -> %s", input_path, len(feats), predictor.source, task,

@@ -2,8 +2,9 @@
 
 A saved model folder holds ``model.safetensors`` (all weights), ``model.json`` (pooling, tasks, heads),
 ``tasks.yml`` (the task definitions) and ``encoder/`` (the encoder's config and tokenizer). The folder is
-published by renames (``swap_in``): ``best/`` becomes ``best.old/`` and the new folder becomes ``best/``, so a
-kill between the two renames leaves only ``best.old/``; readers then use it (with a warning).
+published by renames (``data_utils.atomic.replace_dir``): ``best/`` becomes ``best.old/`` and the new folder becomes
+``best/``, so a kill between the two renames leaves only ``best.old/``; readers then use it (with a warning). A
+reader that a training may race reads through :func:`read_whole`: the old model or the new one, whole.
 """
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
+from data_utils.encoder_limits import check_tokenizer
 from data_utils.task_def import ConfigError, TaskDef
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 REQUIRED_FILES = ("model.safetensors", "model.json", "tasks.yml", "encoder/config.json")
 
@@ -100,9 +103,47 @@ def read_model_dir(model_dir: str | Path, check_weights: bool = True) -> SavedMo
         tokenizer = AutoTokenizer.from_pretrained(d / "encoder", use_fast=True)
     except Exception as exc:
         raise ConfigError(f"{d / 'encoder'}: cannot load the tokenizer ({_first_line(exc)})") from None
+    check_tokenizer(tokenizer, config, str(d / "encoder"))
     if check_weights:
         _open_weights(d / "model.safetensors")
     return SavedModel(d, meta, tasks, config, tokenizer)
+
+
+def _identity(d: Path) -> tuple[int, int] | None:
+    try:
+        st = d.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _current(path: Path) -> Path:
+    """``path``; for an ``X.old`` that a finished swap removed, ``X``."""
+    if path.name.endswith(".old") and not path.exists():
+        return path.with_name(path.name[:-len(".old")])
+    return path
+
+
+def read_whole(path: str | Path, read: Callable[[Path], T]) -> T:
+    """``read(folder)`` of the saved model at ``path`` (:func:`find_model_dir`), every file from one folder.
+
+    A training replaces ``best/`` by renames (``data_utils.atomic.replace_dir``) while others may read it. A
+    read during which the folder was replaced or removed is done again from the folder there now, so the reader
+    gets the old model or the new one, whole; a training replaces its best at most once per evaluation.
+    """
+    for _ in range(3):
+        d = find_model_dir(_current(Path(path)))
+        before = _identity(d)
+        try:
+            result = read(d)
+        except (ConfigError, OSError):
+            if _identity(d) == before:
+                raise
+            continue
+        if _identity(d) == before:
+            return result
+    raise ConfigError(f"{path}: the saved model was replaced every time it was read (a training is saving it); "
+                      "try again")
 
 
 def _open_weights(path: Path) -> None:
@@ -125,3 +166,41 @@ def load_weights(model_dir: str | Path) -> dict:
         return load_file(str(path))
     except Exception as exc:
         raise ConfigError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
+
+
+DEFAULT_MAX_LEN = 128  # a saved model folder without its run's config.json
+
+
+def run_config(model_dir: Path) -> Path | None:
+    """``RUN_DIR/config.json`` of a run's ``best/`` (or ``best.old/``) model folder, else None."""
+    return model_dir.parent / "config.json" if model_dir.name in ("best", "best.old") else None
+
+
+def run_max_len(model_dir: Path, flag: int | None = None) -> int:
+    """``flag`` (``--max_seq_len``) when given, else the run's own (``RUN_DIR/config.json`` next to ``best/``), else
+    :data:`DEFAULT_MAX_LEN` for a bare model folder; a damaged or incomplete config.json is a ConfigError."""
+    if flag is not None:
+        return flag
+    cfg = run_config(model_dir)
+    if cfg is None or not cfg.is_file():
+        return DEFAULT_MAX_LEN
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{cfg}: not a readable run config ({_first_line(exc)}); give --max_seq_len") from None
+    value = data.get("max_seq_len") if isinstance(data, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{cfg}: no integer max_seq_len; give --max_seq_len")
+    return value
+
+
+def files_read(model_dir: Path) -> list[tuple[str, Path]]:
+    """``(what, path)`` of every file a prediction with ``model_dir`` reads: the folder's files, the run's
+    config.json and the packaged task definitions (an output file must be none of them)."""
+    from data_utils.task_def import builtin_task_file
+
+    files = [("a file of the model", f) for f in sorted(model_dir.rglob("*")) if f.is_file()]
+    cfg = run_config(model_dir)
+    if cfg is not None:
+        files.append(("the run config", cfg))
+    return files + [("the task definitions", Path(builtin_task_file()))]
