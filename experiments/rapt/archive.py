@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from data_utils import atomic
 from data_utils.task_def import ConfigError
 from experiments.rapt.results import Evaluation, RunResult, task_defs
 
@@ -71,7 +72,19 @@ def load_archive(path: str | Path) -> list[RunResult]:
         if config is not None and not isinstance(config, dict):
             raise ConfigError(f"{where}: config must be an object (the run's config.json settings)")
         score = sum(m[primary] for m in splits.values()) / len(splits)
-        ev = Evaluation(epoch, steps or 0, seconds or 0.0, splits, score)
+        robust = entry.get("robustness") or {}
+        try:  # {set: {metric: number}} (one dev split) or {split: {set: {metric: number}}}
+            if robust and all(isinstance(v, dict) and all(isinstance(x, dict) for x in v.values())
+                              for v in robust.values()) and set(robust) <= set(splits):
+                robust = {str(sp): {str(n): {str(k): float(v) for k, v in m.items()} for n, m in sets.items()}
+                          for sp, sets in robust.items()}
+            elif robust:
+                robust = {next(iter(splits)): {str(n): {str(k): float(v) for k, v in m.items()}
+                                               for n, m in robust.items()}}
+        except (AttributeError, TypeError, ValueError):
+            raise ConfigError(f"{where}: robustness must be {{set: {{metric: number}}}} or "
+                              f"{{split: {{set: {{metric: number}}}}}}") from None
+        ev = Evaluation(epoch, steps or 0, seconds or 0.0, splits, score, robust)
         out.append(RunResult(task, name, seed, path, True, [ev], seconds, steps, primary, config,
                              device=str(entry.get("device", default_device))))
     return out
@@ -91,21 +104,24 @@ def archive_entry(result: RunResult) -> dict:
     if not result.finished or best is None:
         raise ConfigError(f"{result.folder}: not a finished run with a dev evaluation")
     splits = {split: {k: round(v, 4) for k, v in m.items()} for split, m in best.metrics.items()}
+    robust = {split: {n: {k: round(v, 4) for k, v in m.items()} for n, m in sets.items()}
+              for split, sets in best.robustness.items()}
     settings = result.settings()
-    return {"task": result.task, "method": result.name, "seed": result.seed, "epoch": best.epoch,
-            "metrics": splits["dev"] if list(splits) == ["dev"] else splits,
-            "train_seconds": round(result.train_seconds, 1) if result.train_seconds else None,
-            "steps": result.steps, "device": result.device,
-            "config": {"method": settings.get("method"), "method_options": settings.get("method_options", {})}}
+    entry = {"task": result.task, "method": result.name, "seed": result.seed, "epoch": best.epoch,
+             "metrics": splits["dev"] if list(splits) == ["dev"] else splits,
+             "train_seconds": round(result.train_seconds, 1) if result.train_seconds else None,
+             "steps": result.steps, "device": result.device,
+             "config": {"method": settings.get("method"), "method_options": settings.get("method_options", {})}}
+    if robust:  # the robustness sets' scores at that same evaluation
+        entry["robustness"] = robust["dev"] if list(robust) == ["dev"] else robust
+    return entry
 
 
 def _write(path: Path, data: dict) -> None:
     """The archive with one run per line (diffs stay readable), written whole or not at all."""
     head = "".join(f" {json.dumps(k)}: {json.dumps(v)},\n" for k, v in data.items() if k != "runs")
     runs = ",\n".join("  " + json.dumps(r) for r in data["runs"])
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("{\n" + head + ' "runs": [\n' + runs + "\n ]\n}\n")
-    tmp.replace(path)
+    atomic.write_text(path, "{\n" + head + ' "runs": [\n' + runs + "\n ]\n}\n")
 
 
 def add_runs(path: str | Path, folders: list[str], source: str | None = None, replace: bool = False) -> list[str]:

@@ -7,8 +7,10 @@ from typing import Any
 
 import numpy as np
 
+from data_utils import atomic
 from data_utils.task_def import ConfigError
 from experiments.rapt.paper import METRIC_LABEL, PAPER_DEV, PAPER_METRICS, TASK_LABEL, cell_keys, task_order
+from experiments.rapt import robustness_report
 from experiments.rapt.results import RunResult
 from experiments.rapt.stats import TIE, mean_std, paired_comparisons, seed_averages
 
@@ -115,12 +117,17 @@ def build_report(results: list[RunResult], method_order: list[str] | None = None
         paper[pname] = {"tasks": {t: prow[t] for t in have},
                         "average_these_tasks": float(np.mean([np.mean(prow[t]) for t in have])) if have else None,
                         "average_paper": prow["average"]}
-    return {"tasks": tasks, "methods": names, "rows": rows, "best_of": chosen, "paper": paper,
-            "times": training_times(by, [n for n in names if n not in chosen], tasks),
-            "paired": paired_comparisons(by, names, tasks, best_of or {}, baselines),
-            "baselines": baselines,
-            "unfinished": sorted([r.folder.as_posix() for r in results if not r.finished] + (no_evaluation or [])),
-            "not_started": not_started}
+    report = {"tasks": tasks, "methods": names, "rows": rows, "best_of": chosen, "paper": paper,
+              "times": training_times(by, [n for n in names if n not in chosen], tasks),
+              "paired": paired_comparisons(by, names, tasks, best_of or {}, baselines),
+              "baselines": baselines,
+              "unfinished": sorted([r.folder.as_posix() for r in results if not r.finished] + (no_evaluation or [])),
+              "not_started": not_started}
+    robust = robustness_report.build({n: by[n] for n in names if n not in chosen}, names,
+                                     list(baselines or BASELINES))
+    if robust:  # runs that logged a robustness set (AdvGLUE)
+        report["robustness"] = robust
+    return report
 
 
 def _header(task: str, cells: list[dict] | None) -> str:
@@ -246,6 +253,7 @@ def report_markdown(report: dict, title: str) -> str:
         lines += ["", f"### {heading}", "", "| Task | A | B | Seeds | mean(A-B) | sd | A wins | B wins | p | verdict |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         lines += [_paired_line(c, report["tasks"]) for c in group]
+    lines += robustness_report.markdown(report.get("robustness", {}))
     lines += ["", "## Runs not in the table", ""] + _missing_lines(report)
     return "\n".join(lines) + "\n"
 
@@ -259,6 +267,6 @@ def write_report(root: Path, results: list[RunResult], method_order: list[str] |
         raise ConfigError(f"{root}: no finished runs to report")
     text = report_markdown(report, root.name)  # the campaign's name, not where this machine keeps it
     root.mkdir(parents=True, exist_ok=True)
-    (root / "table2.md").write_text(text)
-    (root / "table2.json").write_text(json.dumps(report, indent=2, default=str))
+    atomic.write_text(root / "table2.md", text)
+    atomic.write_text(root / "table2.json", json.dumps(report, indent=2, default=str))
     return text

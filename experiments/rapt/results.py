@@ -5,30 +5,61 @@ import functools
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from data_utils.task_def import load_task_defs
+from data_utils.task_def import ConfigError, load_task_defs
 
 logger = logging.getLogger(__name__)
 
 
-def read_records(path: Path) -> list[dict]:
-    """The JSON lines of a metrics file; a torn last line (a kill mid-write) is ignored."""
+def numbered_records(path: Path) -> list[tuple[int, dict]]:
+    """(line number, record) of each JSON object line of a metrics file; a torn last line (a kill mid-write) or
+    any other line that is not a JSON object is skipped with a warning."""
     out = []
     try:
         text = path.read_text()
     except OSError:
         return out
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             try:
-                out.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict):
+                out.append((number, record))
+            else:
                 logger.warning("%s: skipping an unreadable line", path)
     return out
+
+
+def read_records(path: Path) -> list[dict]:
+    """The JSON object lines of a metrics file (:func:`numbered_records` without the line numbers)."""
+    return [r for _, r in numbered_records(path)]
+
+
+DEV_KEYS = ("epoch", "step", "train_seconds", "metrics")
+
+
+def check_dev_record(path: Path, line: int, record: dict, primary: str) -> None:
+    """A dev record as mt_dnn.train writes it: integer epoch and step, a number train_seconds, and metrics
+    holding the task's primary metric; anything else is a one-line :class:`ConfigError` naming file and line."""
+    for key in DEV_KEYS:
+        if key not in record:
+            raise ConfigError(f"{path}:{line}: a dev record without {key!r}: not as mt_dnn.train writes it; "
+                              f"restore the file or move the run folder out of the campaign")
+    metrics = record["metrics"]
+    numbers = [record["epoch"], record["step"], record["train_seconds"],
+               *(metrics.values() if isinstance(metrics, dict) else [None])]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
+        raise ConfigError(f"{path}:{line}: a dev record whose epoch, step, train_seconds or metrics are not "
+                          f"numbers: not as mt_dnn.train writes it")
+    if primary not in metrics:
+        raise ConfigError(f"{path}:{line}: a dev record without the task's primary metric {primary!r} "
+                          f"(it has {', '.join(metrics) or 'none'})")
 
 
 def done_steps(folder: Path) -> int:
@@ -46,6 +77,8 @@ class Evaluation:
     train_seconds: float
     metrics: dict[str, dict[str, float]]  # split name -> metric -> value
     primary: float  # mean over the splits of the task's primary metric
+    # split name -> robustness set -> metric -> value, logged at this evaluation (never used to choose it)
+    robustness: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -87,7 +120,8 @@ def primary_metric(task: str, records: list[dict]) -> str:
     defs = task_defs()
     if task in defs:
         return defs[task].primary_metric
-    return next(iter(records[0]["metrics"]))
+    first = records[0].get("metrics")
+    return next(iter(first)) if isinstance(first, dict) and first else "score"
 
 
 def evaluations_of(dev: list[dict], primary: str) -> list[Evaluation]:
@@ -99,7 +133,10 @@ def evaluations_of(dev: list[dict], primary: str) -> list[Evaluation]:
     for (epoch, step), recs in groups.items():
         metrics = {str(r.get("split_name", "dev")): {k: float(v) for k, v in r["metrics"].items()} for r in recs}
         score = float(np.mean([m[primary] for m in metrics.values()]))
-        out.append(Evaluation(epoch, step, max(float(r["train_seconds"]) for r in recs), metrics, score))
+        robust = {str(r.get("split_name", "dev")): {s: {k: float(v) for k, v in m.items()}
+                                                      for s, m in r["robustness"].items()}
+                  for r in recs if isinstance(r.get("robustness"), dict)}
+        out.append(Evaluation(epoch, step, max(float(r["train_seconds"]) for r in recs), metrics, score, robust))
     return out
 
 
@@ -117,7 +154,8 @@ def run_device(config: dict) -> str:
 
 def load_result(folder: Path, task: str | None = None, name: str | None = None) -> RunResult | None:
     """A run folder's results (task, method name and seed from flags.json, else from the path and records)."""
-    records = read_records(folder / "metrics.jsonl")
+    numbered = numbered_records(folder / "metrics.jsonl")
+    records = [r for _, r in numbered]
     if not records:
         return None
     info = {}
@@ -131,11 +169,13 @@ def load_result(folder: Path, task: str | None = None, name: str | None = None) 
         seed = int(m.group(1)) if m else int(records[0].get("seed", 0))
     last = records[-1]
     done = last.get("split") == "train"
-    dev = [r for r in records if r.get("split") == "dev" and r.get("task") == task]
-    metric = primary_metric(task, dev) if dev else "score"
+    dev = [(n, r) for n, r in numbered if r.get("split") == "dev" and r.get("task") == task]
+    metric = primary_metric(task, [r for _, r in dev]) if dev else "score"
+    for n, r in dev:
+        check_dev_record(folder / "metrics.jsonl", n, r, metric)
     config = folder / "config.json"
     device = run_device(json.loads(config.read_text())) if config.is_file() else "?"
-    return RunResult(task, name, int(seed), folder, done, evaluations_of(dev, metric),
+    return RunResult(task, name, int(seed), folder, done, evaluations_of([r for _, r in dev], metric),
                      float(last["train_seconds"]) if done and "train_seconds" in last else None,
                      int(last["steps"]) if done and "steps" in last else None, metric, device=device)
 

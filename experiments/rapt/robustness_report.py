@@ -1,0 +1,139 @@
+"""The robustness part of a campaign report: dev against robustness-set (AdvGLUE) accuracy per method, the gap
+between them, paired tests on both, and the smallest paired difference the seeds could detect.
+
+Every number comes from each run's best dev evaluation (the epoch chosen on dev, as in Table 2); the
+robustness score is the one logged at that same evaluation, so nothing is chosen on the robustness set.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from experiments.rapt.paper import TASK_LABEL
+from experiments.rapt.results import RunResult
+from experiments.rapt.stats import paired
+
+POWER = 0.8
+ALPHA = 0.05
+
+
+def detectable_difference(n: int, sd: float | None, power: float = POWER, alpha: float = ALPHA) -> float | None:
+    """The smallest true mean paired difference that a two-sided paired t-test at ``alpha`` over ``n`` seeds
+    detects with probability ``power``, when the per-seed differences have standard deviation ``sd``: the
+    effect size delta solving P(|T| > t_crit) = power, T ~ noncentral t (df n-1, noncentrality delta*sqrt(n)/sd).
+    None with fewer than 2 seeds or no sd."""
+    from scipy.optimize import brentq
+    from scipy.stats import nct, t
+
+    if n < 2 or sd is None or not math.isfinite(sd):
+        return None
+    if sd == 0:
+        return 0.0
+    df = n - 1
+    crit = t.ppf(1 - alpha / 2, df)
+
+    def power_at(delta: float) -> float:
+        nc = delta * math.sqrt(n) / sd
+        return float(nct.sf(crit, df, nc) + nct.cdf(-crit, df, nc)) - power
+
+    hi = sd
+    while power_at(hi) < 0:
+        hi *= 2
+    return float(brentq(power_at, 0.0, hi, xtol=1e-6 * sd))
+
+
+def _scores(run: RunResult) -> tuple[float, dict[str, float]] | None:
+    """(dev primary x100, {set: primary x100}) at the run's best dev evaluation, over its dev splits (mean)."""
+    best = run.best
+    if best is None or not best.robustness:
+        return None
+    sets: dict[str, list[float]] = {}
+    for split_sets in best.robustness.values():
+        for name, metrics in split_sets.items():
+            sets.setdefault(name, []).append(metrics[run.metric] * 100)
+    return best.primary * 100, {k: float(np.mean(v)) for k, v in sets.items()}
+
+
+def build(by: dict[str, dict[str, dict[int, RunResult]]], names: list[str], baselines: list[str]) -> dict:
+    """``by``: method -> task -> seed -> finished run. Per task and robustness set: each method's rows (dev,
+    set score and gap dev - set, mean and sd over seeds) and the paired tests of every method against each of
+    ``baselines`` above it, on dev and on the set, with the detectable difference."""
+    out: dict[str, dict] = {}
+    for name in names:
+        for task, runs in by.get(name, {}).items():
+            for seed, run in sorted(runs.items()):
+                scored = _scores(run)
+                if scored is None:
+                    continue
+                dev, sets = scored
+                for set_name, value in sets.items():
+                    cell = out.setdefault(task, {}).setdefault(set_name, {"rows": {}, "paired": []})
+                    cell["rows"].setdefault(name, {})[seed] = (dev, value)
+    for task, by_set in out.items():
+        for set_name, cell in by_set.items():
+            rows = cell["rows"]
+            summary = {}
+            for name, per_seed in rows.items():
+                devs = np.array([v[0] for v in per_seed.values()])
+                sets = np.array([v[1] for v in per_seed.values()])
+                summary[name] = {"seeds": sorted(per_seed), "dev": _ms(devs), "set": _ms(sets),
+                                 "gap": _ms(devs - sets)}
+            cell["summary"] = summary
+            order = [n for n in names if n in rows]
+            for i, a in enumerate(order):
+                for b in order[:i]:
+                    if b not in baselines:
+                        continue
+                    seeds = sorted(set(rows[a]) & set(rows[b]))
+                    if not seeds:
+                        continue
+                    for what, k in (("dev", 0), (set_name, 1)):
+                        c = paired(task, a, b, seeds, np.array([rows[a][s][k] for s in seeds]),
+                                   np.array([rows[b][s][k] for s in seeds]))
+                        c["on"] = what
+                        c["detectable"] = detectable_difference(c["n"], c["sd_diff"])
+                        cell["paired"].append(c)
+            cell["rows"] = {n: {str(s): list(v) for s, v in r.items()} for n, r in rows.items()}
+    return out
+
+
+def _ms(values: np.ndarray) -> list[float | None]:
+    return [float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else None]
+
+
+def _fmt(ms: list[float | None]) -> str:
+    return f"{ms[0]:.1f}" + (f" ± {ms[1]:.1f}" if ms[1] is not None else "")
+
+
+def markdown(section: dict) -> list[str]:
+    """The report's robustness section (empty when no run logged a robustness set)."""
+    if not section:
+        return []
+    lines = ["", "## Robustness (dev and robustness sets)", "",
+             "At each run's best dev evaluation (chosen on dev only): the dev primary metric and the robustness "
+             "set's (AdvGLUE dev: adversarial, human-checked GLUE dev examples), x100, mean ± sd over seeds; gap = "
+             "dev - set (how much accuracy a method loses under attack). Paired tests as above, on the same seeds; "
+             f"'detectable' = the smallest true mean difference a paired t-test over these seeds would find with "
+             f"{POWER:.0%} power at p < {ALPHA} given the observed sd of the differences (a smaller effect can hide "
+             "within 'within seed noise')."]
+    for task, by_set in section.items():
+        for set_name, cell in by_set.items():
+            label = TASK_LABEL.get(task, task)
+            lines += ["", f"### {label}: dev and {set_name}", "",
+                      f"| Method | Seeds | dev | {set_name} | gap (dev - {set_name}) |", "|---|---|---|---|---|"]
+            for name, s in cell["summary"].items():
+                lines.append(f"| {name} | {len(s['seeds'])} | {_fmt(s['dev'])} | {_fmt(s['set'])} | "
+                             f"{_fmt(s['gap'])} |")
+            if cell["paired"]:
+                lines += ["", "| On | A | B | Seeds | mean(A-B) | sd | A wins | B wins | p | detectable | verdict |",
+                          "|---|---|---|---|---|---|---|---|---|---|---|"]
+                for c in cell["paired"]:
+                    p = f"{c['p_value']:.3f}" if c["p_value"] is not None else "-"
+                    sd = f"{c['sd_diff']:.2f}" if c["sd_diff"] is not None else "-"
+                    det = f"{c['detectable']:.2f}" if c["detectable"] is not None else "-"
+                    verdict = ("-" if c["p_value"] is None else "beyond seed noise" if c["p_value"] < ALPHA
+                               else "within seed noise")
+                    lines.append(f"| {c['on']} | {c['a']} | {c['b']} | {c['n']} | {c['mean_diff']:+.2f} | {sd} | "
+                                 f"{c['a_wins']} | {c['b_wins']} | {p} | {det} | {verdict} |")
+    return lines
