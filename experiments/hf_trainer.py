@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,12 @@ from data_utils.glue import read_split
 from data_utils.metrics import compute_metrics
 from data_utils.task_def import ConfigError, TaskDef, load_task_defs
 from mt_dnn.cli_utils import run_cli, setup_logging
+from mt_dnn.config import TrainConfig, resolve_lr
+from mt_dnn.flags import Flag, add_flags, given
 from mt_dnn.model import resolve_model
-from mt_dnn.perturbation import REGISTRY, option_flags
+from mt_dnn.perturbation import REGISTRY
+from mt_dnn.runtime import set_threads
+from mt_dnn.train import method_options, train_flags
 
 logger = logging.getLogger(__name__)
 
@@ -42,39 +47,39 @@ def default_glue_dir() -> str:
     return os.environ.get("GLUE_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "glue_data"))
 
 
+# the flags shared with mt_dnn.train, from the same declarations; here --method defaults to rapt, --log_every to 20
+SHARED = ("model", "method", "epochs", "lr", "batch_size", "eval_batch_size", "grad_accumulation_steps",
+          "max_seq_len", "warmup", "weight_decay", "max_train_samples", "max_steps", "precision", "seed", "log_every",
+          "threads")
+DEFAULTS = {"method": "rapt", "log_every": 20}
+
+
+def shared_flags() -> list[Flag]:
+    return [replace(f, default=DEFAULTS.get(f.key, f.default)) for f in train_flags() if f.key in SHARED or f.method]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.hf_trainer",
                                 description="One GLUE task with transformers.Trainer and a regularizer "
-                                            f"({', '.join(REGISTRY)}).")
-    p.add_argument("--model", default=None, help="hub name or local path (default: the packaged all-MiniLM-L6-v2)")
+                                            f"({', '.join(REGISTRY)}).", allow_abbrev=False)
     p.add_argument("--task", default="rte", help="a task of data_utils/glue_tasks.yml (default: rte)")
-    p.add_argument("--method", default="rapt", choices=list(REGISTRY))
     p.add_argument("--glue_dir", default=None, help="GLUE folder (default: $GLUE_DIR, else ../shared/glue_data)")
     p.add_argument("--output_dir", default=None, help="default: runs/hf-<task>-<method>-s<seed>")
-    p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--eval_batch_size", type=int, default=128)
-    p.add_argument("--grad_accumulation_steps", type=int, default=1)
-    p.add_argument("--max_seq_len", type=int, default=128)
-    p.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps (default: 0.1)")
-    p.add_argument("--weight_decay", type=float, default=0.01)
-    p.add_argument("--max_train_samples", type=int, default=None)
-    p.add_argument("--max_steps", type=int, default=-1)
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--log_every", type=int, default=20, help="optimizer steps between training logs (default: 20)")
-    for method, flag, default, meta, field_name in option_flags():
-        kw: dict[str, Any] = {"dest": f"opt__{method}__{field_name}", "default": None,
-                              "help": f"{meta.get('help', '')} (default: {default})"}
-        if isinstance(default, bool):
-            kw["action"] = argparse.BooleanOptionalAction
-        else:
-            kw["type"] = type(default)
-            if meta.get("choices"):
-                kw["choices"] = meta["choices"]
-        p.add_argument(f"--{flag}", **kw)
+    add_flags(p, shared_flags())
     return p
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """The flags (a typed value checked against its declaration, the others at their defaults; --lr resolved as
+    mt_dnn.train resolves it) and --method's options by field name."""
+    args = build_parser().parse_args(argv)
+    flags = shared_flags()
+    typed = given(args, flags)
+    values = {**{f.key: f.default for f in flags if not f.method}, **typed}
+    options = method_options(typed, values["method"])
+    if values["lr"] is None:
+        values["lr"] = resolve_lr(TrainConfig(model=values["model"]))[0]
+    return argparse.Namespace(task=args.task, glue_dir=args.glue_dir, output_dir=args.output_dir, **values), options
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -101,17 +106,8 @@ def tokenized(tokenizer, task: TaskDef, examples, max_len: int) -> _Rows:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    options = {}
-    for method, flag, _, _, field_name in option_flags():
-        value = getattr(args, f"opt__{method}__{field_name}")
-        if value is None:
-            continue
-        if method != args.method:
-            raise ConfigError(f"--{flag} is an option of --method {method}, but --method is {args.method}")
-        options[field_name] = value
-    if os.environ.get("OMP_NUM_THREADS"):
-        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    args, options = parse_args(argv)
+    set_threads(args.threads)
     tasks = load_task_defs()
     if args.task not in tasks:
         raise ConfigError(f"unknown task {args.task!r}; choose one of {', '.join(tasks)}")
@@ -151,10 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         guesses = logits.reshape(len(logits), -1)[:, 0] if regression else logits.argmax(-1)
         return compute_metrics(task.metrics, guesses, np.asarray(pred.label_ids))
 
-    by_steps = args.max_steps > 0  # a --max_steps run is scored once, at its end; else after every epoch
+    by_steps = args.max_steps is not None  # a --max_steps run is scored once, at its end; else after every epoch
     targs = TrainingArguments(
         output_dir=str(out / "trainer"), report_to="none", push_to_hub=False, seed=args.seed,
-        num_train_epochs=args.epochs, max_steps=args.max_steps, learning_rate=args.lr,
+        num_train_epochs=args.epochs, max_steps=args.max_steps or -1, learning_rate=args.lr,
         per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.eval_batch_size,
         gradient_accumulation_steps=args.grad_accumulation_steps, warmup_steps=args.warmup,
         weight_decay=args.weight_decay, max_grad_norm=1.0, lr_scheduler_type="linear",

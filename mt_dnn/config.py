@@ -62,6 +62,9 @@ class TrainConfig:
                                                  "once per epoch), uniform, temperature (p ~ n^(1/T))",
                                  choices=("proportional", "uniform", "temperature"))
     sampling_temperature: float = setting(2.0, "T for --task_sampling temperature", ge=0.1)
+    group_by_length: bool = setting(False, "training batches of rows of similar length (less padding, faster "
+                                           "steps; another batch order, so other numbers): each task's shuffled "
+                                           "rows are cut into groups of 50 batches, sorted by length within a group")
     precision: str = setting("fp32", "fp32, or bf16/fp16 autocast (regularizer divergences stay fp32)",
                              choices=PRECISIONS)
     grad_accumulation_steps: int = setting(1, "micro-batches per optimizer step", ge=1)
@@ -71,7 +74,8 @@ class TrainConfig:
     save_every_steps: int | None = setting(None, "write a resumable checkpoint/ every N steps (and at each epoch "
                                                  "end)", ge=1)
     resume: bool = setting(False, "continue the run in --output_dir from its checkpoint exactly (bit-identical on "
-                                  "CPU); refused if a result-changing setting differs; no checkpoint = fresh start")
+                                  "CPU with the same --threads); refused if a result-changing setting differs; no "
+                                  "checkpoint = fresh start")
     overwrite: bool = setting(False, "replace the run in --output_dir (its checkpoint included); without --resume "
                                      "or --overwrite a folder holding another run is an error")
     log_every: int = setting(50, "log the running loss every N steps", ge=1)

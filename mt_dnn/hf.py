@@ -19,7 +19,6 @@ import contextlib
 import logging
 import statistics
 import time
-from dataclasses import fields
 from typing import Any, Callable, Iterator
 
 import torch
@@ -28,7 +27,7 @@ from transformers import Trainer, TrainerCallback
 
 from data_utils.task_def import ConfigError
 from mt_dnn.encoder_hooks import EncoderHooks, HookedEncoder, LayerCapture, _replace_first, _with_hidden
-from mt_dnn.perturbation import REGISTRY, Regularizer, build_regularizer
+from mt_dnn.perturbation import Regularizer, build_regularizer
 
 logger = logging.getLogger(__name__)
 
@@ -137,13 +136,15 @@ def _forward_replaced(module: nn.Module, fn: Callable[..., Any]) -> Iterator[Cal
             del module.forward
 
 
-def regularized_forward(model: nn.Module, adapter: HFClassifier, reg: Regularizer, inputs: dict
+def regularized_forward(model: nn.Module, adapter: HFClassifier, reg: Regularizer, inputs: dict,
+                        task_loss: Callable[[Any, torch.Tensor], torch.Tensor] | None = None
                         ) -> tuple[Any, torch.Tensor, torch.Tensor, dict[str, float]]:
     """The whole regularized step as one call of ``model`` (the classifier, or the DDP module wrapping it).
 
-    Clean pass with labels -> the classifier's own task loss (batch mean); ``reg(adapter, batch, clean_logits)``
-    -> reg_loss; loss = task_loss + reg.alpha * reg_loss. Returns (output with ``loss`` and the clean ``logits``,
-    task_loss, reg_loss, method logs); task_loss and reg_loss are detached.
+    Clean pass with labels -> the task loss: the classifier's own (batch mean), or ``task_loss(output, labels)``
+    (the Trainer's label smoother); ``reg(adapter, batch, clean_logits)`` -> reg_loss; loss = task_loss +
+    reg.alpha * reg_loss. Returns (output with ``loss`` and the clean ``logits``, task_loss, reg_loss, method
+    logs); task_loss and reg_loss are detached.
     """
     if "labels" not in inputs:
         raise ConfigError("the regularized training step needs labels in the batch (key 'labels')")
@@ -156,8 +157,9 @@ def regularized_forward(model: nn.Module, adapter: HFClassifier, reg: Regularize
         with reg.clean_pass(adapter, batch):
             out = adapter.outputs(batch, with_labels=True)
         reg_loss, logs = reg(adapter, batch, adapter.logits_of(out, batch))
-        saved.update(task=out.loss.detach(), reg=reg_loss.detach(), logs=logs)
-        out.loss = out.loss + reg.alpha * reg_loss
+        task = out.loss if task_loss is None else task_loss(out, batch["labels"])
+        saved.update(task=task.detach(), reg=reg_loss.detach(), logs=logs)
+        out.loss = task + reg.alpha * reg_loss
         return out
 
     with _forward_replaced(adapter.model, step) as previous:
@@ -169,14 +171,6 @@ def regularized_forward(model: nn.Module, adapter: HFClassifier, reg: Regularize
     return out, saved["task"], saved["reg"], saved["logs"]
 
 
-def normalise_options(name: str, options: dict[str, Any] | None) -> dict[str, Any]:
-    """Options by the CLI's names (``--r3f_lambda`` -> ``lambda``) or the dataclass's (``lambda_``)."""
-    if name not in REGISTRY:
-        return dict(options or {})
-    valid = {f.name for f in fields(REGISTRY[name].Options)}
-    return {(k + "_" if k not in valid and k + "_" in valid else k): v for k, v in (options or {}).items()}
-
-
 class RegularizedTrainer(Trainer):
     """``transformers.Trainer`` with a training regularizer: loss = task_loss + alpha * reg_loss.
 
@@ -185,8 +179,11 @@ class RegularizedTrainer(Trainer):
     ``step_size``, ``lambda``, ...); ``seed``: RAPT's layer draw is a function of (seed, optimizer step,
     micro-batch index within the accumulation), the same on every rank.
 
-    The task loss is the classifier's own (cross-entropy, or MSE for ``num_labels == 1``), a mean over the
-    micro-batch like the regularizer term; ``num_items_in_batch`` is not used and the Trainer divides each
+    The task loss is the classifier's own (cross-entropy, or MSE for ``num_labels == 1``), with the Trainer's
+    label smoothing when ``args.label_smoothing_factor`` is set (classification only: refused on a regression
+    head); a custom ``compute_loss_func`` is refused. It is a mean over the micro-batch like the regularizer term;
+    ``num_items_in_batch`` is not used (so ``average_tokens_across_devices`` has nothing to rescale) and the Trainer
+    divides each
     micro-batch's loss by the number of accumulation steps (``loss_is_scaled_for_ga = False``, and
     ``model_accepts_loss_kwargs = False`` for versions of transformers that decide from that). Training logs
     carry ``task_loss`` and ``reg_loss`` (means over the micro-batches since the last log, averaged over ranks)
@@ -197,7 +194,10 @@ class RegularizedTrainer(Trainer):
 
     def __init__(self, *args: Any, method: str = "rapt", method_options: dict[str, Any] | None = None,
                  seed: int = 0, **kwargs: Any):
-        self.regularizer = build_regularizer(method, normalise_options(method, method_options), seed)
+        if kwargs.get("compute_loss_func") is not None:
+            raise ConfigError("RegularizedTrainer computes its own loss (task_loss + alpha * reg_loss): "
+                              "compute_loss_func is not supported")
+        self.regularizer = build_regularizer(method, method_options, seed)
         self.method = method
         self._adapter: HFClassifier | None = None
         self._micro_of: int | None = None  # the optimizer step the micro-batch counter belongs to
@@ -216,6 +216,10 @@ class RegularizedTrainer(Trainer):
         if self._adapter is None or self._adapter.model is not inner:
             self._adapter = HFClassifier(inner)
             self.regularizer.check(self._adapter)
+            smoothing = self.args.label_smoothing_factor
+            if smoothing and self._adapter.reg_loss_kind({}) == "mse":
+                raise ConfigError(f"label_smoothing_factor {smoothing} smooths class labels; this is a regression "
+                                  f"head (num_labels 1): set it to 0")
         return self._adapter
 
     def train(self, *args: Any, **kwargs: Any):
@@ -234,7 +238,8 @@ class RegularizedTrainer(Trainer):
             self._micro += 1
         reg = self.regularizer
         reg.step, reg.micro = step, self._micro
-        out, task_loss, reg_loss, logs = regularized_forward(model, self.adapter(model), reg, inputs)
+        out, task_loss, reg_loss, logs = regularized_forward(model, self.adapter(model), reg, inputs,
+                                                             self.label_smoother)
         self._record(task_loss, reg_loss, logs)
         return (out.loss, out) if return_outputs else out.loss
 

@@ -14,14 +14,15 @@ the Hugging Face classifier wrapper in ``mt_dnn.hf``): ``model(batch) -> logits 
 ``hidden_size``; ``reg_loss_kind(batch) -> "sym_kl" | "mse"``; the context managers ``perturb(layer, fn)``,
 ``perturb_token_embeddings(fn)`` and ``capture(layer)``; and ``logits_from(capture, hidden, batch)``.
 
-A method's options are a dataclass, ``Options``; every field ``f`` becomes the CLI flag ``--<name>_<f>``.
-Adding a method is one class here and nothing else.
+A method's options are a dataclass, ``Options``, whose fields are declared with ``mt_dnn.flags.setting`` (help,
+choices, valid range); each becomes the CLI flag ``--<name>_<option>``. Adding a method is one class here and
+nothing else.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -29,6 +30,7 @@ import torch
 
 from data_utils.task_def import ConfigError
 from mt_dnn import losses
+from mt_dnn.flags import Flag, declared, setting
 from mt_dnn.model import MultiTaskModel
 
 logger = logging.getLogger(__name__)
@@ -50,27 +52,23 @@ def method_names() -> list[str]:
     return list(REGISTRY)
 
 
+def option_flags(name: str) -> tuple[Flag, ...]:
+    """The flags of method ``name``'s options (``--rapt_eta``, ...)."""
+    return declared(REGISTRY[name].Options, name)
+
+
 def build_regularizer(name: str, options: dict[str, Any] | None = None, seed: int = 0) -> "Regularizer":
-    """The method ``name`` with its options (defaults for anything not given)."""
+    """The method ``name`` with its options, each by its option name (``lambda``) or field name (``lambda_``) and
+    checked against its declaration (type, choices, range); defaults for anything not given."""
     if name not in REGISTRY:
         raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(REGISTRY)}")
-    cls = REGISTRY[name]
-    valid = {f.name for f in fields(cls.Options)}
-    unknown = sorted(set(options or {}) - valid)
+    flags = {k: f for f in option_flags(name) for k in (f.name, f.field)}
+    unknown = sorted(set(options or {}) - set(flags))
     if unknown:
         raise ConfigError(f"method {name} has no option(s) {', '.join(unknown)}; "
-                          f"its options: {', '.join(sorted(valid)) or 'none'}")
-    opts = cls.Options(**(options or {}))
-    for f in fields(opts):
-        choices = f.metadata.get("choices")
-        if choices and getattr(opts, f.name) not in choices:
-            raise ConfigError(f"--{name}_{f.name.rstrip('_')} is {getattr(opts, f.name)!r}; "
-                              f"choose one of {', '.join(map(str, choices))}")
-    return cls(opts, seed)
-
-
-def _opt(default, help: str, choices: tuple | None = None):
-    return field(default=default, metadata={"help": help, **({"choices": choices} if choices else {})})
+                          f"its options: {', '.join(f.name for f in option_flags(name)) or 'none'}")
+    values = {flags[k].field: flags[k].parse(v) for k, v in (options or {}).items()}
+    return REGISTRY[name](REGISTRY[name].Options(**values), seed)
 
 
 def _zero(device: torch.device) -> torch.Tensor:
@@ -141,19 +139,19 @@ class Rapt(Regularizer):
 
     @dataclass
     class Options:
-        alpha: float = _opt(1.0, "weight of the clean-vs-noisy divergence")
-        eta: float = _opt(2.0, "inf-norm of the noise (paper: 0.01, 1.5, 2, 2.3, 2.5)")
-        max_layer: int = _opt(3, "r is drawn from 1..max_layer; 0 = embedding output only (RAPT Embedding)")
-        norm: str = _opt("example", "scale the noise per example (Algorithm 1) or per token", ("example", "token"))
-        share_lower_layers: bool = _opt(False, "noisy pass re-runs only the blocks above r on the clean pass's "
-                                               "state (faster; shares dropout masks below r: a variant)")
+        alpha: float = setting(1.0, "weight of the clean-vs-noisy divergence", ge=0)
+        eta: float = setting(2.0, "inf-norm of the noise (paper: 0.01, 1.5, 2, 2.3, 2.5)", ge=0)
+        max_layer: int = setting(3, "r is drawn from 1..max_layer; 0 = embedding output only (RAPT Embedding)",
+                                 ge=0)
+        norm: str = setting("example", "scale the noise per example (Algorithm 1) or per token",
+                            choices=("example", "token"))
+        share_lower_layers: bool = setting(False, "noisy pass re-runs only the blocks above r on the clean pass's "
+                                                  "state (faster; shares dropout masks below r: a variant)")
 
     def check(self, model: MultiTaskModel) -> None:
         if not 0 <= self.options.max_layer <= model.num_layers:
             raise ConfigError(f"--rapt_max_layer {self.options.max_layer} is outside 0..{model.num_layers} "
                               f"(this encoder has {model.num_layers} layers)")
-        if self.options.eta < 0:
-            raise ConfigError("--rapt_eta must be >= 0")
 
     def layer_for_step(self, step: int, micro: int = 0) -> int:
         """r as a function of (seed, optimizer step, micro-batch index) only: the same on every rank."""
@@ -220,19 +218,19 @@ class Smart(Regularizer):
 
     @dataclass
     class Options:
-        alpha: float = _opt(1.0, "weight of the adversarial term")
-        noise_var: float = _opt(1e-5, "scale of the initial noise N(0, 1) * noise_var")
-        step_size: float = _opt(1e-3, "ascent step size (normalize: on MT-DNN's scale, the inner objective summed "
-                                      "over the batch; ball: along the normalised gradient)")
-        k: int = _opt(1, "number of ascent steps")
-        norm: str = _opt("inf", "normalisation of the step: per-token inf-norm, l2-norm, or sign (l1)",
-                         ("inf", "l2", "l1"))
-        epsilon: float = _opt(1e-6, "guards the normalising division")
-        projection: str = _opt("normalize", "normalize (MT-DNN: delta <- normalise(delta + step_size * g), g of the "
-                                            "batch-summed objective) or ball (SMART paper: step along normalise(g), "
-                                            "clipped to the inf-ball of --smart_radius)",
-                               ("normalize", "ball"))
-        radius: float = _opt(1e-5, "inf-norm radius of the ball projection")
+        alpha: float = setting(1.0, "weight of the adversarial term", ge=0)
+        noise_var: float = setting(1e-5, "scale of the initial noise N(0, 1) * noise_var", ge=0)
+        step_size: float = setting(1e-3, "ascent step size (normalize: on MT-DNN's scale, the inner objective "
+                                         "summed over the batch; ball: along the normalised gradient)", ge=0)
+        k: int = setting(1, "number of ascent steps", ge=1)
+        norm: str = setting("inf", "normalisation of the step: per-token inf-norm, l2-norm, or sign (l1)",
+                            choices=("inf", "l2", "l1"))
+        epsilon: float = setting(1e-6, "guards the normalising division", gt=0)
+        projection: str = setting("normalize", "normalize (MT-DNN: delta <- normalise(delta + step_size * g), g of "
+                                               "the batch-summed objective) or ball (SMART paper: step along "
+                                               "normalise(g), clipped to the inf-ball of --smart_radius)",
+                                  choices=("normalize", "ball"))
+        radius: float = setting(1e-5, "inf-norm radius of the ball projection", ge=0)
 
     def __init__(self, options, seed=0):
         super().__init__(options, seed)
@@ -247,10 +245,6 @@ class Smart(Regularizer):
     @skipped.setter
     def skipped(self, value: int) -> None:
         self._skipped_before, self._skipped_since = int(value), None
-
-    def check(self, model):
-        if self.options.k < 1:
-            raise ConfigError("--smart_k must be >= 1")
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """Per token (last dim): x / (||x||_inf + eps), x / (||x||_2 + eps), or sign(x)."""
@@ -318,9 +312,10 @@ class R3f(Regularizer):
 
     @dataclass
     class Options:
-        lambda_: float = _opt(1.0, "weight of the symmetric KL (no term on regression tasks)")
-        eps: float = _opt(1e-5, "noise scale")
-        noise: str = _opt("uniform", "U(-eps, eps) or N(0, eps^2)", ("uniform", "normal"))
+        lambda_: float = setting(1.0, "weight of the symmetric KL (no term on regression tasks)", ge=0,
+                                 flag="lambda")
+        eps: float = setting(1e-5, "noise scale", ge=0)
+        noise: str = setting("uniform", "U(-eps, eps) or N(0, eps^2)", choices=("uniform", "normal"))
 
     def __call__(self, model, batch, clean_logits):
         o = self.options
@@ -338,11 +333,3 @@ class R3f(Regularizer):
             noisy = model(batch)
         return losses.sym_kl_both(clean_logits, noisy), {}
 
-
-def option_flags() -> list[tuple[str, str, Any, dict, str]]:
-    """(method, flag, default, metadata, field name) for every method option: ``--<method>_<option>``."""
-    out = []
-    for name, cls in REGISTRY.items():
-        for f in fields(cls.Options):
-            out.append((name, f"{name}_{f.name.rstrip('_')}", f.default, dict(f.metadata), f.name))
-    return out

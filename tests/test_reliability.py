@@ -149,7 +149,7 @@ def test_kill_during_save_leaves_previous_checkpoint(tmp_path, glue_dir, tiny_mo
     lines = (out / "metrics.jsonl").read_text().splitlines(keepends=True)
     (out / "metrics.jsonl").write_text("".join(lines[:-1]))  # unfinished: resumable
     parser, argv = build_parser(), [*args, "--resume"]
-    trainer = Trainer(config_from_args(parser.parse_args(argv), parser, argv))
+    trainer = Trainer(config_from_args(parser.parse_args(argv)))
     trainer.setup()
 
     def boom(*a, **k):

@@ -130,11 +130,11 @@ def test_config_file_gives_defaults_and_flags_win(tmp_path):
     cfg_file.write_text("tasks: mrpc\nmethod: rapt\nrapt_eta: 1.5\nlr: 0.0001\nepochs: 5\n")
     argv = ["--config", str(cfg_file), "--epochs", "2", "--glue_dir", "g"]
     parser = build_parser()
-    cfg = config_from_args(parser.parse_args(argv), parser, argv)
+    cfg = config_from_args(parser.parse_args(argv))
     assert (cfg.tasks, cfg.method, cfg.lr, cfg.epochs) == ("mrpc", "rapt", 1e-4, 2)
     assert cfg.method_options == {"eta": 1.5}
     bad = tmp_path / "bad.yml"
     bad.write_text("learning_rate: 1\n")
     argv = ["--config", str(bad)]
     with pytest.raises(Exception, match="unknown key"):
-        config_from_args(parser.parse_args(argv), parser, argv)
+        config_from_args(parser.parse_args(argv))

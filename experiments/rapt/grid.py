@@ -16,6 +16,7 @@ import yaml
 
 from data_utils import atomic
 from data_utils.task_def import ConfigError, load_task_defs, select_tasks
+from mt_dnn.flags import check_mapping
 from mt_dnn.run_folder import NOT_RESULT
 
 GRID_KEYS = {"tasks", "seeds", "flags", "task_flags", "methods", "best_of", "model", "glue_dir"}
@@ -105,7 +106,9 @@ def _mapping(value: Any, what: str) -> dict:
 
 
 def load_grid(path: str | Path) -> Grid:
-    """Read and check a grid file (unknown keys, task names, method names, reserved flags)."""
+    """Read and check a grid file (unknown keys, task names, method names, reserved flags, each flag's value)."""
+    from mt_dnn.train import train_flags
+
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -162,6 +165,7 @@ def load_grid(path: str | Path) -> Grid:
         taken = sorted(RESERVED & set(fl))
         if taken:
             raise ConfigError(f"{path}: {where} sets {', '.join(taken)}, which the campaign sets itself")
+        check_mapping(fl, train_flags(), f"{path}: {where}")  # each value's type, choices and range
     best_of = {}
     for name, members in _mapping(data.get("best_of"), f"{path}: best_of").items():
         missing = [m for m in members or [] if m not in methods]
@@ -214,7 +218,7 @@ def _parse_train_flags(parser: argparse.ArgumentParser, argv: list[str], where: 
         msg = lines[-1].split("error: ", 1)[-1] if lines else "bad flags"
         raise ConfigError(f"{where}: {msg}") from None
     try:
-        cfg = config_from_args(args, parser)
+        cfg = config_from_args(args)
         cfg.validate()
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
@@ -223,13 +227,16 @@ def _parse_train_flags(parser: argparse.ArgumentParser, argv: list[str], where: 
 
 def identity_of(cfg, given: dict[str, Any]) -> dict[str, Any]:
     """The flags the grid gave, as mt_dnn.train resolved them (``3e-5`` and ``3.0e-05`` are one value)."""
+    from mt_dnn.perturbation import option_flags
+
     train_fields = {f.name for f in dataclasses.fields(cfg)}
     ident: dict[str, Any] = {"method": cfg.method}
     for key in given:
         if key in train_fields and key not in NOT_IDENTITY and key != "method":
             ident[key] = getattr(cfg, key)
+    key_of = {f.field: f.key for f in option_flags(cfg.method)}
     for opt, value in cfg.method_options.items():
-        ident[f"{cfg.method}_{opt.rstrip('_')}"] = value
+        ident[key_of[opt]] = value
     return dict(sorted(ident.items()))
 
 
