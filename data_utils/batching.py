@@ -45,14 +45,33 @@ def collate(features: Features, rows: list[int], pad_id: int, regression: bool) 
     return batch
 
 
-def eval_batches(features: Features, batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:
-    """Row ids for evaluation: sorted by length (little padding), this rank's share (rows rank::world_size).
+EVAL_CHUNK_ROWS = 10_000  # rows sorted together for evaluation batches: the sort never holds more than this
 
-    Rows of equal length keep their order (a stable sort), so the batches depend only on the features.
+
+def eval_batches(features: Features, batch_size: int, rank: int = 0, world_size: int = 1,
+                 max_tokens: int | None = None, chunk_rows: int | None = None) -> Iterator[list[int]]:
+    """Row ids of evaluation batches, one batch at a time: this rank's rows (rank::world_size) taken in chunks of
+    ``chunk_rows`` (default ``EVAL_CHUNK_ROWS``), each chunk sorted by length (little padding) and cut into
+    batches of at most ``batch_size`` rows and, with ``max_tokens``, at most that many padded tokens (rows times
+    the longest row; a longer row is a batch of its own).
+
+    Rows of equal length keep their order (a stable sort), so the batches depend only on the features; the
+    memory of the sort is one chunk's, whatever the number of rows.
     """
-    rows = np.arange(rank, len(features), world_size, dtype=np.int64)
-    rows = rows[np.argsort(features.row_lengths[rows], kind="stable")]
-    return [rows[i: i + batch_size].tolist() for i in range(0, len(rows), batch_size)]
+    step = world_size * (chunk_rows or EVAL_CHUNK_ROWS)
+    for start in range(rank, len(features), step):
+        rows = np.arange(start, min(start + step, len(features)), world_size, dtype=np.int64)
+        lens = features.offsets[rows + 1] - features.offsets[rows]
+        order = np.argsort(lens, kind="stable")
+        rows, lens = rows[order], lens[order]
+        i = 0
+        while i < len(rows):
+            n = min(batch_size, len(rows) - i)
+            if max_tokens is not None:  # lengths ascend, so k rows from i pad to lens[i + k - 1]
+                fits = np.arange(1, n + 1) * lens[i: i + n] <= max_tokens
+                n = max(1, int(fits.sum()))
+            yield rows[i: i + n].tolist()
+            i += n
 
 
 def task_probabilities(sizes: dict[str, int], sampling: str, temperature: float) -> dict[str, float]:
@@ -67,6 +86,9 @@ def task_probabilities(sizes: dict[str, int], sampling: str, temperature: float)
         raise ValueError(f"unknown task sampling {sampling!r}; choose one of {', '.join(SAMPLING_CHOICES)}")
     total = sum(weights.values())
     return {t: w / total for t, w in weights.items()}
+
+
+GROUP_BATCHES = 50  # --group_by_length sorts runs of this many batches (transformers' length-grouped sampler: 50)
 
 
 @dataclass
@@ -88,7 +110,8 @@ class MultiTaskSampler:
     """
 
     def __init__(self, sizes: dict[str, int], batch_size: int, seed: int, sampling: str = "proportional",
-                 temperature: float = 1.0, rank: int = 0, world_size: int = 1):
+                 temperature: float = 1.0, rank: int = 0, world_size: int = 1,
+                 lengths: dict[str, np.ndarray] | None = None):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.sizes = dict(sizes)
@@ -100,6 +123,10 @@ class MultiTaskSampler:
         self.world_size = world_size
         self.probs = task_probabilities(self.sizes, sampling, temperature)
         self.state = SamplerState()
+        # group by length: each task's row lengths (n_t,); None keeps plain shuffled batches
+        self.lengths = None if lengths is None else {t: np.asarray(v) for t, v in lengths.items()}
+        if self.lengths is not None and any(len(self.lengths[t]) != n for t, n in self.sizes.items()):
+            raise ValueError("lengths must give one length per row of every task")
 
     @property
     def global_batch(self) -> int:
@@ -108,8 +135,16 @@ class MultiTaskSampler:
     def steps_per_epoch(self) -> int:
         return sum(math.ceil(n / self.global_batch) for n in self.sizes.values())
 
-    def _task_batches(self, rng: np.random.Generator, n: int) -> list[np.ndarray]:
+    def _task_batches(self, rng: np.random.Generator, n: int, task: str) -> list[np.ndarray]:
+        """One pass over a task's rows as global batches: a random permutation cut into batches; with lengths,
+        each run of ``GROUP_BATCHES`` batches of the permutation is first sorted by length (longest first), so a
+        batch holds rows of similar length while which rows meet stays random."""
         perm = rng.permutation(n)
+        if self.lengths is not None:
+            group = GROUP_BATCHES * self.global_batch
+            lens = self.lengths[task]
+            perm = np.concatenate([g[np.argsort(-lens[g], kind="stable")]
+                                   for g in (perm[i: i + group] for i in range(0, n, group))]) if n else perm
         return [perm[i: i + self.global_batch] for i in range(0, n, self.global_batch)]
 
     def epoch_plan(self, epoch: int) -> list[tuple[str, np.ndarray]]:
@@ -117,7 +152,7 @@ class MultiTaskSampler:
         rng = np.random.default_rng([self.seed, epoch])
         names = sorted(self.sizes)
         if self.sampling == "proportional":
-            plan = [(t, b) for t in names for b in self._task_batches(rng, self.sizes[t])]
+            plan = [(t, b) for t in names for b in self._task_batches(rng, self.sizes[t], t)]
             order = rng.permutation(len(plan))
             return [plan[i] for i in order]
         steps = self.steps_per_epoch()
@@ -128,7 +163,7 @@ class MultiTaskSampler:
         for k in draws:
             t = names[k]
             if not queues[t]:
-                queues[t] = self._task_batches(rng, self.sizes[t])
+                queues[t] = self._task_batches(rng, self.sizes[t], t)
             plan.append((t, queues[t].pop(0)))
         return plan
 

@@ -42,10 +42,12 @@ RUNTIME = "runtime"  # how the run is carried out (logging, saving, device, when
 # gave up may be resumed with a higher limit.
 ROLES = {
     "tasks": RESULT, "method": RESULT, "method_options": RESULT, "glue_dir": PLACE, "output_dir": PLACE,
-    "model": RESULT, "task_def": RESULT, "cache_dir": PLACE, "robustness_dir": PLACE, "bad_rows": RESULT, "max_seq_len": RESULT,
+    "model": RESULT, "task_def": RESULT, "cache_dir": PLACE, "robustness_dir": PLACE, "bad_rows": RESULT,
+    "max_seq_len": RESULT,
     "max_train_samples": RESULT, "pooling": RESULT, "epochs": RESULT, "max_steps": RESULT, "batch_size": RESULT,
     "eval_batch_size": RUNTIME, "lr": RESULT, "weight_decay": RESULT, "warmup": RESULT, "clip": RESULT,
     "optimizer": RESULT, "seed": RESULT, "no_eval": RESULT, "task_sampling": RESULT, "sampling_temperature": RESULT,
+    "group_by_length": RESULT,
     "precision": RESULT, "grad_accumulation_steps": RESULT, "init_checkpoint": RESULT, "max_bad_steps": RUNTIME,
     "save_every_steps": RUNTIME, "resume": RUNTIME, "overwrite": RUNTIME, "log_every": RUNTIME, "device": RUNTIME,
     "tf32": RUNTIME, "world_size": RESULT,

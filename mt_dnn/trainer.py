@@ -148,8 +148,10 @@ class Trainer:
         self.wrapped: nn.Module = self.step_module
         if self.world_size > 1:  # the whole regularized step is one forward of the wrapped module
             self.wrapped = runtime.wrap_ddp(self.step_module, self.device, len(self.model.heads))
+        lengths = {t: np.diff(f.offsets) for t, f in self.train_data.items()} if cfg.group_by_length else None
         self.sampler = MultiTaskSampler({t: len(f) for t, f in self.train_data.items()}, cfg.batch_size, cfg.seed,
-                                        cfg.task_sampling, cfg.sampling_temperature, self.rank, self.world_size)
+                                        cfg.task_sampling, cfg.sampling_temperature, self.rank, self.world_size,
+                                        lengths)
         micro_per_epoch = self.sampler.steps_per_epoch()
         self.steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accumulation_steps)
         self.total_steps = cfg.max_steps or self.steps_per_epoch * cfg.epochs
