@@ -239,7 +239,7 @@ def test_resume_on_a_distributed_rank():
 def test_eval_batches_cover_every_row_sorted_by_length():
     feats = _fake_features(53)
     lengths = feats.lengths()
-    batches = eval_batches(feats, 8)
+    batches = list(eval_batches(feats, 8))
     rows = [r for b in batches for r in b]
     assert sorted(rows) == list(range(53))
     assert [lengths[r] for r in rows] == sorted(lengths)
@@ -261,8 +261,8 @@ def test_eval_batches_rank_slices_partition_the_rows(world_size):
 
 def test_eval_batches_more_ranks_than_rows():
     feats = _fake_features(2)
-    assert eval_batches(feats, 4, rank=3, world_size=4) == []
-    assert eval_batches(feats, 4, rank=1, world_size=4) == [[1]]
+    assert list(eval_batches(feats, 4, rank=3, world_size=4)) == []
+    assert list(eval_batches(feats, 4, rank=1, world_size=4)) == [[1]]
 
 
 def test_rank_slice_contiguous():
