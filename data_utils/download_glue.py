@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Sequence
 
+from data_utils import atomic
 from data_utils.glue import DataError, read_split, split_path
 from data_utils.task_def import ConfigError, TaskDef, load_task_defs
 
@@ -166,7 +167,7 @@ def fetch(url: str, dest: Path, retries: int = 3, backoff: float = 1.0, timeout:
             logger.warning("%s: %s; retrying in %.1fs (%d/%d)", url, exc, wait, attempt + 1, retries)
             sleep(wait)
             continue
-        os.replace(part, dest)
+        atomic.commit(part, dest)
         return dest
     raise AssertionError("unreachable")
 
@@ -266,7 +267,7 @@ def build_mrpc(mrpc_dir: Path) -> None:
     if len(dev_out) - 1 != len(dev_ids):
         raise DownloadError(f"{ids_src}: {len(dev_ids)} dev pairs but {len(dev_out) - 1} found in {train_src.name}")
     for name, lines in (("train.tsv", train_out), ("dev.tsv", dev_out), ("test.tsv", test_out)):
-        (mrpc_dir / name).write_bytes(("\n".join(lines) + "\n").encode("utf-8"))
+        atomic.write_bytes(mrpc_dir / name, ("\n".join(lines) + "\n").encode("utf-8"))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -321,7 +322,9 @@ def download_task(task: TaskDef, data_dir: str | Path, base_url: str = DEFAULT_B
                 os.replace(downloads[2], root / "dev_ids.tsv")
                 build_mrpc(root)
         check_task_dir(tmp, task)
+        atomic.fsync_tree(root)
         os.replace(root, final)
+        atomic.fsync_dir(final.parent)
     except Exception:
         for dest in downloads:  # a bad download would fail again: drop it so the next run fetches it afresh
             _remove(dest)

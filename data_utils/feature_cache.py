@@ -9,13 +9,12 @@ arrays, the row count against the source file, label and id ranges; a file that 
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from data_utils import atomic
 from data_utils.flat_rows import Features
 from data_utils.task_def import SplitDef, TaskDef
 
@@ -46,16 +45,8 @@ def save(features: Features, path: Path, key: str, skipped: list[tuple[int, str]
         "indices": indices,
         "skipped": [[line, reason] for line, reason in skipped],
     }
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
+    with atomic.atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _need(cond: bool, what: str) -> None:

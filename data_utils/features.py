@@ -197,6 +197,18 @@ def load_features(glue_dir: str | Path, task: TaskDef, split: SplitDef, tokenize
     return features
 
 
+def data_fingerprint(glue_dir: str | Path, tasks: Iterable[TaskDef], with_dev: bool) -> dict[str, str]:
+    """What a training reads, as ``{"rte/train": sha256 prefix, ...}``: each task's train split and, when it
+    evaluates, its dev splits (the digests the feature cache is keyed by). A run records it, and ``--resume``
+    refuses data that changed since."""
+    out: dict[str, str] = {}
+    for task in tasks:
+        for split in task.splits_of("train")[:1] + (task.splits_of("dev") if with_dev else []):
+            digest, _ = file_digest(split_path(glue_dir, task, split), task, split)
+            out[f"{task.name}/{split.name}"] = digest.hex()[:16]
+    return out
+
+
 def save_pending(pending: list) -> None:
     """Write the cache files that :func:`load_features` deferred."""
     for features, cache_file, key, skipped in pending:

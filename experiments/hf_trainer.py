@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_utils import atomic
 from data_utils.batching import seeded_subset
 from data_utils.glue import read_split
 from data_utils.metrics import compute_metrics
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                "train_seconds": round(train_seconds, 2),
                "median_step_seconds": timer.median(), "step_seconds": [round(t, 4) for t in timer.times],
                "dev": dev, "log_history": trainer.state.log_history}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic.write_text(out / "summary.json", json.dumps(summary, indent=2))
     for row in dev:
         logger.info("dev epoch %s: %s", row["epoch"], {m: round(row[m], 4) for m in task.metrics})
     logger.info("train %.1f s, median step %.3f s; model in %s", train_seconds, timer.median() or 0.0,

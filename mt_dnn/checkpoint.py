@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data_utils import atomic
 from data_utils.task_def import ConfigError
-from mt_dnn.model import swap_in
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def write(out: Path, model: torch.nn.Module, state: dict) -> None:
         tmp.mkdir(parents=True)
         save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS))
         torch.save(state, tmp / STATE)
-        swap_in(tmp, final)
+        atomic.replace_dir(tmp, final)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         kept = "; the previous checkpoint is kept" if had else ""

@@ -10,15 +10,17 @@ import inspect
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from data_utils import atomic
 from data_utils.task_def import ConfigError, TaskDef
 from mt_dnn.encoder_hooks import EncoderHooks, HookedEncoder, LayerCapture
 from mt_dnn.heads import build_head
-from mt_dnn.saved_model import find_model_dir, load_weights, read_model_dir  # noqa: F401 (find_model_dir re-exported)
+from mt_dnn.saved_model import find_model_dir, load_weights, read_model_dir, read_whole  # noqa: F401 (re-export)
 
 logger = logging.getLogger(__name__)
 
@@ -146,27 +148,6 @@ class MultiTaskModel(HookedEncoder, nn.Module):
 
 # ---- saving and loading a trained model -----------------------------------------------------------------
 
-def swap_in(tmp: Path, final: Path) -> None:
-    """Publish a fully written folder ``tmp`` as ``final`` by renames, so a kill never leaves a broken one.
-
-    The old ``final`` is moved to ``final.old`` first and removed last; readers fall back to ``.old`` if a
-    kill lands between the two renames.
-    """
-    import os
-    import shutil
-
-    for f in tmp.rglob("*"):  # make the bytes durable before the rename publishes them
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    old = final.with_name(final.name + ".old")
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def save_model(model: MultiTaskModel, tokenizer, tasks: list[TaskDef], out_dir: str | Path,
                extra: dict | None = None) -> None:
     """Write ``out_dir/``: encoder config + tokenizer (``encoder/``), all weights (``model.safetensors``),
@@ -177,8 +158,6 @@ def save_model(model: MultiTaskModel, tokenizer, tasks: list[TaskDef], out_dir: 
 
     final = Path(out_dir)
     out = final.with_name(f"{final.name}.tmp-{os.getpid()}")  # this process's own: two writers never share one
-    import shutil
-
     shutil.rmtree(out, ignore_errors=True)
     (out / "encoder").mkdir(parents=True, exist_ok=True)
     model.encoder.config.save_pretrained(out / "encoder")
@@ -189,15 +168,21 @@ def save_model(model: MultiTaskModel, tokenizer, tasks: list[TaskDef], out_dir: 
     meta = {"pooling": model.pooling, "tasks": [t.name for t in tasks],
             "heads": sorted(model.heads.keys()),
             "labels": {t.name: list(t.labels) if t.labels else None for t in tasks}, **(extra or {})}
-    (out / "model.json").write_text(json.dumps(meta, indent=2))
-    swap_in(out, final)
+    atomic.write_json(out / "model.json", meta)
+    atomic.replace_dir(out, final)
 
 
 def load_model(model_dir: str | Path):
     """Rebuild a saved model (no unpickling: safetensors + JSON + YAML). Returns (model, tokenizer, tasks).
 
-    A missing or damaged file of the folder is a one-line :class:`ConfigError` naming it.
+    ``model_dir``: a saved model folder or a run folder (its ``best/``). A missing or damaged file of the folder
+    is a one-line :class:`ConfigError` naming it; a folder that a training replaces meanwhile gives the old model
+    or the new one, whole (:func:`mt_dnn.saved_model.read_whole`).
     """
+    return read_whole(model_dir, _load_model)
+
+
+def _load_model(model_dir: Path):
     from transformers import AutoModel
 
     saved = read_model_dir(model_dir)

@@ -39,7 +39,9 @@ def _worker(rank: int, world: int, port: int, jobs: list[dict]) -> None:
     dist.init_process_group("gloo", timeout=timedelta(seconds=40))
     import mt_dnn.trainer as tr
     from mt_dnn.cli_utils import run_cli
+    from mt_dnn.step import TrainStep
     from mt_dnn.train import main
+    from tests.faults import nan_loss
 
     setup, train, save = tr.Trainer.setup, tr.Trainer.train, tr.Trainer.save_checkpoint
     job: dict = {}
@@ -65,15 +67,15 @@ def _worker(rank: int, world: int, port: int, jobs: list[dict]) -> None:
             raise _Stop()
 
     tr.Trainer.setup, tr.Trainer.train, tr.Trainer.save_checkpoint = setup_and_record, train_and_dump, save_then_stop
+    forward = TrainStep.forward
     for job in jobs:
         Path(job["dump"]).mkdir(parents=True, exist_ok=True)
-        os.environ.update(job.get("env", {}))
+        nan = job.get("nan", {})  # a NaN loss at a step, on one rank only
+        TrainStep.forward = nan_loss(forward, at=nan["at"]) if nan.get("rank") == rank else forward
         try:
             rc = str(run_cli(main, job["argv"]))
         except _Stop:
             rc = "stopped"
-        for key in job.get("env", {}):
-            del os.environ[key]
         (Path(job["dump"]) / f"rc{rank}").write_text(rc)
     dist.barrier()  # leave together: gloo can abort a rank whose peer tears the group down first
     dist.destroy_process_group()
@@ -98,15 +100,15 @@ def runs(tmp_path_factory, tiny_model_dir):
     def argv(name, *extra):
         return _argv(glue, tiny_model_dir, root / name, root / "cache", *extra)
 
-    nan = {"MT_DNN_NAN_AT_STEP": "1", "MT_DNN_NAN_RANK": "1"}
+    nan = {"at": {1}, "rank": 1}
     # the single-head run goes first (DDP warns about a needless search for unused parameters once per process)
     jobs = [{"dump": str(root / "d_one_head"), "argv": argv("one_head", "--max_steps", "2", "--no_eval",
                                                             "--method", "smart")},
             {"dump": str(root / "d_two_heads"),
              "argv": [*argv("two_heads", "--max_steps", "3", "--no_eval", "--method", "rapt", "--rapt_max_layer", "2",
                             "--rapt_share_lower_layers"), "--tasks", "rte,mrpc"]},
-            {"dump": str(root / "d_nan1"), "env": nan, "argv": argv("nan1", "--max_steps", "3", "--no_eval")},
-            {"dump": str(root / "d_nan2"), "env": nan,
+            {"dump": str(root / "d_nan1"), "nan": nan, "argv": argv("nan1", "--max_steps", "3", "--no_eval")},
+            {"dump": str(root / "d_nan2"), "nan": nan,
              "argv": argv("nan2", "--max_steps", "3", "--no_eval", "--grad_accumulation_steps", "2")},
             {"dump": str(root / "d_alone"), "argv": argv("alone", *RESUME_FLAGS)},
             {"dump": str(root / "d_first"), "argv": argv("killed", *RESUME_FLAGS), "stop_at": 2},

@@ -15,8 +15,10 @@ import yaml
 from safetensors.torch import load_file
 
 from data_utils.task_def import load_task_defs
+from mt_dnn.step import TrainStep
 from mt_dnn.train import main
 from tests.conftest import REPO
+from tests.faults import nan_loss
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +58,11 @@ def _assert_same_run(a, b, evaluations):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def _slow_train(seconds):
+    """The command of an mt_dnn.train whose steps each take ``seconds`` longer (tests/faults.py)."""
+    return [sys.executable, str(REPO / "tests" / "faults.py"), "--step_delay", str(seconds), "--"]
+
+
 def _env(**extra):
     # the subprocess computes with this process's thread count: another count sums in another order, and a
     # test earlier in the session may have changed it
@@ -70,8 +77,8 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, glue_dir, tiny_model_di
     alone = tmp_path / "alone"
     assert main(_args(glue_dir, tiny_model_dir, alone, tmp_path / "c", *common)) == 0
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "mt_dnn.train", *_args(glue_dir, tiny_model_dir, killed, tmp_path / "c", *common)]
-    proc = subprocess.Popen(cmd, env=_env(MT_DNN_STEP_DELAY="0.4"), cwd=REPO,
+    cmd = [*_slow_train(0.4), *_args(glue_dir, tiny_model_dir, killed, tmp_path / "c", *common)]
+    proc = subprocess.Popen(cmd, env=_env(), cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (killed / "checkpoint" / "trainer_state.pt").exists() and time.time() < deadline:
@@ -97,8 +104,8 @@ def test_a_scheduler_signal_checkpoints_the_step_and_resume_is_bit_identical(tmp
     alone = tmp_path / "alone"
     assert main(_args(glue_dir, tiny_model_dir, alone, tmp_path / "c", *common)) == 0
     stopped = tmp_path / "stopped"
-    cmd = [sys.executable, "-m", "mt_dnn.train", *_args(glue_dir, tiny_model_dir, stopped, tmp_path / "c", *common)]
-    proc = subprocess.Popen(cmd, env=_env(MT_DNN_STEP_DELAY="0.3"), cwd=REPO, stdout=subprocess.DEVNULL,
+    cmd = [*_slow_train(0.3), *_args(glue_dir, tiny_model_dir, stopped, tmp_path / "c", *common)]
+    proc = subprocess.Popen(cmd, env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and "step 2/" not in ((stopped / "train.log").read_text()
@@ -171,7 +178,7 @@ def test_kill_during_save_leaves_previous_checkpoint(tmp_path, glue_dir, tiny_mo
 
 
 def test_nan_loss_step_is_skipped_and_counted(tmp_path, glue_dir, tiny_model_dir, monkeypatch):
-    monkeypatch.setenv("MT_DNN_NAN_AT_STEP", "1")
+    monkeypatch.setattr(TrainStep, "forward", nan_loss(TrainStep.forward, at={1}))
     out = tmp_path / "run"
     assert main(_args(glue_dir, tiny_model_dir, out, tmp_path / "c", "--max_steps", "3", "--batch_size", "4")) == 0
     _, train = _dev(out)
@@ -180,13 +187,14 @@ def test_nan_loss_step_is_skipped_and_counted(tmp_path, glue_dir, tiny_model_dir
     assert all(torch.isfinite(v).all() for v in w.values())
 
 
-def test_consecutive_nan_steps_stop_the_run(tmp_path, glue_dir, tiny_model_dir):
-    r = subprocess.run([sys.executable, "-m", "mt_dnn.train",
-                        *_args(glue_dir, tiny_model_dir, tmp_path / "o", tmp_path / "c", "--max_steps", "5",
-                               "--batch_size", "4", "--max_bad_steps", "3")],
-                       env=_env(MT_DNN_NAN_FROM_STEP="2"), cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "3 consecutive non-finite steps" in r.stderr.strip().splitlines()[-1]
+def test_consecutive_nan_steps_stop_the_run(tmp_path, glue_dir, tiny_model_dir, monkeypatch, capsys):
+    from mt_dnn.cli_utils import run_cli
+
+    monkeypatch.setattr(TrainStep, "forward", nan_loss(TrainStep.forward, from_step=2))
+    assert run_cli(main, _args(glue_dir, tiny_model_dir, tmp_path / "o", tmp_path / "c", "--max_steps", "5",
+                               "--batch_size", "4", "--max_bad_steps", "3")) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "3 consecutive non-finite steps" in err.strip().splitlines()[-1]
 
 
 def test_bf16_runs_on_cpu(tmp_path, glue_dir, tiny_model_dir):

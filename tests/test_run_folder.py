@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from data_utils.task_def import ConfigError, load_task_defs
+from mt_dnn import run_folder
 from mt_dnn.cli_utils import run_cli
 from mt_dnn.train import main
 
@@ -147,13 +148,16 @@ def test_one_training_per_folder(tmp_path, glue_dir, tiny_model_dir, capsys):
     finally:
         holder.kill()
         holder.wait()
-    # the holder is dead now: its lock is stale and taken over, with a warning; leftovers of dead writers go
+    # the holder is dead now: its lock is stale and taken over, with a warning; leftovers of dead writers in a run
+    # folder of ours go
+    run_folder.mark(out)
     for junk in ("checkpoint.tmp-999999", "best.tmp-999999", "best.tmp"):
         (out / junk).mkdir()
         (out / junk / "model.safetensors").write_text("half")
     assert run_cli(main, args) == 0
     assert f"stale lock of pid {holder.pid}" in capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == ["best", "config.json", "metrics.jsonl", "train.log"]
+    assert sorted(p.name for p in out.iterdir()) == [run_folder.MARKER, "best", "config.json", "metrics.jsonl",
+                                                     "train.log"]
 
 
 def test_best_model_temp_folder_is_per_process_and_a_full_disk_is_a_user_error(tmp_path, glue_dir, tiny_model_dir,

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from data_utils import atomic
 from data_utils.glue import DataError, Example, read_split, split_path
 from data_utils.task_def import ConfigError, TaskDef
 from experiments.rapt.word_vectors import (hidden_at, make_batch, rapt_delta, smart_delta, tokenize, top_similar,
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(command, header, results, args.top, args.rapt_layer)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n", encoding="utf-8")
+    atomic.write_text(out, text + "\n")
     print(text)
     logger.info("wrote %s", out)
     return 0

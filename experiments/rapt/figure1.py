@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_utils import atomic
 from data_utils.task_def import ConfigError
 from experiments.rapt.paper import TASK_LABEL
 from experiments.rapt.results import RunResult, scan_results
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     fig.tight_layout()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    with atomic.atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=120, format=out.suffix.lstrip(".") or "png")
     plt.close(fig)
     print(f"wrote {out} ({drawn} line(s))")
     return 0

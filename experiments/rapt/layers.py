@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_utils import atomic
 from data_utils.task_def import ConfigError
 from experiments.rapt.archive import load_archive, with_archive
 from experiments.rapt.figure1 import campaign_folder, headless_pyplot
@@ -151,10 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     fig.tight_layout()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    with atomic.atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=120, format=out.suffix.lstrip(".") or "png")
     plt.close(fig)
     table = Path(args.table) if args.table else out.with_suffix(".md")
-    table.write_text("\n".join(lines))
+    atomic.write_text(table, "\n".join(lines))
     print(f"wrote {out} and {table}")
     return 0
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from data_utils import atomic
 from data_utils.batching import MultiTaskSampler, collate
 from data_utils.features import load_features
 from data_utils.task_def import load_task_defs
@@ -143,7 +144,7 @@ def main(argv=None) -> int:
             result["ratios"][f"{a}/{b}"] = med[a] / med[b]
     out = Path(args.out or f"experiments/rapt/results/speed_{args.task}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    atomic.write_text(out, json.dumps(result, indent=2))
     print(f"median step time over {args.steps} interleaved steps ({args.task}, batch {args.batch_size}, "
           f"{result['device_name']}, {args.precision}):")
     for n in names:

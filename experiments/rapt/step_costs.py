@@ -16,6 +16,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from data_utils import atomic
 from experiments.rapt.archive import load_archive
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -46,7 +47,7 @@ def step_costs(archive: Path = ARCHIVE, benchmark: Path = BENCHMARK) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    OUT.write_text(json.dumps(step_costs(), indent=1) + "\n", encoding="utf-8")
+    atomic.write_text(OUT, json.dumps(step_costs(), indent=1) + "\n")
     print(f"wrote {OUT}")
     return 0
 
