@@ -1,7 +1,9 @@
 """Small GLUE-format files written by the tests themselves, and a tiny WordPiece tokenizer over their words.
 
 ``write_glue`` writes, for each chosen task, train/dev/test files in the exact layout of the official GLUE
-distribution (CoLA train/dev without a header, MRPC's byte-order mark, STS-B's ten columns, ...). The text
+distribution (CoLA train/dev without a header, MRPC's byte-order mark, STS-B's ten columns, MNLI's 12/16/10
+columns with matched and mismatched dev and test, QQP's rows cut in two by a line break, QNLI, AX's
+``diagnostic.tsv``, ...); the six small tasks by default, MNLI/QQP/QNLI/AX when asked for. The text
 is made of a small fixed vocabulary (``VOCAB_WORDS``) and the labels follow simple rules (a cue word, word
 overlap between the two sentences), so a model can learn them. Everything is drawn from seeded generators:
 the same call writes the same bytes.
@@ -17,7 +19,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 ALL_TASKS = ("rte", "mrpc", "stsb", "cola", "sst", "wnli")
-DATA_DIRS = {"cola": "CoLA", "sst": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "rte": "RTE", "wnli": "WNLI"}
+LARGE_TASKS = ("mnli", "qqp", "qnli", "ax")  # written only when asked for (write_glue(root, tasks=...))
+DATA_DIRS = {"cola": "CoLA", "sst": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "rte": "RTE", "wnli": "WNLI",
+             "mnli": "MNLI", "qqp": "QQP", "qnli": "QNLI", "ax": "diagnostic"}
 
 # Cue words that decide single-sentence labels (positive / negative).
 POSITIVE_WORDS = ["good", "great", "happy", "nice"]
@@ -32,7 +36,14 @@ VOCAB_WORDS: list[str] = FILLER_WORDS + POSITIVE_WORDS + NEGATIVE_WORDS
 PUNCTUATION = [".", ",", "?", "!", "'", "-"]
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
-_SEEDS = {"cola": 11, "sst": 12, "mrpc": 13, "stsb": 14, "rte": 15, "wnli": 16}
+_SEEDS = {"cola": 11, "sst": 12, "mrpc": 13, "stsb": 14, "rte": 15, "wnli": 16, "mnli": 17, "qqp": 18, "qnli": 19,
+          "ax": 20}
+MNLI_LABELS = ("contradiction", "entailment", "neutral")
+MNLI_COLUMNS = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
+                "sentence1_parse", "sentence2_parse", "sentence1", "sentence2"]
+# QQP train lines whose question holds a line break in the source data: the row is cut into two short lines
+# (5 and 2 fields instead of 6). write_glue puts this many such rows into QQP's train file.
+QQP_BROKEN_ROWS = 2
 
 
 def real_glue_dir() -> Path | None:
@@ -151,6 +162,87 @@ def _nli(d: Path, rng: random.Random, n: dict[str, int], names: tuple[str, str])
         _write(d / f"{split}.tsv", rows)
 
 
+def _parses(sentence: str) -> tuple[str, str]:
+    """MNLI's two parse columns of a sentence: a right-branching binary bracketing and a flat Penn-style tree."""
+    words = sentence.split()
+    binary = words[-1]
+    for w in reversed(words[:-1]):
+        binary = f"( {w} {binary} )"
+    return binary, "(ROOT (S " + " ".join(f"(NN {w})" for w in words) + "))"
+
+
+def _mnli_label(i: int) -> str:
+    """Labels cycle through all three classes; the pair's relation follows it (entailment: related)."""
+    return MNLI_LABELS[i % 3]
+
+
+def _mnli(d: Path, rng: random.Random, n: dict[str, int]) -> None:
+    """MNLI: train 12 columns (label1, gold_label); dev_matched/mismatched 16 (label1..label5, gold_label);
+    test_matched/mismatched 10; genres differ between matched and mismatched as in the official files."""
+    genres = {"matched": ("fiction", "government", "slate"), "mismatched": ("letters", "oup", "verbatim")}
+    for split, kind, genre in (("train", "train", "matched"), ("dev_matched", "dev", "matched"),
+                               ("dev_mismatched", "dev", "mismatched"), ("test_matched", "test", "matched"),
+                               ("test_mismatched", "test", "mismatched")):
+        extra = {"train": ["label1", "gold_label"], "dev": [f"label{k}" for k in range(1, 6)] + ["gold_label"],
+                 "test": []}[kind]
+        rows = ["\t".join(MNLI_COLUMNS + extra)]
+        for i in range(n[kind]):
+            gold = _mnli_label(i)
+            s1, s2 = _pair(rng, gold == "entailment")
+            prompt = 10000 + i
+            (b1, p1), (b2, p2) = _parses(s1), _parses(s2)
+            fields = [str(i), str(prompt), f"{prompt}{gold[0]}", genres[genre][i % 3], b1, b2, p1, p2, s1, s2]
+            if kind == "train":
+                fields += [gold, gold]
+            elif kind == "dev":  # five annotators, the first one dissenting on every other row; gold: the majority
+                fields += [MNLI_LABELS[(i + 1) % 3] if i % 2 else gold, gold, gold, gold, gold, gold]
+            rows.append("\t".join(fields))
+        _write(d / f"{split}.tsv", rows)
+
+
+def _qqp(d: Path, rng: random.Random, n: dict[str, int]) -> None:
+    """QQP: train/dev ``id qid1 qid2 question1 question2 is_duplicate``; test ``id question1 question2``. The train
+    file also holds QQP_BROKEN_ROWS rows cut in two by a line break inside question2 (two short lines each)."""
+    for split in ("train", "dev"):
+        rows = ["id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate"]
+        for i, lab in enumerate(_labels(n[split])):
+            q1, q2 = (q.replace(" .", " ?") for q in _pair(rng, bool(lab)))
+            rows.append(f"{i}\t{2 * i + 1}\t{2 * i + 2}\t{q1}\t{q2}\t{lab}")
+        if split == "train":
+            for k in range(QQP_BROKEN_ROWS):
+                i = n[split] + k
+                q1, q2 = (q.replace(" .", " ?") for q in _pair(rng, True))
+                head, tail = q2.split(" ", 1)
+                rows.insert(3 + 4 * k, f"{i}\t{2 * i + 1}\t{2 * i + 2}\t{q1}\t{head}")
+                rows.insert(4 + 4 * k, f"{tail}\t1")
+        _write(d / f"{split}.tsv", rows)
+    rows = ["id\tquestion1\tquestion2"]
+    for i, lab in enumerate(_labels(n["test"])):
+        q1, q2 = (q.replace(" .", " ?") for q in _pair(rng, bool(lab)))
+        rows.append(f"{i}\t{q1}\t{q2}")
+    _write(d / "test.tsv", rows)
+
+
+def _qnli(d: Path, rng: random.Random, n: dict[str, int]) -> None:
+    """QNLI: ``index question sentence label`` (entailment / not_entailment); test without the label."""
+    for split in ("train", "dev", "test"):
+        rows = ["index\tquestion\tsentence" + ("\tlabel" if split != "test" else "")]
+        for i, lab in enumerate(_labels(n[split])):
+            s, q = _pair(rng, bool(lab))
+            tail = "" if split == "test" else "\t" + ("entailment" if lab else "not_entailment")
+            rows.append(f"{i}\t{q.replace(' .', ' ?')}\t{s}{tail}")
+        _write(d / f"{split}.tsv", rows)
+
+
+def _ax(d: Path, rng: random.Random, n: dict[str, int]) -> None:
+    """AX (the diagnostic set): one test file ``diagnostic.tsv``, ``index sentence1 sentence2``."""
+    rows = ["index\tsentence1\tsentence2"]
+    for i, lab in enumerate(_labels(n["test"])):
+        s1, s2 = _pair(rng, bool(lab))
+        rows.append(f"{i}\t{s1}\t{s2}")
+    _write(d / "diagnostic.tsv", rows)
+
+
 def write_glue(root: Path, tasks=ALL_TASKS, n_train: int = 24, n_dev: int = 8, n_test: int = 6) -> Path:
     """Write small official-layout GLUE files for ``tasks`` under ``root`` (created); returns ``root``."""
     root = Path(root)
@@ -158,7 +250,7 @@ def write_glue(root: Path, tasks=ALL_TASKS, n_train: int = 24, n_dev: int = 8, n
     n = {"train": n_train, "dev": n_dev, "test": n_test}
     for task in tasks:
         if task not in DATA_DIRS:
-            raise ValueError(f"no fixture for task {task!r}; choose from {', '.join(ALL_TASKS)}")
+            raise ValueError(f"no fixture for task {task!r}; choose from {', '.join(ALL_TASKS + LARGE_TASKS)}")
         d = root / DATA_DIRS[task]
         rng = random.Random(_SEEDS[task])
         if task == "cola":
@@ -171,6 +263,8 @@ def write_glue(root: Path, tasks=ALL_TASKS, n_train: int = 24, n_dev: int = 8, n
             _stsb(d, rng, n)
         elif task == "rte":
             _nli(d, rng, n, ("entailment", "not_entailment"))
+        elif task in ("mnli", "qqp", "qnli", "ax"):
+            {"mnli": _mnli, "qqp": _qqp, "qnli": _qnli, "ax": _ax}[task](d, rng, n)
         else:  # wnli
             _nli(d, rng, n, ("1", "0"))
     return root

@@ -108,6 +108,8 @@ def test_malformed_archive_is_one_line_error(tmp_path, runs, message):
 
 
 def test_shipped_archive_regenerates_the_committed_table2(tmp_path):
+    """Snapshot: the committed table2.md is what the code renders from the archive (tests/test_results_tables.py
+    recomputes its numbers from the archive independently)."""
     runs = {(r.task, r.name, r.seed): r for r in load_archive(SHIPPED)}
     assert runs[("mrpc", "smart_batchmean", 1)].best.metrics["dev"] == {"acc": 0.819, "f1": 0.875}
     assert runs[("cola", "rapt", 3)].best.primary == pytest.approx(0.212)
@@ -137,8 +139,9 @@ def test_an_archive_entry_may_carry_its_settings_and_an_unknown_epoch(tmp_path):
 
 
 def test_layer_sweep_from_the_shipped_archive_reproduces_its_table_and_a_new_run_fills_the_gap(tmp_path, capsys):
-    """The committed layers.md is regenerated from archive_layers.json and archive_table2.json (the baseline);
-    a finished RTE max5 folder under --root replaces its archived point."""
+    """Snapshot: the committed layers.md is regenerated from archive_layers.json and archive_table2.json (the
+    baseline; tests/test_results_tables.py recomputes it independently); a finished RTE max5 folder under --root
+    replaces its archived point."""
     from experiments.rapt import layers
     from tests.test_campaign_report import _write_run
 

@@ -7,6 +7,10 @@ generators seeded by strings, so the same tree is written on every machine. The 
 (``tests/golden/campaign_*``) were rendered by the campaign code before it was split into modules; any change to
 a table, a figure, a p-value's rounding or the dry run's estimates shows here as a diff.
 
+These are snapshot tests: they compare the code's output with its own earlier output, so they cannot tell a
+right number from a wrong one. ``test_report_table_recomputed_from_the_run_folders`` recomputes the report's
+main table from the run folders with numpy alone, beside them.
+
 ``MT_DNN_UPDATE_GOLDEN=1`` rewrites the golden files (only for a deliberate change of the outputs).
 """
 from __future__ import annotations
@@ -119,6 +123,7 @@ def tree(tmp_path_factory):
 
 
 def test_report_of_every_run_under_the_root_is_unchanged(tree, capsys):
+    """Snapshot: the report equals the stored golden file."""
     grid, root, _ = tree
     assert campaign.main(["--root", str(root), "--report"]) == 0
     printed = capsys.readouterr().out
@@ -128,6 +133,7 @@ def test_report_of_every_run_under_the_root_is_unchanged(tree, capsys):
 
 
 def test_report_of_the_grid_with_its_best_of_row_is_unchanged(tree, capsys):
+    """Snapshot: the report equals the stored golden file."""
     grid, root, _ = tree
     assert campaign.main(["--grid", str(grid), "--root", str(root), "--report"]) == 0
     printed = capsys.readouterr().out
@@ -137,8 +143,8 @@ def test_report_of_the_grid_with_its_best_of_row_is_unchanged(tree, capsys):
 
 
 def test_dry_run_plan_and_estimates_are_unchanged(tmp_path, capsys):
-    """Two grids on one root: done, resume and run cells, and every source of a step cost (measured by name,
-    measured by cost key, --step_costs per task and for every task, scaled from standard, unknown)."""
+    """Snapshot: two grids on one root: done, resume and run cells, and every source of a step cost (measured by
+    name, measured by cost key, --step_costs per task and for every task, scaled from standard, unknown)."""
     grid, root = _grid(tmp_path / "grid.yml"), tmp_path / "camp"
     write_fake_runs(root, grid)
     extra = tmp_path / "extra.yml"
@@ -166,3 +172,58 @@ def test_dry_run_plan_and_estimates_are_unchanged(tmp_path, capsys):
                    "standard x", "unknown"):
         assert source in out, source
     _check("campaign_dry_run.txt", _normalise(out, root))
+
+
+# ---- the main table recomputed independently ------------------------------------------------------------
+
+SHOWN = {"mnli": ("acc", ["dev_matched", "dev_mismatched"], ["acc"]), "rte": ("acc", ["dev"], ["acc"]),
+         "mrpc": ("acc", ["dev"], ["acc", "f1"]), "cola": ("mcc", ["dev"], ["mcc"]),
+         "stsb": ("pearson", ["dev"], ["pearson", "spearman"])}  # task: primary, splits, metrics shown
+
+
+def _best_shown(folder: Path, task: str) -> list[float] | None:
+    """The shown metrics (x100) of a finished run's best evaluation: highest mean over the splits of the primary
+    metric, the earliest on ties. None for an unfinished run (no final train record)."""
+    records = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    if not any(r["split"] == "train" for r in records):
+        return None
+    primary, splits, shown = SHOWN[task]
+    evals: dict = {}
+    for r in records:
+        if r["split"] == "dev":
+            evals.setdefault((r["epoch"], r["step"]), {})[r["split_name"]] = r["metrics"]
+    best = None
+    for metrics in evals.values():
+        score = sum(metrics[s][primary] for s in splits) / len(splits)
+        if best is None or score > best[0]:
+            best = (score, [100 * metrics[s][m] for s in splits for m in shown])
+    return best[1]
+
+
+def test_report_table_recomputed_from_the_run_folders(tree, capsys):
+    """Each cell of the report's main table: mean and sample sd (ddof=1) over seeds of each finished run's best
+    evaluation, recomputed here from the metrics.jsonl files; the Seeds column counts them."""
+    import numpy as np
+
+    from tests.test_results_tables import _numbers, _table
+
+    grid, root, runs = tree
+    assert campaign.main(["--root", str(root), "--report"]) == 0
+    rows = {r[0]: r for r in _table(capsys.readouterr().out, "| Method | MNLI-m/mm Acc")}
+    assert set(rows) == set(METHODS)
+    for method in METHODS:
+        counts = set()
+        for col, task in enumerate(["mnli", "rte", "mrpc", "cola", "stsb"], start=1):
+            per_seed = [_best_shown(r.folder, task) for r in runs
+                        if (r.task, r.name) == (task, method) and r.folder.exists()]
+            per_seed = np.array([v for v in per_seed if v is not None])
+            if not len(per_seed):
+                assert rows[method][col] == "-"
+                continue
+            counts.add(len(per_seed))
+            expected = []
+            for values in per_seed.T:
+                expected += [values.mean()] + ([values.std(ddof=1)] if len(values) > 1 else [])
+            got = _numbers(rows[method][col])
+            assert np.allclose(got, expected, atol=0.05 + 1e-9), (method, task, rows[method][col], expected)
+        assert rows[method][-1] == (f"{min(counts)}/{max(counts)}" if len(counts) > 1 else str(min(counts)))

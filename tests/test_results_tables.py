@@ -1,0 +1,202 @@
+"""The committed result tables recomputed from their archives with numpy/scipy alone, beside the snapshot tests.
+
+tests/test_archive.py checks that the campaign code regenerates ``experiments/rapt/results/table2.md`` and
+``layers.md`` byte for byte (snapshot tests: they compare the code with its own earlier output). Here every number
+of those tables that is not a best-of choice is recomputed from ``archive_table2.json`` / ``archive_layers.json``
+by formulas written out in this file (means, sample sds with ddof=1, paired differences, scipy's paired t-test),
+without the project's report code, and compared with the committed text.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "rapt" / "results"
+# the table's columns: task -> the metrics shown (the paper's), in order
+COLUMNS = {"rte": ["acc"], "mrpc": ["acc", "f1"], "cola": ["mcc"], "sst": ["acc"], "stsb": ["pearson", "spearman"]}
+LABEL = {"rte": "RTE", "mrpc": "MRPC", "cola": "CoLA", "sst": "SST", "stsb": "STS-B"}
+HEADER = {"rte": "RTE Acc", "mrpc": "MRPC Acc/F1", "cola": "CoLA MCC", "sst": "SST Acc", "stsb": "STS-B P/S"}
+BEST_OF = {"rapt_best_eta", "smart_best_step"}  # rows that pick a member per task: not recomputed here
+
+
+def _runs(name: str) -> dict[tuple[str, str, int], dict[str, float]]:
+    """(task, method, seed) -> metrics x100 of that run's archived best evaluation."""
+    data = json.loads((RESULTS / name).read_text())
+    out = {}
+    for r in data["runs"]:
+        key = (r["task"], r["method"], int(r["seed"]))
+        assert key not in out, f"{name} holds {key} twice"
+        out[key] = {m: 100.0 * v for m, v in r["metrics"].items()}
+    return out
+
+
+RUNS = _runs("archive_table2.json")
+
+
+def _seeds(task: str, method: str) -> list[int]:
+    return sorted(s for t, m, s in RUNS if (t, m) == (task, method))
+
+
+def _score(task: str, method: str, seed: int) -> float:
+    """A task's score for one run: the mean of its shown metrics."""
+    return float(np.mean([RUNS[(task, method, seed)][m] for m in COLUMNS[task]]))
+
+
+def _table(text: str, header_start: str) -> list[list[str]]:
+    """The body rows (cells stripped) of the first markdown table whose header line starts with header_start."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return rows
+
+
+def _numbers(cell: str) -> list[float]:
+    return [float(x) for x in re.findall(r"[-+]?\d+\.\d+", cell)]
+
+
+TABLE2 = (RESULTS / "table2.md").read_text()
+MAIN = {row[0]: row for row in _table(TABLE2, "| Method | RTE Acc")}
+
+
+def test_every_archived_method_has_a_row_and_the_table_has_no_row_without_runs():
+    archived = {m for _, m, _ in RUNS}
+    assert archived == set(MAIN) - BEST_OF
+
+
+@pytest.mark.parametrize("method", sorted({m for _, m, _ in RUNS}))
+def test_table2_cells_are_the_mean_and_sample_sd_over_seeds(method):
+    row = MAIN[method]
+    for i, task in enumerate(COLUMNS, start=1):
+        seeds = _seeds(task, method)
+        if not seeds:
+            assert row[i] == "-", (method, task)
+            continue
+        expected = []
+        for metric in COLUMNS[task]:
+            values = np.array([RUNS[(task, method, s)][metric] for s in seeds])
+            expected.append(values.mean())
+            if len(seeds) > 1:
+                expected.append(values.std(ddof=1))
+        got = _numbers(row[i])
+        assert len(got) == len(expected), (method, task, row[i])
+        assert np.allclose(got, expected, atol=0.05 + 1e-9), (method, task, row[i], expected)
+    counts = sorted({len(_seeds(t, method)) for t in COLUMNS if _seeds(t, method)})
+    assert row[-1] == (f"{counts[0]}/{counts[-1]}" if len(counts) > 1 else str(counts[0]))
+
+
+@pytest.mark.parametrize("method", sorted({m for _, m, _ in RUNS}))
+def test_table2_average_is_the_mean_over_tasks_of_each_task_score(method):
+    row = MAIN[method]
+    if any(not _seeds(t, method) for t in COLUMNS):
+        assert row[-2] == "-"
+        return
+    per_task = [np.mean([_score(t, method, s) for s in _seeds(t, method)]) for t in COLUMNS]
+    got = _numbers(row[-2])
+    assert abs(got[0] - float(np.mean(per_task))) <= 0.05 + 1e-9, (method, row[-2], per_task)
+    same_seeds = len({tuple(_seeds(t, method)) for t in COLUMNS}) == 1
+    if same_seeds and len(_seeds("rte", method)) > 1:  # the ± is the sd over seeds of each seed's Average
+        by_seed = [np.mean([_score(t, method, s) for t in COLUMNS]) for s in _seeds("rte", method)]
+        assert abs(got[1] - float(np.std(by_seed, ddof=1))) <= 0.05 + 1e-9
+    else:
+        assert len(got) == 1
+
+
+def _paired(a: list[float], b: list[float]) -> tuple[float, float | None, int, int, float | None]:
+    """mean(A-B), sample sd, A wins, B wins (differences beyond 0.05), scipy's paired t-test p (>= 2 seeds whose
+    differences are not all equal)."""
+    d = np.array(a) - np.array(b)
+    sd = float(d.std(ddof=1)) if len(d) > 1 else None
+    p = float(stats.ttest_rel(a, b).pvalue) if len(d) > 1 and np.ptp(d) > 1e-9 else None
+    return float(d.mean()), sd, int((d > 0.05).sum()), int((d < -0.05).sum()), p
+
+
+def _check_paired_row(row: list[str], a: list[float], b: list[float]) -> None:
+    mean, sd, a_wins, b_wins, p = _paired(a, b)
+    assert int(row[3]) == len(a), row
+    assert abs(float(row[4]) - mean) <= 0.005 + 1e-9, (row, mean)
+    assert (row[5] == "-") if sd is None else abs(float(row[5]) - sd) <= 0.005 + 1e-9, (row, sd)
+    assert (int(row[6]), int(row[7])) == (a_wins, b_wins), row
+    if p is None:
+        assert row[8] == "-" and row[9] == "-", row
+    else:
+        assert abs(float(row[8]) - p) <= 0.0005 + 1e-9, (row, p)
+        assert row[9] == ("beyond seed noise" if p < 0.05 else "within seed noise"), row
+
+
+PER_TASK = _table(TABLE2[TABLE2.index("### Per task"):], "| Task | A | B | Seeds")
+ON_AVERAGE = _table(TABLE2[TABLE2.index("### On the Average"):], "| Task | A | B | Seeds")
+
+
+def test_paired_per_task_rows_recomputed_with_scipy():
+    """Every per-task comparison of two archived methods: primary metric per shared seed, x100."""
+    checked = 0
+    task_of = {v: k for k, v in LABEL.items()}
+    for row in PER_TASK:
+        task, a, b = task_of[row[0]], row[1], row[2]
+        if a in BEST_OF or b in BEST_OF:
+            continue
+        seeds = sorted(set(_seeds(task, a)) & set(_seeds(task, b)))
+        primary = COLUMNS[task][0]
+        _check_paired_row(row, [RUNS[(task, a, s)][primary] for s in seeds], [RUNS[(task, b, s)][primary] for s in seeds])
+        checked += 1
+    assert checked >= 60  # most of the section; the rest are best-of rows
+
+
+def test_paired_rows_on_the_average_recomputed_with_scipy():
+    """'Average': seeds where both methods have every task; 'Average (tasks)': the named tasks only."""
+    task_of = {v: k for k, v in LABEL.items()}
+    checked = 0
+    for row in ON_AVERAGE:
+        a, b = row[1], row[2]
+        if a in BEST_OF or b in BEST_OF:
+            continue
+        named = re.match(r"Average \((.+)\)", row[0])
+        tasks = [task_of[x.strip()] for x in named.group(1).split(",")] if named else list(COLUMNS)
+        seeds = sorted(set.intersection(*(set(_seeds(t, m)) for t in tasks for m in (a, b))))
+        _check_paired_row(row, [float(np.mean([_score(t, a, s) for t in tasks])) for s in seeds],
+                          [float(np.mean([_score(t, b, s) for t in tasks])) for s in seeds])
+        checked += 1
+    assert checked >= 10
+
+
+def test_per_seed_tables_hold_each_runs_archived_metrics():
+    for task, header in HEADER.items():
+        section = TABLE2[TABLE2.index(f"\n{header}:\n"):]
+        for row in _table(section, "| Method | seed 1"):
+            for seed, cell in enumerate(row[1:], start=1):
+                if cell == "-":
+                    assert (task, row[0], seed) not in RUNS
+                    continue
+                got = [float(x) for x in re.match(r"([\d./]+) \(ep \d+\)", cell).group(1).split("/")]
+                want = [RUNS[(task, row[0], seed)][m] for m in COLUMNS[task]]
+                assert np.allclose(got, want, atol=0.05 + 1e-9), (task, row[0], seed, cell, want)
+
+
+def test_layers_md_recomputed_from_the_layer_archive_and_the_standard_baseline():
+    """layers.md: each max_layer cell is the mean over seeds of the archived best dev acc, x100 (``[n]`` seeds);
+    the baseline lines are standard's acc from the Table 2 archive on the same seed(s) and over seeds 1-3."""
+    layers = _runs("archive_layers.json")
+    text = (RESULTS / "layers.md").read_text()
+    for task, label in (("mrpc", "MRPC"), ("rte", "RTE")):
+        section = text[text.index(f"**{label}**"):]
+        header, _, row = section.splitlines()[2:5]
+        names = [c.strip() for c in header.strip("|").split("|")][1:]
+        cells = [c.strip() for c in row.strip("|").split("|")][1:]
+        for name, cell in zip(names, cells):
+            method = "embed" if name == "embed" else f"max{name}"
+            seeds = sorted(s for t, m, s in layers if (t, m) == (task, method))
+            value, count = re.match(r"([\d.]+) \[(\d+)\]", cell).groups()
+            assert int(count) == len(seeds)
+            assert abs(float(value) - np.mean([layers[(task, method, s)]["acc"] for s in seeds])) <= 0.05 + 1e-9
+        std = [RUNS[(task, "standard", s)]["acc"] for s in (1, 2, 3)]
+        line = f"standard on the same seed(s) 1: {std[0]:.1f}; over seeds 1, 2, 3: {np.mean(std):.1f} ± {np.std(std, ddof=1):.1f}"
+        assert line in section, (line, section[:600])
