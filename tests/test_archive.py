@@ -111,6 +111,7 @@ def test_shipped_archive_regenerates_the_committed_table2(tmp_path):
     """Snapshot: the committed table2.md is what the code renders from the archive (tests/test_results_tables.py
     recomputes its numbers from the archive independently)."""
     runs = {(r.task, r.name, r.seed): r for r in load_archive(SHIPPED)}
+    # the three expected values below are the archive file's own entries (archive_table2.json), as typed there
     assert runs[("mrpc", "smart_batchmean", 1)].best.metrics["dev"] == {"acc": 0.819, "f1": 0.875}
     assert runs[("cola", "rapt", 3)].best.primary == pytest.approx(0.212)
     assert runs[("rte", "r3f", 1)].device == "cuda (NVIDIA H200)" and runs[("rte", "smart", 1)].device == "cpu"
@@ -151,6 +152,7 @@ def test_layer_sweep_from_the_shipped_archive_reproduces_its_table_and_a_new_run
             "--baseline", str(tmp_path / "none"), "--baseline_archive", SHIPPED, "--out", str(out)]
     assert layers.main(args) == 0
     assert out.with_suffix(".md").read_text() == open(results + "layers.md").read()
+    # the archived accuracies of archive_layers.json (RTE, seed 1), x100 (one run per point: no mean to take)
     assert "rte: embed 54.5, 1 54.9, 2 53.8, 3 54.9, 4 54.9, 5 54.5, 6 55.2; best max_layer 6\n" in \
         capsys.readouterr().out
     root = tmp_path / "layers"
