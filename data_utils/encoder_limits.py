@@ -1,7 +1,8 @@
 """Checks that the features a run will make fit the encoder, done at set-up before anything is written.
 
-Two limits of an encoder's embedding tables turn into crashes deep inside a run (at the first long row, or the
-first pair batch) unless they are checked up front:
+The tokenizer must be the encoder's own (:func:`check_tokenizer`: without it every word is the unknown token, or
+ids miss the embedding table), and two limits of an encoder's embedding tables turn into crashes deep inside a
+run (at the first long row, or the first pair batch) unless they are checked up front:
 
 - positions: absolute position embeddings have ``max_position_embeddings`` rows. RoBERTa-style encoders number
   positions from ``padding_idx + 1``, so only ``max_position_embeddings - pad_token_id - 1`` tokens fit.
@@ -43,6 +44,30 @@ def position_limit(config) -> tuple[int | None, str]:
         return mpe - pad - 1, (f"max_position_embeddings {mpe} minus {pad + 1}: positions start after "
                                f"padding_idx {pad}")
     return mpe, f"max_position_embeddings {mpe}"
+
+
+PROBE_TEXT = "the man and the woman saw a small dog in the park on monday ."
+
+
+def check_tokenizer(tokenizer, config, where: str) -> None:
+    """Raise :class:`ConfigError` (one line naming ``where``, the folder or hub name) when ``tokenizer`` cannot be
+    the encoder's: it has no vocabulary of its own (a folder without tokenizer files still gives a tokenizer of
+    its special tokens alone, which turns every word into the unknown token), or its size does not fit the
+    encoder's embedding table (``config.vocab_size`` rows): larger, ids past the table fail; less than half,
+    the files belong to another model."""
+    size = len(tokenizer)
+    unk = tokenizer.unk_token_id
+    ids = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+    if size <= len(set(tokenizer.all_special_ids)) or (unk is not None and all(i == unk for i in ids)):
+        raise ConfigError(f"{where}: no usable tokenizer files: the tokenizer read from it has {size} entries and "
+                          f"makes every word {tokenizer.unk_token!r}; put the encoder's own tokenizer files "
+                          f"(tokenizer.json, or vocab.txt, vocab.json + merges.txt, ...) beside its config.json")
+    rows = getattr(config, "vocab_size", None)
+    if isinstance(rows, int) and rows > 0 and (size > rows or 2 * size < rows):
+        why = (f"ids from {rows} up have no embedding" if size > rows
+               else "the tokenizer files belong to another model")
+        raise ConfigError(f"{where}: the tokenizer has {size} entries but the encoder's embedding table has "
+                          f"vocab_size {rows} rows ({why}); use the encoder's own tokenizer files")
 
 
 def _largest_token_type(tokenizer, pair: bool) -> int:

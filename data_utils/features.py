@@ -146,13 +146,16 @@ def _load(path: Path, key: str, task: TaskDef, split: SplitDef, source_lines: in
         return None
 
 
-def _save(features: Features, path: Path, key: str, skipped: list[tuple[int, str]]) -> None:
-    """Write one cache file; a cache that cannot be written is a warning, never an error."""
+def _save(features: Features, path: Path, key: str, skipped: list[tuple[int, str]]) -> str:
+    """Write one cache file; a cache that cannot be written is a warning, never an error. Returns what became
+    of it, for the log line: ``cached in PATH`` or ``not cached``."""
     try:
         feature_cache.save(features, path, key, skipped)
     except (OSError, ValueError) as exc:
         logger.warning("cannot write cache file %s (%s); continuing without it", path,
                        getattr(exc, "strerror", None) or exc)
+        return "not cached"
+    return f"cached in {path}"
 
 
 def load_features(glue_dir: str | Path, task: TaskDef, split: SplitDef, tokenizer, max_len: int,
@@ -191,9 +194,9 @@ def load_features(glue_dir: str | Path, task: TaskDef, split: SplitDef, tokenize
     if pending is not None:
         pending.append((features, cache_file, key, skipped))
         return features
-    _save(features, cache_file, key, skipped)
-    logger.info("%s %s: tokenized %d rows in %.1f s, cached in %s", task.name, split.name, len(features),
-                time.perf_counter() - start, cache_file)
+    saved = _save(features, cache_file, key, skipped)
+    logger.info("%s %s: tokenized %d rows in %.1f s, %s", task.name, split.name, len(features),
+                time.perf_counter() - start, saved)
     return features
 
 
@@ -212,7 +215,6 @@ def data_fingerprint(glue_dir: str | Path, tasks: Iterable[TaskDef], with_dev: b
 def save_pending(pending: list) -> None:
     """Write the cache files that :func:`load_features` deferred."""
     for features, cache_file, key, skipped in pending:
-        _save(features, cache_file, key, skipped)
-        logger.info("%s %s: tokenized %d rows, cached in %s", features.task, features.split, len(features),
-                    cache_file)
+        saved = _save(features, cache_file, key, skipped)
+        logger.info("%s %s: tokenized %d rows, %s", features.task, features.split, len(features), saved)
     pending.clear()

@@ -102,6 +102,16 @@ class _BadRow(Exception):
         self.detail = detail
 
 
+def first_repeat(names) -> str | None:
+    """The first name that ``names`` holds twice (a header or a record naming a column twice), else None."""
+    seen: set = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
+
+
 def _score(task: TaskDef, value: str) -> float:
     try:
         score = float(value)
@@ -213,6 +223,9 @@ def _parse_lines(path: Path, lines: Iterator[str], task: TaskDef, split: SplitDe
         raise DataError(f"{path}: file is empty")
     if split.header:
         columns = first.split("\t")
+        repeated = first_repeat(columns)
+        if repeated is not None:
+            raise DataError(f"{path}:1: wrong header: column {repeated!r} appears twice ({first[:200]!r})")
         first_data_line = 2
         body: Iterator[str] = lines
     else:

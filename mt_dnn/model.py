@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from data_utils import atomic
+from data_utils.encoder_limits import check_tokenizer
 from data_utils.task_def import ConfigError, TaskDef
 from mt_dnn.encoder_hooks import EncoderHooks, HookedEncoder, LayerCapture
 from mt_dnn.heads import build_head
@@ -68,6 +69,7 @@ def load_encoder(model: str, dropout: float | None = None):
         raise ConfigError(f"cannot load encoder {model!r}: {first}") from None
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError(f"encoder {model!r} has no fast tokenizer")
+    check_tokenizer(tokenizer, encoder.config, f"encoder {model}")
     return encoder, tokenizer
 
 

@@ -56,14 +56,16 @@ def measured_step_costs(*roots: Path) -> tuple[dict[tuple, list[float]], dict[tu
     for flags_file in sorted(f for root in roots for f in root.glob("*/*/*/flags.json")):
         folder = flags_file.parent
         records = read_records(folder / "metrics.jsonl")
-        if not records or records[-1].get("split") != "train" or not records[-1].get("steps"):
-            continue
+        last = records[-1] if records else {}
+        if (last.get("split") != "train" or not isinstance(last.get("steps"), (int, float)) or not last["steps"]
+                or not isinstance(last.get("train_seconds"), (int, float))):
+            continue  # unfinished, or its train record does not say how long it took
         info = json.loads(flags_file.read_text())
         origin = info.get("adopted_from") or str(folder.resolve())  # an adopted copy is the same run
         if origin in seen:
             continue
         seen.add(origin)
-        cost = float(records[-1]["train_seconds"]) / float(records[-1]["steps"])
+        cost = float(last["train_seconds"]) / float(last["steps"])
         by_name.setdefault((info["task"], info["method_name"]), []).append(cost)
         by_key.setdefault(cost_key(info["task"], info["identity"]), []).append(cost)
     return by_name, by_key

@@ -15,16 +15,17 @@ from typing import Any
 import yaml
 
 from data_utils import atomic
-from data_utils.task_def import ConfigError, load_task_defs, select_tasks
-from mt_dnn.flags import check_mapping
+from data_utils.task_def import ConfigError, load_task_defs, safe_load_unique, select_tasks
 from mt_dnn.run_folder import NOT_RESULT
+from mt_dnn.flags import check_mapping
 
 GRID_KEYS = {"tasks", "seeds", "flags", "task_flags", "methods", "best_of", "model", "glue_dir"}
 # set by the campaign itself, never by a grid
 RESERVED = {"tasks", "seed", "output_dir", "resume", "config"}
 # flags that cannot change a run's result (mt_dnn.run_folder.ROLES): left out of the folder hash
 NOT_IDENTITY = NOT_RESULT
-NAME_RE = re.compile(r"^[A-Za-z0-9_.=+-]+$")
+# a method name is a folder of the campaign: never "." or ".." (no leading dot); dots inside are fine (rapt_eta1.5)
+NAME_RE = re.compile(r"^[A-Za-z0-9_=+-][A-Za-z0-9_.=+-]*$")
 
 
 @dataclass
@@ -105,13 +106,32 @@ def _mapping(value: Any, what: str) -> dict:
     return value
 
 
+def _names(value: Any, what: str) -> list[str]:
+    """A list of names, or one comma-separated string of them."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{what} must be a list of task names (or a comma-separated string), got {value!r}")
+    return value
+
+
+def _seeds(value: Any, what: str) -> list[int]:
+    """A non-empty list of distinct integers (a string, a float or a boolean is not a seed)."""
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in value)):
+        raise ConfigError(f"{what} must be a non-empty list of integers, got {value!r}")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{what} repeat: {value}")
+    return list(value)
+
+
 def load_grid(path: str | Path) -> Grid:
     """Read and check a grid file (unknown keys, task names, method names, reserved flags, each flag's value)."""
     from mt_dnn.train import train_flags
 
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_load_unique(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read grid ({str(exc).splitlines()[0]})") from None
     data = _mapping(data, str(path))
@@ -122,25 +142,23 @@ def load_grid(path: str | Path) -> Grid:
     for key in ("tasks", "seeds", "methods"):
         if not data.get(key):
             raise ConfigError(f"{path}: `{key}` is missing or empty")
-    tasks = [str(t) for t in (data["tasks"].split(",") if isinstance(data["tasks"], str) else data["tasks"])]
+    tasks = _names(data["tasks"], f"{path}: tasks")
     flags = _mapping(data.get("flags"), f"{path}: flags")
     known = load_task_defs(flags.get("task_def") or [])
     bad = [t for t in tasks if t not in known]
     if bad:
         raise ConfigError(f"{path}: unknown task(s) {', '.join(bad)}; valid tasks: {', '.join(known)}")
-    try:
-        seeds = [int(s) for s in data["seeds"]]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{path}: seeds must be a list of integers") from None
+    seeds = _seeds(data["seeds"], f"{path}: seeds")
     methods, method_tasks, method_seeds = {}, {}, {}
     for name, mflags in _mapping(data["methods"], f"{path}: methods").items():
         name = str(name)
         if not NAME_RE.match(name):
-            raise ConfigError(f"{path}: method name {name!r} must use only letters, digits and _.=+-")
+            raise ConfigError(f"{path}: method name {name!r} must use only letters, digits and _.=+- "
+                              f"and not start with a dot")
         mflags = dict(_mapping(mflags, f"{path}: method {name}"))
         only = mflags.pop("tasks", None)
         if only is not None:
-            only = [str(t) for t in (only.split(",") if isinstance(only, str) else only)]
+            only = _names(only, f"{path}: method {name}: tasks")
             stray = [t for t in only if t not in tasks]
             if not only or stray:
                 raise ConfigError(f"{path}: method {name}: tasks must be a non-empty subset of the grid's tasks "
@@ -148,13 +166,7 @@ def load_grid(path: str | Path) -> Grid:
             method_tasks[name] = only
         own_seeds = mflags.pop("seeds", None)
         if own_seeds is not None:
-            try:
-                own_seeds = [int(s) for s in own_seeds]
-            except (TypeError, ValueError):
-                own_seeds = []
-            if not own_seeds:
-                raise ConfigError(f"{path}: method {name}: seeds must be a non-empty list of integers")
-            method_seeds[name] = own_seeds
+            method_seeds[name] = _seeds(own_seeds, f"{path}: method {name}: seeds")
         if "method" not in mflags:
             raise ConfigError(f"{path}: method {name} needs a `method:` flag (standard, smart, rapt, ...)")
         methods[name] = mflags
@@ -168,6 +180,8 @@ def load_grid(path: str | Path) -> Grid:
         check_mapping(fl, train_flags(), f"{path}: {where}")  # each value's type, choices and range
     best_of = {}
     for name, members in _mapping(data.get("best_of"), f"{path}: best_of").items():
+        if members is not None and not isinstance(members, list):
+            raise ConfigError(f"{path}: best_of.{name} must be a list of method names, got {members!r}")
         missing = [m for m in members or [] if m not in methods]
         if not members or missing:
             raise ConfigError(f"{path}: best_of.{name} lists unknown method(s) "
