@@ -216,7 +216,7 @@ def test_dry_run_sees_started_runs(tmp_path, capsys):
     ({"methods": {"x": {"rapt_eta": 2.0}}}, "method x needs a `method:` flag"),
     ({"methods": {"x": {"method": "standard", "seed": 3}}}, "methods.x sets seed"),
     ({"methods": {"x": {"method": "standard", "rapt_eta": 2.0}}}, "--rapt_eta is an option of --method rapt"),
-    ({"methods": {"x": {"method": "standard", "no_such_flag": 1}}}, "unrecognized arguments: --no_such_flag"),
+    ({"methods": {"x": {"method": "standard", "no_such_flag": 1}}}, "methods.x: unknown key(s) no_such_flag"),
     ({"colour": "red"}, "unknown key(s) colour"),
     ({"methods": {"x": {"method": "standard", "tasks": ["mrpc"]}}}, "method x: tasks must be a non-empty subset"),
     ({"methods": {"x": {"method": "standard", "seeds": []}}}, "method x: seeds must be a non-empty list"),
