@@ -6,6 +6,7 @@ float64), never taken from ``mt_dnn.losses`` itself.
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -106,6 +107,16 @@ def test_log_odds_and_the_adversarial_objective_by_hand():
     # regression: summed squared error, (1.5 - 1)^2 + (1 - 2)^2 = 1.25 (sum, not the mean 0.625)
     out = losses.adversarial_objective("mse", torch.tensor([[1.0], [2.0]]), torch.tensor([[1.5], [1.0]]))
     assert out.item() == pytest.approx(1.25, abs=1e-7)
+
+
+def test_losses_name_their_class_dimension():
+    """Every softmax over classes names its dimension (no implicit-dimension warning from torch)."""
+    a, b = torch.tensor([[0.0, 1.0], [2.0, 0.5]]), torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for value in (losses.kl(a, b), losses.sym_kl(a, b), losses.sym_kl_both(a, b),
+                      losses.adversarial_objective("sym_kl", a, b), losses.task_loss(TASKS["rte"], a, torch.tensor([0, 1]))):
+            assert torch.isfinite(value)
 
 
 # ---- the whole step on a regression task, against the independent forward --------------------------------

@@ -82,6 +82,21 @@ def test_constant_predictions_give_zero_not_nan():
     assert m == {"mcc": 0.0, "f1": 0.0}
 
 
+def test_f1_without_any_positive_row_is_zero_without_a_warning():
+    # F1 of class 1 = 2TP / (2TP + FP + FN) is 0/0 when neither the predictions nor the labels hold class 1: 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # sklearn's UndefinedMetricWarning may not leak
+        assert compute_metrics(["f1"], [0, 0, 0], [0, 0, 0]) == {"f1": 0.0}
+
+
+def test_correlations_of_predictions_with_a_small_spread():
+    # predictions 0.1 0.2 0.3 (std 0.08, far below 1) against 1 2 4: dx = -0.1 0 0.1, dy = -4/3 -1/3 5/3
+    # sum dx*dy = 0.3, sum dx^2 = 0.02, sum dy^2 = 42/9 -> r = 0.3 / sqrt(0.02 * 42 / 9); same ranks: Spearman 1
+    m = compute_metrics(["pearson", "spearman"], [0.1, 0.2, 0.3], [1.0, 2.0, 4.0])
+    assert m["pearson"] == pytest.approx(0.3 / math.sqrt(0.02 * 42 / 9))
+    assert m["spearman"] == pytest.approx(1.0)
+
+
 def test_bad_calls():
     with pytest.raises(ValueError, match="3 predictions for 2 labels"):
         compute_metrics(["acc"], [0, 1, 1], [0, 1])
@@ -99,7 +114,9 @@ def test_glue_average():
     per_task = {"mrpc": {"acc": 0.8, "f1": 0.9}, "stsb": {"pearson": 0.7, "spearman": 0.5},
                 "rte": {"acc": 0.6}, "cola": {"mcc": 0.3}}
     assert glue_average(per_task) == pytest.approx((0.85 + 0.6 + 0.6 + 0.3) / 4)
-    assert math.isnan(glue_average({}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "mean of empty slice" warning: no task is nan, said plainly
+        assert math.isnan(glue_average({}))
 
 
 def test_metrics_of_a_task_feed_the_average():
