@@ -34,6 +34,8 @@ setup(
         "dev": ["pytest", "matplotlib"],
         # the documentation site (mkdocs.yml, docs/): mkdocs build --strict
         "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings-python>=1.10"],
+        # mutation testing (bash benchmarks/mutation.sh; slow, not run by CI)
+        "mutation": ["mutmut>=3.8,<4"],
     },
     entry_points={"console_scripts": [
         "mt-dnn-train=mt_dnn.train:cli",
