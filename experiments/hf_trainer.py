@@ -32,6 +32,7 @@ from data_utils import atomic
 from data_utils.batching import seeded_subset
 from data_utils.glue import read_split
 from data_utils.metrics import compute_metrics
+from data_utils.robustness import load_sets, robustness_dir
 from data_utils.task_def import ConfigError, TaskDef, load_task_defs
 from mt_dnn.cli_utils import run_cli, setup_logging
 from mt_dnn.config import TrainConfig, resolve_lr
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                                             f"({', '.join(REGISTRY)}).", allow_abbrev=False)
     p.add_argument("--task", default="rte", help="a task of data_utils/glue_tasks.yml (default: rte)")
     p.add_argument("--glue_dir", default=None, help="GLUE folder (default: $GLUE_DIR, else ../shared/glue_data)")
+    p.add_argument("--robustness_dir", default=None,
+                   help="folder of the task's robustness sets (AdvGLUE's dev.json), scored beside dev at every "
+                        "evaluation (default: $ROBUSTNESS_DIR, else an advglue folder beside the GLUE folder)")
     p.add_argument("--output_dir", default=None, help="default: runs/hf-<task>-<method>-s<seed>")
     add_flags(p, shared_flags())
     return p
@@ -80,7 +84,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, An
     options = method_options(typed, values["method"])
     if values["lr"] is None:
         values["lr"] = resolve_lr(TrainConfig(model=values["model"]))[0]
-    return argparse.Namespace(task=args.task, glue_dir=args.glue_dir, output_dir=args.output_dir, **values), options
+    return argparse.Namespace(task=args.task, glue_dir=args.glue_dir, output_dir=args.output_dir,
+                              robustness_dir=args.robustness_dir, **values), options
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -142,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         problem_type="regression" if regression else "single_label_classification")
     train_ds = tokenized(tokenizer, task, train_ex, args.max_seq_len)
     dev_ds = tokenized(tokenizer, task, dev_ex, args.max_seq_len)
+    # the Trainer scores every dataset of this dict at each evaluation: dev, and the robustness sets beside it
+    evals = {"dev": dev_ds}
+    for rs in load_sets(task, robustness_dir(args.robustness_dir, glue_dir)):
+        if rs.dev_split == dev_split.name:
+            evals[rs.set_name] = tokenized(tokenizer, task, rs.examples, args.max_seq_len)
 
     def metrics(pred) -> dict[str, float]:
         logits = np.asarray(pred.predictions)
@@ -160,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         bf16=args.precision == "bf16", fp16=args.precision == "fp16", disable_tqdm=True,
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available())
     timer = StepTimer(str(out / "step_times.tsv"))
-    trainer = RegularizedTrainer(model=model, args=targs, train_dataset=train_ds, eval_dataset=dev_ds,
+    trainer = RegularizedTrainer(model=model, args=targs, train_dataset=train_ds, eval_dataset=evals,
                                  processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
                                  compute_metrics=metrics, callbacks=[timer, LastStep(evaluate=by_steps)],
                                  method=args.method, method_options=options, seed=args.seed)
@@ -174,8 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     train_seconds = time.perf_counter() - start
     trainer.save_model(str(out / "model"))
     dev = [{"epoch": round(h["epoch"], 3), "step": h["step"],
-            **{m: h[f"eval_{m}"] for m in task.metrics}, "loss": h["eval_loss"]}
-           for h in trainer.state.log_history if "eval_loss" in h]
+            **{m: h[f"eval_dev_{m}"] for m in task.metrics}, "loss": h["eval_dev_loss"]}
+           for h in trainer.state.log_history if "eval_dev_loss" in h]
+    for row in dev:  # the robustness sets' scores logged at the same step
+        robust = {name: {m: h[f"eval_{name}_{m}"] for m in task.metrics} for name in evals if name != "dev"
+                  for h in trainer.state.log_history if h.get("step") == row["step"] and f"eval_{name}_loss" in h}
+        if robust:
+            row["robustness"] = robust
     summary = {"task": task.name, "method": args.method, "method_options": options, "seed": args.seed,
                "model": model_path, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
                "max_seq_len": args.max_seq_len, "precision": args.precision,

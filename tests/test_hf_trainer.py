@@ -387,12 +387,21 @@ def test_example_trains_saves_and_the_pipeline_loads_it(task, glue_dir, tiny_mod
     from experiments.hf_trainer import main
 
     out = tmp_path / "run"
+    adv = tmp_path / "adv"  # an AdvGLUE-format file: RTE has a robustness set, STS-B none
+    adv.mkdir()
+    (adv / "dev.json").write_text(json.dumps({"rte": [{"idx": i, "sentence1": "the cat sat", "sentence2": "a dog",
+                                                        "label": i % 2} for i in range(3)]}))
     rc = main(["--model", str(tiny_model_dir), "--task", task, "--method", "rapt", "--rapt_max_layer", "2",
                "--glue_dir", str(glue_dir), "--output_dir", str(out), "--epochs", "2", "--batch_size", "8",
-               "--max_seq_len", "32", "--seed", "1", "--log_every", "2"])
+               "--max_seq_len", "32", "--seed", "1", "--log_every", "2", "--robustness_dir", str(adv)])
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert [row["epoch"] for row in summary["dev"]] == [1.0, 2.0]
+    for row in summary["dev"]:  # 3 rows: the accuracy is a multiple of 1/3
+        if task == "rte":
+            assert abs(row["robustness"]["advglue"]["acc"] * 3 - round(row["robustness"]["advglue"]["acc"] * 3)) < 1e-9
+        else:
+            assert "robustness" not in row
     metric = "acc" if task == "rte" else "pearson"
     assert all(metric in row for row in summary["dev"])
     assert summary["steps"] == 6 and summary["median_step_seconds"] > 0 and len(summary["step_seconds"]) == 6
