@@ -204,6 +204,29 @@ def test_smart_value_matches_mtdnn_inner_objective(arch, task):
     assert _no_hooks(model)
 
 
+def test_smart_ball_projection_and_its_logs_match_the_formula():
+    """SMART paper's step: delta = clip(d0 + step_size * g / (||g||_inf + eps), -radius, radius) per token, with g
+    the gradient of MT-DNN's inner objective; logged: ||step_size * g|| / ||d0 + step_size * g|| and max |delta|."""
+    model = _deep_model("bert", layers=2)
+    batch = tiny_batch(batch=4)
+    reg = build_regularizer("smart", {"projection": "ball", "radius": 5e-4, "step_size": 1e-3, "noise_var": 1e-5})
+    torch.manual_seed(21)
+    loss, logs = reg(model, batch, model(batch))
+    torch.manual_seed(21)
+    mask = batch["attention_mask"][..., None].float()
+    d0 = torch.randn(batch["input_ids"].shape + (model.hidden_size,)) * 1e-5 * mask
+    clean = ref.logits(model, batch)
+    d = d0.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(ref.mtdnn_inner(clean, ref.logits(model, batch, inject={0: lambda h: h + d}), False), d)
+    step = 1e-3 * g
+    delta = (d0 + 1e-3 * g / (g.abs().amax(-1, keepdim=True) + 1e-6)).clamp(-5e-4, 5e-4) * mask
+    assert (delta.abs() == 5e-4).any() and (delta.abs() < 5e-4).any()  # some entries clipped, some not
+    expected = ref.sym_kl_value(clean, ref.logits(model, batch, inject={0: lambda h: h + delta}))
+    assert abs(loss.item() - expected.item()) < TOL * max(1.0, expected.item()) and expected.item() > 0
+    assert float(logs["smart_grad_share"]) == pytest.approx((step.norm() / (d0 + step).norm()).item(), rel=1e-4)
+    assert float(logs["smart_delta_inf"]) == pytest.approx(delta.abs().max().item(), rel=1e-6)
+
+
 def test_smart_initial_noise_is_noise_var_times_standard_normal_zero_on_padding():
     model = _deep_model("bert", layers=2)
     batch = tiny_batch(batch=4, length=40, pad_last=6)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from data_utils.task_def import ConfigError
 from mt_dnn import losses
-from mt_dnn.perturbation import REGISTRY, Regularizer, build_regularizer, register
+from mt_dnn.perturbation import REGISTRY, Regularizer, build_regularizer, method_names, register
 from mt_dnn.trainer import TrainStep
 from tests import reference_forward as ref
 from tests.conftest import ARCHS, tiny_batch, tiny_model
@@ -47,12 +47,21 @@ def test_sym_kl_is_fp32_for_half_inputs():
 
 def test_registry_lists_methods_and_rejects_duplicates():
     assert {"standard", "smart", "rapt", "r3f"} <= set(REGISTRY)
-    with pytest.raises(ValueError):
+    assert method_names() == list(REGISTRY) and method_names()[:4] == ["standard", "rapt", "smart", "r3f"]
+    with pytest.raises(ValueError, match="method name 'rapt' is empty or already registered"):
         @register
         class Again(Regularizer):
             name = "rapt"
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="method name '' is empty"):
+        register(type("Nameless", (Regularizer,), {}))
+    with pytest.raises(TypeError, match="is not a Regularizer subclass"):
         register(int)
+    fresh = type("Fresh", (Regularizer,), {"name": "fresh_test_method"})
+    try:
+        assert register(fresh) is fresh and REGISTRY["fresh_test_method"] is fresh
+        assert "fresh_test_method" in method_names()
+    finally:
+        REGISTRY.pop("fresh_test_method", None)
     with pytest.raises(ConfigError, match="choose one of"):
         build_regularizer("nope")
     with pytest.raises(ConfigError, match="has no option"):
@@ -148,6 +157,17 @@ def test_rapt_max_layer_above_depth_is_an_error():
     model = tiny_model()
     with pytest.raises(ConfigError, match="outside 0..2"):
         build_regularizer("rapt", {"max_layer": 3}).check(model)
+    for ok in (0, 1, 2):  # the embedding output (0) up to the encoder's last layer are all valid
+        build_regularizer("rapt", {"max_layer": ok}).check(model)
+
+
+def test_rapt_layer_draws_snapshot_and_micro_default():
+    """Snapshot: seed 7's draws of r in 1..2 for steps 0-2 and micro-batches 0-1, recorded from the code when this
+    test was written (tests/test_hf_trainer.py sees the same table from inside the Trainer); a resumed or re-run
+    campaign relies on them staying the same. Without a micro-batch index the draw is micro-batch 0's."""
+    reg = build_regularizer("rapt", {"max_layer": 2}, seed=7)
+    assert [[reg.layer_for_step(s, k) for k in range(2)] for s in range(3)] == [[2, 2], [1, 2], [1, 1]]
+    assert all(reg.layer_for_step(s) == reg.layer_for_step(s, 0) for s in range(20))
 
 
 def _sym_kl_stop_gradient(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -214,6 +234,17 @@ def test_rapt_gradients_reach_encoder_and_regression_uses_mse():
 
 # ---- SMART ---------------------------------------------------------------------------------------------------
 
+def test_smart_normalise_by_hand():
+    # one token (3e-6, -4e-6): inf-norm 4e-6, l2-norm 5e-6, epsilon 1e-6 added to the norm
+    x = torch.tensor([[3e-6, -4e-6]], dtype=torch.float64)
+    inf = build_regularizer("smart", {"norm": "inf"}).normalise(x)
+    assert torch.allclose(inf, torch.tensor([[3 / 5, -4 / 5]], dtype=torch.float64))  # x / (4e-6 + 1e-6)
+    l2 = build_regularizer("smart", {"norm": "l2"}).normalise(x)
+    assert torch.allclose(l2, torch.tensor([[3 / 6, -4 / 6]], dtype=torch.float64))  # x / (5e-6 + 1e-6)
+    l1 = build_regularizer("smart", {"norm": "l1"}).normalise(x)
+    assert l1.tolist() == [[1.0, -1.0]]
+
+
 def test_smart_norms_behave_as_documented():
     x = torch.randn(2, 5, 8)
     inf = build_regularizer("smart", {"norm": "inf"}).normalise(x)
@@ -279,9 +310,16 @@ def test_smart_non_finite_gradient_skips_term(monkeypatch):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss, tl, rl, logs = step(batch)
     assert rl.item() == 0.0 and logs["smart_skipped"] == 1.0 and reg.skipped == 1
+    # a skipped step leaves no noise behind and reports no ascent
+    assert logs["smart_delta_inf"] == 0.0 and logs["smart_grad_share"] == 0.0
     loss.backward()
     opt.step()
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    # skips add up on the device, on top of a count restored from a checkpoint
+    reg.skipped = 5
+    for expected in (6, 7):
+        _, _, _, logs = step(batch)
+        assert int(logs["smart_skipped_total"]) == expected and reg.skipped == expected
 
 
 # ---- R3F and all methods on all encoders --------------------------------------------------------------------
