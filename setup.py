@@ -30,8 +30,10 @@ setup(
     extras_require={
         # figures of experiments/rapt (figure1, layers); imported only when a figure is drawn
         "plots": ["matplotlib"],
-        # the test suite draws those figures too
-        "dev": ["pytest", "matplotlib"],
+        # LoRA adapters on the encoder (mt_dnn.train --lora_rank; a peft model in RegularizedTrainer)
+        "lora": ["peft>=0.21"],
+        # the test suite draws those figures too, and trains LoRA adapters
+        "dev": ["pytest", "matplotlib", "peft>=0.21"],
         # the documentation site (mkdocs.yml, docs/): mkdocs build --strict
         "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings-python>=1.10"],
         # mutation testing (bash benchmarks/mutation.sh; slow, not run by CI)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,17 @@ class TrainConfig:
                                                   "(quick runs)", ge=1)
     pooling: str = setting("auto", "sentence vector: auto follows the checkpoint (sentence-transformers: mean; "
                                    "else [CLS])", choices=("auto", "cls", "mean"))
+    lora_rank: int = setting(0, "train LoRA adapters of this rank on the encoder instead of all its weights (peft: "
+                                "W x + (alpha / rank) B A x on --lora_target_modules; the rest of the encoder is "
+                                "frozen, the task heads train fully; best/ holds the merged weights); 0: full "
+                                "fine-tuning. LoRA usually wants a higher --lr (e.g. 1e-3)", ge=0)
+    lora_alpha: float = setting(16.0, "LoRA scaling: the adapters' update is (alpha / rank) B A x", gt=0)
+    lora_dropout: float = setting(0.1, "dropout on the LoRA adapters' input", ge=0, lt=1)
+    lora_target_modules: str | None = setting(None, "comma-separated names of the encoder's linear layers that get "
+                                                    "LoRA adapters (default: the attention query and value "
+                                                    "projections: query,value for BERT, RoBERTa and ELECTRA; "
+                                                    "query_proj,value_proj for DeBERTa-v2; q_lin,v_lin for "
+                                                    "DistilBERT)")
     epochs: int = setting(3, "training epochs (one epoch = one pass over every task's batches)", ge=0)
     max_steps: int | None = setting(None, "stop after this many optimizer steps (overrides --epochs; evaluates at "
                                           "the end)", ge=1)
@@ -90,6 +101,13 @@ class TrainConfig:
         check_fields(self)
         if self.epochs < 1 and not self.max_steps:
             raise ConfigError("--epochs must be >= 1 (or give --max_steps)")
+        if not self.lora_rank:  # a LoRA setting without LoRA would silently do nothing
+            defaults = {f.name: f.default for f in fields(self)}
+            given = [f for f in ("lora_alpha", "lora_dropout", "lora_target_modules")
+                     if getattr(self, f) != defaults[f]]
+            if given:
+                raise ConfigError(f"--{given[0]} only applies with --lora_rank >= 1 (LoRA adapters); without it "
+                                  "the whole encoder is fine-tuned")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other (--resume continues the run in "
                               "--output_dir, --overwrite replaces it)")

@@ -7,7 +7,8 @@ output; for DeBERTa-v2 with a convolution layer (``conv_kernel_size > 0``) layer
 mixes block 1's output with the embedding output). Noise never goes in through ``inputs_embeds``, which would
 re-add position/type embeddings and LayerNorm.
 
-Supported: BERT, RoBERTa, ELECTRA, DeBERTa(-v2) (``encoder.layer``) and DistilBERT (``transformer.layer``).
+Supported: BERT, RoBERTa, ELECTRA, DeBERTa(-v2) (``encoder.layer``) and DistilBERT (``transformer.layer``), also
+inside a peft wrapper (LoRA): the hooks go on the wrapped model's own modules.
 """
 from __future__ import annotations
 
@@ -52,6 +53,19 @@ def _first(args: tuple, kwargs: dict) -> torch.Tensor:
     return next(kwargs[k] for k in _HIDDEN_KWARGS if k in kwargs)
 
 
+def unwrap_peft(module: nn.Module) -> nn.Module:
+    """The model inside peft's wrappers (``PeftModel.get_base_model()``, a tuner's ``model``), else ``module``.
+
+    peft is optional, so it is recognised by the wrapper's own module name rather than imported. The adapted
+    layers stay where they are: inside the returned model, the blocks call them as usual."""
+    while type(module).__module__.split(".")[0] == "peft":
+        inner = module.get_base_model() if hasattr(type(module), "get_base_model") else module._modules.get("model")
+        if not isinstance(inner, nn.Module) or inner is module:
+            break
+        module = inner
+    return module
+
+
 @dataclass
 class LayerCapture:
     """What a clean pass leaves behind for re-running the modules above layer r (shared-lower-layers RAPT)."""
@@ -66,6 +80,7 @@ class EncoderHooks:
     """Finds an encoder's embedding table, transformer stack and blocks, and offers the hooks the methods use."""
 
     def __init__(self, encoder: nn.Module):
+        encoder = unwrap_peft(encoder)
         embeddings = getattr(encoder, "embeddings", None)
         words = getattr(embeddings, "word_embeddings", None)
         stack = getattr(encoder, "encoder", None) or getattr(encoder, "transformer", None)

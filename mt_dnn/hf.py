@@ -1,8 +1,9 @@
 """The regularizers (standard, SMART, RAPT, R3F) for any Hugging Face sequence classifier and ``transformers.Trainer``.
 
 ``HFClassifier`` wraps an ``AutoModelForSequenceClassification`` (BERT, RoBERTa, ELECTRA, DeBERTa(-v2) with or
-without its conv layer, DistilBERT) in the small interface the methods of ``mt_dnn.perturbation`` use; the methods
-themselves come from that registry unchanged. ``RegularizedTrainer`` is a drop-in ``transformers.Trainer`` whose
+without its conv layer, DistilBERT), also one wrapped by peft (LoRA adapters: ``get_peft_model``), in the small
+interface the methods of ``mt_dnn.perturbation`` use; the methods themselves come from that registry unchanged.
+``method="standard"`` perturbs nothing and works with any ``AutoModelForSequenceClassification``. ``RegularizedTrainer`` is a drop-in ``transformers.Trainer`` whose
 training loss is ``task_loss + alpha * reg_loss``::
 
     trainer = RegularizedTrainer(model=clf, args=args, train_dataset=train, method="rapt",
@@ -26,7 +27,8 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 
 from data_utils.task_def import ConfigError
-from mt_dnn.encoder_hooks import EncoderHooks, HookedEncoder, LayerCapture, _replace_first, _with_hidden
+from mt_dnn.encoder_hooks import (EncoderHooks, HookedEncoder, LayerCapture, _replace_first, _with_hidden,
+                                  unwrap_peft)
 from mt_dnn.perturbation import Regularizer, build_regularizer
 
 logger = logging.getLogger(__name__)
@@ -45,9 +47,21 @@ class HFClassifier(HookedEncoder):
 
     def __init__(self, model: nn.Module):
         self.model = model
-        self.hooks = EncoderHooks(model.base_model)
+        try:  # a peft classifier (LoRA): the hooks go on the encoder inside it, whose adapted layers run as usual
+            self._hooks: EncoderHooks | None = EncoderHooks(unwrap_peft(model).base_model)
+            self._no_hooks = ""
+        except ConfigError as exc:  # only a method that perturbs the encoder needs them (standard does not)
+            self._hooks, self._no_hooks = None, str(exc)
         # what runs the classifier: the module itself, or (inside the regularized step) the forward it had before
         self.call: Callable[..., Any] = model
+
+    @property
+    def hooks(self) -> EncoderHooks:
+        """The encoder's hooks; a ConfigError for an encoder they do not know (BERT, RoBERTa, ELECTRA, DeBERTa(-v2),
+        DistilBERT are known)."""
+        if self._hooks is None:
+            raise ConfigError(self._no_hooks)
+        return self._hooks
 
     @property
     def num_layers(self) -> int:

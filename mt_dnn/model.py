@@ -157,6 +157,7 @@ def save_model(model: MultiTaskModel, tokenizer, tasks: list[TaskDef], out_dir: 
     from safetensors.torch import save_file
 
     from data_utils.task_def import dump_task_defs
+    from mt_dnn.lora import plain_state_dict
 
     final = Path(out_dir)
     out = final.with_name(f"{final.name}.tmp-{os.getpid()}")  # this process's own: two writers never share one
@@ -164,7 +165,8 @@ def save_model(model: MultiTaskModel, tokenizer, tasks: list[TaskDef], out_dir: 
     (out / "encoder").mkdir(parents=True, exist_ok=True)
     model.encoder.config.save_pretrained(out / "encoder")
     tokenizer.save_pretrained(out / "encoder")
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    # LoRA adapters merged into the encoder's weights: a saved model is always a plain one
+    state = {k: v.detach().contiguous().cpu() for k, v in plain_state_dict(model).items()}
     save_file(state, str(out / "model.safetensors"))
     dump_task_defs(tasks, out / "tasks.yml")
     meta = {"pooling": model.pooling, "tasks": [t.name for t in tasks],

@@ -85,6 +85,7 @@ class Regularizer:
 
     name: ClassVar[str] = ""
     alpha_field: ClassVar[str] = "alpha"
+    uses_hooks: ClassVar[bool] = True  # perturbs the encoder through its hooks (standard: works with any model)
 
     @dataclass
     class Options:
@@ -101,7 +102,10 @@ class Regularizer:
         return float(getattr(self.options, self.alpha_field, 0.0))
 
     def check(self, model: MultiTaskModel) -> None:
-        """Raise ConfigError if the options cannot work with this model."""
+        """Raise ConfigError if the options cannot work with this model (a method that perturbs the encoder needs
+        the hooks: ``model.hooks`` raises for an encoder they do not know)."""
+        if self.uses_hooks:
+            model.hooks  # noqa: B018
 
     def clean_pass(self, model: MultiTaskModel, batch: dict):
         """A context manager wrapped around the clean forward pass (most methods need none)."""
@@ -117,6 +121,7 @@ class Standard(Regularizer):
     """Plain fine-tuning: no regularizer (loss 0)."""
 
     name = "standard"
+    uses_hooks = False
 
     def __call__(self, model, batch, clean_logits):
         return _zero(clean_logits.device), {}

@@ -45,6 +45,7 @@ ROLES = {
     "model": RESULT, "task_def": RESULT, "cache_dir": PLACE, "robustness_dir": PLACE, "bad_rows": RESULT,
     "max_seq_len": RESULT,
     "max_train_samples": RESULT, "pooling": RESULT, "epochs": RESULT, "max_steps": RESULT, "batch_size": RESULT,
+    "lora_rank": RESULT, "lora_alpha": RESULT, "lora_dropout": RESULT, "lora_target_modules": RESULT,
     "eval_batch_size": RUNTIME, "lr": RESULT, "weight_decay": RESULT, "warmup": RESULT, "clip": RESULT,
     "optimizer": RESULT, "seed": RESULT, "no_eval": RESULT, "task_sampling": RESULT, "sampling_temperature": RESULT,
     "group_by_length": RESULT,

@@ -40,6 +40,7 @@ from mt_dnn.config import OPTIMIZERS, PRECISIONS, TrainConfig, resolve_lr  # noq
 from mt_dnn.distributed import init_distributed
 from mt_dnn.model import (MultiTaskModel, checkpoint_pooling, find_model_dir, load_encoder, load_model, resolve_model,
                           save_model)
+from mt_dnn.lora import add_lora
 from mt_dnn.perturbation import build_regularizer
 from mt_dnn.runtime import autocast, pick_device, to_device  # noqa: F401 (re-exported)
 from mt_dnn.step import TrainStep, predict  # noqa: F401 (re-exported)
@@ -135,6 +136,8 @@ class Trainer:
             encoder, self.tokenizer = load_encoder(model_path)
             pooling = checkpoint_pooling(model_path) if cfg.pooling == "auto" else cfg.pooling
             model = MultiTaskModel(encoder, self.tasks, pooling)
+        if cfg.lora_rank:  # adapters on the encoder, its other weights frozen (so left out of the optimizer)
+            add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
         self.model = model.to(self.device)
         self.reg.check(self.model)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0

@@ -4,10 +4,13 @@ It calls the Hugging Face submodules (embeddings, blocks, DeBERTa-v2's conv) one
 masks itself and can replace layer r's state by ``inject[r](h)``. Layer r is what the encoder passes to block
 r + 1 (layer 0: the embedding output; for DeBERTa-v2 with a conv layer, layer 1 is the conv's output).
 The head is applied by hand: [CLS] (or masked-mean) pooling, then the head's linear layer (eval mode).
+Inside :func:`lora_by_formula`, every LoRA-adapted linear layer is computed from its tensors as
+W x + b + (alpha / r) * B A x, without the adapter library's forward.
 """
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -17,9 +20,38 @@ def _stack(encoder):
     return getattr(encoder, "encoder", None) or getattr(encoder, "transformer")
 
 
+def _plain(encoder):
+    """The encoder inside an adapter wrapper (``get_base_model()``), else the encoder itself."""
+    return encoder.get_base_model() if hasattr(type(encoder), "get_base_model") else encoder
+
+
+@contextlib.contextmanager
+def lora_by_formula(model, alpha: float, rank: int) -> Iterator[int]:
+    """Inside the block every LoRA-adapted linear layer of ``model`` (one holding ``base_layer``, ``lora_A`` and
+    ``lora_B``) computes x W^T + b + (alpha / rank) * x A^T B^T from its weights (eval: no adapter dropout), with
+    ``alpha`` and ``rank`` as the test configured them. Yields the number of layers so computed."""
+    layers = [m for m in model.modules() if hasattr(m, "base_layer") and hasattr(m, "lora_A")]
+
+    def formula(m):
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            (a,), (b,) = m.lora_A.values(), m.lora_B.values()
+            base = F.linear(x, m.base_layer.weight, m.base_layer.bias)
+            return base + (alpha / rank) * F.linear(F.linear(x, a.weight), b.weight)
+        return forward
+
+    for m in layers:
+        m.forward = formula(m)
+    try:
+        yield len(layers)
+    finally:
+        for m in layers:
+            del m.forward
+
+
 def embed(encoder, batch: dict, word_noise: torch.Tensor | None = None) -> torch.Tensor:
     """Layer 0 (B, T, H). With ``word_noise``, the encoder's own embedding module gets
     ``sg(token lookup) + word_noise`` as ``inputs_embeds`` (position/type embeddings and LayerNorm as usual)."""
+    encoder = _plain(encoder)
     ids, mask = batch["input_ids"], batch["attention_mask"]
     types = batch.get("token_type_ids")
     emb = encoder.embeddings
@@ -52,6 +84,7 @@ def last_hidden(encoder, batch: dict, inject: dict[int, Callable] | None = None,
     """The last layer's states (B, T, H) by our own loop; ``inject[r]`` replaces layer r's state; ``record[r]``
     receives layer r's state as passed on (after injection)."""
     inject = inject or {}
+    encoder = _plain(encoder)
     mask = batch["attention_mask"]
     h = embed(encoder, batch, word_noise)
     stack = _stack(encoder)

@@ -90,3 +90,57 @@ def test_predict_sorts_pads_and_restores_file_order(regression):
         assert out.tolist() == expected.tolist()
         margins = (alone[:, 0] - alone[:, 1]).abs()
         assert margins.min() > 1e-4  # no row is a near tie that float error could flip
+
+
+def _regression_features(n: int = 7, seed: int = 9) -> tuple:
+    """STS-B features of ``n`` rows of varied lengths and the model's scores for each row alone (reference)."""
+    model = tiny_model(tasks=("stsb",), pooling="mean").eval()
+    g = torch.Generator().manual_seed(seed)
+    rows = [torch.randint(5, 100, (int(torch.randint(3, 12, (1,), generator=g)),), generator=g) for _ in range(n)]
+    features = Features("stsb", "dev", [r.tolist() for r in rows], [[0] * len(r) for r in rows], None,
+                        [str(i) for i in range(n)])
+    with torch.no_grad():
+        alone = [ref.logits(model, {"task": "stsb", "input_ids": r[None], "attention_mask": torch.ones(1, len(r)),
+                                    "token_type_ids": torch.zeros(1, len(r), dtype=torch.long)}).item() for r in rows]
+    return model, features, np.array(alone)
+
+
+def test_predict_gathers_every_ranks_rows(monkeypatch):
+    """Under DDP each rank predicts rows rank::world_size and the shards are gathered: rank 0 of two sends only
+    its own rows and ends with every row's score (rank 1's shard written out here from the reference)."""
+    model, features, alone = _regression_features()
+    sent = []
+
+    def all_gather_object(shards, mine):
+        sent.append(mine)
+        shards[0] = mine
+        shards[1] = (list(range(1, len(alone), 2)), alone[1::2].tolist())
+
+    monkeypatch.setattr(torch.distributed, "all_gather_object", all_gather_object)
+    out = predict(model, features, batch_size=2, device=torch.device("cpu"), pad_id=0, rank=0, world_size=2)
+    assert sorted(sent[0][0]) == list(range(0, len(alone), 2))  # rank 0 predicted its own rows only
+    np.testing.assert_allclose(out, alone, atol=1e-5)
+    assert out.dtype == np.float64
+
+
+def test_predict_returns_class_ids_as_integers():
+    model = tiny_model(pooling="mean")
+    rows = _rows("bert", seed=5)
+    features = Features("rte", "dev", [r["input_ids"][0].tolist() for r in rows],
+                        [r["token_type_ids"][0].tolist() for r in rows], None, [str(i) for i in range(len(rows))])
+    out = predict(model, features, batch_size=2, device=torch.device("cpu"), pad_id=0)
+    assert out.dtype == np.int64 and set(out.tolist()) <= {0, 1}
+
+
+def test_batch_logits_keeps_the_token_budget():
+    """Rows of 8 tokens, at most 16 rows a batch: an explicit budget of 40 padded tokens gives batches of 5 rows;
+    the automatic budget is mt_dnn.step.CPU_EVAL_TOKENS tokens on the CPU and none on a GPU."""
+    from mt_dnn import step
+
+    model = tiny_model(tasks=("stsb",), pooling="mean")
+    features = Features("stsb", "dev", [[7] * 8 for _ in range(30)], [[0] * 8 for _ in range(30)], None,
+                        [str(i) for i in range(30)])
+    sizes = [len(rows) for rows, _ in step.batch_logits(model, features, 16, torch.device("cpu"), 0, max_tokens=40)]
+    assert sizes == [5] * 6
+    assert step.eval_token_budget(torch.device("cpu")) == step.CPU_EVAL_TOKENS
+    assert step.eval_token_budget(torch.device("cuda")) is None  # a device object: no GPU needed

@@ -28,11 +28,12 @@ def test_every_config_field_has_one_declared_role():
 # a value other than the default for every mt_dnn.train flag a grid may set (the campaign sets tasks, seed,
 # output_dir and --resume itself; --overwrite contradicts --resume)
 OTHER = {"method": "rapt", "glue_dir": "g2", "model": "some/encoder", "cache_dir": "c2", "bad_rows": "skip",
+         "max_eval_samples": 9,
          "max_seq_len": 64, "max_train_samples": 50, "pooling": "mean", "epochs": 2, "max_steps": 5, "batch_size": 4,
          "eval_batch_size": 7, "lr": 3e-4, "weight_decay": 0.1, "warmup": 0.2, "clip": 2.0, "optimizer": "adamax",
          "no_eval": True, "task_sampling": "uniform", "sampling_temperature": 3.0, "precision": "bf16",
          "grad_accumulation_steps": 2, "init_checkpoint": "ckpt", "max_bad_steps": 20, "save_every_steps": 5,
-         "log_every": 3, "device": "cpu", "tf32": False, "rapt_eta": 1.5}
+         "log_every": 3, "device": "cpu", "tf32": False, "rapt_eta": 1.5, "lora_dropout": 0.2}
 
 
 def test_a_grid_flag_names_the_folder_exactly_when_resume_compares_it(tmp_path):
@@ -60,8 +61,10 @@ def test_a_grid_flag_names_the_folder_exactly_when_resume_compares_it(tmp_path):
     for name, value in other.items():
         if name == "method":
             continue  # the grid's methods set it
-        folder, recipe = plan({name: value})
-        assert (folder != base_folder) == (recipe != base_recipe), name
+        lora = {"lora_rank": 2} if name.startswith("lora_") and name != "lora_rank" else {}  # needs a rank
+        folder, recipe = plan({**lora, name: value})
+        without_it = plan(lora) if lora else (base_folder, base_recipe)
+        assert (folder != without_it[0]) == (recipe != without_it[1]), name
     assert plan({"max_bad_steps": 20})[0] == base_folder
     assert plan({"task_def": other["task_def"]})[0] != base_folder
 
