@@ -371,6 +371,17 @@ def test_every_method_on_every_encoder(arch, method):
     assert emb is not None and emb.abs().sum() > 0
 
 
+def test_train_step_with_shared_lower_layers_equals_the_reference():
+    """The step's clean pass records layer r for RAPT's shared path; loss as written out on the reference."""
+    model = tiny_model(dropout=0.0)
+    batch = tiny_batch()
+    reg = build_regularizer("rapt", {"max_layer": 2, "alpha": 0.5, "share_lower_layers": True})
+    torch.manual_seed(31)
+    loss, _, rl, logs = TrainStep(model, reg)(batch)
+    assert rl.item() > 0
+    assert loss.item() == pytest.approx(_step_expected(model, batch, "rapt", reg, logs, 31).item(), rel=1e-5)
+
+
 def test_standard_has_zero_regularizer():
     model = tiny_model()
     loss, tl, rl, _ = TrainStep(model, build_regularizer("standard"))(tiny_batch())
