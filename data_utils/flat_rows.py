@@ -128,6 +128,10 @@ class Features:
                                   [self.labels[i] for i in rows_list] if self.labels is not None else None,
                                   [self.indices[i] for i in rows_list])
 
+    def head(self, n: int | None) -> "Features":
+        """The first ``n`` rows in file order (all of them when ``n`` is None or not less than the row count)."""
+        return self if not n or n >= len(self) else self.subset(range(n))
+
     def padded(self, rows: Sequence[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``rows`` padded to their own longest row: input_ids, attention_mask and token_type_ids (or None), each
         (B, T) LongTensor, where T is the longest of the rows."""

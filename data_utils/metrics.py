@@ -5,8 +5,6 @@ import math
 from typing import Sequence
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 
 def _finite(x: float) -> float:
@@ -20,6 +18,11 @@ def compute_metrics(names: Sequence[str], predictions: Sequence, labels: Sequenc
     acc = accuracy; f1 = binary F1 of class 1 (MRPC, QQP); mcc = Matthews correlation (CoLA);
     pearson / spearman = correlations (STS-B).
     """
+    # imported here: scikit-learn and scipy.stats take about a second of CPU to import, which a run without
+    # scores (--no_eval, predictions on one's own text, --help) does not need
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
     preds = np.asarray(predictions)
     gold = np.asarray(labels)
     if len(preds) != len(gold):

@@ -42,6 +42,9 @@ class TrainConfig:
     max_seq_len: int = setting(128, "truncate inputs to this many tokens", ge=8)
     max_train_samples: int | None = setting(None, "train on a seeded random subset of this many rows per task "
                                                   "(quick runs)", ge=1)
+    max_eval_samples: int | None = setting(None, "score only the first N rows of each dev split and of each robustness "
+                                                 "set (quick runs: the scores, and the evaluation that picks best/, "
+                                                 "are that slice's, not the dev set's)", ge=1)
     pooling: str = setting("auto", "sentence vector: auto follows the checkpoint (sentence-transformers: mean; "
                                    "else [CLS])", choices=("auto", "cls", "mean"))
     lora_rank: int = setting(0, "train LoRA adapters of this rank on the encoder instead of all its weights (peft: "

@@ -43,7 +43,7 @@ RUNTIME = "runtime"  # how the run is carried out (logging, saving, device, when
 ROLES = {
     "tasks": RESULT, "method": RESULT, "method_options": RESULT, "glue_dir": PLACE, "output_dir": PLACE,
     "model": RESULT, "task_def": RESULT, "cache_dir": PLACE, "robustness_dir": PLACE, "bad_rows": RESULT,
-    "max_seq_len": RESULT,
+    "max_seq_len": RESULT, "max_eval_samples": RESULT,  # a dev slice: other scores, maybe another best/
     "max_train_samples": RESULT, "pooling": RESULT, "epochs": RESULT, "max_steps": RESULT, "batch_size": RESULT,
     "lora_rank": RESULT, "lora_alpha": RESULT, "lora_dropout": RESULT, "lora_target_modules": RESULT,
     "eval_batch_size": RUNTIME, "lr": RESULT, "weight_decay": RESULT, "warmup": RESULT, "clip": RESULT,

@@ -211,11 +211,12 @@ class Trainer:
             if not cfg.no_eval:
                 for s in t.splits_of("dev"):
                     self.dev.append(load_features(cfg.glue_dir, t, s, self.tokenizer, cfg.max_seq_len, cache, fp,
-                                                  pending, cfg.bad_rows))
+                                                  pending, cfg.bad_rows).head(cfg.max_eval_samples))
                 for rs in load_sets(t, robust_folder):
                     self.robust.setdefault((t.name, rs.dev_split), []).append(
-                        (rs.set_name, tokenize_set(self.tokenizer, t, rs, cfg.max_seq_len)))
-            logger.info("task %s: %d training rows", t.name, len(feats))
+                        (rs.set_name, tokenize_set(self.tokenizer, t, rs, cfg.max_seq_len).head(cfg.max_eval_samples)))
+            logger.info("task %s: %d training rows%s", t.name, len(feats), "" if cfg.no_eval or not cfg.max_eval_samples
+                        else f"; scored on the first {cfg.max_eval_samples} rows of each dev set (--max_eval_samples)")
         save_pending(pending)
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -280,7 +281,7 @@ class Trainer:
                             self.rank, self.world_size)
             metrics = compute_metrics(task.metrics, preds, feats.labels)
             record = {"epoch": epoch, "step": self.step, "task": task.name, "split": "dev",
-                      "split_name": feats.split, "method": self.cfg.method, "seed": self.cfg.seed,
+                      "split_name": feats.split, "rows": len(feats), "method": self.cfg.method, "seed": self.cfg.seed,
                       "train_seconds": round(self.train_seconds, 3), "metrics": metrics}
             robust = {}
             for set_name, rfeats in self.robust.get((task.name, feats.split), []):

@@ -138,3 +138,30 @@ def test_config_file_gives_defaults_and_flags_win(tmp_path):
     argv = ["--config", str(bad)]
     with pytest.raises(Exception, match="unknown key"):
         config_from_args(parser.parse_args(argv))
+
+
+def test_max_eval_samples_scores_the_first_rows_of_dev_and_of_each_robustness_set(tmp_path, glue_dir, tiny_model_dir,
+                                                                                  monkeypatch):
+    import numpy as np
+
+    from data_utils.task_def import load_task_defs
+
+    # a model that always predicts class 0: each slice's accuracy is the share of that label in its first rows
+    monkeypatch.setattr("mt_dnn.trainer.predict", lambda model, feats, *a, **k: np.zeros(len(feats), dtype=np.int64))
+    first_label = load_task_defs()["rte"].labels[0]
+    gold = [line.split("\t")[-1] for line in (glue_dir / "RTE" / "dev.tsv").read_text().splitlines()[1:]]
+    k = 3
+    sliced, full = sum(g == first_label for g in gold[:k]) / k, sum(g == first_label for g in gold) / len(gold)
+    assert sliced != full  # the fixture tells a slice from the whole split
+    adv = tmp_path / "adv"
+    adv.mkdir()
+    rows = [{"idx": i, "sentence1": "the cat sat", "sentence2": "a dog ran", "label": lab}
+            for i, lab in enumerate([0, 0, 0, 1, 1, 1])]  # the first 3 share one label: 1.0 or 0.0, never 0.5
+    (adv / "dev.json").write_text(json.dumps({"rte": rows}))
+    out = _train(tmp_path, glue_dir, tiny_model_dir, "--tasks", "rte", "--max_steps", "1", "--max_eval_samples",
+                 str(k), "--robustness_dir", str(adv))
+    dev = [r for r in _records(out) if r["split"] == "dev"]
+    assert len(dev) == 1 and dev[0]["rows"] == k
+    assert dev[0]["metrics"]["acc"] == pytest.approx(sliced)
+    assert dev[0]["robustness"]["advglue"]["acc"] in (0.0, 1.0)
+    assert json.loads((out / "config.json").read_text())["recipe"]["max_eval_samples"] == k
