@@ -12,6 +12,7 @@ from mt_dnn.flags import check_fields, setting
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "adamax")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 PACKAGED_LR = 1e-4  # measured best for the packaged MiniLM (README)
 PAPER_LR = 2e-5  # the paper's rate for BERT-base: the default for every other encoder
 
@@ -97,6 +98,10 @@ class TrainConfig:
     tf32: bool = setting(True, "on CUDA, keep float32 matmuls in full fp32 instead of TF32 (TF32 is the default on "
                                "GPUs: several times faster on Ampere and newer, results differ in the last digits; "
                                "no effect on CPU)")
+    compile: str = setting("none", "torch.compile the model: none, default, reduce-overhead (CUDA graphs: for "
+                                   "small encoders, whose GPU steps wait on kernel launches) or max-autotune; "
+                                   "the first steps compile, results differ in the last digits",
+                           choices=COMPILE_MODES)
     world_size: int = 1
 
     def validate(self) -> None:

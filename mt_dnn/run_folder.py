@@ -35,10 +35,10 @@ COMPANIONS = ("flags.json", "job.json", "campaign.out")  # a launcher's files be
 RESULT = "result"  # changes what the run computes: compared by --resume, part of a campaign folder's name
 PLACE = "place"  # where the run or its inputs are: never compared (what the inputs hold may be)
 RUNTIME = "runtime"  # how the run is carried out (logging, saving, device, when to give up, how it was started)
-# The role of every TrainConfig field. task_def is compared by what it selects: the recipe holds the selected
-# tasks' definitions, wherever the YAML came from. Every method option changes the result (method_options). The
-# device is the user's to change, and so is tf32, which only matters on CUDA: like moving a run to another
-# device, it changes the last digits, not the recipe. max_bad_steps only decides when a run gives up: a run that
+# The role of every TrainConfig field. task_def is compared by what it selects: the recipe holds the selected tasks'
+# definitions, wherever the YAML came from. Every method option changes the result (method_options). The device is
+# the user's to change, and so are tf32, which only matters on CUDA, and compile: like moving a run to another
+# device, they change the last digits, not the recipe. max_bad_steps only decides when a run gives up: a run that
 # gave up may be resumed with a higher limit.
 ROLES = {
     "tasks": RESULT, "method": RESULT, "method_options": RESULT, "glue_dir": PLACE, "output_dir": PLACE,
@@ -51,7 +51,7 @@ ROLES = {
     "group_by_length": RESULT,
     "precision": RESULT, "grad_accumulation_steps": RESULT, "init_checkpoint": RESULT, "max_bad_steps": RUNTIME,
     "save_every_steps": RUNTIME, "resume": RUNTIME, "overwrite": RUNTIME, "log_every": RUNTIME, "device": RUNTIME,
-    "tf32": RUNTIME, "world_size": RESULT,
+    "tf32": RUNTIME, "compile": RUNTIME, "world_size": RESULT,
 }
 NOT_RESULT = frozenset(name for name, role in ROLES.items() if role != RESULT)
 # how a config.json without a "recipe" block (written by older versions) can still be compared

@@ -39,3 +39,22 @@ def test_work_folder_inside_the_repository_is_refused(inside, monkeypatch, capsy
     assert exit_info.value.code == 2  # argparse's usage error
     assert "--work must be outside the repository" in capsys.readouterr().err
     assert built == [] and not (scale.REPO / "scale_work").exists()
+
+
+def test_predict_speed_runs_both_paths_and_reports_rows_per_second(tmp_path, monkeypatch, tiny_model_dir):
+    import json
+
+    import benchmarks.predict_speed as ps
+
+    glue = write_glue(tmp_path / "src", n_test=30)
+    monkeypatch.setattr(ps, "QQP_TEST_ROWS", 50)
+    out = tmp_path / "report.json"
+    assert ps.main(["--glue_dir", str(glue), "--model", str(tiny_model_dir), "--rows", "20", "--budget_s", "0.001",
+                    "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["data"]["task"] in ("rte", "mrpc", "sst", "stsb", "cola", "wnli")
+    summary = report["summary"]
+    assert summary["submission"]["now"]["rows"] == 20 and summary["own_text"]["now"]["rows"] == 20
+    assert 0 < summary["own_text_full"]["now"]["rows"] <= 50  # stopped by the budget, or done
+    assert all(by["now"]["rows_per_s"] > 0 and by["now"]["peak_rss_mb"] > 0 for by in summary.values())
+    assert len((tmp_path / "work" / "out.jsonl").read_text().splitlines()) == 20

@@ -2,6 +2,9 @@
 
     python -m experiments.rapt.speed --glue_dir $GLUE_DIR --task rte --steps 24   # -> results/speed_rte.json
     python -m experiments.rapt.speed --device cuda --precision bf16 --model bert-base-uncased --steps 50
+    python -m experiments.rapt.speed --against hf-trainer --glue_dir $GLUE_DIR --task rte --threads 2 \
+        --warmup 3 --steps 30 --methods standard,rapt,smart,r3f --optimizer_kernel default
+        # -> results/speed_vs_hf_rte_default.json: ours against transformers.Trainer (experiments.rapt.versus_hf)
 
 Each method has its own copy of the model and optimizer, so all start from the same weights; at step i every
 method trains on batch i, in a rotating order, so machine noise hits them alike. A step is the full
@@ -32,10 +35,13 @@ from data_utils.features import load_features
 from data_utils.task_def import load_task_defs
 from mt_dnn.cli_utils import run_cli, setup_logging
 from mt_dnn.model import DEFAULT_MODEL, MultiTaskModel, checkpoint_pooling, load_encoder, resolve_model
-from mt_dnn.config import PRECISIONS
+from mt_dnn.config import COMPILE_MODES, PRECISIONS
 from mt_dnn.perturbation import build_regularizer
 from mt_dnn.runtime import autocast, build_optimizer, pick_device, set_tf32, to_device
 from mt_dnn.trainer import TrainStep, seed_everything
+
+from experiments.rapt import versus_hf
+from experiments.rapt.versus_hf import KERNELS
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +82,31 @@ def main(argv=None) -> int:
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="fp32, or bf16/fp16 autocast")
     p.add_argument("--no_tf32", action="store_true", help="on CUDA, full fp32 matmuls instead of TF32")
     p.add_argument("--cache_dir", default=".cache/features")
-    p.add_argument("--out", default=None, help="default: experiments/rapt/results/speed_<task>.json")
+    p.add_argument("--out", default=None, help="default: experiments/rapt/results/speed_<task>.json "
+                                               "(speed_vs_hf_<task>_<kernel>.json with --against hf-trainer)")
+    p.add_argument("--against", default="none", choices=("none", "hf-trainer"),
+                   help="hf-trainer: our trainer's loop against plain transformers.Trainer, step by step in one "
+                        "process (experiments.rapt.versus_hf)")
+    p.add_argument("--optimizer_kernel", default="default", choices=KERNELS,
+                   help="AdamW kernel (on both sides with --against): default (each side's own), forloop, "
+                        "foreach or fused")
+    p.add_argument("--trainer_kernel", default="same", choices=("same",) + KERNELS,
+                   help="with --against: the Trainer's AdamW kernel when it is not --optimizer_kernel's")
+    p.add_argument("--pooling", default="cls", choices=("auto", "cls", "mean"),
+                   help="our sentence vector with --against (cls: the [CLS] token, as the Trainer's classifier)")
+    p.add_argument("--group_by_length", default="none", choices=("none", "ours", "both"),
+                   help="with --against: length-grouped batches (as mt_dnn.train --group_by_length plans them) "
+                        "for our side only, or the same batches for both sides")
+    p.add_argument("--compile", default="none", choices=COMPILE_MODES,
+                   help="with --against: torch.compile on both sides (ours: --compile; the Trainer: torch_compile)")
+    p.add_argument("--profile", type=int, default=0,
+                   help="with --against: after the timed steps, profile this many more steps of each side "
+                        "(torch.profiler; tables in <out>_profile.txt)")
     args = p.parse_args(argv)
     setup_logging()
+    if args.against == "hf-trainer":
+        versus_hf.run(args, METHODS)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
@@ -102,6 +130,8 @@ def main(argv=None) -> int:
         reg = build_regularizer(method, opts, seed=1)
         reg.check(model)
         opt = build_optimizer("adamw", [{"params": list(model.parameters())}], lr=2e-5)
+        if args.optimizer_kernel != "default":
+            opt = torch.optim.AdamW(opt.param_groups, lr=2e-5, **versus_hf.FORCED[args.optimizer_kernel])
         scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
         runs[name] = {"step": TrainStep(model, reg), "model": model, "opt": opt, "reg": reg, "scaler": scaler,
                       "times": []}
@@ -132,6 +162,7 @@ def main(argv=None) -> int:
         "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size,
         "max_seq_len": args.max_seq_len, "threads": torch.get_num_threads(),
         "device": str(device), "device_name": device_name(device), "precision": args.precision,
+        "optimizer_kernel": versus_hf.kernel_of(runs[names[0]]["opt"]) if names else None,
         "tf32": device.type == "cuda" and not args.no_tf32, "torch": torch.__version__,
         "mean_tokens_per_batch": sum(int(b["attention_mask"].sum()) for b in batches) / len(batches),
         "median_seconds": med,

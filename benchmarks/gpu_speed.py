@@ -1,0 +1,221 @@
+"""Step times on one GPU: our trainer against plain ``transformers.Trainer``, for a small and a BERT-base-sized
+encoder, in fp32, TF32 and bf16, with and without ``torch.compile``; tokens/s and model FLOPs utilisation.
+
+    python -m benchmarks.gpu_speed prepare                    # here: the files the GPU machine needs
+    python3 -m benchmarks.gpu_speed run --out $OUT            # there (benchmarks/gpu_speed.sh runs both)
+    python -m benchmarks.gpu_speed run --cpu_smoke            # here: every configuration, tiny, on the CPU
+
+``prepare`` copies into ``--assets`` (default ``runs/gpu_assets``, ignored by git, small enough to travel with
+the working tree) the packaged MiniLM's config and tokenizer files and the task's train file. ``run`` builds
+two encoders with random weights from configs (a step's time does not depend on the weights): ``minilm``, the
+packaged all-MiniLM-L6-v2's architecture (6 layers, width 384), and ``bert-base`` (``BertConfig()``: 12 layers,
+width 768, 110M parameters), both with the packaged tokenizer (BERT's uncased vocabulary). Each configuration
+(encoder, precision, compile mode) is one run of :mod:`experiments.rapt.versus_hf` (ours and the Trainer on the
+same batches, step by step in one process, CUDA-synchronized around each step); configurations run in a fixed
+order of importance until ``--budget_s`` is spent, each result written at once to ``--out``/``gpu_speed.json``.
+
+Per configuration: ms per step of each side (median), ours / Trainer, padded tokens/s, and model FLOPs
+utilisation ``6 * params * padded tokens per step / (seconds per step * peak FLOP/s)`` (``mfu``: all parameters;
+``mfu_non_embedding``: without the embedding tables, which do no matmul), the peak from ``PEAK_TFLOPS`` for the
+GPU model and precision (dense, no sparsity; ``--peak_tflops`` overrides). At BERT-base size with TF32 the
+methods run too: RAPT / SMART and RAPT shared / SMART per step (the paper's A100 figure: 0.78).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = REPO / "runs" / "gpu_assets"
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json")
+
+# dense peak TFLOP/s per precision (NVIDIA's data sheets, without sparsity); the first key found in the name wins
+PEAK_TFLOPS = {
+    "H200": {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4},
+    "H100 PCIe": {"fp32": 51.2, "tf32": 378.0, "bf16": 756.0},
+    "H100": {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4},  # SXM (H100 80GB HBM3)
+    "A100": {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0},
+    "L40S": {"fp32": 91.6, "tf32": 183.0, "bf16": 362.0},
+    "L4": {"fp32": 30.3, "tf32": 60.0, "bf16": 121.0},
+}
+
+# (encoder, precision, compile mode, methods), most important first
+CONFIGS = [
+    ("minilm", "fp32", "none", "standard"),
+    ("minilm", "tf32", "none", "standard"),
+    ("minilm", "bf16", "none", "standard"),
+    ("bert-base", "tf32", "none", "standard,smart,rapt,rapt_shared"),
+    ("bert-base", "bf16", "none", "standard"),
+    ("minilm", "tf32", "reduce-overhead", "standard"),
+    ("minilm", "bf16", "reduce-overhead", "standard"),
+    ("bert-base", "bf16", "default", "standard"),
+    ("bert-base", "fp32", "none", "standard"),
+    ("minilm", "tf32", "default", "standard"),
+    ("bert-base", "tf32", "default", "standard"),
+]
+
+logger = logging.getLogger(__name__)
+
+
+def peak_tflops(device_name: str, precision: str) -> float | None:
+    for key, peaks in PEAK_TFLOPS.items():
+        if key in device_name:
+            return peaks[precision]
+    return None
+
+
+def prepare(assets: Path, glue_dir: Path, task: str) -> None:
+    """The packaged MiniLM's config and tokenizer files and the task's train file, under ``assets``."""
+    from data_utils.glue import split_path
+    from data_utils.task_def import load_task_defs
+    from mt_dnn.model import default_model_path
+
+    src = Path(default_model_path())
+    (assets / "minilm").mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(src / name, assets / "minilm" / name)
+    t = load_task_defs()[task]
+    split = t.splits_of("train")[0]
+    dst = split_path(assets / "glue", t, split)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(split_path(glue_dir, t, split), dst)
+    print(f"assets for {task} in {assets}")
+
+
+def build_encoders(assets: Path, work: Path, tiny: bool) -> dict[str, str]:
+    """Folders of the random-weight encoders (with the packaged tokenizer) that the runs load."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(assets / "minilm", use_fast=True)
+    minilm = BertConfig.from_pretrained(assets / "minilm")
+    configs = {"minilm": minilm, "bert-base": BertConfig(vocab_size=minilm.vocab_size)}
+    if tiny:  # --cpu_smoke: the same code paths on 4-layer encoders (RAPT perturbs up to layer 3)
+        configs = {name: BertConfig(vocab_size=minilm.vocab_size, num_hidden_layers=4, hidden_size=h,
+                                    num_attention_heads=2, intermediate_size=2 * h)
+                   for name, h in (("minilm", 32), ("bert-base", 64))}
+    out = {}
+    for name, cfg in configs.items():
+        torch.manual_seed(0)
+        d = work / name
+        BertModel(cfg).save_pretrained(d)
+        tokenizer.save_pretrained(d)
+        out[name] = str(d)
+    return out
+
+
+def one_config(encoder_dir: str, precision: str, compile_mode: str, methods: str, a: argparse.Namespace,
+               out_json: Path) -> dict:
+    from experiments.rapt import versus_hf
+    from experiments.rapt.speed import METHODS
+
+    ns = argparse.Namespace(
+        glue_dir=str(a.assets / "glue"), task=a.task, model=encoder_dir, steps=a.steps, warmup=a.warmup,
+        batch_size=a.batch_size, max_seq_len=a.max_seq_len, methods=methods, threads=0, device=a.device,
+        precision="bf16" if precision == "bf16" else "fp32", no_tf32=precision == "fp32", cache_dir=str(a.work / "c"),
+        out=str(out_json), optimizer_kernel="default", pooling="cls", group_by_length="none", profile=0,
+        compile=compile_mode)
+    return versus_hf.run(ns, METHODS)
+
+
+def summarize(r: dict, precision: str, peak: float | None) -> dict:
+    """ms per step, ours / Trainer, tokens/s and MFU of one configuration's result."""
+    tokens = r["mean_padded_tokens_per_batch"]["ours"]
+    row = {"ms_ours": r["median_ms"]["standard"], "ms_trainer": r["median_ms"]["hf_trainer"],
+           "ours_over_trainer": round(r["ratio_standard_over_hf"], 3), "padded_tokens_per_step": tokens,
+           "device_name": r["device_name"], "peak_tflops": peak}
+    for side, ms in (("ours", row["ms_ours"]), ("trainer", row["ms_trainer"])):
+        row[f"tokens_per_s_{side}"] = round(tokens / (ms / 1e3))
+        if peak:
+            row[f"mfu_{side}"] = round(6 * r["params"] * tokens / (ms / 1e3) / (peak * 1e12), 4)
+            row[f"mfu_non_embedding_{side}"] = round(6 * r["params_non_embedding"] * tokens / (ms / 1e3) /
+                                                     (peak * 1e12), 4)
+    row["ratios_to_standard"] = {k: round(v, 3) for k, v in r["ratios_to_standard"].items()}
+    med = r["median_ms"]
+    for a, b in (("rapt", "smart"), ("rapt_shared", "smart")):
+        if a in med and b in med:
+            row[f"{a}/{b}"] = round(med[a] / med[b], 3)
+    return row
+
+
+def run(a: argparse.Namespace) -> int:
+    from data_utils import atomic
+
+    import torch
+
+    start = time.perf_counter()
+    if a.cpu_smoke:
+        a.device, a.steps, a.warmup, a.batch_size, a.max_seq_len = "cpu", 2, 1, 4, 32
+    elif not torch.cuda.is_available():
+        raise SystemExit("error: no CUDA device (use --cpu_smoke to check the script on a CPU)")
+    a.out.mkdir(parents=True, exist_ok=True)
+    a.work.mkdir(parents=True, exist_ok=True)
+    encoders = build_encoders(a.assets, a.work, a.cpu_smoke)
+    wanted = [c for c in CONFIGS if (not a.only or f"{c[0]}/{c[1]}/{c[2]}" in a.only.split(","))]
+    report = {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
+              "cpu_smoke": a.cpu_smoke, "steps": a.steps, "warmup": a.warmup, "batch_size": a.batch_size,
+              "task": a.task, "weights": "random (the speed of a step does not depend on them)", "configs": {}}
+    for enc, precision, compile_mode, methods in wanted:
+        key = f"{enc}/{precision}/{compile_mode}"
+        if time.perf_counter() - start > a.budget_s:
+            report["configs"][key] = {"skipped": f"time budget of {a.budget_s:.0f} s spent"}
+            continue
+        t0 = time.perf_counter()
+        try:
+            r = one_config(encoders[enc], precision, compile_mode, methods, a,
+                           a.out / f"gpu_speed_{enc}_{precision}_{compile_mode}.json".replace("-", "_"))
+            name = r["device_name"]
+            row = summarize(r, precision, a.peak_tflops or peak_tflops(name, precision))
+        except Exception as exc:  # one configuration failing (a compile error) must not lose the others
+            logger.exception("%s failed", key)
+            row = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]}
+        row["wall_s"] = round(time.perf_counter() - t0, 1)
+        report["configs"][key] = row
+        atomic.write_json(a.out / "gpu_speed.json", report)
+        print(f"{key}: {json.dumps(row)}", flush=True)
+    report["total_s"] = round(time.perf_counter() - start, 1)
+    atomic.write_json(a.out / "gpu_speed.json", report)
+    print(f"report: {a.out / 'gpu_speed.json'}")
+    return 0 if all("error" not in r for r in report["configs"].values()) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_speed", description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=("prepare", "run"))
+    p.add_argument("--assets", type=Path, default=ASSETS)
+    p.add_argument("--glue_dir", type=Path, default=Path(os.environ.get("GLUE_DIR", REPO.parent / "shared" /
+                                                                          "glue_data")), help="for prepare")
+    p.add_argument("--task", default="rte")
+    p.add_argument("--out", type=Path, default=REPO / "runs" / "gpu_speed")
+    p.add_argument("--work", type=Path, default=None, help="encoders and feature cache (default: OUT/../work)")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--max_seq_len", type=int, default=128)
+    p.add_argument("--budget_s", type=float, default=480.0, help="start no configuration after this many seconds")
+    p.add_argument("--only", default="", help="comma-separated encoder/precision/compile keys, e.g. "
+                                               "minilm/tf32/reduce-overhead (default: all, in order)")
+    p.add_argument("--peak_tflops", type=float, default=None, help="the GPU's peak for the precision (MFU)")
+    p.add_argument("--cpu_smoke", action="store_true", help="every configuration on the CPU with 4-layer "
+                                                            "encoders and 2 steps: checks that the script runs")
+    a = p.parse_args(argv)
+    from mt_dnn.cli_utils import setup_logging
+
+    setup_logging()
+    if a.what == "prepare":
+        prepare(a.assets, a.glue_dir, a.task)
+        return 0
+    a.work = a.work or a.out.parent / f"{a.out.name}_work"
+    return run(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
