@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from data_utils.task_def import ConfigError
 from mt_dnn import losses
-from mt_dnn.perturbation import REGISTRY, Regularizer, build_regularizer, method_names, register
+from mt_dnn.perturbation import REGISTRY, Regularizer, build_regularizer, method_names, option_flags, register
 from mt_dnn.trainer import TrainStep
 from tests import reference_forward as ref
 from tests.conftest import ARCHS, tiny_batch, tiny_model
@@ -68,6 +68,23 @@ def test_registry_lists_methods_and_rejects_duplicates():
         build_regularizer("rapt", {"k": 1})
     with pytest.raises(ConfigError, match="choose one of"):
         build_regularizer("smart", {"norm": "l3"})
+
+
+def test_method_options_their_flags_and_messages():
+    assert {f.option for f in option_flags("rapt")} >= {"--rapt_eta", "--rapt_max_layer", "--rapt_alpha"}
+    assert "--r3f_lambda" in {f.option for f in option_flags("r3f")}
+    with pytest.raises(ConfigError) as err:
+        build_regularizer("rapt", {"k": 1, "z": 2})
+    assert str(err.value) == ("method rapt has no option(s) k, z; its options: alpha, eta, max_layer, norm, "
+                              "share_lower_layers")
+    with pytest.raises(ConfigError) as err:
+        build_regularizer("standard", {"eta": 1})
+    assert str(err.value) == "method standard has no option(s) eta; its options: none"
+    with pytest.raises(ConfigError) as err:
+        build_regularizer("nope")
+    assert str(err.value).startswith("unknown method 'nope'; choose one of standard, rapt, smart, r3f")
+    reg = build_regularizer("rapt")
+    assert (reg.step, reg.micro, reg.seed) == (0, 0, 0)  # the first optimizer step and micro-batch are 0
 
 
 # ---- RAPT ----------------------------------------------------------------------------------------------------
@@ -380,6 +397,32 @@ def test_train_step_with_shared_lower_layers_equals_the_reference():
     loss, _, rl, logs = TrainStep(model, reg)(batch)
     assert rl.item() > 0
     assert loss.item() == pytest.approx(_step_expected(model, batch, "rapt", reg, logs, 31).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("share", [False, True], ids=["paper", "shared"])
+def test_rapt_draws_the_micro_batch_layer_and_logs_the_noise_ratio(share):
+    """Micro-batch 1 of step 3 perturbs layer_for_step(3, 1); the logged ratio is ||delta|| / ||h_r on real
+    tokens||, with h_r and delta written out on the reference forward. The shared path does not run the blocks
+    below r again."""
+    model = tiny_model(dropout=0.0)
+    batch = tiny_batch()
+    reg = build_regularizer("rapt", {"max_layer": 2, "share_lower_layers": share}, seed=4)
+    reg.step, reg.micro = 3, 1
+    layer = reg.layer_for_step(3, 1)
+    calls = []
+    with reg.clean_pass(model, batch):
+        clean = model(batch)
+    handle = model.hooks.blocks[0].register_forward_pre_hook(lambda *a: calls.append(1))
+    torch.manual_seed(8)
+    _, logs = reg(model, batch, clean)
+    handle.remove()
+    assert logs["rapt_layer"] == layer and len(calls) == (0 if share and layer >= 1 else 1)
+    torch.manual_seed(8)
+    delta = _rapt_noise(batch["input_ids"].shape + (model.hidden_size,), batch["attention_mask"], 2.0)
+    states: dict = {}
+    ref.last_hidden(model.encoder, batch, record=states)
+    real = states[layer] * batch["attention_mask"][..., None]
+    assert float(logs["rapt_noise_ratio"]) == pytest.approx((delta.norm() / real.norm()).item(), rel=1e-4)
 
 
 def test_standard_has_zero_regularizer():
