@@ -431,9 +431,8 @@ class Trainer:
         return record
 
     def _train_epoch(self) -> int:
-        """The rest of the sampler's epoch (from its position, so a resumed run goes on where it stopped), one
-        optimizer step per ``grad_accumulation_steps`` micro-batches, then the end of the epoch (evaluation,
-        best/, checkpoint). A run that reaches its last step inside the epoch stops there. Returns the epoch."""
+        """The rest of the sampler's epoch (from its position: resume), its optimizer steps, then its end (evaluation,
+        best/, checkpoint); a run that reaches its last step inside the epoch stops there. Returns the epoch."""
         epoch = self.sampler.state.epoch
         for micro in self._accumulations():
             self._step(micro)
@@ -444,8 +443,7 @@ class Trainer:
     def _accumulations(self) -> Iterator[list[tuple[str, list[int]]]]:
         """The epoch's micro-batches ``(task, rows)``, ``grad_accumulation_steps`` at a time (the epoch's last
         group may be shorter), while the run has steps left. The sampler's position moves with what is taken."""
-        batches = iter(self.sampler)
-        size = self.cfg.grad_accumulation_steps
+        batches, size = iter(self.sampler), self.cfg.grad_accumulation_steps
         while self.step < self.total_steps and (micro := list(itertools.islice(batches, size))):
             yield micro
 
