@@ -20,6 +20,7 @@ they never choose an epoch, a hyperparameter or a method.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -129,6 +130,18 @@ def load_sets(task: TaskDef, folder: Path | None, warned: set[str] | None = None
             if dev_split in dev_names:
                 found.append(RobustSplit(set_name, dev_split, path, read_set(path, task, rset, dev_split)))
     return found
+
+
+def set_digests(tasks, folder: Path | None) -> dict[str, str]:
+    """``{"rte/advglue": sha256 prefix}`` of each task's robustness files that exist in ``folder``: part of a
+    run's data fingerprint, so ``--resume`` refuses a robustness file that changed (or appeared or went) since."""
+    out: dict[str, str] = {}
+    for task in tasks:
+        for name, rset in task.robustness.items():
+            path = folder / rset.file if folder is not None else None
+            if path is not None and path.is_file():
+                out[f"{task.name}/{name}"] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return out
 
 
 def tokenize_set(tokenizer, task: TaskDef, rs: RobustSplit, max_len: int):

@@ -181,3 +181,36 @@ def test_the_real_advglue_file_reads_with_its_published_sizes():
     # the sizes its PROVENANCE.md lists
     assert sizes == {("sst", "dev"): 148, ("qqp", "dev"): 78, ("mnli", "dev_matched"): 121,
                      ("mnli", "dev_mismatched"): 162, ("qnli", "dev"): 148, ("rte", "dev"): 81}
+
+
+def test_resume_refuses_a_changed_robustness_file(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    import os
+    import signal
+
+    from mt_dnn.cli_utils import run_cli
+    from mt_dnn.train import main
+    from mt_dnn.trainer import Trainer
+    from tests.glue_fixtures import write_glue
+
+    glue = write_glue(tmp_path / "glue", tasks=("rte",))
+    adv = tmp_path / "adv"
+    adv.mkdir()
+    (adv / "dev.json").write_text(json.dumps({"rte": _nli(4, [0, 1, 1, 0])}))
+    argv = ["--tasks", "rte", "--glue_dir", str(glue), "--model", str(tiny_model_dir), "--output_dir",
+            str(tmp_path / "run"), "--batch_size", "8", "--lr", "1e-3", "--epochs", "2", "--device", "cpu",
+            "--robustness_dir", str(adv)]
+    count = Trainer._count_step
+
+    def stop_at_step_4(self) -> None:  # as a SIGUSR2 would: the step ends, checkpoint/ is written, exit 75
+        count(self)
+        if self.step == 4:
+            os.kill(os.getpid(), signal.SIGUSR2)
+    monkeypatch.setattr(Trainer, "_count_step", stop_at_step_4)
+    assert run_cli(main, argv) == 75
+    monkeypatch.setattr(Trainer, "_count_step", count)
+    (adv / "dev.json").write_text(json.dumps({"rte": _nli(4, [1, 1, 1, 1])}))  # other labels: other scores
+    capsys.readouterr()
+    assert run_cli(main, [*argv, "--resume"]) == 2
+    assert "rte/advglue" in capsys.readouterr().err
+    (adv / "dev.json").write_text(json.dumps({"rte": _nli(4, [0, 1, 1, 0])}))  # the file it started with
+    assert run_cli(main, [*argv, "--resume"]) == 0
