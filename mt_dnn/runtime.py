@@ -123,6 +123,18 @@ def build_optimizer(name: str, groups: list[dict], lr: float) -> torch.optim.Opt
     return torch.optim.AdamW(groups, lr=lr, **({"fused": True} if fused else {}))
 
 
+def compile_model(model: nn.Module, mode: str) -> None:
+    """``torch.compile`` ``model`` in place (``--compile``; ``none``: nothing), so its parameter names, hooks and
+    saved files stay those of the plain model. Dropout keeps drawing torch's own masks (inductor's
+    ``fallback_random``), so a compiled run's losses are the plain run's up to float error."""
+    if mode == "none":
+        return
+    import torch._inductor.config as inductor
+
+    inductor.fallback_random = True
+    model.compile(mode=None if mode == "default" else mode)
+
+
 def wrap_ddp(module: nn.Module, device: torch.device, num_heads: int) -> nn.Module:
     """``module`` under DistributedDataParallel.
 

@@ -142,11 +142,7 @@ class Trainer:
             add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
         self.model = model.to(self.device)
         self.reg.check(self.model)
-        if cfg.compile != "none":  # in place: parameter names, hooks and saved files stay those of the model
-            import torch._inductor.config as inductor
-
-            inductor.fallback_random = True  # dropout draws torch's own masks, as it does without compile
-            self.model.compile(mode=None if cfg.compile == "default" else cfg.compile)
+        runtime.compile_model(self.model, cfg.compile)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         source = f"{cfg.init_checkpoint} (--init_checkpoint)" if cfg.init_checkpoint else resolve_model(cfg.model)
         logger.info("encoder %s: %d layers, pooling %s, %.1fM parameters", source,
