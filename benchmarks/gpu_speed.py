@@ -12,7 +12,8 @@ packaged all-MiniLM-L6-v2's architecture (6 layers, width 384), and ``bert-base`
 width 768, 110M parameters), both with the packaged tokenizer (BERT's uncased vocabulary). Each configuration
 (encoder, precision, compile mode) is one run of :mod:`experiments.rapt.versus_hf` (ours and the Trainer on the
 same batches, step by step in one process, CUDA-synchronized around each step); configurations run in a fixed
-order of importance until ``--budget_s`` is spent, each result written at once to ``--out``/``gpu_speed.json``.
+order of importance until ``--budget_s`` is spent, each result written at once to ``--out``/``gpu_speed.json``
+(one file: every step's time of every configuration is in it).
 
 Per configuration: ms per step of each side (median), ours / Trainer, padded tokens/s, and model FLOPs
 utilisation ``6 * params * padded tokens per step / (seconds per step * peak FLOP/s)`` (``mfu``: all parameters;
@@ -168,9 +169,11 @@ def run(a: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         try:
             r = one_config(encoders[enc], precision, compile_mode, methods, a,
-                           a.out / f"gpu_speed_{enc}_{precision}_{compile_mode}.json".replace("-", "_"))
+                           a.work / "configs" / f"{enc}_{precision}_{compile_mode}.json".replace("-", "_"))
             name = r["device_name"]
             row = summarize(r, precision, a.peak_tflops or peak_tflops(name, precision))
+            row["run"] = {k: r[k] for k in ("median_ms", "median_cpu_ms", "ms", "kernel_used", "params",
+                                            "params_non_embedding", "mean_tokens_per_batch", "tf32", "compile")}
         except Exception as exc:  # one configuration failing (a compile error) must not lose the others
             logger.exception("%s failed", key)
             row = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]}
