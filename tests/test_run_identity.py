@@ -28,7 +28,7 @@ def test_every_config_field_has_one_declared_role():
 # a value other than the default for every mt_dnn.train flag a grid may set (the campaign sets tasks, seed,
 # output_dir and --resume itself; --overwrite contradicts --resume)
 OTHER = {"method": "rapt", "glue_dir": "g2", "model": "some/encoder", "cache_dir": "c2", "bad_rows": "skip",
-         "max_eval_samples": 9,
+         "max_eval_samples": 9, "compile": "default",
          "max_seq_len": 64, "max_train_samples": 50, "pooling": "mean", "epochs": 2, "max_steps": 5, "batch_size": 4,
          "eval_batch_size": 7, "lr": 3e-4, "weight_decay": 0.1, "warmup": 0.2, "clip": 2.0, "optimizer": "adamax",
          "no_eval": True, "task_sampling": "uniform", "sampling_temperature": 3.0, "precision": "bf16",
