@@ -93,7 +93,7 @@ def runs(tmp_path_factory, tiny_model_dir):
 
     jobs = [{"dump": str(root / "d_first"), "argv": argv(glue, "first", "cache")},
             {"dump": str(root / "d_again"), "argv": argv(glue, "again", "cache")},
-            {"dump": str(root / "d_bad"), "argv": argv(bad, "bad", "cache_bad")}]
+            {"dump": str(root / "d_bad"), "argv": argv(bad, "bad_run", "cache_bad")}]
     mp.spawn(_worker, args=(2, _free_port(), jobs), nprocs=2, join=True)
     return root
 
