@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from data_utils.task_def import ConfigError
 from experiments.rapt import campaign, jobs, launch
 from experiments.rapt.grid import load_grid, plan_grids, plan_runs
 from mt_dnn.run_folder import is_finished
@@ -117,7 +118,9 @@ def test_folder_hash_follows_the_hyperparameters(tmp_path, glue_dir):
         return {f"{r.name}{r.seed}": r.folder for r in plan_runs(g, tmp_path / "root")}
 
     a = folders(lr=3.0e-5, epochs=2)
-    assert folders(lr="3e-5", epochs=2, cache_dir="elsewhere", log_every=7) == a  # same values, other spelling
+    assert folders(lr=0.00003, epochs=2, cache_dir="elsewhere", log_every=7) == a  # same values, other spelling
+    with pytest.raises(ConfigError, match="lr must be a number"):  # YAML's 3e-5 is text, not a number
+        folders(lr="3e-5", epochs=2)
     assert folders(lr=2.0e-5, epochs=2)["standard1"] != a["standard1"]
     assert a["standard1"].parent == tmp_path / "root" / "rte" / "standard"
     assert a["standard1"].name.startswith("s1-") and a["standard2"].name.startswith("s2-")
