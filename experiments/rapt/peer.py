@@ -31,6 +31,7 @@ from data_utils.glue import read_split
 from data_utils.metrics import compute_metrics
 from data_utils.robustness import load_sets, robustness_dir
 from data_utils.task_def import ConfigError, load_task_defs
+from experiments.hf_trainer import tokenized
 from mt_dnn.cli_utils import run_cli, setup_logging
 from mt_dnn.model import resolve_model
 
@@ -38,23 +39,6 @@ logger = logging.getLogger(__name__)
 
 METHOD = "standard_hf"  # the row's name in reports
 SUBSAMPLE = {"sst": 8000}  # as the campaign grids train SST-2
-
-
-class Rows(torch.utils.data.Dataset):
-    """Tokenized rows as dicts (``input_ids``, ``attention_mask``, ``token_type_ids``, ``labels``)."""
-
-    def __init__(self, tokenizer, task, examples, max_len: int):
-        enc = tokenizer([e.text_a for e in examples], [e.text_b for e in examples] if task.text_b else None,
-                        truncation=True, max_length=max_len)
-        regression = task.type == "regression"
-        self.rows = [{**{k: enc[k][i] for k in enc.keys()},
-                      "labels": float(e.label) if regression else int(e.label)} for i, e in enumerate(examples)]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.rows[i]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,10 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     if task.name in SUBSAMPLE:  # the campaign's seeded rows (mt_dnn.train --max_train_samples)
         train_ex = [train_ex[i] for i in seeded_subset(len(train_ex), SUBSAMPLE[task.name], args.seed)]
     dev_split = task.splits_of("dev")[0]
-    evals = {"dev": Rows(tokenizer, task, read_split(args.glue_dir, task, dev_split), args.max_seq_len)}
+    evals = {"dev": tokenized(tokenizer, task, read_split(args.glue_dir, task, dev_split), args.max_seq_len)}
     for rs in load_sets(task, robustness_dir(args.robustness_dir, args.glue_dir)):
         if rs.dev_split == dev_split.name:
-            evals[rs.set_name] = Rows(tokenizer, task, rs.examples, args.max_seq_len)
+            evals[rs.set_name] = tokenized(tokenizer, task, rs.examples, args.max_seq_len)
     regression = task.type == "regression"
     labels = list(task.labels or ["score"])
     torch.manual_seed(args.seed)  # the fresh head's initialisation
@@ -113,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup_steps=0.1, weight_decay=0.01,  # a float below 1: a fraction of the steps max_grad_norm=1.0, lr_scheduler_type="linear",
         eval_strategy="epoch", save_strategy="no", logging_strategy="epoch", disable_tqdm=True,
         dataloader_num_workers=0)
-    trainer = Trainer(model=model, args=targs, train_dataset=Rows(tokenizer, task, train_ex, args.max_seq_len),
+    trainer = Trainer(model=model, args=targs, train_dataset=tokenized(tokenizer, task, train_ex, args.max_seq_len),
                       eval_dataset=evals, processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
                       compute_metrics=metrics)
     out.mkdir(parents=True, exist_ok=True)
