@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     targs = TrainingArguments(
         output_dir=str(out / "trainer"), report_to="none", seed=args.seed, num_train_epochs=args.epochs,
         learning_rate=args.lr, per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=128,
-        warmup_steps=0.1, weight_decay=0.01,  # a float below 1: a fraction of the steps max_grad_norm=1.0, lr_scheduler_type="linear",
+        warmup_steps=0.1,  # a float below 1: a fraction of the steps
+        weight_decay=0.01, max_grad_norm=1.0, lr_scheduler_type="linear",
         eval_strategy="epoch", save_strategy="no", logging_strategy="epoch", disable_tqdm=True,
         dataloader_num_workers=0)
     trainer = Trainer(model=model, args=targs, train_dataset=tokenized(tokenizer, task, train_ex, args.max_seq_len),
