@@ -44,3 +44,20 @@ def test_the_docs_quote_what_the_dry_run_of_the_full_grid_prints(tmp_path, capsy
     cpu, wall = re.search(r"CPU time of the 120 left: ([\d.]+ h); about ([\d.]+ h) of wall time", out).groups()
     page = (REPO / "docs" / "reproducing.md").read_text()
     assert f"about {wall} of wall time with `--jobs 2` ({cpu} of single-thread CPU time)" in page
+
+
+def test_the_dry_run_uses_the_shipped_costs_only_for_the_runs_they_describe(tmp_path, capsys):
+    grid = REPO / "experiments" / "rapt" / "grids" / "robustness.yml"
+    table = json.loads(OUT.read_text())
+    assert campaign.main(["--grid", str(grid), "--root", str(tmp_path / "a"), "--dry_run", "--seeds", "1"]) == 0
+    out = capsys.readouterr().out
+    # RTE: 3 epochs x ceil(2490 / 32) = 234 steps; SST-2: 3 x ceil(8000 / 32) = 750 (the grid's subsample)
+    want = 234 * sum(table["rte"][m] for m in ("standard", "smart", "rapt", "rapt_shared", "r3f")) \
+        + 750 * sum(table["sst"][m] for m in ("standard", "smart", "rapt", "rapt_shared", "r3f"))
+    assert f"CPU time of the 10 left: {want / 3600:.1f} h" in out
+    assert "shipped CPU cost rte.smart" in out
+    # another encoder (or batch) is not what the shipped costs measured: no estimate rather than a wrong one
+    assert campaign.main(["--grid", str(grid), "--root", str(tmp_path / "b"), "--dry_run", "--seeds", "1",
+                          "--model", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "shipped" not in out and "10 run(s) with no step cost" in out

@@ -155,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="encoder for every run (wins over the grid's; default: the packaged MiniLM)")
     p.add_argument("--report", action="store_true",
                    help="only write ROOT/table2.md and table2.json (the grid's runs, or every run under ROOT)")
-    p.add_argument("--step_costs", help="JSON {task: {method: seconds per step}} for --dry_run estimates")
+    p.add_argument("--step_costs", help="JSON {task: {method: seconds per step}} for --dry_run estimates (default: "
+                                        "the shipped results/step_costs.json, CPU costs of the packaged MiniLM at "
+                                        "batch 32 and length 128, for the runs with those settings)")
     p.add_argument("--costs_from", help="other campaign folders (comma-separated) whose finished runs give "
                                         "--dry_run its measured seconds per step")
     p.add_argument("--tasks", help="only these tasks of the grid (comma-separated)")

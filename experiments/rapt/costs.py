@@ -114,11 +114,24 @@ def fmt_time(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+SHIPPED = Path(__file__).resolve().parent / "results" / "step_costs.json"
+
+
+def shipped_costs_apply(run: Run) -> bool:
+    """Whether the shipped step costs (the packaged MiniLM on a CPU, batch 32, length 128) describe ``run``."""
+    cfg = run.config
+    return cfg.model is None and cfg.batch_size == 32 and cfg.max_seq_len == 128 and not cfg.lora_rank
+
+
 def dry_run(runs: list[Run], root: Path, jobs: int, step_costs_file: str | None,
             costs_from: list[str] | None = None, archived: set[str] | None = None) -> int:
     """Print the plan (done / archived / resume / run) with estimated CPU time per run and in total; runs
-    nothing. ``archived``: labels of cells whose result comes from ``--archive`` (not trained again)."""
+    nothing. ``archived``: labels of cells whose result comes from ``--archive`` (not trained again).
+    ``step_costs_file`` None: the shipped CPU costs (``results/step_costs.json``), for the runs they describe."""
     table: dict = {}
+    shipped = step_costs_file is None
+    if shipped:
+        step_costs_file = str(SHIPPED) if SHIPPED.is_file() else None
     if step_costs_file:
         try:
             table = json.loads(Path(step_costs_file).read_text())
@@ -148,7 +161,8 @@ def dry_run(runs: list[Run], root: Path, jobs: int, step_costs_file: str | None,
             continue
         started = status in ("resume", "busy")
         left = None if steps is None else max(steps - (done_steps(run.folder) if started else 0), 0)
-        cost, source = step_cost(run, by_name, by_key, table)
+        cost, source = step_cost(run, by_name, by_key, table if not shipped or shipped_costs_apply(run) else {})
+        source = source.replace("--step_costs", "shipped CPU cost") if shipped else source
         est = None if cost is None or left is None else cost * left
         if est is None:
             unknown += 1
