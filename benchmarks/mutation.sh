@@ -28,7 +28,8 @@ tests_for() {
                            tests/test_methods_independent.py tests/test_run_folder.py" ;;
     mt_dnn/step.py) echo "tests/test_losses.py tests/test_model_forward.py tests/test_predict_batches.py
                           tests/test_perturbation.py tests/test_methods_independent.py" ;;
-    data_utils/batching.py) echo "tests/test_batching.py tests/test_predict_batches.py tests/test_data_ddp.py" ;;
+    data_utils/batching.py) echo "tests/test_batching.py tests/test_group_by_length.py tests/test_predict_batches.py
+                                  tests/test_data_ddp.py tests/test_features.py tests/test_flat_features.py" ;;
     data_utils/features.py) echo "tests/test_features.py tests/test_flat_features.py tests/test_feature_cache.py" ;;
     data_utils/metrics.py) echo "tests/test_metrics.py" ;;
     data_utils/submission.py) echo "tests/test_submission.py tests/test_predict_scripts.py" ;;
@@ -56,6 +57,8 @@ for module in "${MODULES[@]}"; do
     echo "    mt_dnn/"
     echo "    data_utils/"
     echo "only_mutate = $module"
+    echo "also_copy ="  # what the tests read besides the source: scripts, grids, results, docs
+    for extra in run_scripts/ experiments/ benchmarks/ docs/ README.md setup.py setup.cfg; do echo "    $extra"; done
     echo "pytest_add_cli_args_test_selection ="
     for t in $tests; do echo "    $t"; done
     echo "pytest_add_cli_args ="

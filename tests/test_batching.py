@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_utils.batching import MultiTaskSampler, eval_batches, task_probabilities
+from data_utils.batching import MultiTaskSampler, eval_batches, seeded_subset, task_probabilities
 from data_utils.features import Features
 
 SIZES = {"rte": 37, "mrpc": 18, "sst": 64}  # remainders 5, 2 and 0 rows for a global batch of 8
@@ -75,10 +75,41 @@ def test_epoch_plan_is_a_function_of_seed_and_epoch():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^batch_size must be >= 1$"):
         MultiTaskSampler(SIZES, 0, seed=0)
     with pytest.raises(ValueError, match="proportional"):
         MultiTaskSampler(SIZES, BS, seed=0, sampling="random")
+
+
+def test_batch_size_one_is_one_row_per_step():
+    # by hand: 37 + 18 + 64 rows at one row a step is 119 steps of one row each
+    epoch = _epoch(MultiTaskSampler(SIZES, 1, seed=0))
+    assert len(epoch) == 119 and all(len(rows) == 1 for _, rows in epoch)
+
+
+def test_temperature_defaults_to_one():
+    # by hand: T = 1 makes the weights n^(1/1) = n, i.e. 30/40 and 10/40
+    s = MultiTaskSampler({"a": 30, "b": 10}, 4, seed=0, sampling="temperature")
+    assert s.probs == pytest.approx({"a": 0.75, "b": 0.25})
+
+
+# ---- the --max_train_samples subset -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_rows,k,seed", [(50, 7, 1), (50, 7, 2), (1000, 30, 13), (10, 9, 0)])
+def test_seeded_subset_is_the_documented_draw(n_rows, k, seed):
+    # expected: the docstring's recipe written out (numpy's generator seeded [seed, 0x5EED], k of n_rows without
+    # replacement, sorted into file order)
+    expect = sorted(int(i) for i in np.random.default_rng([seed, 0x5EED]).choice(n_rows, k, replace=False))
+    got = seeded_subset(n_rows, k, seed)
+    assert got == expect
+    assert len(set(got)) == k and all(0 <= i < n_rows for i in got) and got == sorted(got)
+
+
+def test_seeded_subset_differs_by_seed_and_keeps_all_rows_when_k_is_large():
+    assert seeded_subset(100, 10, 1) != seeded_subset(100, 10, 2)
+    assert seeded_subset(6, 6, 3) == [0, 1, 2, 3, 4, 5]  # k = n: every row, in file order
+    assert seeded_subset(4, 9, 3) == [0, 1, 2, 3]  # k > n: every row, nothing repeated
+    assert seeded_subset(0, 5, 3) == []
 
 
 # ---- task probabilities -------------------------------------------------------------------------------------
@@ -97,7 +128,8 @@ def test_task_probabilities_by_hand():
     assert prop["a"] > medium["a"] > hot["a"] and prop["c"] < medium["c"] < hot["c"]
     for p in (prop, hot, medium):
         assert sum(p.values()) == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="uniform"):
+    with pytest.raises(ValueError, match="^unknown task sampling 'sqrt'; "
+                                         "choose one of proportional, uniform, temperature$"):
         task_probabilities(sizes, "sqrt", 1.0)
 
 
