@@ -30,7 +30,8 @@ tests_for() {
                           tests/test_perturbation.py tests/test_methods_independent.py" ;;
     data_utils/batching.py) echo "tests/test_batching.py tests/test_group_by_length.py tests/test_predict_batches.py
                                   tests/test_data_ddp.py tests/test_features.py tests/test_flat_features.py" ;;
-    data_utils/features.py) echo "tests/test_features.py tests/test_flat_features.py tests/test_feature_cache.py" ;;
+    data_utils/features.py) echo "tests/test_features.py tests/test_flat_features.py tests/test_feature_cache.py
+                                  tests/test_features_keys.py" ;;
     data_utils/metrics.py) echo "tests/test_metrics.py" ;;
     data_utils/submission.py) echo "tests/test_submission.py tests/test_predict_scripts.py" ;;
     *) echo "no test list for $1" >&2; return 1 ;;
