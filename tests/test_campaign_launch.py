@@ -218,10 +218,15 @@ def test_ctrl_c_stops_the_running_trainings_at_a_checkpoint_and_starts_no_more(t
             time.sleep(0.05)
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
+    # Ctrl-C raises KeyboardInterrupt even where pytest inherited an ignored SIGINT (a shell's background job)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=ctrl_c_once_two_run, daemon=True).start()
     t0 = time.time()
-    with pytest.raises(KeyboardInterrupt):
-        campaign.main(["--grid", str(grid), "--root", str(root), "--gpus", "none", "--jobs", "2"])
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            campaign.main(["--grid", str(grid), "--root", str(root), "--gpus", "none", "--jobs", "2"])
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert time.time() - t0 < 30  # the trainings did not sleep on
     assert all((r.folder / "stopped").exists() for r in runs[:2]) and not runs[2].folder.exists()
     assert sorted(_progress(root)) == sorted((r.label, s) for r in runs[:2] for s in ("start", "stopped"))
