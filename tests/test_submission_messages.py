@@ -4,6 +4,7 @@ docstrings describe (counts, line numbers, quoted examples), on small hand-made 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 import zipfile
 from pathlib import Path
@@ -185,13 +186,16 @@ def test_writer_refusals_counts_and_folders(tasks, tmp_path):
     w.abort()  # a second abort does nothing
 
 
-def test_written_files_exact_bytes_and_zip(tasks, tmp_path):
+def test_written_files_exact_bytes_and_zip(tasks, tmp_path, caplog):
     rows = _rows(tasks)
-    rows["RTE.tsv"] = [("5", "not_entailment"), ("x-1", "entailment")]
+    rows["RTE.tsv"] = [("5", "not_entailment"), ("X-1", "entailment")]
     rows["WNLI.tsv"] = iter([])  # any iterable; an empty file is only the header
-    path = write_submission(tmp_path / "o", rows, "glue.zip", tasks=tasks)
+    with caplog.at_level(logging.INFO, logger="data_utils.submission"):
+        path = write_submission(tmp_path / "o", rows, "glue.zip", tasks=tasks)
     assert path == tmp_path / "o" / "glue.zip"
-    assert (tmp_path / "o" / "RTE.tsv").read_bytes() == b"index\tprediction\n5\tnot_entailment\nx-1\tentailment\n"
+    assert [r.getMessage() for r in caplog.records if r.name == "data_utils.submission"] == [
+        f"wrote 11 submission files and {path}"]
+    assert (tmp_path / "o" / "RTE.tsv").read_bytes() == b"index\tprediction\n5\tnot_entailment\nX-1\tentailment\n"
     assert (tmp_path / "o" / "WNLI.tsv").read_bytes() == b"index\tprediction\n"
     with zipfile.ZipFile(path) as zf:
         assert zf.namelist() == OFFICIAL
@@ -401,3 +405,49 @@ def test_cli_errors_and_baseline(task_yaml, tmp_path, capsys):
             sys.argv = argv
     assert code.value.code == 0
     capsys.readouterr()
+
+
+def test_cli_usage_help_and_argument_errors(capsys):
+    # expected: the options, metavars and help sentences as written here (whitespace normalised: argparse wraps
+    # to the terminal width)
+    with pytest.raises(SystemExit) as code:
+        main(["--help"])
+    assert code.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for part in ("usage: python -m data_utils.submission [-h] (--check ZIP | --baseline OUT_DIR) "
+                 "[--glue_dir GLUE_DIR] [--task_def FILE]",
+                 "Check a GLUE test-server submission zip, or write a baseline (majority class) one.",
+                 "--check ZIP validate this submission zip",
+                 "--baseline OUT_DIR write a baseline submission (each task's baseline_label) into OUT_DIR",
+                 "--glue_dir GLUE_DIR GLUE data folder: test ids are taken from / compared with its test files",
+                 "--task_def FILE extra task definition YAML (adds or overrides tasks); may repeat"):
+        assert part in text, part
+    for argv, error in (([], "one of the arguments --check --baseline is required"),
+                        (["--check", "a.zip", "--baseline", "b"],
+                         "argument --baseline: not allowed with argument --check")):
+        with pytest.raises(SystemExit) as code:
+            main(argv)
+        assert code.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == f"python -m data_utils.submission: error: {error}"
+
+
+def test_cli_task_def_repeats_in_order(tasks, task_yaml, tmp_path, capsys):
+    # a second --task_def file replaces rte (2 test rows); the first file's tasks stay (6 rows each)
+    override = tmp_path / "rte.yml"
+    dump_task_defs([dataclasses.replace(tasks["rte"], splits={
+        **tasks["rte"].splits, "test": dataclasses.replace(tasks["rte"].splits["test"], rows=2)})], override)
+    assert main(["--baseline", str(tmp_path / "sub"), "--task_def", str(task_yaml), "--task_def", str(override)]) == 0
+    capsys.readouterr()
+    assert (tmp_path / "sub" / "RTE.tsv").read_text() == "index\tprediction\n0\tentailment\n1\tentailment\n"
+    assert len((tmp_path / "sub" / "CoLA.tsv").read_text().splitlines()) == 1 + ROWS
+
+
+def test_cli_logs_warnings_as_level_name_message(tasks, task_yaml, tmp_path, capsys, monkeypatch):
+    # the command line's own log format, on a run where the root logger has no handler yet (pytest adds its own,
+    # so they are set aside here): a test file shorter than its task's row count gives one warning line
+    (tmp_path / "RTE").mkdir()
+    (tmp_path / "RTE" / "test.tsv").write_text("index\tsentence1\tsentence2\n0\ta\tb\n1\tc\td\n")
+    monkeypatch.setattr(logging.root, "handlers", [])
+    assert main(["--baseline", str(tmp_path / "sub"), "--task_def", str(task_yaml), "--glue_dir", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert err == f"WARNING data_utils.glue: {tmp_path / 'RTE' / 'test.tsv'}: 2 rows, the official file has 6\n"
