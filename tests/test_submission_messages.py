@@ -432,14 +432,33 @@ def test_cli_usage_help_and_argument_errors(capsys):
 
 
 def test_cli_task_def_repeats_in_order(tasks, task_yaml, tmp_path, capsys):
-    # a second --task_def file replaces rte (2 test rows); the first file's tasks stay (6 rows each)
+    # a second --task_def file replaces rte (2 test rows) and adds a task with a submission file of its own (1
+    # row); the first file's tasks stay (6 rows each)
+    def with_test(task, **change):
+        return dataclasses.replace(task, splits={**task.splits,
+                                                 "test": dataclasses.replace(task.splits["test"], **change)})
+
     override = tmp_path / "rte.yml"
-    dump_task_defs([dataclasses.replace(tasks["rte"], splits={
-        **tasks["rte"].splits, "test": dataclasses.replace(tasks["rte"].splits["test"], rows=2)})], override)
+    dump_task_defs([with_test(tasks["rte"], rows=2),
+                    dataclasses.replace(with_test(tasks["wnli"], rows=1, submission="EXTRA.tsv"), name="extra")],
+                   override)
     assert main(["--baseline", str(tmp_path / "sub"), "--task_def", str(task_yaml), "--task_def", str(override)]) == 0
     capsys.readouterr()
     assert (tmp_path / "sub" / "RTE.tsv").read_text() == "index\tprediction\n0\tentailment\n1\tentailment\n"
+    assert (tmp_path / "sub" / "EXTRA.tsv").read_text() == "index\tprediction\n0\t0\n"
     assert len((tmp_path / "sub" / "CoLA.tsv").read_text().splitlines()) == 1 + ROWS
+    with zipfile.ZipFile(tmp_path / "sub" / "submission.zip") as zf:
+        assert zf.namelist() == OFFICIAL + ["EXTRA.tsv"]
+
+
+def test_cli_check_compares_with_the_glue_dir(members, task_yaml, tmp_path, glue, capsys):
+    path = _zip(tmp_path / "s.zip", members, RTE=_rte([0, 1, 3, 2, 4, 5]))
+    assert main(["--check", str(path), "--task_def", str(task_yaml)]) == 0  # without the test file: valid
+    capsys.readouterr()
+    assert main(["--check", str(path), "--task_def", str(task_yaml), "--glue_dir", str(glue)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2:] == ["PROBLEM: RTE.tsv: rows are not in test-file order (line 4 has index '3', the test file "
+                        "has '2')", f"INVALID: {path} has 1 problem(s)"]
 
 
 def test_cli_logs_warnings_as_level_name_message(tasks, task_yaml, tmp_path, capsys, monkeypatch):
