@@ -38,16 +38,9 @@ def default_threads() -> int:
 
 
 def set_threads(threads: int | None) -> int:
-    """torch's intra-op thread count: ``threads``, or :func:`default_threads` when None; returns it. A default
-    of several threads on a machine whose other work already fills those cores logs a warning (it stays the
-    default, so that the same command gives the same numbers however busy the machine is)."""
+    """torch's intra-op thread count: ``threads``, or :func:`default_threads` when None; returns it."""
     n = threads or default_threads()
     torch.set_num_threads(n)
-    load = os.getloadavg()[0] if threads is None and n > 1 and hasattr(os, "getloadavg") else 0.0
-    if load > n - 0.5:
-        logger.warning("the machine is busy (1-minute load %.1f for the %d threads this run uses): threads that "
-                       "share busy cores wait on one another, so --threads 1 (or OMP_NUM_THREADS=1) is faster "
-                       "here; it changes results in the last digits only", load, n)
     return n
 
 

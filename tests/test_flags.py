@@ -232,25 +232,3 @@ def test_default_threads_share_the_cores_this_process_may_use(monkeypatch):
         assert runtime.set_threads(None) == 3 and torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
-
-
-def test_a_default_thread_count_on_a_busy_machine_warns_and_stays(monkeypatch, caplog):
-    from mt_dnn import runtime
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    before = torch.get_num_threads()
-    try:
-        for load, explicit, warns in ((3.9, None, True), (1.6, None, True), (1.4, None, False),
-                                      (0.2, None, False), (3.9, 2, False)):
-            monkeypatch.setattr(runtime.os, "getloadavg", lambda load=load: (load, load, load))
-            caplog.clear()
-            with caplog.at_level("WARNING", logger="mt_dnn.runtime"):
-                assert runtime.set_threads(explicit) == 2  # the default does not follow the load
-            assert ("machine is busy" in caplog.text) == warns, (load, explicit, caplog.text)
-        monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0}, raising=False)
-        with caplog.at_level("WARNING", logger="mt_dnn.runtime"):
-            caplog.clear()
-            assert runtime.set_threads(None) == 1 and "busy" not in caplog.text  # one thread cannot wait on another
-    finally:
-        torch.set_num_threads(before)
