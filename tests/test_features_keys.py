@@ -214,6 +214,11 @@ def test_pending_writes_wait_for_save_pending(tok, tasks, tmp_path, caplog):
         save_pending(pending)
     assert pending == [] and list(cache.iterdir()) == [path]
     assert _messages(caplog) == [f"rte train: tokenized {len(feats)} rows, cached in {path}"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="data_utils.features"):  # the file written later is a cache hit
+        again = load_features(root, task, split, tok, 16, cache)
+    assert _messages(caplog, logging.WARNING) == [] and "rows from cache" in _messages(caplog)[0]
+    assert again.indices == feats.indices
 
 
 def test_unwritable_cache_warning_and_log_line(tok, tasks, tmp_path, caplog, monkeypatch):
@@ -278,3 +283,7 @@ def test_data_fingerprint_is_the_files_sha256(tasks, tmp_path):
     two = dataclasses.replace(rte, splits={**rte.splits, "train2": SplitDef("train2", "train", "dev.tsv")})
     assert data_fingerprint(root, [two], with_dev=False) == {"rte/train": sha("RTE", "train.tsv")}
     assert data_fingerprint(root, [], with_dev=True) == {}
+    (root / "RTE" / "dev.tsv").unlink()
+    with pytest.raises(DataError) as err:
+        data_fingerprint(root, [rte], with_dev=True)
+    assert str(err.value) == f"{root / 'RTE' / 'dev.tsv'}: file not found (task rte, split dev)"
