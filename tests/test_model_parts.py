@@ -294,3 +294,30 @@ def test_a_stale_temporary_folder_of_this_process_is_cleared(tmp_path, tiny_mode
     assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["encoder", "model.json", "model.safetensors",
                                                                      "tasks.yml"]
     assert not (tmp_path / "best" / "encoder" / "old.txt").exists()
+
+
+def test_load_encoder_refuses_a_slow_or_foreign_tokenizer(tmp_path, monkeypatch):
+    from transformers import AutoModel
+
+    from tests.glue_fixtures import write_tiny_tokenizer
+
+    # an encoder whose embedding table (30 rows) is smaller than the fixture tokenizer (66 entries)
+    folder = tmp_path / "small"
+    write_tiny_tokenizer(folder)
+    AutoModel.from_config(tiny_config("bert", vocab_size=30)).save_pretrained(folder)
+    with pytest.raises(ConfigError) as err:
+        load_encoder(str(folder))
+    assert str(err.value) == (f"encoder {folder}: the tokenizer has 66 entries but the encoder's embedding table "
+                              "has vocab_size 30 rows (ids from 30 up have no embedding); use the encoder's own "
+                              "tokenizer files")
+
+    import transformers
+
+    class NotFast:  # a tokenizer object that does not say it is a fast one
+        pass
+
+    folder = _save_encoder(tmp_path / "bert", "bert")
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", staticmethod(lambda *a, **k: NotFast()))
+    with pytest.raises(ConfigError) as err:
+        load_encoder(str(folder))
+    assert str(err.value) == f"encoder {str(folder)!r} has no fast tokenizer"
