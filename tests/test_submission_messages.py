@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -417,7 +418,8 @@ def test_cli_usage_help_and_argument_errors(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for part in ("usage: python -m data_utils.submission [-h] (--check ZIP | --baseline OUT_DIR) "
                  "[--glue_dir GLUE_DIR] [--task_def FILE]",
-                 "Check a GLUE test-server submission zip, or write a baseline (majority class) one.",
+                 "[--task_def FILE] Check a GLUE test-server submission zip, or write a baseline (majority class) "
+                 "one. options:",
                  "--check ZIP validate this submission zip",
                  "--baseline OUT_DIR write a baseline submission (each task's baseline_label) into OUT_DIR",
                  "--glue_dir GLUE_DIR GLUE data folder: test ids are taken from / compared with its test files",
@@ -471,3 +473,66 @@ def test_cli_logs_warnings_as_level_name_message(tasks, task_yaml, tmp_path, cap
     assert main(["--baseline", str(tmp_path / "sub"), "--task_def", str(task_yaml), "--glue_dir", str(tmp_path)]) == 0
     err = capsys.readouterr().err
     assert err == f"WARNING data_utils.glue: {tmp_path / 'RTE' / 'test.tsv'}: 2 rows, the official file has 6\n"
+
+
+# ---- details: split names, repeated members, line numbers, the writer's folders ---------------------------------
+
+def test_details_of_files_zip_members_and_line_numbers(tasks, members, tmp_path):
+    # MNLI without a name for its matched test split: the mismatched one still has its file
+    mnli = tasks["mnli"]
+    unnamed = dataclasses.replace(mnli, splits={**mnli.splits, "test_matched": dataclasses.replace(
+        mnli.splits["test_matched"], submission=None)})
+    assert list(submission_files({"mnli": unnamed})) == ["MNLI-mm.tsv"]
+    # a repeated member in the middle of the zip: the members after it are still read
+    path = tmp_path / "dup.zip"
+    with pytest.warns(UserWarning), zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+            if name == "CoLA.tsv":
+                zf.writestr(name, data)
+    assert check_submission(path, tasks) == ["CoLA.tsv appears more than once in the zip"]
+    rte = members["RTE.tsv"]
+    lines = rte.split(b"\n")
+    # CRs at the ends of lines 3 and 5: the first is named
+    two = b"\n".join(lines[:2] + [lines[2] + b"\r", lines[3], lines[4] + b"\r"] + lines[5:])
+    assert _problems(tmp_path, tasks, members, RTE=two) == [
+        "RTE.tsv: CR or CRLF line endings (first at line 3); use LF only"]
+    # old Mac line endings (CR only) are read as lines too
+    assert _problems(tmp_path, tasks, members, RTE=rte.replace(b"\n", b"\r")) == [
+        "RTE.tsv: CR or CRLF line endings (first at line 1); use LF only"]
+    # a file that starts with an empty line: line numbers still count it
+    assert _problems(tmp_path, tasks, members, RTE=b"\n" + rte.replace(b"0\tentailment", b"0\t\xffx")) == [
+        "RTE.tsv: not UTF-8 (line 3: bytes b'\\xffx\\n1')"]
+
+
+def test_writer_details(tasks, tmp_path, monkeypatch):
+    import data_utils.submission as submission_mod
+
+    calls = []
+    monkeypatch.setattr(submission_mod, "check_writable_folder", lambda folder, what: calls.append((folder, what)))
+    out = tmp_path / "a" / "out"
+    check_output(out)
+    # both places must take files: the folder and the one its temporary sibling goes into
+    assert calls == [(out, str(out)), (out.parent, str(out))]
+    with pytest.raises(ConfigError, match="zip name must be a plain"):
+        SubmissionWriter(tmp_path / "o", "sub.tar", tasks=tasks)
+    rows = _rows(tasks)
+    rows["X.tsv"], rows["Y.tsv"] = [], []
+    with pytest.raises(ConfigError, match=r": unexpected X\.tsv, Y\.tsv$"):
+        write_submission(tmp_path / "o", rows, tasks=tasks)
+    with SubmissionWriter(tmp_path / "o", tasks=tasks) as w:
+        w.add("RTE.tsv", [("0", "entailment")])
+        shutil.rmtree(w.tmp)  # the temporary folder gone already: abort does not fail
+        w.abort()
+        assert w.tmp is None
+        assert w.add("WNLI.tsv", [("0", "1")]) == 1  # a new temporary folder, beside the output
+        assert w.tmp.parent == tmp_path
+
+
+def test_missing_ids_in_numeric_order(tasks, members, tmp_path):
+    (tmp_path / "glue" / "RTE").mkdir(parents=True)
+    (tmp_path / "glue" / "RTE" / "test.tsv").write_text(
+        "index\tsentence1\tsentence2\n" + "".join(f"{i}\ta\tb\n" for i in range(12)))
+    path = tmp_path / "glue" / "RTE" / "test.tsv"
+    got = _problems(tmp_path, tasks, members, tmp_path / "glue", RTE=_rte([0, 1, 2, 3, 4, 5, 6, 7, 8, 11]))
+    assert got[-1] == f"RTE.tsv: indices differ from {path}: 2 test id(s) missing: 9, 10"
