@@ -71,7 +71,8 @@ def measured_step_costs(*roots: Path) -> tuple[dict[tuple, list[float]], dict[tu
     return by_name, by_key
 
 
-def step_cost(run: Run, by_name: dict, by_key: dict, table: dict) -> tuple[float | None, str]:
+def step_cost(run: Run, by_name: dict, by_key: dict, table: dict,
+              table_name: str = "--step_costs") -> tuple[float | None, str]:
     """(seconds per step, where it came from) for one run."""
     if (run.task, run.name) in by_name:
         v = by_name[(run.task, run.name)]
@@ -84,7 +85,7 @@ def step_cost(run: Run, by_name: dict, by_key: dict, table: dict) -> tuple[float
         costs = table.get(task_key, {})
         for m in (run.name, run.method):
             if m in costs:
-                return float(costs[m]), f"--step_costs {task_key}.{m}"
+                return float(costs[m]), f"{table_name} {task_key}.{m}"
     return scaled_cost(run.task, k, by_key, table)
 
 
@@ -161,8 +162,8 @@ def dry_run(runs: list[Run], root: Path, jobs: int, step_costs_file: str | None,
             continue
         started = status in ("resume", "busy")
         left = None if steps is None else max(steps - (done_steps(run.folder) if started else 0), 0)
-        cost, source = step_cost(run, by_name, by_key, table if not shipped or shipped_costs_apply(run) else {})
-        source = source.replace("--step_costs", "shipped CPU cost") if shipped else source
+        cost, source = step_cost(run, by_name, by_key, table if not shipped or shipped_costs_apply(run) else {},
+                                 "shipped CPU cost" if shipped else "--step_costs")
         est = None if cost is None or left is None else cost * left
         if est is None:
             unknown += 1
