@@ -74,6 +74,22 @@ def tiny_batch(task: str = "rte", batch: int = 3, length: int = 10, pad_last: in
     return out
 
 
+@pytest.fixture(scope="module")
+def tasks():
+    """The task definitions of data_utils/glue_tasks.yml (one copy per test module)."""
+    from data_utils.task_def import load_task_defs
+
+    return load_task_defs()
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory) -> Path:
+    """A folder holding only the tiny WordPiece fast tokenizer over the fixture words (one per test module)."""
+    from tests.glue_fixtures import write_tiny_tokenizer
+
+    return write_tiny_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
 @pytest.fixture
 def glue_dir(tmp_path):
     """Small GLUE-format files for rte, mrpc, stsb, cola, sst and wnli, written by the test."""

@@ -4,21 +4,10 @@ from __future__ import annotations
 import pytest
 
 from data_utils.encoder_limits import check_encoder_fits, position_limit
-from data_utils.task_def import ConfigError, load_task_defs
+from data_utils.task_def import ConfigError
 from mt_dnn.cli_utils import run_cli
 from mt_dnn.train import main as train_main
 from tests.conftest import tiny_config
-from tests.glue_fixtures import write_tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tasks():
-    return load_task_defs()
-
-
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory):
-    return write_tiny_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 @pytest.fixture(scope="module")

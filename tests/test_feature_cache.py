@@ -11,21 +11,10 @@ import torch
 import data_utils.features as features_mod
 from data_utils.features import _cache_key, load_features, tokenizer_fingerprint
 from data_utils.glue import DataError
-from data_utils.task_def import load_task_defs
-from tests.glue_fixtures import write_glue, write_tiny_tokenizer
+from tests.glue_fixtures import write_glue
 
 MAX_LEN = 12
 LONG = "the cat sees a dog " * 6 + "."  # 31 tokens: truncation at MAX_LEN cuts it
-
-
-@pytest.fixture(scope="module")
-def tasks():
-    return load_task_defs()
-
-
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory) -> Path:
-    return write_tiny_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 def _tok(tok_dir: Path, **kwargs):

@@ -11,15 +11,9 @@ import data_utils.features as features_mod
 from data_utils.batching import collate
 from data_utils.features import Features, load_features, tokenize_examples, tokenizer_fingerprint
 from data_utils.glue import DataError, read_split
-from data_utils.task_def import TaskDef, load_task_defs
 from tests.glue_fixtures import VOCAB_WORDS, write_glue, write_tiny_tokenizer
 
 MAX_LEN = 64
-
-
-@pytest.fixture(scope="module")
-def tasks() -> dict[str, TaskDef]:
-    return load_task_defs()
 
 
 @pytest.fixture(scope="module")

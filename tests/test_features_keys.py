@@ -19,18 +19,8 @@ from data_utils.features import (
     _cache_key, _special_tokens, data_fingerprint, load_features, save_pending, tokenize_examples,
     tokenizer_fingerprint)
 from data_utils.glue import DataError, Example
-from data_utils.task_def import SplitDef, load_task_defs
-from tests.glue_fixtures import PUNCTUATION, SPECIAL_TOKENS, VOCAB_WORDS, write_glue, write_tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tasks():
-    return load_task_defs()
-
-
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory) -> Path:
-    return write_tiny_tokenizer(tmp_path_factory.mktemp("tok"))
+from data_utils.task_def import SplitDef
+from tests.glue_fixtures import PUNCTUATION, SPECIAL_TOKENS, VOCAB_WORDS, write_glue
 
 
 @pytest.fixture()

@@ -15,16 +15,10 @@ from data_utils.batching import collate, eval_batches
 from data_utils.features import (CACHE_FORMAT, TRUNCATION, Features, _cache_key, load_features, tokenize_examples,
                                  tokenizer_fingerprint)
 from data_utils.glue import DataError, data_line_count, file_digest, iter_split, parse_split, split_path
-from data_utils.task_def import load_task_defs
 from tests.conftest import real_glue_dir
 from tests.glue_fixtures import ALL_TASKS, write_glue, write_tiny_tokenizer
 
 MAX_LEN = 12  # short enough that truncation (longest first) cuts many fixture pairs
-
-
-@pytest.fixture(scope="module")
-def tasks():
-    return load_task_defs()
 
 
 @pytest.fixture(scope="module")

@@ -16,15 +16,9 @@ import torch
 
 from data_utils.glue import DataError, read_split
 from data_utils.submission import check_submission
-from data_utils.task_def import load_task_defs
 from tests.glue_fixtures import LARGE_TASKS, MNLI_LABELS, QQP_BROKEN_ROWS, write_glue
 
 N_TRAIN, N_DEV, N_TEST = 24, 8, 6
-
-
-@pytest.fixture(scope="module")
-def tasks():
-    return load_task_defs()
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,10 @@ from pathlib import Path
 import pytest
 
 from data_utils.glue import DataError, Example, read_split, split_path
-from data_utils.task_def import TaskDef, load_task_defs
+from data_utils.task_def import TaskDef
 from tests.glue_fixtures import ALL_TASKS, DATA_DIRS, real_glue_dir, write_glue
 
 N_TRAIN, N_DEV, N_TEST = 24, 8, 6
-
-
-@pytest.fixture(scope="module")
-def tasks() -> dict[str, TaskDef]:
-    return load_task_defs()
 
 
 @pytest.fixture(scope="module")

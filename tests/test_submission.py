@@ -17,18 +17,13 @@ if str(ROOT) not in sys.path:
 
 from data_utils.submission import (  # noqa: E402
     HEADER, baseline_rows, check_submission, format_prediction, submission_files, write_submission)
-from data_utils.task_def import ConfigError, TaskDef, dump_task_defs, load_task_defs  # noqa: E402
+from data_utils.task_def import ConfigError, TaskDef, dump_task_defs  # noqa: E402
 
 GLUE_DIR = Path(os.environ.get("GLUE_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "glue_data")))
 OFFICIAL = {"CoLA.tsv": 1063, "SST-2.tsv": 1821, "MRPC.tsv": 1725, "STS-B.tsv": 1379, "QQP.tsv": 390965,
             "MNLI-m.tsv": 9796, "MNLI-mm.tsv": 9847, "QNLI.tsv": 5463, "RTE.tsv": 3000, "WNLI.tsv": 146,
             "AX.tsv": 1104}
 SMALL_ROWS = 6
-
-
-@pytest.fixture(scope="module")
-def tasks() -> dict[str, TaskDef]:
-    return load_task_defs()
 
 
 @pytest.fixture(scope="module")

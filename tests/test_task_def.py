@@ -7,15 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from data_utils.task_def import (ConfigError, TaskDef, builtin_task_file, dump_task_defs, load_task_defs,
+from data_utils.task_def import (ConfigError, builtin_task_file, dump_task_defs, load_task_defs,
                                  parse_task_block, select_tasks)
 
 GLUE_TASKS = ("cola", "sst", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli", "ax")
-
-
-@pytest.fixture(scope="module")
-def tasks() -> dict[str, TaskDef]:
-    return load_task_defs()
 
 
 def good_block() -> dict:
