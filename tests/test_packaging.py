@@ -63,7 +63,7 @@ def test_training_and_prediction_do_not_import_matplotlib():
     """matplotlib is an extra: nothing on the train / predict / campaign path may import it at module level."""
     modules = ["mt_dnn", "mt_dnn.train", "mt_dnn.predict", "mt_dnn.api", "data_utils.submission",
                "data_utils.download_glue", "experiments.rapt.campaign", "experiments.rapt.figure1",
-               "experiments.rapt.layers"]
+               "experiments.rapt.layers", "experiments.rapt.robustness_figure"]
     code = (f"import sys\nfor m in {modules!r}:\n    __import__(m)\n"
             "print('matplotlib' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
@@ -91,3 +91,17 @@ def test_docs_extra_builds_the_site():
     ci = (REPO / ".ci" / "run").read_text()
     assert ".[dev,docs]" in ci or ".[docs]" in ci
     assert ci.index("python -m pytest -q") < ci.index("mkdocs build --strict")
+
+
+def test_code_layout_page_names_every_module():
+    """docs/reference/layout.md lists the code: every module of the packages, the experiments and the benchmarks
+    is named there, and no name appears twice."""
+    page = (REPO / "docs" / "reference" / "layout.md").read_text()
+    names = re.findall(r"^\s+([\w.]+\.(?:py|sh))\b", page, flags=re.M)
+    named = {n for line in re.findall(r"^\s+(\S+(?:, \S+)*)\s{2,}", page, flags=re.M)
+             for n in line.split(", ")}
+    code = [p for d in ("mt_dnn", "data_utils", "experiments/rapt", "benchmarks")
+            for p in sorted((REPO / d).glob("*.py")) + sorted((REPO / d).glob("*.sh")) if p.name != "__init__.py"]
+    missing = [str(p.relative_to(REPO)) for p in code if p.name not in named]
+    assert not missing, f"not in docs/reference/layout.md: {missing}"
+    assert len(names) == len(set(names)), sorted(n for n in set(names) if names.count(n) > 1)

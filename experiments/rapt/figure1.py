@@ -39,6 +39,24 @@ def headless_pyplot():
     return plt
 
 
+def save_figure(plt, fig, out: str | Path,
+                table: tuple[str | Path | None, list[str]] | None = None) -> tuple[Path, Path | None]:
+    """Write ``fig`` to ``out`` (format from its suffix, 120 dpi; made whole or not at all) and close it; with
+    ``table`` = (path or None for ``out`` with .md, markdown lines), write those lines beside it. The figure's
+    paths written (figure, table or None)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    with atomic.atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=120, format=out.suffix.lstrip(".") or "png")
+    plt.close(fig)
+    if table is None:
+        return out, None
+    md = Path(table[0]) if table[0] else out.with_suffix(".md")
+    atomic.write_text(md, "\n".join(table[1]))
+    return out, md
+
+
 def campaign_folder(path: str) -> Path:
     root = Path(path)
     if not root.is_dir():
@@ -97,12 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             ax.legend()
     if not drawn:
         raise ConfigError(f"{root}: no dev evaluations of {', '.join(methods)} on {', '.join(tasks)}")
-    fig.tight_layout()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic.atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=120, format=out.suffix.lstrip(".") or "png")
-    plt.close(fig)
+    out, _ = save_figure(plt, fig, args.out)
     print(f"wrote {out} ({drawn} line(s))")
     return 0
 

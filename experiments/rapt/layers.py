@@ -25,10 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data_utils import atomic
 from data_utils.task_def import ConfigError
 from experiments.rapt.archive import load_archive, with_archive
-from experiments.rapt.figure1 import campaign_folder, headless_pyplot
+from experiments.rapt.figure1 import campaign_folder, headless_pyplot, save_figure
 from experiments.rapt.paper import TASK_LABEL
 from experiments.rapt.results import RunResult, scan_results
 from mt_dnn.cli_utils import run_cli, setup_logging
@@ -149,14 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         missing = [label(k) for k in columns if k not in pts]
         print(f"{task}: " + ", ".join(f"{label(k)} {m:.1f}" for k, m in mean.items())
               + f"; best max_layer {label(best)}" + (f"; not run: {', '.join(missing)}" if missing else ""))
-    fig.tight_layout()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic.atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=120, format=out.suffix.lstrip(".") or "png")
-    plt.close(fig)
-    table = Path(args.table) if args.table else out.with_suffix(".md")
-    atomic.write_text(table, "\n".join(lines))
+    out, table = save_figure(plt, fig, args.out, (args.table, lines))
     print(f"wrote {out} and {table}")
     return 0
 

@@ -102,7 +102,7 @@ def _ms(values: np.ndarray) -> list[float | None]:
     return [float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else None]
 
 
-def _fmt(ms: list[float | None]) -> str:
+def mean_sd(ms: list[float | None]) -> str:
     return f"{ms[0]:.1f}" + (f" ± {ms[1]:.1f}" if ms[1] is not None else "")
 
 
@@ -123,8 +123,8 @@ def markdown(section: dict) -> list[str]:
             lines += ["", f"### {label}: dev and {set_name}", "",
                       f"| Method | Seeds | dev | {set_name} | gap (dev - {set_name}) |", "|---|---|---|---|---|"]
             for name, s in cell["summary"].items():
-                lines.append(f"| {name} | {len(s['seeds'])} | {_fmt(s['dev'])} | {_fmt(s['set'])} | "
-                             f"{_fmt(s['gap'])} |")
+                lines.append(f"| {name} | {len(s['seeds'])} | {mean_sd(s['dev'])} | {mean_sd(s['set'])} | "
+                             f"{mean_sd(s['gap'])} |")
             if cell["paired"]:
                 lines += ["", "| On | A | B | Seeds | mean(A-B) | sd | A wins | B wins | p | detectable | verdict |",
                           "|---|---|---|---|---|---|---|---|---|---|---|"]

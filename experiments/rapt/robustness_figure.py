@@ -1,0 +1,138 @@
+"""Dev against robustness-set (AdvGLUE) score per run, one panel per task: how much of its accuracy each method
+keeps under attack.
+
+    python -m experiments.rapt.robustness_figure --root runs/robustness \
+        [--archive experiments/rapt/results/archive_robustness.json] [--robustness_dir $GLUE_DIR/../advglue] \
+        [--out experiments/rapt/results/robustness.png] [--table experiments/rapt/results/robustness.md]
+
+Every finished run under ``ROOT/<task>/<method name>/s<seed>*`` (and every archived one whose folder is gone) is a
+small point at (its best dev evaluation's primary metric, the robustness set's score logged at that same
+evaluation), x100: the epoch is chosen on dev only, as in the report. Each method's mean over its seeds is a large
+marker with ± sd bars on both axes. Points on a line of slope 1 have the same gap (dev - set); a method above
+another at the same dev score keeps more under attack. With ``--robustness_dir`` a dotted line marks the set's
+majority-class rate (always answering its most common label). The markdown table beside the PNG lists the same
+numbers: per method, seeds, dev, set and gap (mean ± sd).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from data_utils.robustness import load_sets, robustness_dir
+from data_utils.task_def import ConfigError, load_task_defs
+from experiments.rapt.layers import gather
+from experiments.rapt.paper import TASK_LABEL
+from experiments.rapt.report import build_report
+from experiments.rapt.results import RunResult
+from experiments.rapt.robustness_report import mean_sd
+from experiments.rapt.figure1 import headless_pyplot, save_figure
+from mt_dnn.cli_utils import run_cli, setup_logging
+
+logger = logging.getLogger(__name__)
+
+# the study's rows in reading order; other method names follow in the order their runs are found
+ORDER = ("standard", "standard_hf", "smart", "rapt", "rapt_shared", "r3f")
+LABELS = {"standard_hf": "standard, transformers.Trainer"}
+
+
+def in_order(names) -> list[str]:
+    """Method names in :data:`ORDER`, the others after them by name."""
+    return sorted(set(names), key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+
+
+def points(results: list[RunResult], methods: list[str] | None = None) -> dict[str, dict[str, dict]]:
+    """The report's robustness section for ``methods`` (default: every method, :data:`ORDER` first): task -> set
+    -> {"rows": method -> seed -> [dev x100, set x100], "summary": method -> {seeds, dev, set, gap}}, at each
+    finished run's best dev evaluation, methods in that order."""
+    names = in_order(r.name for r in results)
+    if methods:
+        names = [m for m in methods if m in names]
+    return build_report([r for r in results if r.name in names], names, baselines=names[:1]).get("robustness", {})
+
+
+def majority_rate(task: str, set_name: str, folder: Path | None) -> float | None:
+    """The share (x100) of the set's most common label for the task's dev splits, or None without the file."""
+    if folder is None:
+        return None
+    tdef = load_task_defs().get(task)
+    if tdef is None:
+        return None
+    labels = [ex.label for rs in load_sets(tdef, folder, warned=set()) if rs.set_name == set_name
+              for ex in rs.examples]
+    return 100.0 * Counter(labels).most_common(1)[0][1] / len(labels) if labels else None
+
+
+def table(task: str, set_name: str, cell: dict, majority: float | None) -> list[str]:
+    lines = [f"**{TASK_LABEL.get(task, task)}**: dev and {set_name} (x100, mean ± sd over seeds)", "",
+             f"| Method | Seeds | dev | {set_name} | gap (dev - {set_name}) |", "|---|---|---|---|---|"]
+    for name, s in cell["summary"].items():
+        lines.append(f"| {LABELS.get(name, name)} | {', '.join(map(str, s['seeds']))} | {mean_sd(s['dev'])} | "
+                     f"{mean_sd(s['set'])} | {mean_sd(s['gap'])} |")
+    if majority is not None:
+        lines += ["", f"Majority class of {set_name} ({TASK_LABEL.get(task, task)}): {majority:.1f}."]
+    return lines + [""]
+
+
+def draw(ax, task: str, set_name: str, cell: dict, majority: float | None, colors: dict[str, str]) -> None:
+    """One panel: each run a small point, each method's mean a large marker with ± sd bars (colors: one per
+    method, the same in every panel)."""
+    for name, per_seed in cell["rows"].items():
+        color = colors[name]
+        dev = np.array([v[0] for v in per_seed.values()])
+        adv = np.array([v[1] for v in per_seed.values()])
+        ax.scatter(dev, adv, s=14, color=color, alpha=0.5)
+        err = (lambda a: float(a.std(ddof=1)) if len(a) > 1 else 0.0)
+        ax.errorbar(dev.mean(), adv.mean(), xerr=err(dev), yerr=err(adv), fmt="o", ms=8, color=color,
+                    capsize=3, label=f"{LABELS.get(name, name)} ({len(per_seed)} seed{'s' if len(per_seed) > 1 else ''})")
+    if majority is not None:
+        ax.axhline(majority, ls=":", color="gray", label=f"{set_name}: majority class")
+    ax.set_title(f"{TASK_LABEL.get(task, task)}: dev against {set_name}")
+    ax.set_xlabel("dev (x100, best dev evaluation)")
+    ax.set_ylabel(f"{set_name} (x100, same evaluation)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.rapt.robustness_figure",
+                                description="Dev against robustness-set (AdvGLUE) score per run and method.")
+    p.add_argument("--root", required=True, help="a campaign folder (<task>/<method>/s<seed>*/); may be missing "
+                                                 "when --archive is given")
+    p.add_argument("--archive", help="archived runs (JSON) beside --root's folders; a folder wins")
+    p.add_argument("--tasks", help="comma-separated tasks, one panel each (default: every task with a set)")
+    p.add_argument("--methods", help="comma-separated method names, in legend order (default: all)")
+    p.add_argument("--robustness_dir", help="folder of the robustness files, for the majority-class line "
+                                            "(default: $ROBUSTNESS_DIR; none: no line)")
+    p.add_argument("--out", default="experiments/rapt/results/robustness.png")
+    p.add_argument("--table", help="markdown table (default: --out with .md)")
+    args = p.parse_args(argv)
+    setup_logging()
+    if not Path(args.root).is_dir() and not args.archive:
+        raise ConfigError(f"--root {args.root}: no such folder")
+    found = points(gather(args.root, args.archive), [m for m in (args.methods or "").split(",") if m] or None)
+    tasks = [t for t in (args.tasks.split(",") if args.tasks else found) if t in found]
+    if not tasks:
+        raise ConfigError(f"{args.root}: no finished run logged a robustness set"
+                          + (f" for {args.tasks}" if args.tasks else ""))
+    folder = robustness_dir(args.robustness_dir, None)
+    panels = [(t, s, cell) for t in tasks for s, cell in found[t].items()]
+    colors = {n: f"C{i % 10}" for i, n in enumerate(in_order(n for _, _, cell in panels for n in cell["rows"]))}
+    plt = headless_pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
+    lines = []
+    for ax, (task, set_name, cell) in zip(axes[0], panels):
+        majority = majority_rate(task, set_name, folder)
+        draw(ax, task, set_name, cell, majority, colors)
+        lines += table(task, set_name, cell, majority)
+    out, md = save_figure(plt, fig, args.out, (args.table, lines))
+    print(f"wrote {out} and {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
