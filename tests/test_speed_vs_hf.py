@@ -29,6 +29,7 @@ def test_against_trainer_runs_both_sides_on_the_same_batches(tmp_path, tiny_mode
     padded = r["mean_padded_tokens_per_batch"]
     assert padded["ours"] < padded["hf"] if group == "ours" else padded["ours"] == padded["hf"]
     assert r["threads"] == 1 and r["threads_hf_thread"] == 1 and r["group_by_length"] == group
+    assert r["steps"] == 3 and r["warmup"] == 1 and r["lr_warmup"] == pytest.approx(0.1)  # rounds, not the schedule
     assert "aten::" in (tmp_path / "vs_profile.txt").read_text()
 
 

@@ -364,7 +364,7 @@ def run(args: argparse.Namespace, methods: dict) -> dict:
         "kernel_used": {"ours": sides["standard"].kernel, "hf_trainer": hf.kernel},
         "params": sum(p.numel() for p in ref.model.parameters()),
         "params_non_embedding": sum(p.numel() for n, p in ref.model.named_parameters() if ".embeddings." not in n),
-        "lr": ref.cfg.lr, "weight_decay": ref.cfg.weight_decay, "warmup": ref.cfg.warmup, "clip": ref.cfg.clip,
+        "lr": ref.cfg.lr, "weight_decay": ref.cfg.weight_decay, "lr_warmup": ref.cfg.warmup, "clip": ref.cfg.clip,
         "torch": torch.__version__, "transformers": __import__("transformers").__version__,
         "load_average_before": load_before, "load_average_after": load_after,
         "group_by_length": args.group_by_length,
