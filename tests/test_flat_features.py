@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import data_utils.features as features_mod
-from data_utils import feature_cache
 from data_utils.batching import collate, eval_batches
 from data_utils.features import (CACHE_FORMAT, TRUNCATION, Features, _cache_key, load_features, tokenize_examples,
                                  tokenizer_fingerprint)
