@@ -10,6 +10,7 @@ import pytest
 
 from experiments.rapt import robustness_figure
 from experiments.rapt.results import scan_results
+from tests.metrics_records import write_run
 
 # (task, method, seed): [(dev acc, advglue acc) per epoch]; the figure takes each run's best dev epoch
 RUNS = {("rte", "standard", 1): [(0.60, 0.50), (0.65, 0.40)], ("rte", "standard", 2): [(0.70, 0.45)],
@@ -21,14 +22,7 @@ BEST = {k: max(v, key=lambda e: e[0]) for k, v in RUNS.items()}
 
 def _write_runs(root: Path) -> None:
     for (task, name, seed), evals in RUNS.items():
-        folder = root / task / name / f"s{seed}"
-        folder.mkdir(parents=True)
-        recs = [{"epoch": i, "step": i + 1, "task": task, "split": "dev", "split_name": "dev", "method": name,
-                 "seed": seed, "train_seconds": 5.0 * (i + 1), "metrics": {"acc": d},
-                 "robustness": {"advglue": {"acc": a}}} for i, (d, a) in enumerate(evals)]
-        recs.append({"epoch": len(evals) - 1, "step": len(evals), "task": task, "split": "train", "method": name,
-                     "seed": seed, "train_seconds": 5.0 * len(evals), "steps": len(evals), "loss": 0.5})
-        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        write_run(root, task, name, seed, evals)
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
@@ -93,12 +87,7 @@ def test_cli_writes_the_figure_and_table_with_the_majority_line(tmp_path, capsys
 
 
 def test_no_robustness_scores_is_a_one_line_error(tmp_path):
-    folder = tmp_path / "rte" / "standard" / "s1"
-    folder.mkdir(parents=True)
-    folder.joinpath("metrics.jsonl").write_text(
-        json.dumps({"epoch": 0, "step": 1, "task": "rte", "split": "dev", "split_name": "dev", "train_seconds": 1.0,
-                    "metrics": {"acc": 0.5}}) + "\n" +
-        json.dumps({"epoch": 0, "step": 1, "split": "train", "train_seconds": 1.0, "steps": 1}) + "\n")
+    write_run(tmp_path, "rte", "standard", 1, [(0.5, None)])
     from data_utils.task_def import ConfigError
 
     with pytest.raises(ConfigError, match="no finished run logged a robustness set"):

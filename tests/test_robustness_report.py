@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from experiments.rapt.archive import archive_entry, load_archive
 from experiments.rapt.report import build_report, report_markdown
 from experiments.rapt.results import scan_results
 from experiments.rapt.robustness_report import detectable_difference
+from tests.metrics_records import write_run
 
 
 @pytest.mark.parametrize("n, sd", [(3, 1.0), (5, 2.2), (10, 0.7)])
@@ -32,26 +32,14 @@ def test_detectable_difference_has_the_stated_power(n, sd):
     assert detectable_difference(n, 0.0) == 0.0 and detectable_difference(1, sd) is None
 
 
-def _run(root: Path, task: str, name: str, seed: int, evals: list[tuple[float, float]]) -> None:
-    """Dev records (dev acc, advglue acc) per epoch, then the train record."""
-    folder = root / task / name / f"s{seed}"
-    folder.mkdir(parents=True)
-    recs = [{"epoch": i, "step": i + 1, "task": task, "split": "dev", "split_name": "dev", "method": name,
-             "seed": seed, "train_seconds": 10.0 * (i + 1), "metrics": {"acc": d},
-             "robustness": {"advglue": {"acc": a}}} for i, (d, a) in enumerate(evals)]
-    recs.append({"epoch": len(evals) - 1, "step": len(evals), "task": task, "split": "train", "method": name,
-                 "seed": seed, "train_seconds": 10.0 * len(evals), "steps": len(evals), "loss": 0.5, "reg_loss": 0})
-    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-
-
 def test_robustness_section_takes_the_set_score_at_the_dev_chosen_epoch(tmp_path):
     # each run's best dev epoch is picked on dev; its AdvGLUE score comes with it (not the best AdvGLUE)
-    _run(tmp_path, "rte", "standard", 1, [(0.60, 0.50), (0.65, 0.40)])  # best dev: epoch 1 -> adv 40
-    _run(tmp_path, "rte", "standard", 2, [(0.70, 0.45), (0.68, 0.60)])  # epoch 0 -> adv 45
-    _run(tmp_path, "rte", "standard", 3, [(0.66, 0.42)])
-    _run(tmp_path, "rte", "rapt", 1, [(0.64, 0.44)])
-    _run(tmp_path, "rte", "rapt", 2, [(0.69, 0.50)])
-    _run(tmp_path, "rte", "rapt", 3, [(0.67, 0.47)])
+    write_run(tmp_path, "rte", "standard", 1, [(0.60, 0.50), (0.65, 0.40)])  # best dev: epoch 1 -> adv 40
+    write_run(tmp_path, "rte", "standard", 2, [(0.70, 0.45), (0.68, 0.60)])  # epoch 0 -> adv 45
+    write_run(tmp_path, "rte", "standard", 3, [(0.66, 0.42)])
+    write_run(tmp_path, "rte", "rapt", 1, [(0.64, 0.44)])
+    write_run(tmp_path, "rte", "rapt", 2, [(0.69, 0.50)])
+    write_run(tmp_path, "rte", "rapt", 3, [(0.67, 0.47)])
     report = build_report(scan_results(tmp_path))
     cell = report["robustness"]["rte"]["advglue"]
     std_dev, std_adv = np.array([65.0, 70.0, 66.0]), np.array([40.0, 45.0, 42.0])
@@ -72,18 +60,13 @@ def test_robustness_section_takes_the_set_score_at_the_dev_chosen_epoch(tmp_path
 
 
 def test_a_report_without_robustness_scores_has_no_section(tmp_path):
-    folder = tmp_path / "rte" / "standard" / "s1"
-    folder.mkdir(parents=True)
-    folder.joinpath("metrics.jsonl").write_text(
-        json.dumps({"epoch": 0, "step": 1, "task": "rte", "split": "dev", "split_name": "dev", "train_seconds": 1.0,
-                    "metrics": {"acc": 0.5}}) + "\n" +
-        json.dumps({"epoch": 0, "step": 1, "split": "train", "train_seconds": 1.0, "steps": 1}) + "\n")
+    write_run(tmp_path, "rte", "standard", 1, [(0.5, None)])
     report = build_report(scan_results(tmp_path))
     assert "robustness" not in report and "## Robustness" not in report_markdown(report, "t")
 
 
 def test_archive_keeps_the_robustness_scores_of_the_best_evaluation(tmp_path):
-    _run(tmp_path, "rte", "standard", 1, [(0.60, 0.50), (0.65, 0.40)])
+    write_run(tmp_path, "rte", "standard", 1, [(0.60, 0.50), (0.65, 0.40)])
     (tmp_path / "rte" / "standard" / "s1" / "config.json").write_text(json.dumps({"method": "standard"}))
     result = scan_results(tmp_path)[0]
     entry = archive_entry(result)
