@@ -125,6 +125,17 @@ def test_shipped_archive_regenerates_the_committed_table2(tmp_path):
     assert (root / "table2.md").read_text() == (GRIDS.parent / "results" / "table2.md").read_text()
 
 
+def test_robustness_archive_regenerates_the_committed_study_report(tmp_path):
+    """Snapshot: results/robustness_report.md is the campaign's report over the robustness grid from its archive
+    alone (tests/test_results_tables.py recomputes its robustness numbers independently)."""
+    root = tmp_path / "robustness"
+    root.mkdir()
+    assert campaign.main(["--grid", str(GRIDS / "robustness.yml"), "--root", str(root), "--report", "--archive",
+                          str(GRIDS.parent / "results" / "archive_robustness.json"), "--order",
+                          "standard,standard_hf,smart,rapt,rapt_shared,r3f", "--baselines", "standard,smart"]) == 0
+    assert (root / "table2.md").read_text() == (GRIDS.parent / "results" / "robustness_report.md").read_text()
+
+
 def test_an_archive_entry_may_carry_its_settings_and_an_unknown_epoch(tmp_path):
     arch = _archive(tmp_path / "a.json", [
         {"task": "rte", "method": "max5", "seed": 1, "epoch": None, "metrics": {"acc": 0.56},

@@ -200,3 +200,49 @@ def test_layers_md_recomputed_from_the_layer_archive_and_the_standard_baseline()
         std = [RUNS[(task, "standard", s)]["acc"] for s in (1, 2, 3)]
         line = f"standard on the same seed(s) 1: {std[0]:.1f}; over seeds 1, 2, 3: {np.mean(std):.1f} ± {np.std(std, ddof=1):.1f}"
         assert line in section, (line, section[:600])
+
+
+def _robust_runs() -> dict[tuple[str, str, int], tuple[float, float]]:
+    """(task, method, seed) -> (dev acc, AdvGLUE acc) x100 of each archived best evaluation of the study."""
+    data = json.loads((RESULTS / "archive_robustness.json").read_text())
+    out = {}
+    for r in data["runs"]:
+        key = (r["task"], r["method"], int(r["seed"]))
+        assert key not in out, f"archive_robustness.json holds {key} twice"
+        out[key] = (100.0 * r["metrics"]["acc"], 100.0 * r["robustness"]["advglue"]["acc"])
+    return out
+
+
+def test_robustness_report_recomputed_from_its_archive():
+    """results/robustness_report.md: per task, each method's dev, AdvGLUE and gap (mean, and sample sd with 2+
+    seeds), and every paired row on dev and on AdvGLUE, from the archive by the formulas of this file."""
+    runs = _robust_runs()
+    text = (RESULTS / "robustness_report.md").read_text()
+    checked = 0
+    for task in sorted({t for t, _, _ in runs}):
+        start = text.index(f"### {LABEL[task]}: dev and advglue")
+        section = text[start:text.find("\n#", start + 1)]  # up to the next heading
+        rows = _table(section, "| Method | Seeds | dev | advglue")
+        assert {r[0] for r in rows} == {m for t, m, _ in runs if t == task}
+        seeds_of = {m: sorted(s for t, mm, s in runs if (t, mm) == (task, m)) for m in (r[0] for r in rows)}
+        for row in rows:
+            seeds = seeds_of[row[0]]
+            assert int(row[1]) == len(seeds)
+            dev = np.array([runs[(task, row[0], s)][0] for s in seeds])
+            adv = np.array([runs[(task, row[0], s)][1] for s in seeds])
+            for cell, values in zip(row[2:5], (dev, adv, dev - adv)):
+                want = [values.mean()] + ([values.std(ddof=1)] if len(values) > 1 else [])
+                assert np.allclose(_numbers(cell), want, atol=0.05 + 1e-9), (task, row, cell, want)
+                checked += 1
+        for row in (_table(section, "| On | A | B | Seeds") if "| On | A | B | Seeds" in section else []):
+            a, b, k = row[1], row[2], 0 if row[0] == "dev" else 1
+            seeds = sorted(set(seeds_of[a]) & set(seeds_of[b]))
+            # the columns are those of the per-task paired rows, with 'detectable' before the verdict
+            _check_paired_row(row[:9] + row[10:], [runs[(task, a, s)][k] for s in seeds],
+                              [runs[(task, b, s)][k] for s in seeds])
+            assert row[1] != row[2] and row[2] in ("standard", "smart"), row  # only against the baselines
+            checked += 1
+        if task == "rte":
+            if ("rte", "standard_hf", 1) in runs:  # the peer's row is in the table beside ours
+                assert any(r[0] == "standard_hf" for r in rows)
+    assert checked >= 8

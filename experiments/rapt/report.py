@@ -79,9 +79,14 @@ def build_report(results: list[RunResult], method_order: list[str] | None = None
     if method_order:  # a best-of row named in the order takes its place there, not the end
         rank = {n: i for i, n in enumerate(method_order)}
         names.sort(key=lambda n: rank.get(n, len(rank)))  # stable: unnamed rows keep their order, after the rest
-    unknown = [b for b in baselines or [] if b not in names]
+    # a baseline must be a row: one with finished runs, or one whose runs are under way or not started yet (it
+    # compares with nothing until it has finished runs)
+    planned = {r.name for r in results} | {cell.split("/")[1] for cell in not_started or []}
+    unknown = [b for b in baselines or [] if b not in names and b not in planned]
     if unknown:
-        raise ConfigError(f"--baselines {','.join(unknown)}: no such row with finished runs (rows: {', '.join(names)})")
+        raise ConfigError(f"--baselines {','.join(unknown)}: no such row (rows: {', '.join(names)}"
+                          + (f"; not finished yet: {', '.join(sorted(planned - set(names)))}" if planned - set(names)
+                             else "") + ")")
     rows: dict[str, dict] = {}
     for name in names:
         row: dict[str, Any] = {"tasks": {}}
