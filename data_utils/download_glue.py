@@ -370,7 +370,7 @@ def download_tasks(names: str, data_dir: str | Path, tasks: dict[str, TaskDef] |
     return done
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m data_utils.download_glue",
                                      description="Download the official GLUE data.")
     parser.add_argument("--tasks", default="all", help="all, or a comma-separated list (cola,sst,mrpc,stsb,"
@@ -382,7 +382,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60.0, help="socket timeout in seconds")
     parser.add_argument("--task_def", action="append", default=[], metavar="FILE",
                         help="extra task definition YAML (adds or overrides tasks, e.g. other row counts)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.retries < 0:

@@ -449,7 +449,7 @@ def _print_report(zip_path: Path, report: SubmissionReport, out: TextIO) -> None
     print(f"INVALID: {zip_path} has {len(problems)} problem(s)", file=out)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m data_utils.submission",
         description="Check a GLUE test-server submission zip, or write a baseline (majority class) one.")
@@ -460,7 +460,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--glue_dir", help="GLUE data folder: test ids are taken from / compared with its test files")
     parser.add_argument("--task_def", action="append", default=[], metavar="FILE",
                         help="extra task definition YAML (adds or overrides tasks); may repeat")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         tasks = load_task_defs(args.task_def)

@@ -182,7 +182,10 @@ def markdown(parser: argparse.ArgumentParser) -> str:
             if a.nargs != 0:  # what follows the flag, as --help writes it
                 flag += f" `{a.metavar or '{' + ','.join(map(str, a.choices)) + '}'}`" if a.choices else \
                     f" `{a.metavar or a.dest.upper()}`"
-            text = (a.help or "").replace("|", "&#124;").replace("<", "&lt;")  # runs/<tasks> is text, not HTML
+            text = a.help or ""
+            if a.default not in (None, False, [], argparse.SUPPRESS) and "default" not in text:
+                text += f" (default: {a.default})"  # as ArgumentDefaultsHelpFormatter would add it
+            text = text.strip().replace("|", "&#124;").replace("<", "&lt;")  # runs/<tasks> is text, not HTML
             lines.append(f"| {flag} | {text} |")
         lines.append("")
     return "\n".join(lines)

@@ -92,7 +92,13 @@ def plan_checkpoints(saved: list[SavedModel], official: dict[str, TaskDef], task
     return plans
 
 
-def main(argv: list[str] | None = None) -> int:
+def _checked_flags() -> list:
+    """The flags predict shares with mt_dnn.train, with the ranges train declares for them."""
+    train = {f.key: f for f in declared(TrainConfig)}
+    return [train["eval_batch_size"], train["max_seq_len"], THREADS]
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mt_dnn.predict", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", action="append", required=True, help="run folder or model folder (repeatable)")
@@ -100,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--submission_dir", help="where the 11 files and the zip go (required without --input)")
     p.add_argument("--tasks", default=None, help="only these tasks (comma-separated; each must have a head in a "
                                                  "checkpoint); default: all the runs have")
-    train = {f.key: f for f in declared(TrainConfig)}
-    checked = [train["eval_batch_size"], train["max_seq_len"], THREADS]  # with the ranges mt_dnn.train declares
+    checked = _checked_flags()
     p.add_argument("--eval_batch_size", type=int, default=128, help=f"rows per batch ({checked[0].range_text()})")
     p.add_argument("--max_seq_len", type=int, default=None,
                    help=f"{checked[1].range_text()}; default: the run's own")
@@ -112,9 +117,10 @@ def main(argv: list[str] | None = None) -> int:
                         "dev_scores.json (default: $ROBUSTNESS_DIR, else an advglue folder beside --glue_dir)")
     p.add_argument("--bad_rows", default="error", choices=BAD_ROWS,
                    help="a malformed row in a dev file: error, or skip it with one warning (test files are strict)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
-    p.add_argument("--device", default="auto")
-    p.add_argument("--zip_name", default="submission.zip")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="fp32, or the forward under bf16/fp16 autocast")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--zip_name", default="submission.zip", help="name of the zip written in --submission_dir")
     own = p.add_argument_group("your own text (instead of GLUE files)")
     own.add_argument("--input", help="TSV file with a header, or JSON lines (.jsonl), to predict")
     own.add_argument("--task", help="the task whose head predicts the rows (with --input)")
@@ -126,8 +132,13 @@ def main(argv: list[str] | None = None) -> int:
                                          "number from 0)")
     own.add_argument("--input_format", default="auto", choices=("auto", "tsv", "jsonl"),
                      help="auto: from the extension (.tsv/.txt, .jsonl/.json)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
-    for flag in checked:
+    for flag in _checked_flags():
         if getattr(args, flag.key) is not None:
             flag.parse(getattr(args, flag.key))
     set_threads(args.threads)

@@ -122,7 +122,7 @@ def _launch_options(args: argparse.Namespace) -> LaunchOptions:
                          max_runs=args.max_runs)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.rapt.campaign",
                                 description="Run a grid of mt_dnn.train runs (a rerun resumes); report Table 2.")
     p.add_argument("--grid", nargs="+", metavar="GRID",
@@ -178,7 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adopt", nargs="+", metavar="RUN_DIR",
                    help="copy these finished runs (same task, seed and flags as a grid cell, e.g. made by "
                         "run_scripts/run_<task>.sh) into the grid's folders, then continue")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     setup_logging()
     root = Path(args.root)
     archived = load_archive(args.archive) if args.archive else []
