@@ -28,7 +28,8 @@ class TrainConfig:
     method_options: dict[str, Any] = field(default_factory=dict)  # the method's Options, by field name
     glue_dir: str = setting("glue_data", "folder with the GLUE task folders (default: $GLUE_DIR, else ./glue_data)")
     output_dir: str = setting("runs/run", "run folder: config.json, metrics.jsonl, train.log, best/ "
-                                          "(default: runs/<tasks>-<method>-s<seed>)")
+                                          "(default: runs/<tasks joined by +>-<method>-s<seed>, e.g. "
+                                          "runs/rte+mrpc-rapt-s1)")
     model: str | None = setting(None, "encoder: a hub name or a local path (default: the packaged all-MiniLM-L6-v2)")
     task_def: list[str] = setting([], "extra YAML task definitions (adds or overrides tasks; repeatable)")
     cache_dir: str | None = setting(None, "feature cache folder (default: <output_dir>/../.cache/features; never "

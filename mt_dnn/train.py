@@ -75,8 +75,8 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def train_config(values: dict[str, Any]) -> TrainConfig:
     """The TrainConfig of flag values ``{key: value}``; what is not given keeps its default (--glue_dir:
-    $GLUE_DIR, else glue_data; --output_dir: runs/<tasks>-<method>-s<seed>). An option of another method than
-    --method is an error."""
+    $GLUE_DIR, else glue_data; --output_dir: runs/<tasks joined by +>-<method>-s<seed>). An option of another
+    method than --method is an error."""
     run = {f.field: values[f.key] for f in declared(TrainConfig) if f.key in values}
     method = run.setdefault("method", "standard")
     cfg = TrainConfig(**run, method_options=method_options(values, method))
