@@ -6,7 +6,7 @@ import json
 import re
 
 from experiments.rapt import campaign
-from experiments.rapt.step_costs import OUT, step_costs
+from experiments.rapt.step_costs import OUT, main, step_costs
 from mt_dnn.perturbation import REGISTRY
 from tests.conftest import REPO
 
@@ -17,6 +17,16 @@ TASKS = ("cola", "sst", "mrpc", "stsb", "rte")  # the tasks of the Table 2 grids
 def test_the_shipped_file_regenerates_from_the_archive_and_the_benchmark():
     assert OUT == RESULTS / "step_costs.json"
     assert OUT.read_text(encoding="utf-8") == json.dumps(step_costs(), indent=1) + "\n"
+
+
+def test_check_writes_nothing_and_out_writes_elsewhere(tmp_path, capsys):
+    before = OUT.read_bytes()
+    assert main(["--check"]) == 0 and "up to date" in capsys.readouterr().out
+    stale = tmp_path / "costs.json"
+    stale.write_text("{}\n")
+    assert main(["--check", "--out", str(stale)]) == 1 and stale.read_text() == "{}\n"
+    assert main(["--out", str(stale)]) == 0 and json.loads(stale.read_text()) == json.loads(before)
+    assert OUT.read_bytes() == before
 
 
 def test_every_task_has_a_cost_for_every_method():

@@ -1,6 +1,7 @@
 """The step costs that ship for ``campaign --dry_run --step_costs`` (``experiments/rapt/results/step_costs.json``).
 
     python -m experiments.rapt.step_costs            # rewrites results/step_costs.json from the files below
+    python -m experiments.rapt.step_costs --check    # only says whether it is up to date
 
 Seconds per optimizer step of every task and method the campaigns ran, from the Table 2 archive
 (``results/archive_table2.json``: each CPU run's training seconds over its steps, mean over seeds) and, for a
@@ -11,6 +12,7 @@ so the estimates are for that setting; another machine or encoder measures its o
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections import defaultdict
@@ -47,8 +49,20 @@ def step_costs(archive: Path = ARCHIVE, benchmark: Path = BENCHMARK) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    atomic.write_text(OUT, json.dumps(step_costs(), indent=1) + "\n")
-    print(f"wrote {OUT}")
+    p = argparse.ArgumentParser(prog="python -m experiments.rapt.step_costs",
+                                description="Rewrite the shipped step costs (campaign --dry_run's default table) "
+                                            "from the Table 2 archive and the CPU benchmark.")
+    p.add_argument("--out", default=str(OUT), help="where to write the table (default: the shipped file)")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing: exit 1 when the shipped file differs from what the archive gives")
+    args = p.parse_args(argv)
+    text = json.dumps(step_costs(), indent=1) + "\n"
+    if args.check:
+        same = Path(args.out).is_file() and Path(args.out).read_text() == text
+        print(f"{args.out}: {'up to date' if same else 'differs from the archive and the benchmark'}")
+        return 0 if same else 1
+    atomic.write_text(Path(args.out), text)
+    print(f"wrote {args.out}")
     return 0
 
 
