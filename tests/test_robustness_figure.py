@@ -93,3 +93,12 @@ def test_no_robustness_scores_is_a_one_line_error(tmp_path):
     with pytest.raises(ConfigError, match="no finished run logged a robustness set"):
         robustness_figure.main(["--root", str(tmp_path), "--out", str(tmp_path / "x.png")])
     assert not (tmp_path / "x.png").exists()
+
+
+def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys):
+    from mt_dnn.cli_utils import run_cli
+
+    assert run_cli(robustness_figure.main, ["--root", str(tmp_path / "none"), "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --root {tmp_path / 'none'}: no such folder"
+    assert not (tmp_path / "x.png").exists()
