@@ -1,5 +1,6 @@
-"""The docs' flag reference (docs/reference/cli.md, rendered by docs/hooks/flags.py through mt_dnn.flags.markdown):
-every command's page section lists every flag its parser has, with the parser's defaults."""
+"""What the docs state about the code, checked against it: the flag reference (docs/reference/cli.md, rendered by
+docs/hooks/flags.py through mt_dnn.flags.markdown) lists every flag of every command with the parser's defaults,
+and the run-folder page names the settings --resume does not compare."""
 from __future__ import annotations
 
 import argparse
@@ -75,3 +76,12 @@ def test_markdown_escapes_cells_and_adds_defaults_argparse_would_show():
     assert rows["--given"] == "already says (default: x)"
     assert rows["--mode"] == "pick (default: a)" and "| `--mode` `{a,b}` |" in text
     assert text.index("### more") > text.index("`--given`")
+
+
+def test_run_folder_page_names_exactly_the_settings_resume_does_not_compare():
+    """docs/run-folder.md lists the TrainConfig fields outside the recipe: the same set as the code's roles."""
+    from mt_dnn.run_folder import NOT_RESULT
+
+    page = (REPO / "docs" / "run-folder.md").read_text()
+    sentence = re.search(r"The recipe is every `TrainConfig` field except (.*?):", page, flags=re.S).group(1)
+    assert set(re.findall(r"`(\w+)`", sentence)) == set(NOT_RESULT)
