@@ -68,7 +68,8 @@ def test_cli_writes_the_figure_and_table_with_the_majority_line(tmp_path, capsys
     _write_runs(tmp_path / "runs")
     adv = tmp_path / "advglue"
     adv.mkdir()
-    rows = [{"idx": i, "sentence1": f"p {i}", "sentence2": f"h {i}", "label": lab} for i, lab in enumerate([1, 1, 1, 0])]
+    rows = [{"idx": i, "sentence1": f"p {i}", "sentence2": f"h {i}", "label": lab}
+            for i, lab in enumerate([1, 1, 1, 0])]
     sst = [{"idx": i, "sentence": f"s {i}", "label": lab} for i, lab in enumerate([0, 1, 0, 0, 0])]
     (adv / "dev.json").write_text(json.dumps({"rte": rows, "sst2": sst}))
     out = tmp_path / "fig" / "rob.png"
@@ -101,4 +102,17 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys):
     assert run_cli(robustness_figure.main, ["--root", str(tmp_path / "none"), "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: --root {tmp_path / 'none'}: no such folder"
+    _write_runs(tmp_path / "runs")
+    assert run_cli(robustness_figure.main, ["--root", str(tmp_path / "runs"), "--methods", "rapt,smrt",
+                                            "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --methods smrt: no runs of that method (methods: standard, rapt)"
     assert not (tmp_path / "x.png").exists()
+
+
+def test_methods_pick_and_order_the_rows(tmp_path):
+    _write_runs(tmp_path)
+    found = robustness_figure.points(scan_results(tmp_path), ["rapt", "standard"])
+    assert list(found["rte"]["advglue"]["rows"]) == ["rapt", "standard"]
+    only = robustness_figure.points(scan_results(tmp_path), ["rapt"])
+    assert list(only["rte"]["advglue"]["rows"]) == ["rapt"] and list(only["sst"]["advglue"]["rows"]) == ["rapt"]

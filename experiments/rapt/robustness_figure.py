@@ -25,17 +25,17 @@ import numpy as np
 
 from data_utils.robustness import load_sets, robustness_dir
 from data_utils.task_def import ConfigError, load_task_defs
+from experiments.rapt.figure1 import headless_pyplot, save_figure
 from experiments.rapt.layers import gather
 from experiments.rapt.paper import TASK_LABEL
 from experiments.rapt.report import build_report
 from experiments.rapt.results import RunResult
 from experiments.rapt.robustness_report import mean_sd
-from experiments.rapt.figure1 import headless_pyplot, save_figure
 from mt_dnn.cli_utils import run_cli, setup_logging
 
 logger = logging.getLogger(__name__)
 
-# the study's rows in reading order; other method names follow in the order their runs are found
+# the study's rows in reading order; other method names follow, sorted by name
 ORDER = ("standard", "standard_hf", "smart", "rapt", "rapt_shared", "r3f")
 LABELS = {"standard_hf": "standard, transformers.Trainer"}
 
@@ -51,7 +51,10 @@ def points(results: list[RunResult], methods: list[str] | None = None) -> dict[s
     finished run's best dev evaluation, methods in that order."""
     names = in_order(r.name for r in results)
     if methods:
-        names = [m for m in methods if m in names]
+        unknown = [m for m in methods if m not in names]
+        if unknown:
+            raise ConfigError(f"--methods {','.join(unknown)}: no runs of that method (methods: {', '.join(names)})")
+        names = methods
     return build_report([r for r in results if r.name in names], names, baselines=names[:1]).get("robustness", {})
 
 
@@ -78,6 +81,10 @@ def table(task: str, set_name: str, cell: dict, majority: float | None) -> list[
     return lines + [""]
 
 
+def _sd(values: np.ndarray) -> float:
+    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
 def draw(ax, task: str, set_name: str, cell: dict, majority: float | None, colors: dict[str, str]) -> None:
     """One panel: each run a small point, each method's mean a large marker with ± sd bars (colors: one per
     method, the same in every panel)."""
@@ -86,9 +93,9 @@ def draw(ax, task: str, set_name: str, cell: dict, majority: float | None, color
         dev = np.array([v[0] for v in per_seed.values()])
         adv = np.array([v[1] for v in per_seed.values()])
         ax.scatter(dev, adv, s=14, color=color, alpha=0.5)
-        err = (lambda a: float(a.std(ddof=1)) if len(a) > 1 else 0.0)
-        ax.errorbar(dev.mean(), adv.mean(), xerr=err(dev), yerr=err(adv), fmt="o", ms=8, color=color,
-                    capsize=3, label=f"{LABELS.get(name, name)} ({len(per_seed)} seed{'s' if len(per_seed) > 1 else ''})")
+        seeds = f"{len(per_seed)} seed" + ("s" if len(per_seed) > 1 else "")
+        ax.errorbar(dev.mean(), adv.mean(), xerr=_sd(dev), yerr=_sd(adv), fmt="o", ms=8, color=color, capsize=3,
+                    label=f"{LABELS.get(name, name)} ({seeds})")
     if majority is not None:
         ax.axhline(majority, ls=":", color="gray", label=f"{set_name}: majority class")
     ax.set_title(f"{TASK_LABEL.get(task, task)}: dev against {set_name}")
