@@ -42,8 +42,8 @@ def headless_pyplot():
 def save_figure(plt, fig, out: str | Path,
                 table: tuple[str | Path | None, list[str]] | None = None) -> tuple[Path, Path | None]:
     """Write ``fig`` to ``out`` (format from its suffix, 120 dpi; made whole or not at all) and close it; with
-    ``table`` = (path or None for ``out`` with .md, markdown lines), write those lines beside it. The figure's
-    paths written (figure, table or None)."""
+    ``table`` = (path or None for ``out`` with .md, markdown lines), write those lines beside it. Returns the
+    paths written: (figure, table or None)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

@@ -84,9 +84,9 @@ def build_report(results: list[RunResult], method_order: list[str] | None = None
     planned = {r.name for r in results} | {cell.split("/")[1] for cell in not_started or []}
     unknown = [b for b in baselines or [] if b not in names and b not in planned]
     if unknown:
-        raise ConfigError(f"--baselines {','.join(unknown)}: no such row (rows: {', '.join(names)}"
-                          + (f"; not finished yet: {', '.join(sorted(planned - set(names)))}" if planned - set(names)
-                             else "") + ")")
+        pending = sorted(planned - set(names))
+        note = f"; not finished yet: {', '.join(pending)}" if pending else ""
+        raise ConfigError(f"--baselines {','.join(unknown)}: no such row (rows: {', '.join(names)}{note})")
     rows: dict[str, dict] = {}
     for name in names:
         row: dict[str, Any] = {"tasks": {}}
