@@ -219,8 +219,15 @@ def _robust_runs() -> dict[tuple[str, str, int], tuple[float, float]]:
 
 def test_robustness_report_recomputed_from_its_archive():
     """results/robustness_report.md: per task, each method's dev, AdvGLUE and gap (mean, and sample sd with 2+
-    seeds), and every paired row on dev and on AdvGLUE, from the archive by the formulas of this file."""
+    seeds), its seconds per step and their ratio to standard's, and every paired row on dev and on AdvGLUE, from
+    the archive by the formulas of this file."""
     runs = _robust_runs()
+    archived = json.loads((RESULTS / "archive_robustness.json").read_text())["runs"]
+
+    def step_cost(task: str, method: str) -> float:
+        return float(np.mean([r["train_seconds"] / r["steps"] for r in archived
+                              if (r["task"], r["method"]) == (task, method)]))
+
     text = (RESULTS / "robustness_report.md").read_text()
     checked = 0
     for task in sorted({t for t, _, _ in runs}):
@@ -238,6 +245,11 @@ def test_robustness_report_recomputed_from_its_archive():
                 want = [values.mean()] + ([values.std(ddof=1)] if len(values) > 1 else [])
                 assert np.allclose(_numbers(cell), want, atol=0.05 + 1e-9), (task, row, cell, want)
                 checked += 1
+            # cost per step: mean over seeds of training seconds / steps, and its ratio to standard's
+            cost = step_cost(task, row[0])
+            assert abs(float(row[5]) - cost) <= 0.005 + 1e-9, (task, row, cost)
+            if any(r[0] == "standard" for r in rows):
+                assert abs(float(row[6]) - cost / step_cost(task, "standard")) <= 0.005 + 1e-9, (task, row)
         for row in (_table(section, "| On | A | B | Seeds") if "| On | A | B | Seeds" in section else []):
             a, b, k = row[1], row[2], 0 if row[0] == "dev" else 1
             seeds = sorted(set(seeds_of[a]) & set(seeds_of[b]))

@@ -56,7 +56,7 @@ def test_robustness_section_takes_the_set_score_at_the_dev_chosen_epoch(tmp_path
     on_dev = next(c for c in cell["paired"] if c["on"] == "dev")
     assert on_dev["p_value"] == pytest.approx(ttest_rel(rapt_dev, std_dev).pvalue)
     text = report_markdown(report, "t")
-    assert "## Robustness" in text and "| rapt | 3 | 66.7 ± 2.5 | 47.0 ± 3.0 |" in text
+    assert "## Robustness" in text and "| rapt | 3 | 66.7 ± 2.5 | 47.0 ± 3.0 | 19.7 ± 0.6 | 10.00 | 1.00 |" in text
 
 
 def test_a_report_without_robustness_scores_has_no_section(tmp_path):

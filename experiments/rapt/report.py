@@ -258,7 +258,7 @@ def report_markdown(report: dict, title: str) -> str:
         lines += ["", f"### {heading}", "", "| Task | A | B | Seeds | mean(A-B) | sd | A wins | B wins | p | verdict |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         lines += [_paired_line(c, report["tasks"]) for c in group]
-    lines += robustness_report.markdown(report.get("robustness", {}))
+    lines += robustness_report.markdown(report.get("robustness", {}), report.get("times", {}))
     lines += ["", "## Runs not in the table", ""] + _missing_lines(report)
     return "\n".join(lines) + "\n"
 

@@ -106,8 +106,19 @@ def mean_sd(ms: list[float | None]) -> str:
     return f"{ms[0]:.1f}" + (f" ± {ms[1]:.1f}" if ms[1] is not None else "")
 
 
-def markdown(section: dict) -> list[str]:
-    """The report's robustness section (empty when no run logged a robustness set)."""
+def _cost(times: dict, task: str, name: str) -> str:
+    """'s/step | / standard' cells of a method's runs of a task (the report's training times; '-' where the runs
+    did not record their clock, ran on several devices, or standard did not run on the same device)."""
+    row = times.get(task, {}).get(name)
+    if row is None:
+        return "- | -"
+    ratio = row.get("/standard")
+    return f"{row['s_per_step']:.2f} | " + (f"{ratio:.2f}" if ratio is not None else "-")
+
+
+def markdown(section: dict, times: dict | None = None) -> list[str]:
+    """The report's robustness section (empty when no run logged a robustness set); ``times``: the report's
+    training times (task -> method -> s_per_step, /standard), for each method's cost per step."""
     if not section:
         return []
     lines = ["", "## Robustness (dev and robustness sets)", "",
@@ -116,15 +127,17 @@ def markdown(section: dict) -> list[str]:
              "dev - set (how much accuracy a method loses under attack). Paired tests as above, on the same seeds; "
              f"'detectable' = the smallest true mean difference a paired t-test over these seeds would find with "
              f"{POWER:.0%} power at p < {ALPHA} given the observed sd of the differences (a smaller effect can hide "
-             "within 'within seed noise')."]
+             "within 'within seed noise'). s/step: the runs' own clocks, mean over seeds (training steps only), and "
+             "its ratio to standard's on the same device (see Training time)."]
     for task, by_set in section.items():
         for set_name, cell in by_set.items():
             label = TASK_LABEL.get(task, task)
             lines += ["", f"### {label}: dev and {set_name}", "",
-                      f"| Method | Seeds | dev | {set_name} | gap (dev - {set_name}) |", "|---|---|---|---|---|"]
+                      f"| Method | Seeds | dev | {set_name} | gap (dev - {set_name}) | s/step | / standard |",
+                      "|---|---|---|---|---|---|---|"]
             for name, s in cell["summary"].items():
                 lines.append(f"| {name} | {len(s['seeds'])} | {mean_sd(s['dev'])} | {mean_sd(s['set'])} | "
-                             f"{mean_sd(s['gap'])} |")
+                             f"{mean_sd(s['gap'])} | {_cost(times or {}, task, name)} |")
             if cell["paired"]:
                 lines += ["", "| On | A | B | Seeds | mean(A-B) | sd | A wins | B wins | p | detectable | verdict |",
                           "|---|---|---|---|---|---|---|---|---|---|---|"]
