@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from data_utils.metrics import compute_metrics
 from data_utils.robustness import load_sets, robustness_dir
 from data_utils.task_def import ConfigError, load_task_defs
 from experiments.hf_trainer import tokenized
+from experiments.rapt.results import load_result
 from mt_dnn.cli_utils import run_cli, setup_logging
 from mt_dnn.model import resolve_model
 
@@ -54,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--max_seq_len", type=int, default=128)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train again in a run folder that holds a run (the peer keeps no checkpoint: a run cut "
+                        "off before its end starts over)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -63,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     task = tasks[args.task]
     out = Path(args.root) / task.name / METHOD / f"s{args.seed}-peer"
     if (out / "metrics.jsonl").exists():
-        raise ConfigError(f"{out}: holds a run already; remove it to train again")
+        if not args.overwrite:
+            state = "a finished run" if load_result(out).finished else "an unfinished run (cut off before its end)"
+            raise ConfigError(f"{out}: holds {state}; --overwrite trains it again")
+        shutil.rmtree(out)
     setup_logging()
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
                               TrainingArguments)
