@@ -169,8 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order", help="the report's row order (comma-separated method or best-of names; the rest "
                                    "follow in grid order); a row's paired tests compare it with the rows above it")
     p.add_argument("--baselines", help="the report's paired tests compare each row with only these rows "
-                                       "(comma-separated, e.g. standard,smart; default: every row above it); a row whose runs have not "
-                        "finished yet compares with nothing until they have")
+                                       "(comma-separated, e.g. standard,smart; default: every row above it); a row "
+                                       "whose runs have not finished yet compares with nothing until they have")
     p.add_argument("--archive", metavar="FILE",
                    help="archived best dev results of runs whose folders are gone (JSON; see experiments.rapt.archive)"
                         ": the report includes them where no run folder covers the cell, and the campaign does not "
