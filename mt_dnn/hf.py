@@ -219,6 +219,9 @@ class RegularizedTrainer(Trainer):
         self._sums: torch.Tensor | None = None  # [task_loss, reg_loss] summed since the last log
         self._count = 0
         self._log_sums: dict[str, float] = {}
+        model = kwargs.get("model", args[0] if args else None)
+        if model is not None:  # impossible options fail before the Trainer exists (it makes its output folder)
+            self.regularizer.check(HFClassifier(model))
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False  # batch-mean losses: the Trainer divides by the accumulation steps
         if self.model is not None:  # fail early on an unsupported encoder or impossible options

@@ -345,15 +345,17 @@ def test_trainer_bf16_runs_the_noisy_pass_under_autocast(tmp_path, monkeypatch):
     assert model.__dict__["forward"].__name__ != "step"
 
 
-def test_trainer_rejects_unknown_options_and_layers():
+def test_trainer_rejects_unknown_options_and_layers(tmp_path, monkeypatch):
     from data_utils.task_def import ConfigError
 
+    monkeypatch.chdir(tmp_path)  # without args the Trainer would make ./tmp_trainer: a rejected call makes nothing
     with pytest.raises(ConfigError, match="no option"):
         RegularizedTrainer(model=classifier("bert"), method="rapt", method_options={"etaa": 1.0})
     with pytest.raises(ConfigError, match="max_layer"):
         RegularizedTrainer(model=classifier("bert"), method="rapt", method_options={"max_layer": 5})
     with pytest.raises(ConfigError, match="unknown method"):
         RegularizedTrainer(model=classifier("bert"), method="vat")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_ddp_two_processes_gloo_identical_weights_after_three_steps(tmp_path):
