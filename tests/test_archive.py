@@ -38,7 +38,7 @@ def test_archived_runs_fill_missing_cells_and_folders_win(tmp_path):
     assert by[("rte", "old_smart", 1)].best.primary == pytest.approx(0.612)
     assert by[("rte", "old_smart", 1)].steps == 234 and by[("rte", "old_smart", 2)].finished
     assert campaign.main(["--root", str(root), "--report", "--archive", str(arch)]) == 0
-    table = (root / "table2.md").read_text()
+    table = (root / "report.md").read_text()
     row = next(line for line in table.splitlines() if line.startswith("| old_smart |"))
     assert "60.0 ± 1.7" in row  # mean and sample std of 61.2 and 58.8
     per_seed = next(line for line in table.splitlines() if line.startswith("| old_smart | 61.2"))
@@ -52,9 +52,9 @@ def test_the_grid_report_lists_the_cells_it_lacks_and_says_when_none_are(tmp_pat
     arch = _archive(tmp_path / "a.json", [{"task": "cola", "method": "smart", "seed": 3, "epoch": 1,
                                            "metrics": {"mcc": 0.3}}])
     assert campaign.main(["--grid", str(grid), "--root", str(root), "--report", "--archive", str(arch)]) == 0
-    report = json.loads((root / "table2.json").read_text())
+    report = json.loads((root / "report.json").read_text())
     assert report["not_started"] == ["rte/rapt_eta1.5/s3"]
-    table = (root / "table2.md").read_text()
+    table = (root / "report.md").read_text()
     assert "- Not started: 1 run(s) of the grid: rte/rapt_eta1.5/s3." in table
     assert "- Left out (not finished): 2 run(s): mnli/rapt/s2-" in table
     assert "Every run of the grid" not in table
@@ -62,9 +62,9 @@ def test_the_grid_report_lists_the_cells_it_lacks_and_says_when_none_are(tmp_pat
     started = next(r for r in runs if (r.task, r.name, r.seed) == ("rte", "rapt_eta1.5", 3))
     started.folder.mkdir(parents=True)
     assert campaign.main(["--grid", str(grid), "--root", str(root), "--report", "--archive", str(arch)]) == 0
-    report = json.loads((root / "table2.json").read_text())
+    report = json.loads((root / "report.json").read_text())
     assert report["not_started"] == [] and started.folder.as_posix() in report["unfinished"]
-    assert "- Left out (not finished): 3 run(s): " in (root / "table2.md").read_text()
+    assert "- Left out (not finished): 3 run(s): " in (root / "report.md").read_text()
     started.folder.rmdir()
 
     unfinished = [r for r in runs if (r.task, r.name, r.seed) in {("mnli", "rapt", 2), ("stsb", "smart", 3)}]
@@ -76,11 +76,11 @@ def test_the_grid_report_lists_the_cells_it_lacks_and_says_when_none_are(tmp_pat
         ("stsb", "smart", 3, {"pearson": 0.8, "spearman": 0.8}))]
     assert campaign.main(["--grid", str(grid), "--root", str(root), "--report", "--archive",
                           str(_archive(tmp_path / "all.json", done))]) == 0
-    table = (root / "table2.md").read_text()
+    table = (root / "report.md").read_text()
     assert "- Not started: 0 run(s) of the grid.\n- Every run of the grid is in the table.\n" in table
-    assert json.loads((root / "table2.json").read_text())["not_started"] == []
+    assert json.loads((root / "report.json").read_text())["not_started"] == []
     # the archived MNLI run (per split) joins the folders' seeds: its task score is the mean of the two splits
-    mnli = json.loads((root / "table2.json").read_text())["rows"]["rapt"]["tasks"]["mnli"]
+    mnli = json.loads((root / "report.json").read_text())["rows"]["rapt"]["tasks"]["mnli"]
     assert mnli["seeds"] == [1, 2, 3] and [c["values"][1] for c in mnli["cells"]] == pytest.approx([70.0, 72.0])
 
     # an MNLI entry written with one "dev" split cannot share a row with run folders' two splits
@@ -122,7 +122,7 @@ def test_shipped_archive_regenerates_the_committed_table2(tmp_path):
     assert campaign.main(["--grid", *grids, "--root", str(root), "--report", "--archive", SHIPPED, "--order",
                           "standard,smart,smart_batchmean,smart_best_step,rapt,rapt_best_eta,rapt_shared,"
                           "rapt_embedding,r3f", "--baselines", "standard,smart,rapt"]) == 0
-    assert (root / "table2.md").read_text() == (GRIDS.parent / "results" / "table2.md").read_text()
+    assert (root / "report.md").read_text() == (GRIDS.parent / "results" / "table2.md").read_text()
 
 
 def test_robustness_archive_regenerates_the_committed_study_report(tmp_path):
@@ -133,7 +133,7 @@ def test_robustness_archive_regenerates_the_committed_study_report(tmp_path):
     assert campaign.main(["--grid", str(GRIDS / "robustness.yml"), "--root", str(root), "--report", "--archive",
                           str(GRIDS.parent / "results" / "archive_robustness.json"), "--order",
                           "standard,standard_hf,smart,rapt,rapt_shared,r3f", "--baselines", "standard,smart"]) == 0
-    assert (root / "table2.md").read_text() == (GRIDS.parent / "results" / "robustness_report.md").read_text()
+    assert (root / "report.md").read_text() == (GRIDS.parent / "results" / "robustness_report.md").read_text()
 
 
 def test_an_archive_entry_may_carry_its_settings_and_an_unknown_epoch(tmp_path):
@@ -188,7 +188,7 @@ def test_order_puts_rows_and_best_of_rows_where_asked_and_pairs_follow_it(tmp_pa
     order = "standard,smart,old_smart,rapt_best_eta,rapt"
     assert campaign.main(["--grid", str(grid), "--root", str(root), "--report", "--archive", str(arch),
                           "--order", order]) == 0
-    report = json.loads((root / "table2.json").read_text())
+    report = json.loads((root / "report.json").read_text())
     assert report["methods"][:5] == order.split(",")
     assert report["methods"][5:] == ["rapt_eta1.5"]  # the grid's other rows follow
     pairs = {(c["a"], c["b"]) for c in report["paired"]}

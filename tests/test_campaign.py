@@ -78,7 +78,7 @@ def test_campaign_runs_skips_and_resumes(tmp_path, glue_dir, tiny_model_dir):
     assert "resumed from" in (victim / "campaign.out").read_text()  # logged before train.log opens
     assert all(is_finished(r.folder) for r in runs)
     assert not (victim / "checkpoint").exists() and (runs[0].folder / "checkpoint").exists()  # kept when asked
-    report = json.loads((root / "table2.json").read_text())
+    report = json.loads((root / "report.json").read_text())
     assert report["methods"] == ["standard", "rapt"] and report["rows"]["rapt"]["tasks"]["rte"]["seeds"] == [1, 2]
 
     # a rerun starts nothing: every run is logged as skipped
@@ -390,7 +390,7 @@ def test_several_grids_share_a_root_run_shared_cells_once_and_report_together(tm
     assert campaign.main(["--grid", str(core), str(sweep), "--root", str(root), "--gpus", "none"]) == 0
     # core: 2 methods x 2 seeds; the sweep adds only rapt_eta1 (its rapt is core's seed-1 rapt run)
     assert len(calls) == 5 and len(set(calls)) == 5
-    report = json.loads((root / "table2.json").read_text())
+    report = json.loads((root / "report.json").read_text())
     assert report["methods"] == ["standard", "rapt", "rapt_eta1", "rapt_best"]
     assert report["best_of"]["rapt_best"] == {"rte": "rapt"}  # a tie (0.5 each): the earlier member
     # filters apply across the grids: rapt_eta1 lives only in the sweep, seed 2 only in core
@@ -420,7 +420,7 @@ def test_archived_cells_are_not_trained_again_unless_a_folder_or_no_archive_says
     assert not root.exists() or not any(root.rglob("flags.json"))
     assert campaign.main(base) == 0
     assert sorted(calls) == sorted(runs[k].folder for k in [("rapt", 1), ("standard", 2), ("rapt", 2)])
-    table = (root / "table2.md").read_text()
+    table = (root / "report.md").read_text()
     assert "| standard | 61.0" in table  # the archived result fills the cell in the report
     # without --archive, the cell has no result and no folder: it is trained
     calls.clear()

@@ -127,9 +127,9 @@ def test_report_of_every_run_under_the_root_is_unchanged(tree, capsys):
     grid, root, _ = tree
     assert campaign.main(["--root", str(root), "--report"]) == 0
     printed = capsys.readouterr().out
-    assert printed == (root / "table2.md").read_text()
+    assert printed == (root / "report.md").read_text()
     _check("campaign_report_root.md", _normalise(printed, root))
-    _check("campaign_report_root.json", _normalise((root / "table2.json").read_text(), root))
+    _check("campaign_report_root.json", _normalise((root / "report.json").read_text(), root))
 
 
 def test_report_of_the_grid_with_its_best_of_row_is_unchanged(tree, capsys):
@@ -139,7 +139,7 @@ def test_report_of_the_grid_with_its_best_of_row_is_unchanged(tree, capsys):
     printed = capsys.readouterr().out
     assert "rapt_best_eta" in printed and "MNLI-m/mm Acc" in printed
     _check("campaign_report_grid.md", _normalise(printed, root))
-    _check("campaign_report_grid.json", _normalise((root / "table2.json").read_text(), root))
+    _check("campaign_report_grid.json", _normalise((root / "report.json").read_text(), root))
 
 
 def test_dry_run_plan_and_estimates_are_unchanged(tmp_path, capsys):

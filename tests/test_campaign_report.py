@@ -51,8 +51,8 @@ def test_report_means_stds_and_paired_statistics(tmp_path, capsys):
     _hand_written(root)
     assert campaign.main(["--root", str(root), "--report"]) == 0
     printed = capsys.readouterr().out
-    report = json.loads((root / "table2.json").read_text())
-    md = (root / "table2.md").read_text()
+    report = json.loads((root / "report.json").read_text())
+    md = (root / "report.md").read_text()
     assert printed == md
     assert report["tasks"] == ["rte", "mrpc", "stsb"] and report["methods"] == ["standard", "rapt"]  # baseline first
     rows = report["rows"]
@@ -160,12 +160,12 @@ def test_baselines_limit_the_paired_tests_and_the_average_comes_first(tmp_path, 
         _write_run(root, "mrpc", "smart_x", seed, [{"acc": mrpc, "f1": mrpc}])
     order = ["--order", "standard,smart_x,rapt"]
     assert campaign.main(["--root", str(root), "--report", *order]) == 0
-    everything = {(c["task"], c["a"], c["b"]) for c in json.loads((root / "table2.json").read_text())["paired"]}
+    everything = {(c["task"], c["a"], c["b"]) for c in json.loads((root / "report.json").read_text())["paired"]}
     assert ("rte", "rapt", "smart_x") in everything and ("rte", "smart_x", "standard") in everything
     capsys.readouterr()
 
     assert campaign.main(["--root", str(root), "--report", *order, "--baselines", "smart_x"]) == 0
-    report = json.loads((root / "table2.json").read_text())
+    report = json.loads((root / "report.json").read_text())
     pairs = {(c["task"], c["a"], c["b"]) for c in report["paired"]}
     assert pairs == {("rte", "rapt", "smart_x"), ("mrpc", "rapt", "smart_x"), ("average", "rapt", "smart_x")}
     # RTE: rapt 71, 72 against 66, 75 -> differences 5 and -3: mean 1, one win each
@@ -184,7 +184,7 @@ def test_baselines_limit_the_paired_tests_and_the_average_comes_first(tmp_path, 
     assert "--baselines smrt: no such row" in capsys.readouterr().err
     # smart's only run is unfinished: a row under way may be named, and compares with nothing yet
     assert campaign.main(["--root", str(root), "--report", *order, "--baselines", "smart"]) == 0
-    assert json.loads((root / "table2.json").read_text())["paired"] == []
+    assert json.loads((root / "report.json").read_text())["paired"] == []
 
 
 def test_a_baseline_may_be_a_grid_row_that_has_not_finished_yet(tmp_path):

@@ -307,7 +307,7 @@ def test_report_on_a_record_lacking_a_key_is_a_one_line_error_naming_file_and_li
     assert run_cli(campaign.main, ["--root", str(root), "--report"]) == 2
     last = _last_error(capsys)
     assert last.startswith(f"error: {bad}:{which + 1}: ") and f"'{drop}'" in last, last
-    assert not (root / "table2.md").exists()
+    assert not (root / "report.md").exists()
 
 
 def test_report_on_a_record_lacking_the_primary_metric_is_a_one_line_error(tmp_path, capsys):

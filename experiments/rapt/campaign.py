@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--glue_dir", help="GLUE folder (wins over the grid's)")
     p.add_argument("--model", help="encoder for every run (wins over the grid's; default: the packaged MiniLM)")
     p.add_argument("--report", action="store_true",
-                   help="only write ROOT/table2.md and table2.json (the grid's runs, or every run under ROOT)")
+                   help="only write ROOT/report.md and report.json (the grid's runs, or every run under ROOT)")
     p.add_argument("--step_costs", help="JSON {task: {method: seconds per step}} for --dry_run estimates (default: "
                                         "the shipped results/step_costs.json, CPU costs of the packaged MiniLM at "
                                         "batch 32 and length 128, for the runs with those settings)")

@@ -202,7 +202,7 @@ def _paired_line(c: dict, tasks: list[str]) -> str:
 
 def report_markdown(report: dict, title: str) -> str:
     tasks, rows = report["tasks"], report["rows"]
-    lines = [f"# Table 2 (dev): {title}", "",
+    lines = [f"# Campaign report: {title} (dev)", "",
              "Each cell: mean ± sample std (ddof=1) over seeds of each run's best dev evaluation (best by the task's "
              "primary metric; all the task's metrics from that same evaluation), x100. Average = mean over tasks of "
              "the task score (mean of its metrics); its ± is the std over seeds of each seed's Average, when every task "
@@ -266,12 +266,12 @@ def report_markdown(report: dict, title: str) -> str:
 def write_report(root: Path, results: list[RunResult], method_order: list[str] | None,
                  best_of: dict[str, list[str]] | None, baselines: list[str] | None = None,
                  not_started: list[str] | None = None, no_evaluation: list[str] | None = None) -> str:
-    """Write ROOT/table2.md and ROOT/table2.json; returns the markdown."""
+    """Write ROOT/report.md and ROOT/report.json; returns the markdown."""
     report = build_report(results, method_order, best_of, baselines, not_started, no_evaluation)
     if not report["tasks"]:
         raise ConfigError(f"{root}: no finished runs to report")
     text = report_markdown(report, root.name)  # the campaign's name, not where this machine keeps it
     root.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(root / "table2.md", text)
-    atomic.write_text(root / "table2.json", json.dumps(report, indent=2, default=str))
+    atomic.write_text(root / "report.md", text)
+    atomic.write_text(root / "report.json", json.dumps(report, indent=2, default=str))
     return text
