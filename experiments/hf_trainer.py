@@ -34,7 +34,7 @@ from data_utils.glue import read_split
 from data_utils.metrics import compute_metrics
 from data_utils.robustness import load_sets, robustness_dir
 from data_utils.task_def import ConfigError, TaskDef, load_task_defs
-from mt_dnn.cli_utils import run_cli, setup_logging
+from mt_dnn.cli_utils import close_log_files, run_cli, setup_logging
 from mt_dnn.config import TrainConfig, resolve_lr
 from mt_dnn.flags import Flag, add_flags, given
 from mt_dnn.model import resolve_model
@@ -112,6 +112,13 @@ def tokenized(tokenizer, task: TaskDef, examples, max_len: int) -> _Rows:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _train(argv)
+    finally:
+        close_log_files()
+
+
+def _train(argv: list[str] | None) -> int:
     args, options = parse_args(argv)
     set_threads(args.threads)
     tasks = load_task_defs()

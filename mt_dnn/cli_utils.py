@@ -23,6 +23,16 @@ def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO)
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def close_log_files() -> None:
+    """Detach and close the log files that :func:`setup_logging` opened (the console stays), so that what this
+    process logs after a run (a second run, a caller's own messages) does not land in the finished run's log."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()
+
+
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Run ``main``; a user error prints ``error: <one line>`` and exits 2, without a traceback."""
     try:

@@ -253,7 +253,9 @@ def why_stale(holder: Holder) -> str | None:
         return "no such process"
     except psutil.Error:  # someone else's process that we may not inspect: alive
         return None
-    if holder.started is not None and abs(started - holder.started) > 0.05:
+    # psutil derives start times from the boot time, which moves with the wall clock (a whole second when NTP
+    # steps it): a live training must not look stale, and a reused pid starts long after its first owner did
+    if holder.started is not None and abs(started - holder.started) > 2.0:
         return "that pid is another process now"
     return None
 

@@ -24,7 +24,7 @@ import yaml
 
 from data_utils.task_def import ConfigError
 from mt_dnn import runtime, stop
-from mt_dnn.cli_utils import run_cli, setup_logging
+from mt_dnn.cli_utils import close_log_files, run_cli, setup_logging
 from mt_dnn.config import TrainConfig
 from mt_dnn.flags import Flag, add_flags, check_mapping, declared, given, markdown
 from mt_dnn.perturbation import REGISTRY, option_flags
@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         return stop.EXIT_STOPPED
     finally:
         trainer.close()
+        close_log_files()
     best = Path(cfg.output_dir) / "best"
     if not cfg.no_eval and trainer.is_main and math.isfinite(trainer.best_score):
         print(f"best dev score {trainer.best_score:.4f}; model in {best}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from pathlib import Path
 
@@ -14,6 +15,20 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHS = ("bert", "roberta", "electra", "deberta-v2", "deberta-v2-conv", "distilbert")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging(monkeypatch):
+    """Each test starts without the console and file handlers that an earlier test's ``setup_logging`` left on the
+    root logger (one writing to a closed capture stream, or to another test's train.log), and without
+    ``ROBUSTNESS_DIR`` from the caller's shell (every dev evaluation would also score those sets)."""
+    monkeypatch.delenv("ROBUSTNESS_DIR", raising=False)
+    yield
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if type(handler) in (logging.StreamHandler, logging.FileHandler):  # pytest's own capture handlers stay
+            root.removeHandler(handler)
+            handler.close()
 
 
 def real_glue_dir() -> Path | None:

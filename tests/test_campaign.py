@@ -102,7 +102,8 @@ def test_a_failed_run_is_logged_and_the_campaign_exits_1(tmp_path, monkeypatch, 
     assert len(calls) == 2 and all(c[1:3] == ["-m", "mt_dnn.train"] and c[-1] == "--resume" for c in calls)
     assert [s for _, _, s, _ in _progress(root)].count("failed rc=2") == 2
     assert "2 run(s) failed" in capsys.readouterr().err
-    assert all(launch.run_status(f) == "run" for f in _run_folders(root))  # nothing written: a fresh start next
+    folders = _run_folders(root)
+    assert len(folders) == 2 and all(launch.run_status(f) == "run" for f in folders)  # nothing written: fresh next
 
 
 def test_subprocesses_get_one_thread_when_side_by_side_on_cpu():

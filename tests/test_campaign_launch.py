@@ -167,9 +167,11 @@ def test_a_three_run_grid_runs_two_at_a_time_through_the_local_pool(tmp_path, fa
     assert all(is_finished(r.folder) for r in runs)
     assert first["start"] < second["end"] and second["start"] < first["end"]  # the first two side by side
     assert {first["env"]["CUDA_VISIBLE_DEVICES"], second["env"]["CUDA_VISIBLE_DEVICES"]} == {"0", "1"}
-    freed = min((first, second), key=lambda s: s["end"])
-    assert third["start"] >= freed["end"]  # never three at once
-    assert third["env"]["CUDA_VISIBLE_DEVICES"] == freed["env"]["CUDA_VISIBLE_DEVICES"]
+    # the third goes to whichever worker comes free first; its GPU's run has ended by then (never three at once,
+    # never two on one GPU). Which of the two ends first is a race of milliseconds, so it is not asserted.
+    gpu = third["env"]["CUDA_VISIBLE_DEVICES"]
+    same = [s for s in (first, second) if s["env"]["CUDA_VISIBLE_DEVICES"] == gpu]
+    assert len(same) == 1 and third["start"] >= same[0]["end"]
     starts = [label for label, status in _progress(root) if status == "start"]
     assert sorted(starts[:2]) == sorted(r.label for r in runs[:2]) and starts[2] == runs[2].label  # plan order
 
@@ -241,6 +243,15 @@ campaign.main(sys.argv[1:])
 '''
 
 
+def _dead(process) -> bool:
+    import psutil
+
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def test_a_training_dies_with_its_campaign(tmp_path):
     """kill -9 of the campaign: its training (a stand-in that would sleep a minute) is gone within seconds."""
     import psutil
@@ -250,20 +261,23 @@ def test_a_training_dies_with_its_campaign(tmp_path):
     [run] = plan_runs(load_grid(grid), root)
     driver = subprocess.Popen([sys.executable, "-c", DRIVER, "--grid", str(grid), "--root", str(root), "--gpus",
                                "none"], env=dict(os.environ, PYTHONPATH=str(jobs.REPO)), stderr=subprocess.DEVNULL)
-    pid_file, deadline = run.folder / "pid", time.time() + 60
-    while time.time() < deadline and not (pid_file.exists() and pid_file.read_text()):
-        time.sleep(0.05)
-    training = psutil.Process(int(pid_file.read_text()))
+    pid_file, deadline, training = run.folder / "pid", time.time() + 60, None
     try:
+        while time.time() < deadline and not (pid_file.exists() and pid_file.read_text()):
+            time.sleep(0.05)
+        assert pid_file.exists(), "the stand-in training never started"
+        training = psutil.Process(int(pid_file.read_text()))
         driver.kill()
         driver.wait()
-        deadline = time.time() + 5
-        while time.time() < deadline and training.is_running() and training.status() != psutil.STATUS_ZOMBIE:
-            time.sleep(0.05)
-        assert not training.is_running() or training.status() == psutil.STATUS_ZOMBIE
+        _, alive = psutil.wait_procs([training], timeout=5)
+        assert all(_dead(p) for p in alive)  # a zombie (killed, not yet reaped) counts as gone
     finally:
-        if training.is_running():
-            training.kill()
+        driver.kill()
+        if training is not None:
+            try:
+                training.kill()
+            except psutil.NoSuchProcess:
+                pass
 
 
 # ---- Slurm, without a cluster -------------------------------------------------------------------------------------

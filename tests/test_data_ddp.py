@@ -28,7 +28,7 @@ def _worker(rank: int, world: int, port: int, jobs: list[dict]) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+    dist.init_process_group("gloo", timeout=timedelta(seconds=120))
     import data_utils.features as features_mod
     import mt_dnn.trainer as tr
     from data_utils import feature_cache

@@ -36,7 +36,7 @@ def _worker(rank: int, world: int, port: int, jobs: list[dict]) -> None:
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", timeout=timedelta(seconds=40))
+    dist.init_process_group("gloo", timeout=timedelta(seconds=120))
     import mt_dnn.trainer as tr
     from mt_dnn.cli_utils import run_cli
     from mt_dnn.step import TrainStep

@@ -92,7 +92,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture()
-def server() -> Iterator[GlueServer]:
+def server(monkeypatch) -> Iterator[GlueServer]:
+    for name in ("no_proxy", "NO_PROXY"):  # urllib sends even 127.0.0.1 through a configured proxy otherwise
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
     srv = GlueServer()
     yield srv
     srv.close()

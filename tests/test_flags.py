@@ -125,10 +125,11 @@ def test_hf_trainer_refuses_a_number_out_of_range(tmp_path, capsys):
     assert "--r3f_eps must be >= 0 (got -1.0)" in _one_line_error(capsys, main, argv)
 
 
-def test_regularizer_options_are_checked_against_their_declarations():
+def test_regularizer_options_are_checked_against_their_declarations(tmp_path, monkeypatch):
     from mt_dnn.hf import RegularizedTrainer
     from mt_dnn.perturbation import build_regularizer
 
+    monkeypatch.chdir(tmp_path)  # a RegularizedTrainer without args would make ./tmp_trainer if it got that far
     with pytest.raises(ConfigError, match=r"--rapt_eta must be >= 0 \(got -1.0\)"):
         build_regularizer("rapt", {"eta": -1})
     with pytest.raises(ConfigError, match=r"--rapt_max_layer must be an integer \(got 1.5\)"):

@@ -7,6 +7,7 @@ method's noise, which the reference draws again from the same seed.
 """
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -266,7 +267,8 @@ def test_trainer_runs_three_steps_logs_reg_loss_and_evaluates_without_noise(arch
     assert len(logs) == 3
     alpha = trainer.regularizer.alpha
     for h in logs:  # the Trainer's loss (scaled per accumulation step) is task + alpha * reg, both batch means
-        assert abs(h["loss"] - (h["task_loss"] + alpha * h["reg_loss"])) < 1e-5 * max(1.0, h["loss"]), h
+        # (transformers 4.x logs the loss rounded to 4 decimals)
+        assert abs(h["loss"] - (h["task_loss"] + alpha * h["reg_loss"])) < 5e-5 + 1e-5 * max(1.0, h["loss"]), h
         silent = method == "standard" or (method == "r3f" and regression)
         assert (h["reg_loss"] == 0.0) if silent else (h["reg_loss"] > 0.0), h
     assert no_hooks(model)
@@ -375,7 +377,7 @@ def test_ddp_two_processes_gloo_identical_weights_after_three_steps(tmp_path):
     reg = build_regularizer("rapt", {"max_layer": 2}, seed=5)
     expected = [(s, k, reg.layer_for_step(s, k)) for s in range(3) for k in range(2)]
     assert ranks[0]["layers"] == ranks[1]["layers"] == expected
-    assert all("reg_loss" in h for h in ranks[0]["logs"])
+    assert ranks[0]["logs"] and all("reg_loss" in h for h in ranks[0]["logs"])
 
 
 # ---- the example script ----------------------------------------------------------------------------------------
@@ -449,6 +451,9 @@ def test_example_max_steps_evaluates_once_at_the_end_and_logs_the_losses(max_ste
     train_logs = [h for h in summary["log_history"] if "task_loss" in h]
     assert train_logs and all("reg_loss" in h and h["reg_loss"] > 0 for h in train_logs)
     assert train_logs[-1]["step"] == max_steps
+    log = (out / "train.log").read_text()
+    logging.getLogger("caller").warning("logged after the run")  # the run's log file is closed when main returns
+    assert "method rapt" in log and (out / "train.log").read_text() == log
 
 
 def test_example_max_train_samples_is_a_seeded_random_subset(glue_dir, tiny_model_dir, tmp_path, monkeypatch):

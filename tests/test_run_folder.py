@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -278,3 +279,13 @@ def test_contradicting_flags(tmp_path):
 
     with pytest.raises(ConfigError, match="--resume and --overwrite"):
         TrainConfig(resume=True, overwrite=True).validate()
+
+
+def test_a_finished_run_closes_its_log_file(tmp_path, glue_dir, tiny_model_dir):
+    """What the process logs after main returns (a caller's messages, a second run) stays out of train.log."""
+    out = tmp_path / "run"
+    assert main(_argv(glue_dir, tiny_model_dir, out, tmp_path / "c", "--max_steps", "1", "--no_eval")) == 0
+    log = (out / "train.log").read_text()
+    logging.getLogger("caller").warning("logged after the run")
+    assert "command:" in log and (out / "train.log").read_text() == log
+    assert not [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
