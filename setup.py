@@ -13,7 +13,9 @@ setup(
         # A floor only: which build (CPU or CUDA) pip installs depends on where it finds torch, not on this
         # range. Install the torch you want first (README quick start); pip then keeps it.
         "torch>=2.2",
-        "transformers>=4.40",
+        # 5.0 and later (tested on 5.0 and 5.25): 4.x trains, but its Trainer scales accumulated losses, label
+        # smoothing and saved models differently, and peft's LoRA does not load with it
+        "transformers>=5.0",
         "accelerate>=1.1",  # transformers.Trainer (mt_dnn.hf, experiments.hf_trainer)
         "safetensors",
         "numpy",

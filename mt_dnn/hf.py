@@ -17,6 +17,7 @@ plain model, without noise.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import statistics
 import time
@@ -24,7 +25,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from data_utils.task_def import ConfigError
 from mt_dnn.encoder_hooks import (EncoderHooks, HookedEncoder, LayerCapture, _replace_first, _with_hidden,
@@ -183,6 +184,13 @@ def regularized_forward(model: nn.Module, adapter: HFClassifier, reg: Regularize
         finally:
             adapter.call = adapter.model
     return out, saved["task"], saved["reg"], saved["logs"]
+
+
+def warmup_arguments(fraction: float) -> dict[str, float]:
+    """``TrainingArguments`` keywords for a linear warmup over ``fraction`` of the steps: ``warmup_steps`` below 1
+    in transformers 5 (which removed ``warmup_ratio``), ``warmup_ratio`` in transformers 4."""
+    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return {"warmup_ratio" if "warmup_ratio" in known else "warmup_steps": fraction}
 
 
 class RegularizedTrainer(Trainer):
