@@ -77,6 +77,8 @@ def test_a_custom_loss_function_is_refused(tmp_path):
 
 
 def test_warmup_arguments_give_a_warmup_over_that_fraction_of_the_steps(tmp_path):
+    from transformers import TrainingArguments
+
     from mt_dnn.hf import warmup_arguments
 
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, **warmup_arguments(0.1))
