@@ -33,7 +33,7 @@ def _fresh_logging(monkeypatch):
 
 def real_glue_dir() -> Path | None:
     """GLUE_DIR (default ../shared/glue_data beside the repository) when it holds the real files."""
-    path = Path(os.environ.get("GLUE_DIR", REPO.parent / "shared" / "glue_data"))
+    path = Path(os.environ.get("GLUE_DIR", REPO.parent / "shared" / "glue_data")).resolve()  # a test may chdir
     return path if (path / "RTE" / "train.tsv").is_file() else None
 
 

@@ -46,12 +46,6 @@ MNLI_COLUMNS = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse"
 QQP_BROKEN_ROWS = 2
 
 
-def real_glue_dir() -> Path | None:
-    """GLUE_DIR (default ``../shared/glue_data`` beside the repository) when it exists, else None."""
-    path = Path(os.environ.get("GLUE_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "glue_data")))
-    return path if path.is_dir() else None
-
-
 # ---- sentences ----------------------------------------------------------------------------------------------
 
 def _words(rng: random.Random, lo: int = 3, hi: int = 8) -> list[str]:

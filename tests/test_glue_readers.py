@@ -8,7 +8,8 @@ import pytest
 
 from data_utils.glue import DataError, Example, read_split, split_path
 from data_utils.task_def import TaskDef
-from tests.glue_fixtures import ALL_TASKS, DATA_DIRS, real_glue_dir, write_glue
+from tests.conftest import real_glue_dir
+from tests.glue_fixtures import ALL_TASKS, DATA_DIRS, write_glue
 
 N_TRAIN, N_DEV, N_TEST = 24, 8, 6
 
