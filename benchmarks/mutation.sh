@@ -34,6 +34,7 @@ tests_for() {
                                   tests/test_features_keys.py" ;;
     data_utils/metrics.py) echo "tests/test_metrics.py" ;;
     data_utils/submission.py) echo "tests/test_submission.py tests/test_submission_messages.py" ;;
+    data_utils/robustness.py) echo "tests/test_robustness.py tests/test_robustness_reader.py tests/test_task_def.py" ;;
     *) echo "no test list for $1" >&2; return 1 ;;
   esac
 }
@@ -41,7 +42,7 @@ tests_for() {
 MODULES=("$@")
 if [ ${#MODULES[@]} -eq 0 ]; then
   MODULES=(mt_dnn/losses.py data_utils/metrics.py mt_dnn/perturbation.py mt_dnn/step.py mt_dnn/model.py
-           data_utils/batching.py data_utils/features.py data_utils/submission.py)
+           data_utils/batching.py data_utils/features.py data_utils/submission.py data_utils/robustness.py)
 fi
 python -c "import mutmut" 2>/dev/null || { echo "error: mutmut is not installed (pip install -e '.[mutation]')" >&2; exit 1; }
 
