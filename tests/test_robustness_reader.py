@@ -41,6 +41,8 @@ def test_each_field_becomes_the_text_the_task_says_with_its_class_index_and_line
         ("A fine film.", None, 1, "3", 1), ("Dull.", None, 0, "1", 2)]
     got = read_set(f, qnli, qnli.robustness["advglue"], "dev")  # GLUE's QNLI order: question first
     assert [(e.text_a, e.text_b, e.label) for e in got] == [("Who ran?", "The dog ran.", 0)]
+    _write(f, {"rte": [{**RTE_ROW, "idx": "adv-12"}, {**RTE_ROW, "idx": 2.0}]})  # ids as the file writes them
+    assert [e.index for e in read_set(f, rte, rte.robustness["advglue"], "dev")] == ["adv-12", "2.0"]
 
 
 RTE_ROW = {"idx": 0, "sentence1": "a b", "sentence2": "c d", "label": 0}
@@ -167,6 +169,20 @@ def test_every_bad_block_is_one_exact_message(tasks, change, message):
     with pytest.raises(ConfigError) as err:
         parse_task_block("rte", block, "t.yml")
     assert str(err.value).endswith(message) and str(err.value).startswith("t.yml")
+
+
+def test_unknown_keys_alone_and_a_task_with_two_dev_splits(tasks):
+    block = tasks["rte"].to_dict()
+    block["robustness"]["advglue"].update(colour=1, size=2)
+    with pytest.raises(ConfigError) as err:
+        parse_task_block("rte", block, "t.yml")
+    assert str(err.value).endswith("robustness set 'advglue': unknown key(s) colour, size")
+    mnli = tasks["mnli"].to_dict()
+    mnli["robustness"]["advglue"]["splits"] = {"dev": "mnli"}
+    with pytest.raises(ConfigError) as err:
+        parse_task_block("mnli", mnli, "t.yml")
+    assert str(err.value).endswith("robustness set 'advglue': dev is not a dev split of the task (dev_matched, "
+                                   "dev_mismatched)")
 
 
 def test_block_level_refusals_and_a_single_sentence_task(tasks):
