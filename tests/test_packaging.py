@@ -66,7 +66,7 @@ def test_training_and_prediction_do_not_import_matplotlib():
                "experiments.rapt.layers", "experiments.rapt.robustness_figure"]
     code = (f"import sys\nfor m in {modules!r}:\n    __import__(m)\n"
             "print('matplotlib' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False"
 
@@ -75,7 +75,7 @@ def test_packaged_encoder_path_is_the_default_encoder_and_import_stays_light():
     code = ("import sys, pathlib, mt_dnn\npath = pathlib.Path(mt_dnn.packaged_encoder_path())\n"
             "print('torch' in sys.modules, (path / 'config.json').is_file(), (path / 'tokenizer.json').is_file()"
             " or (path / 'vocab.txt').is_file(), path)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     torch_loaded, config, tokenizer, path = out.stdout.split()
     assert (torch_loaded, config, tokenizer) == ("False", "True", "True")

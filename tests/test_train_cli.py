@@ -86,7 +86,7 @@ def test_init_checkpoint_loads_encoder_and_heads(tmp_path, glue_dir, tiny_model_
 
 def _cli(*args, cwd=REPO):
     return subprocess.run([sys.executable, "-m", "mt_dnn.train", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=120)
+                          timeout=300)
 
 
 def test_help_lists_methods_and_options():
