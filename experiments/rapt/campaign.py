@@ -228,8 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         names += [n for n in dict.fromkeys([name for g in grids for name in g.methods] + [a.name for a in archived])
                   if n not in names]
         best_of = {k: v for g in grids for k, v in g.best_of.items()}
+        title = ", ".join(Path(g).stem for g in args.grid)  # the grids it covers, wherever ROOT is
         print(write_report(root, results, names, best_of, _csv(args.baselines), not_started,
-                           no_evaluation), end="")
+                           no_evaluation, title), end="")
     elif args.report:
         raise ConfigError(f"{root}: no finished runs of {' '.join(args.grid)} to report")
     if failed:

@@ -265,12 +265,14 @@ def report_markdown(report: dict, title: str) -> str:
 
 def write_report(root: Path, results: list[RunResult], method_order: list[str] | None,
                  best_of: dict[str, list[str]] | None, baselines: list[str] | None = None,
-                 not_started: list[str] | None = None, no_evaluation: list[str] | None = None) -> str:
-    """Write ROOT/report.md and ROOT/report.json; returns the markdown."""
+                 not_started: list[str] | None = None, no_evaluation: list[str] | None = None,
+                 title: str | None = None) -> str:
+    """Write ROOT/report.md and ROOT/report.json, titled ``title`` (default: the root folder's name); returns the
+    markdown."""
     report = build_report(results, method_order, best_of, baselines, not_started, no_evaluation)
     if not report["tasks"]:
         raise ConfigError(f"{root}: no finished runs to report")
-    text = report_markdown(report, root.name)  # the campaign's name, not where this machine keeps it
+    text = report_markdown(report, title or root.name)  # never where this machine keeps it
     root.mkdir(parents=True, exist_ok=True)
     atomic.write_text(root / "report.md", text)
     atomic.write_text(root / "report.json", json.dumps(report, indent=2, default=str))
