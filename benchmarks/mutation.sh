@@ -35,6 +35,8 @@ tests_for() {
     data_utils/metrics.py) echo "tests/test_metrics.py" ;;
     data_utils/submission.py) echo "tests/test_submission.py tests/test_submission_messages.py" ;;
     data_utils/robustness.py) echo "tests/test_robustness.py tests/test_robustness_reader.py tests/test_task_def.py" ;;
+    experiments/rapt/robustness_report.py) echo "tests/test_robustness_report.py tests/test_results_tables.py
+                                                 tests/test_campaign_report.py" ;;
     *) echo "no test list for $1" >&2; return 1 ;;
   esac
 }
@@ -58,6 +60,7 @@ for module in "${MODULES[@]}"; do
     echo "source_paths ="
     echo "    mt_dnn/"
     echo "    data_utils/"
+    case "$module" in experiments/*) echo "    experiments/" ;; esac
     echo "only_mutate = $module"
     echo "also_copy ="  # what the tests read besides the source: scripts, grids, results, docs
     for extra in run_scripts/ experiments/ benchmarks/ docs/ README.md setup.py setup.cfg; do echo "    $extra"; done

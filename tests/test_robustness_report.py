@@ -75,3 +75,106 @@ def test_archive_keeps_the_robustness_scores_of_the_best_evaluation(tmp_path):
     path.write_text(json.dumps({"source": "test", "runs": [entry]}))
     back = load_archive(path)[0]
     assert back.best.robustness == {"dev": {"advglue": {"acc": 0.4}}}
+
+
+def _power_by_integration(delta: float, n: int, sd: float) -> float:
+    """P(|T| > t_crit) for T = (Z + delta sqrt(n) / sd) / sqrt(V / df), Z normal and V chi-square (df = n - 1):
+    the normal tails integrated over V's density, without scipy's noncentral t."""
+    from scipy.integrate import quad
+    from scipy.stats import chi2, norm
+    from scipy.stats import t as t_dist
+
+    df, nc = n - 1, delta * np.sqrt(n) / sd
+    crit = t_dist.ppf(0.975, df)
+
+    def tails(v: float) -> float:
+        s = np.sqrt(v / df)
+        return (norm.sf(crit * s - nc) + norm.cdf(-crit * s - nc)) * chi2.pdf(v, df)
+
+    return quad(tails, 0, np.inf, epsabs=1e-12, epsrel=1e-10, limit=200)[0]
+
+
+@pytest.mark.parametrize("n, sd", [(2, 1.0), (3, 0.01), (5, 2.2), (10, 7.0)])
+def test_detectable_difference_solves_the_power_equation_to_six_decimals(n, sd):
+    delta = detectable_difference(n, sd)
+    assert delta is not None and delta > 0
+    assert _power_by_integration(delta, n, sd) == pytest.approx(0.8, abs=1e-6)
+
+
+def _adv_runs(root, rows: dict[str, dict[int, tuple[float, float | None]]]):
+    for name, seeds in rows.items():
+        for seed, (dev, adv) in seeds.items():
+            write_run(root, "rte", name, seed, [(dev, adv)])
+    return scan_results(root)
+
+
+def test_seeds_without_scores_are_skipped_and_every_baseline_above_is_compared(tmp_path):
+    results = _adv_runs(tmp_path, {
+        "standard": {1: (0.60, 0.40), 2: (0.62, 0.45), 3: (0.64, 0.41)},
+        "peer": {1: (0.61, 0.38), 2: (0.63, 0.39), 3: (0.60, 0.42)},  # a row above that is no baseline
+        "smart": {1: (0.65, 0.50), 2: (0.63, 0.44), 3: (0.66, 0.47)},
+        "rapt": {1: (0.59, None), 2: (0.61, 0.43), 3: (0.65, 0.46)}})  # seed 1 scored no robustness set
+    report = build_report(results, ["standard", "peer", "smart", "rapt"], None, ["standard", "smart"])
+    cell = report["robustness"]["rte"]["advglue"]
+    assert cell["summary"]["rapt"]["seeds"] == [2, 3]
+    assert cell["rows"]["rapt"] == {"2": [61.0, 43.0], "3": [65.0, 46.0]}
+    assert cell["rows"]["standard"] == {"1": [60.0, 40.0], "2": [62.0, 45.0], "3": [64.0, 41.0]}
+    pairs = [(c["task"], c["on"], c["a"], c["b"], c["n"]) for c in cell["paired"]]
+    assert pairs == [("rte", on, a, b, n) for a, b, n in (("peer", "standard", 3), ("smart", "standard", 3),
+                                                           ("rapt", "standard", 2), ("rapt", "smart", 2))
+                     for on in ("dev", "advglue")]
+    rapt_smart = cell["paired"][-1]
+    assert rapt_smart["mean_diff"] == pytest.approx(np.mean([43.0 - 44.0, 46.0 - 47.0]))
+    assert rapt_smart["sd_diff"] == pytest.approx(0.0, abs=1e-9) and rapt_smart["detectable"] == pytest.approx(0.0)
+
+
+def test_methods_compare_on_the_seeds_they_share_only(tmp_path):
+    results = _adv_runs(tmp_path, {
+        "standard": {3: (0.60, 0.40), 4: (0.62, 0.45)},
+        "smart": {1: (0.65, 0.50), 2: (0.63, 0.44), 3: (0.66, 0.47)},
+        "rapt": {1: (0.59, 0.41), 2: (0.61, 0.43)}})  # nothing shared with standard, seeds 1-2 with SMART
+    cell = build_report(results, ["standard", "smart", "rapt"], None, ["standard", "smart"])["robustness"]["rte"]
+    pairs = [(c["a"], c["b"], c["n"], c["on"]) for c in cell["advglue"]["paired"]]
+    assert pairs == [("smart", "standard", 1, "dev"), ("smart", "standard", 1, "advglue"),
+                     ("rapt", "smart", 2, "dev"), ("rapt", "smart", 2, "advglue")]
+    rapt = next(c for c in cell["advglue"]["paired"] if c["a"] == "rapt" and c["on"] == "advglue")
+    assert rapt["mean_diff"] == pytest.approx(np.mean([41.0 - 50.0, 43.0 - 44.0]))
+    assert rapt["sd_diff"] == pytest.approx(np.std([-9.0, -1.0], ddof=1))
+    smart = cell["advglue"]["summary"]["smart"]
+    assert smart["set"] == pytest.approx([np.mean([50.0, 44.0, 47.0]), np.std([50.0, 44.0, 47.0], ddof=1)])
+    assert cell["advglue"]["summary"]["rapt"]["dev"] == pytest.approx([60.0, np.std([59.0, 61.0], ddof=1)])
+
+
+def test_the_section_as_written(tmp_path):
+    results = _adv_runs(tmp_path, {"standard": {1: (0.60, 0.40), 2: (0.64, 0.46)},
+                                   "rapt": {1: (0.62, 0.45), 2: (0.63, 0.47)}, "peer": {1: (0.70, 0.30)}})
+    report = build_report(results, ["standard", "rapt", "peer"], None, ["standard"])
+    report["times"]["rte"].pop("peer")  # a run whose clock the records do not give
+    section = report_markdown(report, "t").split("## Robustness (dev and robustness sets)\n")[1]
+    lines = section.split("\n\n## Runs not in the table")[0].splitlines()
+    assert lines[1] == (
+        "At each run's best dev evaluation (chosen on dev only): the dev primary metric and the robustness set's "
+        "(AdvGLUE dev: adversarial, human-checked GLUE dev examples), x100, mean ± sd over seeds; gap = dev - set "
+        "(how much accuracy a method loses under attack). Paired tests as above, on the same seeds; 'detectable' = "
+        "the smallest true mean difference a paired t-test over these seeds would find with 80% power at p < 0.05 "
+        "given the observed sd of the differences (a smaller effect can hide within 'within seed noise'). s/step: "
+        "the runs' own clocks, mean over seeds (training steps only), and its ratio to standard's on the same "
+        "device (see Training time).")
+    # rapt - standard on AdvGLUE: +5, +1 (mean 3, sd 2.83); on dev: +2, -1 (mean 0.5, sd 2.12)
+    p_dev, p_adv = ttest_rel([62.0, 63.0], [60.0, 64.0]).pvalue, ttest_rel([45.0, 47.0], [40.0, 46.0]).pvalue
+    det_dev, det_adv = detectable_difference(2, np.std([2.0, -1.0], ddof=1)), detectable_difference(2, np.std(
+        [5.0, 1.0], ddof=1))
+    assert lines[2:] == [
+        "", "### RTE: dev and advglue", "",
+        "| Method | Seeds | dev | advglue | gap (dev - advglue) | s/step | / standard |",
+        "|---|---|---|---|---|---|---|",
+        "| standard | 2 | 62.0 ± 2.8 | 43.0 ± 4.2 | 19.0 ± 1.4 | 10.00 | 1.00 |",
+        "| rapt | 2 | 62.5 ± 0.7 | 46.0 ± 1.4 | 16.5 ± 0.7 | 10.00 | 1.00 |",
+        "| peer | 1 | 70.0 | 30.0 | 40.0 | - | - |",
+        "",
+        "| On | A | B | Seeds | mean(A-B) | sd | A wins | B wins | p | detectable | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| dev | rapt | standard | 2 | +0.50 | 2.12 | 1 | 1 | {p_dev:.3f} | {det_dev:.2f} | within seed noise |",
+        f"| advglue | rapt | standard | 2 | +3.00 | 2.83 | 2 | 0 | {p_adv:.3f} | {det_adv:.2f} | within seed noise |",
+        "| dev | peer | standard | 1 | +10.00 | - | 1 | 0 | - | - | - |",
+        "| advglue | peer | standard | 1 | -10.00 | - | 0 | 1 | - | - | - |"]

@@ -35,7 +35,9 @@ def detectable_difference(n: int, sd: float | None, power: float = POWER, alpha:
 
     def power_at(delta: float) -> float:
         nc = delta * math.sqrt(n) / sd
-        return float(nct.sf(crit, df, nc) + nct.cdf(-crit, df, nc)) - power
+        # P(T > crit) + P(T < -crit); the lower tail as P(T' > crit) with T' ~ nct(-nc), since scipy's nct.cdf
+        # gives NaN far in that tail (df 1, large nc) where nct.sf does not
+        return float(nct.sf(crit, df, nc) + nct.sf(crit, df, -nc)) - power
 
     hi = sd
     while power_at(hi) < 0:
