@@ -178,3 +178,30 @@ def test_the_section_as_written(tmp_path):
         f"| advglue | rapt | standard | 2 | +3.00 | 2.83 | 2 | 0 | {p_adv:.3f} | {det_adv:.2f} | within seed noise |",
         "| dev | peer | standard | 1 | +10.00 | - | 1 | 0 | - | - | - |",
         "| advglue | peer | standard | 1 | -10.00 | - | 0 | 1 | - | - | - |"]
+
+
+def test_detectable_difference_without_a_usable_sd_is_none():
+    assert detectable_difference(5, None) is None and detectable_difference(5, float("nan")) is None
+
+
+def test_verdicts_clocks_and_task_names_in_the_section():
+    from experiments.rapt.robustness_report import markdown
+
+    def pair(on, p):
+        return {"on": on, "a": "rapt", "b": "standard", "n": 3, "mean_diff": 2.0, "sd_diff": 0.1, "a_wins": 3,
+                "b_wins": 0, "p_value": p, "detectable": 0.25}
+
+    summary = {"seeds": [1, 2, 3], "dev": [60.0, 1.0], "set": [40.0, 2.0], "gap": [20.0, 1.5]}
+    section = {"mytask": {"adv": {"summary": {"standard": summary, "rapt": summary},
+                                  "paired": [pair("dev", 0.0499), pair("adv", 0.05)]}}}
+    lines = markdown(section, {"mytask": {"standard": {"s_per_step": 2.0, "/standard": 1.0},
+                                          "rapt": {"s_per_step": 3.0, "/standard": None}}})
+    assert lines[:3] == ["", "## Robustness (dev and robustness sets)", ""] and lines[4:7] == [
+        "", "### mytask: dev and adv", ""]
+    assert lines[9:11] == ["| standard | 3 | 60.0 ± 1.0 | 40.0 ± 2.0 | 20.0 ± 1.5 | 2.00 | 1.00 |",
+                           "| rapt | 3 | 60.0 ± 1.0 | 40.0 ± 2.0 | 20.0 ± 1.5 | 3.00 | - |"]
+    assert lines[-2:] == ["| dev | rapt | standard | 3 | +2.00 | 0.10 | 3 | 0 | 0.050 | 0.25 | beyond seed noise |",
+                          "| adv | rapt | standard | 3 | +2.00 | 0.10 | 3 | 0 | 0.050 | 0.25 | within seed noise |"]
+    no_clock = markdown(section, None)  # no training times at all: the cost cells say so
+    assert no_clock[9] == "| standard | 3 | 60.0 ± 1.0 | 40.0 ± 2.0 | 20.0 ± 1.5 | - | - |"
+    assert markdown({}, None) == []
