@@ -44,7 +44,8 @@ tests_for() {
 MODULES=("$@")
 if [ ${#MODULES[@]} -eq 0 ]; then
   MODULES=(mt_dnn/losses.py data_utils/metrics.py mt_dnn/perturbation.py mt_dnn/step.py mt_dnn/model.py
-           data_utils/batching.py data_utils/features.py data_utils/submission.py data_utils/robustness.py)
+           data_utils/batching.py data_utils/features.py data_utils/submission.py data_utils/robustness.py
+           experiments/rapt/robustness_report.py)
 fi
 python -c "import mutmut" 2>/dev/null || { echo "error: mutmut is not installed (pip install -e '.[mutation]')" >&2; exit 1; }
 
