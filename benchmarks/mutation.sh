@@ -37,6 +37,10 @@ tests_for() {
     data_utils/robustness.py) echo "tests/test_robustness.py tests/test_robustness_reader.py tests/test_task_def.py" ;;
     experiments/rapt/robustness_report.py) echo "tests/test_robustness_report.py tests/test_results_tables.py
                                                  tests/test_campaign_report.py" ;;
+    experiments/rapt/stats.py) echo "tests/test_stats.py tests/test_campaign_report.py tests/test_results_tables.py
+                                     tests/test_robustness_report.py" ;;
+    experiments/rapt/results.py) echo "tests/test_campaign_report.py tests/test_archive.py tests/test_robustness_report.py
+                                       tests/test_robustness_figure.py tests/test_peer.py" ;;
     *) echo "no test list for $1" >&2; return 1 ;;
   esac
 }
@@ -45,7 +49,7 @@ MODULES=("$@")
 if [ ${#MODULES[@]} -eq 0 ]; then
   MODULES=(mt_dnn/losses.py data_utils/metrics.py mt_dnn/perturbation.py mt_dnn/step.py mt_dnn/model.py
            data_utils/batching.py data_utils/features.py data_utils/submission.py data_utils/robustness.py
-           experiments/rapt/robustness_report.py)
+           experiments/rapt/robustness_report.py experiments/rapt/stats.py experiments/rapt/results.py)
 fi
 python -c "import mutmut" 2>/dev/null || { echo "error: mutmut is not installed (pip install -e '.[mutation]')" >&2; exit 1; }
 

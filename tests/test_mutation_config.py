@@ -14,7 +14,8 @@ def test_every_module_and_test_file_the_script_names_exists():
     assert set(cases) == {"mt_dnn/perturbation.py", "mt_dnn/losses.py", "mt_dnn/model.py", "mt_dnn/step.py",
                           "data_utils/batching.py", "data_utils/features.py", "data_utils/metrics.py",
                           "data_utils/submission.py", "data_utils/robustness.py",
-                          "experiments/rapt/robustness_report.py"}
+                          "experiments/rapt/robustness_report.py", "experiments/rapt/stats.py",
+                          "experiments/rapt/results.py"}
     for module, tests in cases.items():
         assert (REPO / module).is_file(), module
         for test in tests.split():

@@ -1,0 +1,55 @@
+"""Paired statistics of a campaign at their edges: the task score of a task with more metrics than the paper's
+column, ties at exactly the tie margin, and best-of rows placed before or among their members. Expected values
+are worked out by hand."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments.rapt.results import Evaluation, RunResult
+from experiments.rapt.stats import paired, paired_comparisons, seed_averages, task_score
+
+
+def _run(task: str, name: str, seed: int, metrics: dict[str, dict[str, float]], primary: float) -> RunResult:
+    evaluation = Evaluation(epoch=0, step=1, train_seconds=1.0, metrics=metrics, primary=primary)
+    return RunResult(task=task, name=name, seed=seed, folder=Path("/nowhere"), finished=True,
+                     evaluations=[evaluation])
+
+
+def test_a_task_score_is_the_mean_of_the_papers_metrics_only():
+    cola = _run("cola", "standard", 1, {"dev": {"mcc": 0.30, "acc": 0.70}}, 0.30)  # CoLA also logs acc
+    mnli = _run("mnli", "standard", 1, {"dev_matched": {"acc": 0.80}, "dev_mismatched": {"acc": 0.82}}, 0.81)
+    mrpc = _run("mrpc", "standard", 1, {"dev": {"acc": 0.75, "f1": 0.85}}, 0.75)
+    assert task_score(cola, "cola") == pytest.approx(30.0)
+    assert task_score(mnli, "mnli") == pytest.approx(81.0)
+    assert task_score(mrpc, "mrpc") == pytest.approx(80.0)
+    runs = {"cola": {1: cola}, "mrpc": {1: mrpc}}
+    assert seed_averages(runs, ["cola", "mrpc"], [1]) == pytest.approx([(30.0 + 80.0) / 2])
+
+
+def test_a_difference_of_exactly_the_tie_margin_is_a_tie():
+    c = paired("rte", "a", "b", [1, 2, 3], np.array([0.05, 1.0, 0.0]), np.array([0.0, 0.0, 0.05]))
+    assert (c["a_wins"], c["b_wins"]) == (1, 0)  # +0.05 and -0.05 are ties; +1.0 is a win
+    same = paired("rte", "a", "b", [1, 2], np.array([3.0, 4.0]), np.array([1.0, 2.0]))
+    assert same["p_value"] is None and same["sd_diff"] == 0.0 and same["mean_diff"] == 2.0  # t undefined
+
+
+def _by(**rows: dict[int, float]) -> dict:
+    return {name: {"rte": {s: _run("rte", name, s, {"dev": {"acc": v}}, v) for s, v in seeds.items()}}
+            for name, seeds in rows.items()}
+
+
+def test_best_of_rows_are_never_compared_with_their_members_wherever_they_stand():
+    by = _by(best={1: 0.6, 2: 0.7}, rapt={1: 0.6, 2: 0.7}, standard={1: 0.5, 2: 0.55},
+             eta1={1: 0.58, 2: 0.6})
+    # the best-of row first, a member after it, another row between the members
+    pairs = paired_comparisons(by, ["best", "rapt", "standard", "eta1"], ["rte"], {"best": ["rapt", "eta1"]})
+    got = {(c["a"], c["b"]) for c in pairs if c["task"] == "rte"}
+    assert got == {("standard", "best"), ("standard", "rapt"), ("eta1", "rapt"), ("eta1", "standard")}
+    # the best-of row after its members: still compared with the rows that are not its members
+    pairs = paired_comparisons(by, ["rapt", "standard", "best"], ["rte"], {"best": ["rapt"]})
+    assert {(c["a"], c["b"]) for c in pairs if c["task"] == "rte"} == {("standard", "rapt"), ("best", "standard")}
+    best_std = next(c for c in pairs if (c["a"], c["b"], c["task"]) == ("best", "standard", "rte"))
+    assert best_std["mean_diff"] == pytest.approx(np.mean([60.0 - 50.0, 70.0 - 55.0]))
