@@ -39,7 +39,7 @@ tests_for() {
                                                  tests/test_campaign_report.py" ;;
     experiments/rapt/stats.py) echo "tests/test_stats.py tests/test_campaign_report.py tests/test_results_tables.py
                                      tests/test_robustness_report.py" ;;
-    experiments/rapt/results.py) echo "tests/test_campaign_report.py tests/test_archive.py tests/test_robustness_report.py
+    experiments/rapt/results.py) echo "tests/test_results_scan.py tests/test_campaign_report.py tests/test_archive.py tests/test_robustness_report.py
                                        tests/test_robustness_figure.py tests/test_peer.py tests/test_trust_data.py
                                        tests/test_campaign.py tests/test_task_def.py" ;;
     *) echo "no test list for $1" >&2; return 1 ;;
