@@ -95,3 +95,51 @@ def test_records_without_a_split_name_are_the_dev_split(tmp_path):
 ])
 def test_the_device_a_run_trained_on(config, device):
     assert run_device(config) == device
+
+
+@pytest.mark.parametrize("metrics, message", [
+    ([0.5], "a dev record whose epoch, step, train_seconds or metrics are not numbers: not as mt_dnn.train writes it"),
+    ({"acc": True}, "a dev record whose epoch, step, train_seconds or metrics are not numbers: not as mt_dnn.train "
+                    "writes it"),
+    ({"f1": 0.5, "mcc": 0.1}, "a dev record without the task's primary metric 'acc' (it has f1, mcc)"),
+])
+def test_a_dev_record_unlike_the_trainers_is_one_line_naming_file_and_line(tmp_path, metrics, message):
+    folder = _folder(tmp_path, "rte/standard/s1", "rte", [{"acc": 0.5}])
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    bad = json.loads(lines[0]) | {"metrics": metrics, "epoch": 1, "step": 20}
+    (folder / "metrics.jsonl").write_text("\n".join([lines[0], json.dumps(bad), lines[1]]) + "\n")
+    with pytest.raises(ConfigError) as err:
+        load_result(folder)
+    assert str(err.value) == f"{folder / 'metrics.jsonl'}:2: {message}"
+
+
+def test_steps_done_by_a_started_run(tmp_path):
+    from experiments.rapt.results import done_steps
+
+    assert done_steps(tmp_path) == 0  # no records yet
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"split": "dev", "epoch": 0}) + "\n")
+    assert done_steps(tmp_path) == 0  # a record without a step
+    folder = _folder(tmp_path, "rte/standard/s1", "rte", [{"acc": 0.5}, {"acc": 0.6}], finished=False)
+    assert done_steps(folder) == 20
+
+
+def test_split_names_key_the_metrics_and_the_robustness_scores(tmp_path):
+    folder = tmp_path / "mnli" / "standard" / "s1"
+    folder.mkdir(parents=True)
+    recs = [{"epoch": 0, "step": 5, "task": "mnli", "split": "dev", "split_name": split, "train_seconds": 2.0,
+             "metrics": {"acc": acc}, "robustness": {"advglue": {"acc": adv}}}
+            for split, acc, adv in (("dev_matched", 0.8, 0.3), ("dev_mismatched", 0.7, 0.4))]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    best = load_result(folder).best
+    assert best.metrics == {"dev_matched": {"acc": 0.8}, "dev_mismatched": {"acc": 0.7}}
+    assert best.primary == pytest.approx(0.75)
+    assert best.robustness == {"dev_matched": {"advglue": {"acc": 0.3}}, "dev_mismatched": {"advglue": {"acc": 0.4}}}
+
+
+def test_flags_json_names_the_cell_wherever_the_folder_is(tmp_path):
+    folder = _folder(tmp_path, "rte/renamed/s9-x", "rte", [{"acc": 0.5}])
+    (folder / "flags.json").write_text(json.dumps({"task": "rte", "method_name": "smart", "seed": 4}))
+    result = load_result(folder)
+    assert (result.task, result.name, result.seed) == ("rte", "smart", 4)
+    (folder / "flags.json").unlink()
+    assert (load_result(folder).name, load_result(folder).seed) == ("renamed", 9)
