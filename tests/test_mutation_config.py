@@ -27,3 +27,13 @@ def test_mutmut_is_its_own_extra_and_not_installed_by_ci():
     assert re.search(r'"mutation": \["mutmut[^"]*"\]', setup)
     assert "mutmut" not in re.search(r'"dev": \[[^\]]*\]', setup).group(0)
     assert "mutation" not in (REPO / ".ci" / "run").read_text()
+
+
+def test_the_testing_page_lists_each_module_with_the_tests_the_script_runs():
+    cases = dict(re.findall(r"^\s+([\w/]+\.py)\) echo \"([^\"]+)\"", SCRIPT, flags=re.M))
+    page = (REPO / "docs" / "testing.md").read_text()
+    rows = dict(re.findall(r"^\| `([\w/]+\.py)` \| (test_[\w, ]+) \|$", page, flags=re.M))
+    assert set(rows) == set(cases)
+    for module, tests in cases.items():
+        names = [t.removeprefix("tests/").removesuffix(".py") for t in tests.split()]
+        assert rows[module].split(", ") == names, module
