@@ -17,7 +17,6 @@ plain model, without noise.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import statistics
 import time
@@ -25,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback
 
 from data_utils.task_def import ConfigError
 from mt_dnn.encoder_hooks import (EncoderHooks, HookedEncoder, LayerCapture, _replace_first, _with_hidden,
@@ -186,13 +185,6 @@ def regularized_forward(model: nn.Module, adapter: HFClassifier, reg: Regularize
     return out, saved["task"], saved["reg"], saved["logs"]
 
 
-def warmup_arguments(fraction: float) -> dict[str, float]:
-    """``TrainingArguments`` keywords for a linear warmup over ``fraction`` of the steps: ``warmup_steps`` below 1
-    in transformers 5 (which removed ``warmup_ratio``), ``warmup_ratio`` in transformers 4."""
-    known = {f.name for f in dataclasses.fields(TrainingArguments)}
-    return {"warmup_ratio" if "warmup_ratio" in known else "warmup_steps": fraction}
-
-
 class RegularizedTrainer(Trainer):
     """``transformers.Trainer`` with a training regularizer: loss = task_loss + alpha * reg_loss.
 
@@ -228,23 +220,30 @@ class RegularizedTrainer(Trainer):
         self._count = 0
         self._log_sums: dict[str, float] = {}
         model = kwargs.get("model", args[0] if args else None)
-        if model is not None:  # impossible options fail before the Trainer exists (it makes its output folder)
-            self.regularizer.check(HFClassifier(model))
+        if model is not None:  # an unsupported encoder or impossible options fail before the Trainer exists (it
+            # makes its output folder); the Trainer keeps this model object, so adapter() reuses the checked adapter
+            training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+            self._adapter = self._checked_adapter(model, getattr(training_args, "label_smoothing_factor", 0.0))
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False  # batch-mean losses: the Trainer divides by the accumulation steps
-        if self.model is not None:  # fail early on an unsupported encoder or impossible options
+        if self.model is not None:  # a model from model_init is checked here
             self.adapter(self.model)
+
+    def _checked_adapter(self, model: nn.Module, smoothing: float) -> HFClassifier:
+        """A new adapter of ``model``, refused when the regularizer cannot run on it or label smoothing is asked
+        of a regression head."""
+        adapter = HFClassifier(model)
+        self.regularizer.check(adapter)
+        if smoothing and adapter.reg_loss_kind({}) == "mse":
+            raise ConfigError(f"label_smoothing_factor {smoothing} smooths class labels; this is a regression "
+                              f"head (num_labels 1): set it to 0")
+        return adapter
 
     def adapter(self, model: nn.Module) -> HFClassifier:
         """The adapter of the classifier inside ``model`` (DDP or accelerate wrappers removed), checked once."""
         inner = self.accelerator.unwrap_model(model)
         if self._adapter is None or self._adapter.model is not inner:
-            self._adapter = HFClassifier(inner)
-            self.regularizer.check(self._adapter)
-            smoothing = self.args.label_smoothing_factor
-            if smoothing and self._adapter.reg_loss_kind({}) == "mse":
-                raise ConfigError(f"label_smoothing_factor {smoothing} smooths class labels; this is a regression "
-                                  f"head (num_labels 1): set it to 0")
+            self._adapter = self._checked_adapter(inner, self.args.label_smoothing_factor)
         return self._adapter
 
     def train(self, *args: Any, **kwargs: Any):
