@@ -134,7 +134,7 @@ def _train(argv: list[str] | None) -> int:
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                               TrainingArguments)
 
-    from mt_dnn.hf import LastStep, RegularizedTrainer, StepTimer, warmup_arguments
+    from mt_dnn.hf import LastStep, RegularizedTrainer, StepTimer
 
     train_ex = read_split(glue_dir, task, task.splits_of("train")[0])
     if args.max_train_samples:  # the same seeded rows as mt_dnn.train --max_train_samples
@@ -170,7 +170,7 @@ def _train(argv: list[str] | None) -> int:
         output_dir=str(out / "trainer"), report_to="none", push_to_hub=False, seed=args.seed,
         num_train_epochs=args.epochs, max_steps=args.max_steps or -1, learning_rate=args.lr,
         per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.eval_batch_size,
-        gradient_accumulation_steps=args.grad_accumulation_steps, **warmup_arguments(args.warmup),
+        gradient_accumulation_steps=args.grad_accumulation_steps, warmup_steps=args.warmup,  # below 1: a fraction
         weight_decay=args.weight_decay, max_grad_norm=1.0, lr_scheduler_type="linear",
         eval_strategy="no" if by_steps else "epoch", save_strategy="no", logging_strategy="steps",
         logging_steps=args.log_every,

@@ -76,10 +76,9 @@ def test_a_custom_loss_function_is_refused(tmp_path):
                            seed=1, compute_loss_func=lambda out, labels, num_items_in_batch=None: out.logits.sum())
 
 
-def test_warmup_arguments_give_a_warmup_over_that_fraction_of_the_steps(tmp_path):
+def test_a_warmup_below_one_step_is_that_fraction_of_the_steps(tmp_path):
+    """The examples pass their warmup fraction as warmup_steps, as transformers 5 reads it."""
     from transformers import TrainingArguments
 
-    from mt_dnn.hf import warmup_arguments
-
-    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, **warmup_arguments(0.1))
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, warmup_steps=0.1)
     assert args.get_warmup_steps(200) == 20 and args.get_warmup_steps(15) == 2  # ceil(1.5)

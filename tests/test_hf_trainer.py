@@ -267,8 +267,7 @@ def test_trainer_runs_three_steps_logs_reg_loss_and_evaluates_without_noise(arch
     assert len(logs) == 3
     alpha = trainer.regularizer.alpha
     for h in logs:  # the Trainer's loss (scaled per accumulation step) is task + alpha * reg, both batch means
-        # (transformers 4.x logs the loss rounded to 4 decimals)
-        assert abs(h["loss"] - (h["task_loss"] + alpha * h["reg_loss"])) < 5e-5 + 1e-5 * max(1.0, h["loss"]), h
+        assert abs(h["loss"] - (h["task_loss"] + alpha * h["reg_loss"])) < 1e-5 * max(1.0, h["loss"]), h
         silent = method == "standard" or (method == "r3f" and regression)
         assert (h["reg_loss"] == 0.0) if silent else (h["reg_loss"] > 0.0), h
     assert no_hooks(model)

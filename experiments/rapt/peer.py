@@ -35,7 +35,6 @@ from data_utils.task_def import ConfigError, load_task_defs
 from experiments.hf_trainer import tokenized
 from experiments.rapt.results import load_result
 from mt_dnn.cli_utils import run_cli, setup_logging
-from mt_dnn.hf import warmup_arguments
 from mt_dnn.model import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -103,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     targs = TrainingArguments(
         output_dir=str(out / "trainer"), report_to="none", seed=args.seed, num_train_epochs=args.epochs,
         learning_rate=args.lr, per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=128,
-        **warmup_arguments(0.1),  # over a tenth of the steps
+        warmup_steps=0.1,  # a float below 1: a fraction of the steps
         weight_decay=0.01, max_grad_norm=1.0, lr_scheduler_type="linear",
         eval_strategy="epoch", save_strategy="no", logging_strategy="epoch", disable_tqdm=True,
         dataloader_num_workers=0)

@@ -145,8 +145,6 @@ class HFSide:
         from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                                   Trainer, TrainerCallback, TrainingArguments)
 
-        from mt_dnn.hf import warmup_arguments
-
         side = self
         self.device = device
         self.threads = threads
@@ -200,7 +198,7 @@ class HFSide:
         model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels)
         optim = {"default": {}, "fused": {"optim": "adamw_torch_fused"}}.get(kernel, {"optim": "adamw_torch"})
         known = {f.name for f in dataclasses.fields(TrainingArguments)}  # a few names differ between versions
-        version_kw = warmup_arguments(warmup)
+        version_kw = {"warmup_steps": warmup}  # below 1: a fraction of the steps
         if "train_sampling_strategy" in known:
             version_kw["train_sampling_strategy"] = "sequential"
         args = TrainingArguments(
