@@ -47,7 +47,9 @@ def test_panel_draws_every_run_and_each_methods_mean(tmp_path):
     cell = robustness_figure.points(scan_results(tmp_path))["rte"]["advglue"]
     plt = robustness_figure.headless_pyplot()
     fig, ax = plt.subplots()
-    robustness_figure.draw(ax, "rte", "advglue", cell, 56.8, {"standard": "C0", "rapt": "C1"})
+    style = robustness_figure.styles(["rapt", "standard"])
+    assert style == {"standard": ("C0", "o"), "rapt": ("C1", "s")}  # the study's order, one shape each
+    robustness_figure.draw(ax, "rte", "advglue", cell, 56.8, style)
     from matplotlib.collections import PathCollection
 
     scatters = [c for c in ax.collections if isinstance(c, PathCollection)]  # not the error bars' lines
@@ -55,7 +57,8 @@ def test_panel_draws_every_run_and_each_methods_mean(tmp_path):
     for scattered, name in zip(scatters, ["standard", "rapt"]):
         want = np.array([[BEST["rte", name, s][0] * 100, BEST["rte", name, s][1] * 100] for s in (1, 2, 3)])
         assert np.allclose(np.asarray(scattered.get_offsets()), want)
-    means = [line for line in ax.lines if line.get_marker() == "o"]
+    means = [line for line in ax.lines if line.get_marker() in ("o", "s")]
+    assert [m.get_marker() for m in means] == ["o", "s"] and all(m.get_markerfacecolor() == "none" for m in means)
     got = np.array([(m.get_xdata()[0], m.get_ydata()[0]) for m in means], dtype=float)
     want = [(np.mean([BEST["rte", n, s][0] * 100 for s in (1, 2, 3)]),
              np.mean([BEST["rte", n, s][1] * 100 for s in (1, 2, 3)])) for n in ("standard", "rapt")]

@@ -8,7 +8,8 @@ keeps under attack.
 Every finished run under ``ROOT/<task>/<method name>/s<seed>*`` (and every archived one whose folder is gone) is a
 small point at (its best dev evaluation's primary metric, the robustness set's score logged at that same
 evaluation), x100: the epoch is chosen on dev only, as in the report. Each method's mean over its seeds is a large
-marker with ± sd bars on both axes. Points on a line of slope 1 have the same gap (dev - set); a method above
+open marker with ± sd bars on both axes; every method has its own color and marker shape, so two methods at the
+same point both stay visible. Points on a line of slope 1 have the same gap (dev - set); a method above
 another at the same dev score keeps more under attack. With ``--robustness_dir`` a dotted line marks the set's
 majority-class rate (always answering its most common label). The markdown table beside the PNG lists the same
 numbers: per method, seeds, dev, set and gap (mean ± sd).
@@ -85,17 +86,28 @@ def _sd(values: np.ndarray) -> float:
     return float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
-def draw(ax, task: str, set_name: str, cell: dict, majority: float | None, colors: dict[str, str]) -> None:
-    """One panel: each run a small point, each method's mean a large marker with ± sd bars (colors: one per
-    method, the same in every panel)."""
+# one marker shape per method (with its color), so that methods at the same point stay visible
+MARKERS = "osD^vPX*<>"
+
+
+def styles(names) -> dict[str, tuple[str, str]]:
+    """Method name -> (color, marker shape), in :func:`in_order`'s order: the same in every panel."""
+    return {n: (f"C{i % 10}", MARKERS[i % len(MARKERS)]) for i, n in enumerate(in_order(names))}
+
+
+def draw(ax, task: str, set_name: str, cell: dict, majority: float | None,
+         style: dict[str, tuple[str, str]]) -> None:
+    """One panel: each run a small filled point, each method's mean a large open marker with ± sd bars (style:
+    one (color, marker) per method, the same in every panel; open markers of different shapes stay visible
+    where two methods' means coincide)."""
     for name, per_seed in cell["rows"].items():
-        color = colors[name]
+        color, marker = style[name]
         dev = np.array([v[0] for v in per_seed.values()])
         adv = np.array([v[1] for v in per_seed.values()])
-        ax.scatter(dev, adv, s=14, color=color, alpha=0.5)
+        ax.scatter(dev, adv, s=14, color=color, marker=marker, alpha=0.5)
         seeds = f"{len(per_seed)} seed" + ("s" if len(per_seed) > 1 else "")
-        ax.errorbar(dev.mean(), adv.mean(), xerr=_sd(dev), yerr=_sd(adv), fmt="o", ms=8, color=color, capsize=3,
-                    label=f"{LABELS.get(name, name)} ({seeds})")
+        ax.errorbar(dev.mean(), adv.mean(), xerr=_sd(dev), yerr=_sd(adv), fmt=marker, ms=9, mfc="none", mew=1.5,
+                    color=color, capsize=3, label=f"{LABELS.get(name, name)} ({seeds})")
     if majority is not None:
         ax.axhline(majority, ls=":", color="gray", label=f"{set_name}: majority class")
     ax.set_title(f"{TASK_LABEL.get(task, task)}: dev against {set_name}")
@@ -128,13 +140,13 @@ def main(argv: list[str] | None = None) -> int:
                           + (f" for {args.tasks}" if args.tasks else ""))
     folder = robustness_dir(args.robustness_dir, None)
     panels = [(t, s, cell) for t in tasks for s, cell in found[t].items()]
-    colors = {n: f"C{i % 10}" for i, n in enumerate(in_order(n for _, _, cell in panels for n in cell["rows"]))}
+    style = styles(n for _, _, cell in panels for n in cell["rows"])
     plt = headless_pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
     lines = []
     for ax, (task, set_name, cell) in zip(axes[0], panels):
         majority = majority_rate(task, set_name, folder)
-        draw(ax, task, set_name, cell, majority, colors)
+        draw(ax, task, set_name, cell, majority, style)
         lines += table(task, set_name, cell, majority)
     out, md = save_figure(plt, fig, args.out, (args.table, lines))
     print(f"wrote {out} and {md}")
