@@ -34,8 +34,8 @@ setup(
         "plots": ["matplotlib"],
         # LoRA adapters on the encoder (mt_dnn.train --lora_rank; a peft model in RegularizedTrainer)
         "lora": ["peft>=0.21"],
-        # the test suite draws those figures too, and trains LoRA adapters
-        "dev": ["pytest", "matplotlib", "peft>=0.21"],
+        # the test suite draws those figures too, trains LoRA adapters, and checks invariants on generated cases
+        "dev": ["pytest", "matplotlib", "peft>=0.21", "hypothesis>=6.100"],
         # the documentation site (mkdocs.yml, docs/): mkdocs build --strict
         "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings-python>=1.10"],
         # mutation testing (bash benchmarks/mutation.sh; slow, not run by CI)

@@ -22,14 +22,16 @@ export GLUE_DIR="${GLUE_DIR:-$SRC/../shared/glue_data}"
 # the tests that cover each module
 tests_for() {
   case "$1" in
-    mt_dnn/losses.py) echo "tests/test_losses.py tests/test_perturbation.py tests/test_methods_independent.py" ;;
+    mt_dnn/losses.py) echo "tests/test_losses.py tests/test_perturbation.py tests/test_methods_independent.py
+                            tests/test_properties.py" ;;
     mt_dnn/perturbation.py) echo "tests/test_perturbation.py tests/test_methods_independent.py tests/test_losses.py" ;;
     mt_dnn/model.py) echo "tests/test_losses.py tests/test_model_forward.py tests/test_perturbation.py
                            tests/test_methods_independent.py tests/test_run_folder.py tests/test_model_parts.py" ;;
     mt_dnn/step.py) echo "tests/test_losses.py tests/test_model_forward.py tests/test_predict_batches.py
                           tests/test_perturbation.py tests/test_methods_independent.py" ;;
     data_utils/batching.py) echo "tests/test_batching.py tests/test_group_by_length.py tests/test_predict_batches.py
-                                  tests/test_data_ddp.py tests/test_features.py tests/test_flat_features.py" ;;
+                                  tests/test_data_ddp.py tests/test_features.py tests/test_flat_features.py
+                                  tests/test_properties.py" ;;
     data_utils/features.py) echo "tests/test_features.py tests/test_flat_features.py tests/test_feature_cache.py
                                   tests/test_features_keys.py" ;;
     data_utils/metrics.py) echo "tests/test_metrics.py" ;;

@@ -4,10 +4,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import configuration as hypothesis_configuration
+from hypothesis import settings as hypothesis_settings
 
 os.environ.setdefault("MT_DNN_NO_TQDM", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -130,3 +133,11 @@ def tiny_model_dir(tmp_path_factory):
                      intermediate_size=64, max_position_embeddings=128)
     BertModel(cfg).save_pretrained(d)
     return d
+
+
+
+# property-based tests (hypothesis, tests/test_properties.py): the same examples on every run, so that a failure
+# reproduces, and no example database or failure patch written into the checkout
+hypothesis_configuration.set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "mt-dnn-hypothesis")
+hypothesis_settings.register_profile("project", derandomize=True, database=None, deadline=None, max_examples=150)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "project"))

@@ -1,0 +1,244 @@
+"""Property-based tests (hypothesis) of the invariants that every run's numbers rest on: which rows a training
+epoch, a resumed epoch and an evaluation see, how a batch is padded, and the divergences' algebra.
+
+Each property is checked on many generated cases (task sizes, batch sizes, process counts, lengths, logits), not
+on a few hand-picked ones; the examples are derandomized (see conftest), so a failure reproduces.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, example, given
+from hypothesis import strategies as st
+
+from data_utils.batching import (GROUP_BATCHES, MultiTaskSampler, collate, eval_batches, seeded_subset,
+                                 task_probabilities)
+from data_utils.flat_rows import Features
+from mt_dnn import losses
+
+SAMPLINGS = ("proportional", "uniform", "temperature")
+
+sizes_st = st.dictionaries(st.sampled_from(["rte", "mrpc", "cola", "sst"]), st.integers(1, 120),
+                           min_size=1, max_size=3)
+
+
+def _lengths(sizes: dict[str, int], seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {t: rng.integers(1, 40, n) for t, n in sizes.items()}
+
+
+def _sampler(sizes, batch_size, seed, sampling, rank=0, world_size=1, lengths=None) -> MultiTaskSampler:
+    return MultiTaskSampler(sizes, batch_size, seed, sampling=sampling, temperature=2.0, rank=rank,
+                            world_size=world_size, lengths=lengths)
+
+
+@given(sizes=sizes_st, batch_size=st.integers(1, 9), world_size=st.integers(1, 4), seed=st.integers(0, 2**31),
+       sampling=st.sampled_from(SAMPLINGS), grouped=st.booleans(), epoch=st.integers(0, 3))
+def test_an_epoch_plan_has_the_documented_steps_and_batches(sizes, batch_size, world_size, seed, sampling, grouped,
+                                                            epoch):
+    s = _sampler(sizes, batch_size, seed, sampling, world_size=world_size,
+                 lengths=_lengths(sizes, seed) if grouped else None)
+    plan = s.epoch_plan(epoch)
+    global_batch = batch_size * world_size
+    assert len(plan) == sum(-(-n // global_batch) for n in sizes.values()) == s.steps_per_epoch()
+    for task, rows in plan:
+        assert 1 <= len(rows) <= global_batch
+        assert len(set(rows.tolist())) == len(rows) and rows.min() >= 0 and rows.max() < sizes[task]
+    if sampling == "proportional":  # every row of every task exactly once, in full batches but the last one
+        for task, n in sizes.items():
+            batches = [rows for t, rows in plan if t == task]
+            assert sorted(np.concatenate(batches).tolist()) == list(range(n))
+            assert sum(len(b) < global_batch for b in batches) <= 1
+    assert s.epoch_plan(epoch)[0][1].tolist() == plan[0][1].tolist()  # a function of (seed, epoch) alone
+
+
+@given(sizes=sizes_st, batch_size=st.integers(1, 6), world_size=st.integers(1, 4), seed=st.integers(0, 2**31),
+       sampling=st.sampled_from(SAMPLINGS))
+def test_ranks_split_each_global_batch_of_one_task(sizes, batch_size, world_size, seed, sampling):
+    """Step by step, all ranks train the same task on disjoint parts of the same global batch, none above the
+    per-process batch size; a global batch smaller than the process count repeats one of its rows."""
+    plan = _sampler(sizes, batch_size, seed, sampling, world_size=world_size).epoch_plan(0)
+    per_rank = [list(_sampler(sizes, batch_size, seed, sampling, rank=r, world_size=world_size))
+                for r in range(world_size)]
+    for step, (task, rows) in enumerate(plan):
+        got = [per_rank[r][step] for r in range(world_size)]
+        assert all(t == task for t, _ in got)
+        assert all(1 <= len(mine) <= batch_size for _, mine in got)
+        if len(rows) >= world_size:
+            together = [i for _, mine in got for i in mine]
+            assert sorted(together) == sorted(rows.tolist())  # disjoint, and all of the batch
+        else:
+            assert all(set(mine) <= set(rows.tolist()) for _, mine in got)
+
+
+@given(sizes=sizes_st, batch_size=st.integers(1, 8), seed=st.integers(0, 2**31),
+       sampling=st.sampled_from(SAMPLINGS), stop=st.integers(0, 80))
+def test_a_resumed_sampler_continues_exactly(sizes, batch_size, seed, sampling, stop):
+    """Stopped after any number of steps (across epoch ends) and rebuilt from its state dict, the sampler yields
+    the batches the uninterrupted one would have."""
+    def stream(sampler, epochs):
+        return [(t, rows) for _ in range(epochs) for t, rows in sampler]
+
+    whole = stream(_sampler(sizes, batch_size, seed, sampling), 3)
+    assume(stop < len(whole))
+    first = _sampler(sizes, batch_size, seed, sampling)
+    taken, it = [], iter(first)
+    while len(taken) < stop:
+        try:
+            taken.append(next(it))
+        except StopIteration:  # epoch end: the sampler moved on to the next epoch's state
+            it = iter(first)
+    resumed = _sampler(sizes, batch_size, seed, sampling)
+    resumed.load_state_dict(first.state_dict())
+    rest = []
+    while len(taken) + len(rest) < len(whole):
+        rest += list(resumed)
+    assert taken + rest[: len(whole) - len(taken)] == whole
+
+
+@given(n=st.integers(1, 400), batch_size=st.integers(1, 8), world_size=st.integers(1, 3),
+       seed=st.integers(0, 2**31), sampling=st.sampled_from(SAMPLINGS))
+def test_grouping_by_length_only_reorders_within_groups(n, batch_size, world_size, seed, sampling):
+    """--group_by_length keeps the plan's task sequence and, per task, which rows form each group of
+    GROUP_BATCHES batches; inside a group the rows run from longest to shortest."""
+    sizes = {"rte": n}
+    lengths = _lengths(sizes, seed)
+    plain = _sampler(sizes, batch_size, seed, sampling, world_size=world_size)
+    grouped = _sampler(sizes, batch_size, seed, sampling, world_size=world_size, lengths=lengths)
+    rng_a, rng_b = np.random.default_rng(seed), np.random.default_rng(seed)
+    a, b = plain._task_batches(rng_a, n, "rte"), grouped._task_batches(rng_b, n, "rte")
+    assert [len(x) for x in a] == [len(x) for x in b]
+    for g in range(0, len(a), GROUP_BATCHES):
+        rows_a, rows_b = np.concatenate(a[g: g + GROUP_BATCHES]), np.concatenate(b[g: g + GROUP_BATCHES])
+        assert sorted(rows_a.tolist()) == sorted(rows_b.tolist())
+        assert np.all(np.diff(lengths["rte"][rows_b]) <= 0)
+    assert [t for t, _ in plain.epoch_plan(1)] == [t for t, _ in grouped.epoch_plan(1)]
+
+
+def _features(lengths: list[int], seed: int, with_types: bool = True) -> Features:
+    rng = np.random.default_rng(seed)
+    ids = [rng.integers(5, 100, k).tolist() for k in lengths]
+    types = [rng.integers(0, 2, k).tolist() for k in lengths] if with_types else None
+    return Features("rte", "dev", ids, types, [int(x) for x in rng.integers(0, 2, len(lengths))],
+                    list(range(len(lengths))))
+
+
+@given(lengths=st.lists(st.integers(1, 30), min_size=1, max_size=120), batch_size=st.integers(1, 16),
+       world_size=st.integers(1, 4), chunk_rows=st.integers(1, 50),
+       max_tokens=st.one_of(st.none(), st.integers(1, 200)))
+@example(lengths=[5, 5, 5, 5, 6], batch_size=8, world_size=1, chunk_rows=50, max_tokens=20)  # 4 x 5 fills it
+def test_evaluation_batches_cover_each_row_once(lengths, batch_size, world_size, chunk_rows, max_tokens):
+    """Over all ranks every row is evaluated exactly once, each rank its own rows (rank::world_size); a batch
+    holds at most batch_size rows, sorted by length, and within max_tokens padded tokens unless it is one row;
+    and no batch stops short of those limits inside a chunk."""
+    f = _features(lengths, 0)
+    seen = Counter()
+    for rank in range(world_size):
+        batches = list(eval_batches(f, batch_size, rank, world_size, max_tokens=max_tokens, chunk_rows=chunk_rows))
+        for rows in batches:
+            lens = [lengths[i] for i in rows]
+            assert 1 <= len(rows) <= batch_size and all(i % world_size == rank for i in rows)
+            assert lens == sorted(lens)
+            if max_tokens is not None and len(rows) > 1:
+                assert len(rows) * max(lens) <= max_tokens
+            seen.update(rows)
+        # and as full as allowed: a batch followed by one of the same chunk could not take that batch's first row
+        chunk = [(rows[0] - rank) // (world_size * chunk_rows) for rows in batches]
+        for k in range(len(batches) - 1):
+            if chunk[k] == chunk[k + 1]:
+                grown = len(batches[k]) + 1
+                assert grown > batch_size or (max_tokens is not None
+                                              and grown * lengths[batches[k + 1][0]] > max_tokens)
+    assert seen == Counter(range(len(lengths)))
+
+
+@given(lengths=st.lists(st.integers(1, 30), min_size=1, max_size=40), seed=st.integers(0, 1000),
+       pick=st.lists(st.integers(0, 10**6), min_size=1, max_size=12), with_types=st.booleans())
+def test_a_collated_batch_unpads_to_its_rows(lengths, seed, pick, with_types):
+    """Each row of a padded batch is the row's tokens, then pad ids under a zero mask, to the batch's longest."""
+    f = _features(lengths, seed, with_types)
+    rows = [p % len(lengths) for p in pick]
+    batch = collate(f, rows, pad_id=0, regression=False)
+    width = max(lengths[i] for i in rows)
+    assert batch["input_ids"].shape == batch["attention_mask"].shape == (len(rows), width)
+    assert ("token_type_ids" in batch) == with_types
+    for k, i in enumerate(rows):
+        n = lengths[i]
+        assert batch["input_ids"][k, :n].tolist() == list(f.input_ids[i])
+        assert batch["attention_mask"][k].tolist() == [1] * n + [0] * (width - n)
+        assert batch["input_ids"][k, n:].tolist() == [0] * (width - n)
+        if with_types:
+            assert batch["token_type_ids"][k, :n].tolist() == list(f.token_type_ids[i])
+    assert batch["labels"].tolist() == [f.labels[i] for i in rows]
+
+
+@given(n=st.integers(0, 500), k=st.integers(0, 600), seed=st.integers(0, 2**31))
+def test_a_seeded_subset_is_sorted_unique_and_reproducible(n, k, seed):
+    rows = seeded_subset(n, k, seed)
+    assert len(rows) == min(n, k) and rows == sorted(set(rows)) and all(0 <= r < n for r in rows)
+    assert rows == seeded_subset(n, k, seed)
+
+
+@given(sizes=sizes_st, temperature=st.floats(0.5, 10.0))
+def test_task_probabilities_are_a_distribution(sizes, temperature):
+    for sampling in SAMPLINGS:
+        p = task_probabilities(sizes, sampling, temperature)
+        assert set(p) == set(sizes) and sum(p.values()) == pytest.approx(1.0)
+    prop = task_probabilities(sizes, "proportional", 1.0)
+    assert task_probabilities(sizes, "temperature", 1.0) == pytest.approx(prop)
+    # each pair of tasks in the ratio of their sizes to the power 1/T (so larger T: closer to uniform)
+    flat = task_probabilities(sizes, "temperature", temperature)
+    for a in sizes:
+        for b in sizes:
+            assert flat[a] / flat[b] == pytest.approx((sizes[a] / sizes[b]) ** (1.0 / temperature))
+    assert task_probabilities(sizes, "uniform", temperature) == pytest.approx({t: 1 / len(sizes) for t in sizes})
+
+
+logits_st = st.tuples(st.integers(1, 6), st.integers(2, 5), st.integers(0, 2**31), st.floats(0.1, 8.0))
+
+
+def _logits(shape_seed) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, classes, seed, scale = shape_seed
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(rows, classes, generator=g, dtype=torch.float64) * scale,
+            torch.randn(rows, classes, generator=g, dtype=torch.float64) * scale)
+
+
+def _kl_by_hand(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:
+    """KL(p || q) per row from the probabilities themselves, averaged over rows, in float64."""
+    p, q = p_logits.softmax(-1).double(), q_logits.softmax(-1).double()
+    return float((p * (p.log() - q.log())).sum(-1).mean())
+
+
+@given(logits_st)
+def test_the_divergences_match_their_formula_and_algebra(shape_seed):
+    a, b = _logits(shape_seed)
+    assert float(losses.kl(a, b)) == pytest.approx(_kl_by_hand(a, b), rel=1e-4, abs=1e-6)
+    both = _kl_by_hand(a, b) + _kl_by_hand(b, a)
+    assert float(losses.sym_kl(a, b)) == pytest.approx(both, rel=1e-4, abs=1e-6)
+    assert float(losses.sym_kl_both(a, b)) == pytest.approx(both, rel=1e-4, abs=1e-6)
+    assert float(losses.sym_kl(a, b)) == pytest.approx(float(losses.sym_kl(b, a)), rel=1e-6, abs=1e-7)
+    assert float(losses.kl(a, b)) >= -1e-6 and float(losses.kl(a, a)) == pytest.approx(0.0, abs=1e-6)
+    shift = torch.arange(a.shape[0], dtype=a.dtype)[:, None] * 3.0  # a per-row constant leaves softmax alone
+    assert float(losses.sym_kl(a + shift, b - shift)) == pytest.approx(float(losses.sym_kl(a, b)), rel=1e-4,
+                                                                       abs=1e-6)
+
+
+@given(logits_st)
+def test_smarts_inner_objective_vanishes_at_zero_perturbation_and_matches_its_formula(shape_seed):
+    """MT-DNN's objective (a sum over rows of p_noisy (l(p_noisy) - l(p_clean)), x2) is zero when the
+    perturbed output equals the clean one, and its value by hand from the stabilised log-odds, in fp32 as the
+    project computes it (near p = 1 the log-odds cancel, so fp32 and fp64 differ in the fourth digit)."""
+    a, b = _logits(shape_seed)
+    assert float(losses.adversarial_objective("sym_kl", a, a)) == pytest.approx(0.0, abs=1e-6)
+    p, q = b.float().softmax(-1), a.float().softmax(-1)
+    eps = 1e-6
+
+    def lo(x):
+        return -torch.log(1.0 / (x + eps) - 1.0 + eps)
+
+    want = float(2.0 * (p * (lo(p) - lo(q))).sum())
+    assert float(losses.adversarial_objective("sym_kl", a, b)) == pytest.approx(want, rel=1e-4, abs=1e-5)
