@@ -38,9 +38,9 @@ tests_for() {
     data_utils/submission.py) echo "tests/test_submission.py tests/test_submission_messages.py" ;;
     data_utils/robustness.py) echo "tests/test_robustness.py tests/test_robustness_reader.py tests/test_task_def.py" ;;
     experiments/rapt/robustness_report.py) echo "tests/test_robustness_report.py tests/test_results_tables.py
-                                                 tests/test_campaign_report.py" ;;
+                                                 tests/test_campaign_report.py tests/test_properties.py" ;;
     experiments/rapt/stats.py) echo "tests/test_stats.py tests/test_campaign_report.py tests/test_results_tables.py
-                                     tests/test_robustness_report.py" ;;
+                                     tests/test_robustness_report.py tests/test_properties.py" ;;
     experiments/rapt/results.py) echo "tests/test_results_scan.py tests/test_campaign_report.py tests/test_archive.py tests/test_robustness_report.py
                                        tests/test_robustness_figure.py tests/test_peer.py tests/test_trust_data.py
                                        tests/test_campaign.py tests/test_task_def.py" ;;

@@ -242,3 +242,42 @@ def test_smarts_inner_objective_vanishes_at_zero_perturbation_and_matches_its_fo
 
     want = float(2.0 * (p * (lo(p) - lo(q))).sum())
     assert float(losses.adversarial_objective("sym_kl", a, b)) == pytest.approx(want, rel=1e-4, abs=1e-5)
+
+
+@given(n=st.integers(2, 30), sd=st.floats(0.01, 20.0), scale=st.floats(0.1, 10.0))
+def test_the_detectable_difference_scales_with_sd_and_shrinks_with_seeds(n, sd, scale):
+    """The power equation depends on delta / sd alone, so the smallest detectable difference is proportional to
+    the sd of the differences; one seed more never makes it larger; and it is at least the sd's standard error
+    times the two-sided critical value (a test at 80 % power needs more than a barely significant mean)."""
+    from scipy.stats import t
+
+    from experiments.rapt.robustness_report import detectable_difference
+
+    d = detectable_difference(n, sd)
+    assert detectable_difference(n, sd * scale) == pytest.approx(d * scale, rel=1e-4)
+    assert detectable_difference(n + 1, sd) <= d * (1 + 1e-6)
+    assert d > t.ppf(0.975, n - 1) * sd / np.sqrt(n)
+
+
+@given(xa=st.lists(st.floats(0.0, 100.0), min_size=1, max_size=10), seed=st.integers(0, 1000))
+def test_a_paired_comparison_is_the_t_test_by_hand(xa, seed):
+    from scipy.stats import t
+
+    from experiments.rapt.stats import TIE, paired
+
+    xa = np.round(np.array(xa), 1)
+    xb = np.round(xa + np.random.default_rng(seed).normal(0, 2, len(xa)), 1)
+    got = paired("rte", "a", "b", list(range(1, len(xa) + 1)), xa, xb)
+    diff = xa - xb
+    assert got["mean_diff"] == pytest.approx(diff.mean()) and got["n"] == len(xa)
+    assert got["a_wins"] == int(sum(d > TIE for d in diff)) and got["b_wins"] == int(sum(d < -TIE for d in diff))
+    if len(xa) < 2:
+        assert got["sd_diff"] is None and got["p_value"] is None
+        return
+    sd = float(np.sqrt(((diff - diff.mean()) ** 2).sum() / (len(diff) - 1)))
+    assert got["sd_diff"] == pytest.approx(sd, abs=1e-9)
+    if sd < 1e-9:
+        assert got["p_value"] is None
+    else:
+        tstat = diff.mean() / (sd / np.sqrt(len(diff)))
+        assert got["p_value"] == pytest.approx(2 * t.sf(abs(tstat), len(diff) - 1), rel=1e-6)
