@@ -281,3 +281,95 @@ def test_a_paired_comparison_is_the_t_test_by_hand(xa, seed):
     else:
         tstat = diff.mean() / (sd / np.sqrt(len(diff)))
         assert got["p_value"] == pytest.approx(2 * t.sf(abs(tstat), len(diff) - 1), rel=1e-6)
+
+
+# ---- the GLUE readers: the whole-file parser and the streaming reader are two readings of one format ----------
+
+_FIELD = st.text(alphabet=st.sampled_from(list("ab \"'\r\u2028\x85é") + ["\t"]), max_size=6)
+_ENDING = st.sampled_from(["\n", "\r\n"])
+
+
+@st.composite
+def _tsv_bytes(draw) -> bytes:
+    """An RTE-style file (header index, sentence1, sentence2, label): rows well-formed or not, with quotes, stray
+    carriage returns and tabs in fields, empty lines in the middle and at the end, a byte-order mark or none, and
+    a last line with or without its ending."""
+    lines = ["index\tsentence1\tsentence2\tlabel"]
+    for i in range(draw(st.integers(0, 8))):
+        kind = draw(st.sampled_from(["good", "good", "good", "label", "empty", "fields"]))
+        if kind == "empty":
+            lines.append("")
+            continue
+        label = draw(st.sampled_from(["entailment", "not_entailment"])) if kind != "label" else draw(_FIELD)
+        row = [f"id{i}", draw(_FIELD), draw(_FIELD), label]
+        lines.append("\t".join(row[:-1] if kind == "fields" else row))
+    endings = [draw(_ENDING) for _ in lines]
+    if draw(st.booleans()):  # no ending after the last line
+        endings[-1] = ""
+    text = "".join(line + end for line, end in zip(lines, endings)) + draw(st.sampled_from(["", "\n", "\r\n\n",
+                                                                                            "\r"]))
+    return (b"\xef\xbb\xbf" if draw(st.booleans()) else b"") + text.encode("utf-8")
+
+
+def _read_both(tmp_path, raw: bytes, bad_rows: str):
+    """(examples, skipped) or the DataError message, from parse_split on the bytes and iter_split on the file."""
+    from data_utils.glue import DataError, iter_split, parse_split
+    from data_utils.task_def import load_task_defs
+
+    task = load_task_defs()["rte"]
+    split = task.splits["train"]
+    path = tmp_path / "train.tsv"
+    path.write_bytes(raw)
+    out = []
+    for read in ("bytes", "stream"):
+        skipped: list = []
+        try:
+            if read == "bytes":
+                got = parse_split(path, raw, task, split, bad_rows)
+                out.append((got.examples, got.skipped))
+            else:
+                out.append((list(iter_split(path, task, split, bad_rows, skipped)), skipped))
+        except DataError as exc:
+            out.append(str(exc))
+    return task, split, path, out
+
+
+@given(raw=_tsv_bytes(), bad_rows=st.sampled_from(["error", "skip"]))
+def test_the_glue_readers_agree_on_any_file(tmp_path_factory, raw, bad_rows):
+    """parse_split (whole file) and iter_split (line by line) read the same rows, skip the same lines and refuse
+    with the same one-line message; file_digest's streamed line count and hash equal data_line_count's and
+    sha256's of the bytes, and every line counted is a row read or skipped."""
+    import hashlib
+
+    from data_utils.glue import data_line_count, file_digest
+
+    task, split, path, (by_bytes, by_stream) = _read_both(tmp_path_factory.mktemp("tsv"), raw, bad_rows)
+    assert by_bytes == by_stream
+    digest, lines = file_digest(path, task, split)
+    assert digest == hashlib.sha256(raw).digest() and lines == data_line_count(raw, split)
+    if not isinstance(by_bytes, str):
+        examples, skipped = by_bytes
+        assert len(examples) + len(skipped) == lines
+        assert all("\n" not in ex.text_a + (ex.text_b or "") for ex in examples)
+
+
+@given(rows=st.lists(st.tuples(st.text(alphabet=st.characters(blacklist_characters="\t\n\r",
+                                                              blacklist_categories=("Cs",)), max_size=12),
+                               st.text(alphabet=st.characters(blacklist_characters="\t\n\r",
+                                                              blacklist_categories=("Cs",)), max_size=12),
+                               st.booleans()), min_size=1, max_size=10),
+       crlf=st.booleans())
+def test_well_formed_rows_read_back_exactly(tmp_path_factory, rows, crlf):
+    """Any text without tab or line break (quotes, unicode, leading spaces) comes back as written: no quoting,
+    no stripping; labels become the task's ids and the index column the row's id."""
+    end = "\r\n" if crlf else "\n"
+    body = "".join(f"id{i}\t{a}\t{b}\t{'entailment' if y else 'not_entailment'}{end}"
+                   for i, (a, b, y) in enumerate(rows))
+    raw = f"index\tsentence1\tsentence2\tlabel{end}{body}".encode("utf-8")
+    task, _, _, (by_bytes, by_stream) = _read_both(tmp_path_factory.mktemp("tsv"), raw, "error")
+    assert by_bytes == by_stream
+    examples, skipped = by_bytes
+    assert not skipped
+    assert [(ex.text_a, ex.text_b, ex.label, ex.index, ex.line) for ex in examples] == [
+        (a, b, task.labels.index("entailment" if y else "not_entailment"), f"id{i}", i + 2)
+        for i, (a, b, y) in enumerate(rows)]
