@@ -114,7 +114,8 @@ def draw(ax, task: str, set_name: str, cell: dict, majority: float | None,
     ax.set_xlabel("dev (x100, best dev evaluation)")
     ax.set_ylabel(f"{set_name} (x100, same evaluation)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)  # below: no
+    # point hides under it
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     panels = [(t, s, cell) for t in tasks for s, cell in found[t].items()]
     style = styles(n for _, _, cell in panels for n in cell["rows"])
     plt = headless_pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 5.6), squeeze=False)
     lines = []
     for ax, (task, set_name, cell) in zip(axes[0], panels):
         majority = majority_rate(task, set_name, folder)
