@@ -34,7 +34,10 @@ def compute_metrics(names: Sequence[str], predictions: Sequence, labels: Sequenc
         elif name == "f1":
             out[name] = float(f1_score(gold, preds, zero_division=0.0))
         elif name == "mcc":
-            out[name] = _finite(matthews_corrcoef(gold, preds))
+            # one class in both (a small dev sample): the correlation is undefined, 0 as scikit-learn gives it,
+            # without its warning about the confusion matrix's shape
+            single = len(np.union1d(gold, preds)) < 2
+            out[name] = 0.0 if single else _finite(matthews_corrcoef(gold, preds))
         elif name == "pearson":
             out[name] = _finite(pearsonr(preds, gold)[0]) if np.std(preds) > 0 else 0.0
         elif name == "spearman":

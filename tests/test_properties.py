@@ -6,6 +6,7 @@ on a few hand-picked ones; the examples are derandomized (see conftest), so a fa
 """
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 
 import numpy as np
@@ -373,3 +374,62 @@ def test_well_formed_rows_read_back_exactly(tmp_path_factory, rows, crlf):
     assert [(ex.text_a, ex.text_b, ex.label, ex.index, ex.line) for ex in examples] == [
         (a, b, task.labels.index("entailment" if y else "not_entailment"), f"id{i}", i + 2)
         for i, (a, b, y) in enumerate(rows)]
+
+
+# ---- metrics and submission values ---------------------------------------------------------------------------
+
+@given(pairs=st.lists(st.tuples(st.integers(0, 1), st.integers(0, 1)), min_size=1, max_size=60))
+def test_classification_metrics_are_their_confusion_matrix_formulas(pairs):
+    """Accuracy, F1 of class 1 and Matthews correlation from the four counts by hand (0 where a formula has no
+    denominator: no positive predicted or gold, or a constant row or column)."""
+    from data_utils.metrics import compute_metrics
+
+    pred, gold = [p for p, _ in pairs], [g for _, g in pairs]
+    tp = sum(p == g == 1 for p, g in pairs)
+    tn = sum(p == g == 0 for p, g in pairs)
+    fp = sum(p == 1 and g == 0 for p, g in pairs)
+    fn = sum(p == 0 and g == 1 for p, g in pairs)
+    denom = np.sqrt(float((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a dev sample of one class is not worth a warning in every run's log
+        got = compute_metrics(["acc", "f1", "mcc"], pred, gold)
+    assert got["acc"] == pytest.approx((tp + tn) / len(pairs))
+    assert got["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    assert got["mcc"] == pytest.approx((tp * tn - fp * fn) / denom if denom else 0.0, abs=1e-12)
+
+
+@given(pairs=st.lists(st.tuples(st.floats(0, 5, allow_nan=False), st.floats(0, 5, allow_nan=False)),
+                      min_size=2, max_size=40))
+def test_regression_metrics_are_the_correlations_by_hand(pairs):
+    """Pearson from the centred sums, Spearman as Pearson of the average ranks; 0 where either side is constant."""
+    from data_utils.metrics import compute_metrics
+
+    pred, gold = np.array([p for p, _ in pairs]), np.array([g for _, g in pairs])
+
+    def pearson(x, y):
+        x, y = x - x.mean(), y - y.mean()
+        d = np.sqrt((x * x).sum() * (y * y).sum())
+        return float((x * y).sum() / d) if d > 1e-12 else 0.0
+
+    def ranks(v):  # average ranks of ties, 1-based
+        order = np.argsort(v, kind="stable")
+        r = np.empty(len(v))
+        r[order] = np.arange(1, len(v) + 1)
+        return np.array([r[v == x].mean() for x in v])
+
+    assume(np.ptp(pred) > 1e-6 and np.ptp(gold) > 1e-6)  # correlations of a (near-)constant side: 0 by rule
+    got = compute_metrics(["pearson", "spearman"], pred, gold)
+    assert got["pearson"] == pytest.approx(pearson(pred, gold), abs=1e-6)
+    assert got["spearman"] == pytest.approx(pearson(ranks(pred), ranks(gold)), abs=1e-6)
+
+
+@given(value=st.floats(-1e6, 1e6, allow_nan=False))
+def test_an_sts_b_prediction_is_clipped_and_written_with_three_decimals(value):
+    from data_utils.submission import format_prediction
+    from data_utils.task_def import load_task_defs
+
+    task = load_task_defs()["stsb"]
+    low, high = task.score_range
+    text = format_prediction(task, value)
+    assert text == f"{min(max(value, low), high):.3f}".replace("-0.000", "0.000")
+    assert low <= float(text) <= high and not text.startswith("-0")
