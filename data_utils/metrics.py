@@ -38,10 +38,12 @@ def compute_metrics(names: Sequence[str], predictions: Sequence, labels: Sequenc
             # without its warning about the confusion matrix's shape
             single = len(np.union1d(gold, preds)) < 2
             out[name] = 0.0 if single else _finite(matthews_corrcoef(gold, preds))
-        elif name == "pearson":
-            out[name] = _finite(pearsonr(preds, gold)[0]) if np.std(preds) > 0 else 0.0
-        elif name == "spearman":
-            out[name] = _finite(spearmanr(preds, gold)[0]) if np.std(preds) > 0 else 0.0
+        elif name in ("pearson", "spearman"):
+            # a constant side (predictions, or the gold scores of a small dev sample): undefined, reported as 0
+            # without scipy's warning
+            varies = np.std(preds) > 0 and np.std(gold) > 0
+            correlation = pearsonr if name == "pearson" else spearmanr
+            out[name] = _finite(correlation(preds, gold)[0]) if varies else 0.0
         else:
             raise ValueError(f"unknown metric {name!r}")
     return out
