@@ -199,6 +199,7 @@ def trainer_state(tr, ranks: list[dict]) -> dict:
     return {
         "run_id": tr.start.run_id, "recipe": tr.recipe,
         "step": tr.step, "best_score": tr.best_score, "train_seconds": tr.train_seconds,
+        "train_cpu_seconds": tr.train_cpu_seconds,
         "loss_count": tr.loss_count, "skipped_steps": tr.skipped_steps,
         "evaluated_epoch": tr._evaluated_epoch, "metrics_bytes": nbytes, "metrics_sha256": digest,
         "sampler": tr.sampler.state_dict(),
@@ -228,6 +229,7 @@ def restore(tr, loaded: Loaded) -> None:
     tr.scaler.load_state_dict(st["scaler"])
     tr.sampler.load_state_dict(st["sampler"])
     tr.step, tr.best_score, tr.train_seconds = st["step"], st["best_score"], st["train_seconds"]
+    tr.train_cpu_seconds = st.get("train_cpu_seconds")  # absent from older checkpoints: unknown from here on
     tr.loss_count, tr.skipped_steps, tr._evaluated_epoch = st["loss_count"], st["skipped_steps"], st["evaluated_epoch"]
     tr._metrics_bytes = int(st["metrics_bytes"])
     mine = rank_state(st, tr.rank)

@@ -82,6 +82,9 @@ class Trainer:
         self.skipped_steps = 0
         self.best_score = -math.inf
         self.train_seconds = 0.0
+        # this process's CPU time in the training steps (time.process_time: all its threads, not the time other
+        # programs on the machine took, nor a pause); None after resuming a checkpoint that did not keep it
+        self.train_cpu_seconds: float | None = 0.0
         # running sums of the task and regularizer losses over the counted steps, kept on the device so that a
         # step never waits for it; read (loss_sum, reg_sum) only when logging, saving or at the end
         self._sums = torch.zeros(2, dtype=torch.float32 if self.device.type == "mps" else torch.float64,
@@ -285,7 +288,7 @@ class Trainer:
             metrics = compute_metrics(task.metrics, preds, feats.labels)
             record = {"epoch": epoch, "step": self.step, "task": task.name, "split": "dev",
                       "split_name": feats.split, "rows": len(feats), "method": self.cfg.method, "seed": self.cfg.seed,
-                      "train_seconds": round(self.train_seconds, 3), "metrics": metrics}
+                      "train_seconds": round(self.train_seconds, 3), **self._cpu_clock(), "metrics": metrics}
             robust = {}
             for set_name, rfeats in self.robust.get((task.name, feats.split), []):
                 rpreds = predict(self.model, rfeats, self.cfg.eval_batch_size, self.device, self.pad_id,
@@ -421,7 +424,8 @@ class Trainer:
             logger.warning("%s: the regularizer's term was skipped on %d step(s) (non-finite gradient norm)",
                            cfg.method, skipped)
         record = {"epoch": epoch, "step": self.step, "task": cfg.tasks, "split": "train", "method": cfg.method,
-                  "seed": cfg.seed, "train_seconds": round(self.train_seconds, 3), "steps": self.step,
+                  "seed": cfg.seed, "train_seconds": round(self.train_seconds, 3), **self._cpu_clock(),
+                  "steps": self.step,
                   "skipped_steps": self.skipped_steps, "loss": loss, "reg_loss": reg}
         self.log_metrics(record)
         logger.info("done: %d steps in %.1f s of training; mean loss %.4f, mean reg loss %.4f", self.step,
@@ -447,14 +451,20 @@ class Trainer:
 
     def _step(self, micro: list[tuple[str, list[int]]]) -> None:
         """One optimizer step over the micro-batches, its bookkeeping, then a stop a signal asked for."""
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         ok = self.train_step(micro)
         self.train_seconds += time.perf_counter() - t0
+        if self.train_cpu_seconds is not None:
+            self.train_cpu_seconds += time.process_time() - c0
         if ok:
             self._count_step()
         else:
             self._count_skip()
         self._stop_if_asked()
+
+    def _cpu_clock(self) -> dict:
+        """``{"train_cpu_seconds": ...}`` for a record, or nothing when the run's CPU time is not known whole."""
+        return {} if self.train_cpu_seconds is None else {"train_cpu_seconds": round(self.train_cpu_seconds, 3)}
 
     def _stop_if_asked(self) -> None:
         """After a step on which some rank caught SIGUSR2 or SIGTERM: write the checkpoint and raise

@@ -4,7 +4,7 @@ The file (e.g. ``experiments/rapt/results/archive_table2.json``)::
 
     {"source": "where these numbers come from",
      "runs": [{"task": "rte", "method": "standard", "seed": 1, "epoch": 1, "metrics": {"acc": 0.549},
-               "train_seconds": 942.0, "steps": 234}, ...]}
+               "train_seconds": 942.0, "train_cpu_seconds": 930.5, "steps": 234}, ...]}
 
 Each entry becomes a finished ``RunResult`` with one evaluation (its best). A run folder under the campaign root
 always wins over an archived entry of the same (task, method, seed), so re-running a cell replaces its archive.
@@ -14,7 +14,8 @@ for readers that need the settings (the layer sweep). A task with several dev sp
 split, named as its run folders name them: ``"metrics": {"dev_matched": {"acc": 0.84}, "dev_mismatched": {...}}``
 (the primary metric is then their mean, as for a run folder). ``device`` (``cpu``, ``cuda (NVIDIA H200)``) says
 what a run trained on, so the report compares its clock only with runs on the same device; a top-level
-``device`` is the default for entries that name none, and without either it is ``?``.
+``device`` is the default for entries that name none, and without either it is ``?``. ``train_cpu_seconds``
+(optional) is the training process's CPU time in its steps, as its train record gave it.
 """
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ def load_archive(path: str | Path) -> list[RunResult]:
         seen.add((task, name, seed))
         steps = int(entry["steps"]) if entry.get("steps") is not None else None
         seconds = float(entry["train_seconds"]) if entry.get("train_seconds") is not None else None
+        cpu = float(entry["train_cpu_seconds"]) if entry.get("train_cpu_seconds") is not None else None
         epoch = -1 if entry["epoch"] is None else int(entry["epoch"])
         config = entry.get("config")
         if config is not None and not isinstance(config, dict):
@@ -86,7 +88,7 @@ def load_archive(path: str | Path) -> list[RunResult]:
                               f"{{split: {{set: {{metric: number}}}}}}") from None
         ev = Evaluation(epoch, steps or 0, seconds or 0.0, splits, score, robust)
         out.append(RunResult(task, name, seed, path, True, [ev], seconds, steps, primary, config,
-                             device=str(entry.get("device", default_device))))
+                             device=str(entry.get("device", default_device)), train_cpu_seconds=cpu))
     return out
 
 
@@ -111,6 +113,7 @@ def archive_entry(result: RunResult) -> dict:
              "metrics": splits["dev"] if list(splits) == ["dev"] else splits,
              "train_seconds": round(result.train_seconds, 1) if result.train_seconds else None,
              "steps": result.steps, "device": result.device,
+             **({"train_cpu_seconds": round(result.train_cpu_seconds, 1)} if result.train_cpu_seconds else {}),
              "config": {"method": settings.get("method"), "method_options": settings.get("method_options", {})}}
     if robust:  # the robustness sets' scores at that same evaluation
         entry["robustness"] = robust["dev"] if list(robust) == ["dev"] else robust

@@ -20,7 +20,9 @@ def training_times(by: dict[str, dict[str, dict[int, RunResult]]], names: list[s
     runs trained on, and the ratios to ``standard`` and ``smart`` where those ran on the same device. A method
     whose runs of a task trained on several devices gets one row per device, named ``<method> @ <device>``. The
     runs' own clocks: compare runs made under the same conditions (the same --jobs, nothing else on the machine);
-    experiments.rapt.speed is the controlled measure."""
+    experiments.rapt.speed is the controlled measure. CPU runs that recorded their process's CPU time
+    (``train_cpu_seconds``) also get CPU seconds per step (``cpu_s_per_step``) and its ratios (``cpu/standard``,
+    ``cpu/smart``): unlike the wall clock, it leaves out the time other programs took and pauses."""
     out: dict[str, dict] = {}
     for task in tasks:
         rows = {}
@@ -29,15 +31,19 @@ def training_times(by: dict[str, dict[str, dict[int, RunResult]]], names: list[s
             devices = sorted({r.device for r in runs})
             for device in devices:
                 on = [r for r in runs if r.device == device]
-                rows[name if len(devices) == 1 else f"{name} @ {device}"] = {
+                row = rows[name if len(devices) == 1 else f"{name} @ {device}"] = {
                     "method": name, "device": device,
                     "minutes": float(np.mean([r.train_seconds for r in on])) / 60.0,
                     "s_per_step": float(np.mean([r.train_seconds / r.steps for r in on])), "runs": len(on)}
+                if device == "cpu" and all(r.train_cpu_seconds for r in on):
+                    row["cpu_s_per_step"] = float(np.mean([r.train_cpu_seconds / r.steps for r in on]))
         for row in rows.values():
             for base in ("standard", "smart"):
                 same = [b for b in rows.values() if b["method"] == base and b["device"] == row["device"]]
                 if same:
                     row[f"/{base}"] = row["s_per_step"] / same[0]["s_per_step"]
+                    if "cpu_s_per_step" in row and "cpu_s_per_step" in same[0]:
+                        row[f"cpu/{base}"] = row["cpu_s_per_step"] / same[0]["cpu_s_per_step"]
         if rows:
             out[task] = rows
     return out
@@ -235,11 +241,21 @@ def report_markdown(report: dict, title: str) -> str:
                   "alone ('?': the records do not say).", "",
                   "| Task | Method | Device | Runs | Minutes | s/step | / standard | / smart |",
                   "|---|---|---|---|---|---|---|---|"]
+        cpu = any("cpu_s_per_step" in t for rows_t in report["times"].values() for t in rows_t.values())
+        if cpu:  # the runs' CPU time too: a clock that other programs on the machine and pauses do not move
+            lines[-4] += (" CPU s/step: the training process's CPU time per step (all its threads; CPU runs that "
+                          "recorded it), which leaves out the time other programs took and pauses, with its ratios.")
+            lines[-2] += " CPU s/step | CPU / standard | CPU / smart |"
+            lines[-1] += "---|---|---|"
         for task, rows_t in report["times"].items():
             for name, t in rows_t.items():
                 ratios = [f"{t[k]:.2f}" if k in t else "-" for k in ("/standard", "/smart")]
-                lines.append(f"| {TASK_LABEL.get(task, task)} | {name} | {t['device']} | {t['runs']} | "
-                             f"{t['minutes']:.1f} | {t['s_per_step']:.2f} | {ratios[0]} | {ratios[1]} |")
+                line = (f"| {TASK_LABEL.get(task, task)} | {name} | {t['device']} | {t['runs']} | "
+                        f"{t['minutes']:.1f} | {t['s_per_step']:.2f} | {ratios[0]} | {ratios[1]} |")
+                if cpu:
+                    line += " " + " | ".join(f"{t[k]:.2f}" if k in t else "-"
+                                             for k in ("cpu_s_per_step", "cpu/standard", "cpu/smart")) + " |"
+                lines.append(line)
     baselines = report.get("baselines")
     against = ("each row against the rows above it" if not baselines else
                "each row against " + ", ".join(f"`{b}`" for b in baselines) + " where that row is above it")

@@ -94,6 +94,8 @@ class RunResult:
     metric: str = "score"  # the task's primary metric: what Evaluation.primary is
     config: dict | None = None  # an archived run's recorded settings (a run folder has its config.json)
     device: str = "?"  # what it trained on (run_device); "?" when its records do not say
+    # the final train record's train_cpu_seconds (this process's CPU time in the training steps), when recorded
+    train_cpu_seconds: float | None = None
 
     def settings(self) -> dict:
         """The run's config.json (``method``, ``method_options``, ...), or what its archive entry recorded."""
@@ -177,7 +179,9 @@ def load_result(folder: Path, task: str | None = None, name: str | None = None) 
     device = run_device(json.loads(config.read_text())) if config.is_file() else "?"
     return RunResult(task, name, int(seed), folder, done, evaluations_of([r for _, r in dev], metric),
                      float(last["train_seconds"]) if done and "train_seconds" in last else None,
-                     int(last["steps"]) if done and "steps" in last else None, metric, device=device)
+                     int(last["steps"]) if done and "steps" in last else None, metric, device=device,
+                     train_cpu_seconds=float(last["train_cpu_seconds"]) if done and "train_cpu_seconds" in last
+                     else None)
 
 
 def scan_results(root: Path) -> list[RunResult]:

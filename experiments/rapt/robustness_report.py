@@ -108,14 +108,14 @@ def mean_sd(ms: list[float | None]) -> str:
     return f"{ms[0]:.1f}" + (f" ± {ms[1]:.1f}" if ms[1] is not None else "")
 
 
-def _cost(times: dict, task: str, name: str) -> str:
+def _cost(times: dict, task: str, name: str, cpu: bool = False) -> str:
     """'s/step | / standard' cells of a method's runs of a task (the report's training times; '-' where the runs
-    did not record their clock, ran on several devices, or standard did not run on the same device)."""
+    did not record their clock, ran on several devices, or standard did not run on the same device); with
+    ``cpu``, the CPU-time cells ('CPU s/step | CPU / standard')."""
     row = times.get(task, {}).get(name)
-    if row is None:
-        return "- | -"
-    ratio = row.get("/standard")
-    return f"{row['s_per_step']:.2f} | " + (f"{ratio:.2f}" if ratio is not None else "-")
+    value, ratio = (row or {}).get("cpu_s_per_step" if cpu else "s_per_step"), (row or {}).get(
+        "cpu/standard" if cpu else "/standard")
+    return " | ".join(f"{x:.2f}" if x is not None else "-" for x in (value, ratio))
 
 
 def markdown(section: dict, times: dict | None = None) -> list[str]:
@@ -131,15 +131,21 @@ def markdown(section: dict, times: dict | None = None) -> list[str]:
              f"{POWER:.0%} power at p < {ALPHA} given the observed sd of the differences (a smaller effect can hide "
              "within 'within seed noise'). s/step: the runs' own clocks, mean over seeds (training steps only), and "
              "its ratio to standard's on the same device (see Training time)."]
+    if any("cpu_s_per_step" in row for rows in (times or {}).values() for row in rows.values()):
+        lines[-1] += (" CPU s/step instead where a task's CPU runs recorded their process's CPU time (not moved by "
+                      "other programs on the machine or by pauses).")
     for task, by_set in section.items():
         for set_name, cell in by_set.items():
             label = TASK_LABEL.get(task, task)
+            # the runs' CPU time where they recorded it: unlike the wall clock, not moved by other programs
+            cpu = any("cpu_s_per_step" in row for row in (times or {}).get(task, {}).values())
+            clock = "CPU s/step | CPU / standard" if cpu else "s/step | / standard"
             lines += ["", f"### {label}: dev and {set_name}", "",
-                      f"| Method | Seeds | dev | {set_name} | gap (dev - {set_name}) | s/step | / standard |",
+                      f"| Method | Seeds | dev | {set_name} | gap (dev - {set_name}) | {clock} |",
                       "|---|---|---|---|---|---|---|"]
             for name, s in cell["summary"].items():
                 lines.append(f"| {name} | {len(s['seeds'])} | {mean_sd(s['dev'])} | {mean_sd(s['set'])} | "
-                             f"{mean_sd(s['gap'])} | {_cost(times or {}, task, name)} |")
+                             f"{mean_sd(s['gap'])} | {_cost(times or {}, task, name, cpu)} |")
             if cell["paired"]:
                 lines += ["", "| On | A | B | Seeds | mean(A-B) | sd | A wins | B wins | p | detectable | verdict |",
                           "|---|---|---|---|---|---|---|---|---|---|---|"]
