@@ -32,6 +32,21 @@ def nan_loss(forward: Callable, at: Iterable[int] = (), from_step: int | None = 
     return faulty
 
 
+class Killed(Exception):
+    """What :func:`die_after_checkpoint` raises: the training ends there, as if killed."""
+
+
+def die_after_checkpoint(trainer_cls) -> Callable:
+    """``trainer_cls.save_checkpoint`` that writes the checkpoint, then raises :class:`Killed` (for
+    ``monkeypatch.setattr(Trainer, "save_checkpoint", die_after_checkpoint(Trainer))``)."""
+    saved = trainer_cls.save_checkpoint
+
+    def save_then_die(self) -> None:
+        saved(self)
+        raise Killed
+    return save_then_die
+
+
 def slow_steps(trainer_cls, seconds: float) -> None:
     """Every counted optimizer step of ``trainer_cls`` takes ``seconds`` longer (not in its train_seconds)."""
     count = trainer_cls._count_step

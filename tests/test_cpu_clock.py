@@ -13,6 +13,7 @@ from experiments.rapt.report import build_report, report_markdown, training_time
 from experiments.rapt.results import Evaluation, RunResult
 from mt_dnn.train import main
 from mt_dnn.trainer import Trainer
+from tests.faults import Killed, die_after_checkpoint
 from tests.test_reliability import _args
 
 SLEEP = 0.2  # seconds each step waits (off the CPU) on top of its work
@@ -60,20 +61,11 @@ def test_the_cpu_clock_leaves_out_waiting_and_is_in_every_record(tmp_path, glue_
 
 def test_the_cpu_clock_survives_a_resume_and_is_dropped_when_the_checkpoint_lacks_it(tmp_path, glue_dir,
                                                                                       tiny_model_dir, monkeypatch):
-    class Killed(Exception):
-        pass
-
-    saved = Trainer.save_checkpoint
-
-    def save_then_die(self):
-        saved(self)
-        raise Killed
-
     common = ("--epochs", "2", "--batch_size", "4", "--save_every_steps", "2")
     for name in ("kept", "older"):
         out = tmp_path / name
         with monkeypatch.context() as m:
-            m.setattr(Trainer, "save_checkpoint", save_then_die)
+            m.setattr(Trainer, "save_checkpoint", die_after_checkpoint(Trainer))
             with pytest.raises(Killed):
                 main(_args(glue_dir, tiny_model_dir, out, tmp_path / "c", *common))
         state_file = out / "checkpoint" / "trainer_state.pt"

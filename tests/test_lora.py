@@ -289,6 +289,7 @@ def test_lora_run_resumes_bit_identical(tmp_path, glue_dir, tiny_model_dir, monk
     trainable parameters only, and the RNG."""
     from mt_dnn.train import main
     from mt_dnn.trainer import Trainer
+    from tests.faults import Killed, die_after_checkpoint
     from tests.test_reliability import _args, _assert_same_run
 
     common = ("--epochs", "2", "--batch_size", "4", "--method", "rapt", "--rapt_max_layer", "2",
@@ -296,16 +297,7 @@ def test_lora_run_resumes_bit_identical(tmp_path, glue_dir, tiny_model_dir, monk
     alone = tmp_path / "alone"
     assert main(_args(glue_dir, tiny_model_dir, alone, tmp_path / "c", *common)) == 0
 
-    class Killed(Exception):
-        pass
-
-    saved = Trainer.save_checkpoint
-
-    def save_then_die(self):
-        saved(self)
-        raise Killed
-
-    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(Trainer, "save_checkpoint", die_after_checkpoint(Trainer))
     killed = tmp_path / "killed"
     with pytest.raises(Killed):
         main(_args(glue_dir, tiny_model_dir, killed, tmp_path / "c", *common))
