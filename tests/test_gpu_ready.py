@@ -248,4 +248,9 @@ def test_speed_records_device_precision_and_torch(tmp_path, tiny_model_dir):
     assert result["steps"] == 2 and result["warmup"] == 1
     assert set(result["median_seconds"]) == {"standard", "smart", "r3f"}
     assert all(v > 0 for v in result["median_seconds"].values()) and "r3f/smart" in result["ratios"]
+    # on the CPU, this process's CPU time per step too, and its ratios on the same pairs
+    cpu = result["median_cpu_seconds"]
+    assert set(cpu) == {"standard", "smart", "r3f"} and all(v > 0 for v in cpu.values())
+    assert set(result["cpu_ratios"]) == set(result["ratios"])
+    assert result["cpu_ratios"]["r3f/smart"] == pytest.approx(cpu["r3f"] / cpu["smart"])
     shutil.rmtree(tmp_path / "c")

@@ -12,7 +12,9 @@ training step (batch to the device, forward passes under autocast, backward, cli
 it (on CUDA: TF32 matmuls unless --no_tf32, fused AdamW; fp16 with a GradScaler); --warmup untimed steps come
 first. On CUDA each timed step is bracketed by torch.cuda.synchronize(), so it measures the GPU's work, not the
 launch queue. Reports each method's median step time and the ratios RAPT/SMART and RAPT/standard, with the
-device's name, the precision and the torch version. RAPT's layer r varies with the step (uniform over 1..3), so
+device's name, the precision and the torch version; on the CPU also the median CPU time of this process per step
+and its ratios (``median_cpu_seconds``, ``cpu_ratios``), which other programs loading the machine do not move
+(with one thread, the cleanest measure on a shared machine). RAPT's layer r varies with the step (uniform over 1..3), so
 use >= 20 steps.
 """
 from __future__ import annotations
@@ -134,14 +136,14 @@ def main(argv=None) -> int:
             opt = torch.optim.AdamW(opt.param_groups, lr=2e-5, **versus_hf.FORCED[args.optimizer_kernel])
         scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
         runs[name] = {"step": TrainStep(model, reg), "model": model, "opt": opt, "reg": reg, "scaler": scaler,
-                      "times": []}
+                      "times": [], "cpu_times": []}
     for i, batch in enumerate(batches):
         order = names[i % len(names):] + names[: i % len(names)]
         for name in order:
             r = runs[name]
             r["reg"].step = i
             _sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             with autocast(device, args.precision):
                 loss, _, _, _ = r["step"](to_device(batch, device))
             r["scaler"].scale(loss).backward()  # the scaler is a pass-through unless --precision fp16
@@ -151,9 +153,10 @@ def main(argv=None) -> int:
             r["scaler"].update()
             r["opt"].zero_grad(set_to_none=True)
             _sync(device)
-            dt = time.perf_counter() - t0
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
             if i >= args.warmup:
                 r["times"].append(dt)
+                r["cpu_times"].append(dc)
         logger.info("step %d/%d  %s", i + 1, total,
                     "  ".join(f"{n} {runs[n]['times'][-1]:.2f}s" for n in names if runs[n]["times"]))
     med = {n: statistics.median(runs[n]["times"]) for n in names}
@@ -169,19 +172,25 @@ def main(argv=None) -> int:
         "mean_seconds": {n: statistics.mean(runs[n]["times"]) for n in names},
         "ratios": {},
     }
-    for a, b in (("rapt", "smart"), ("rapt_shared", "smart"), ("rapt", "standard"), ("rapt_shared", "standard"),
-                 ("smart", "standard"), ("r3f", "standard"), ("r3f", "smart")):
+    pairs = (("rapt", "smart"), ("rapt_shared", "smart"), ("rapt", "standard"), ("rapt_shared", "standard"),
+             ("smart", "standard"), ("r3f", "standard"), ("r3f", "smart"))
+    for a, b in pairs:
         if a in med and b in med:
             result["ratios"][f"{a}/{b}"] = med[a] / med[b]
+    cpu_med = {}
+    if device.type == "cpu":  # this process's CPU time per step: what other programs on the machine do not move
+        cpu_med = {n: statistics.median(runs[n]["cpu_times"]) for n in names}
+        result["median_cpu_seconds"] = cpu_med
+        result["cpu_ratios"] = {f"{a}/{b}": cpu_med[a] / cpu_med[b] for a, b in pairs if a in cpu_med and b in cpu_med}
     out = Path(args.out or f"experiments/rapt/results/speed_{args.task}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out, json.dumps(result, indent=2))
     print(f"median step time over {args.steps} interleaved steps ({args.task}, batch {args.batch_size}, "
           f"{result['device_name']}, {args.precision}):")
     for n in names:
-        print(f"  {n:12s} {med[n]:.3f} s")
+        print(f"  {n:12s} {med[n]:.3f} s" + (f"  (CPU time {cpu_med[n]:.3f} s)" if cpu_med else ""))
     for k, v in result["ratios"].items():
-        print(f"  {k:22s} {v:.3f}")
+        print(f"  {k:22s} {v:.3f}" + (f"  (CPU time {result['cpu_ratios'][k]:.3f})" if cpu_med else ""))
     return 0
 
 
