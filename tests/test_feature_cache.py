@@ -101,6 +101,42 @@ def test_task_layout_changes_the_key(tasks, field, value):
     assert _cache_key(b"y", "fp", task, split, 64) != base
 
 
+def test_any_two_readings_that_differ_have_different_keys(tok_dir, tasks, rte):
+    """Every combination of the reading's settings (which column is text a and b, the label order, header or
+    named columns, the length, strict or skipping reads) on one file: wherever two combinations read different
+    features (or one refuses the file), their cache keys differ, so the cache never serves one for the other."""
+    import itertools
+
+    from data_utils.features import tokenize_examples
+    from data_utils.glue import file_digest, iter_split
+
+    tok = _tok(tok_dir)
+    fp = tokenizer_fingerprint(tok)
+    base_task, base_split = tasks["rte"], tasks["rte"].splits["dev"]
+    path = rte / "RTE" / "dev.tsv"
+    digest, _ = file_digest(path, base_task, base_split)
+    columns = ("index", "sentence1", "sentence2", "label")
+    seen: dict[str, tuple] = {}
+    for a, b, labels, header, max_len, bad_rows in itertools.product(
+            ("sentence1", "sentence2"), ("sentence2", "sentence1", None),
+            (("entailment", "not_entailment"), ("not_entailment", "entailment")), (True, False), (8, MAX_LEN),
+            ("error", "skip")):
+        task = dataclasses.replace(base_task, text_a=a, text_b=b, labels=labels,
+                                   input="pair" if b else "single")
+        split = dataclasses.replace(base_split, header=header, columns=None if header else columns)
+        try:
+            feats = tokenize_examples(tok, task, split, iter_split(path, task, split, bad_rows), max_len)
+            reading = (feats.ids.tolist(), feats.offsets.tolist(), list(feats.labels))
+        except DataError as exc:  # without the header line, the header is a row with an unknown label
+            reading = ("refused", str(exc).split(": ", 1)[1])
+        key = _cache_key(digest, fp, task, split, max_len, bad_rows)
+        for other_key, other in seen.items():
+            if other != reading:
+                assert other_key != key
+        seen[key] = reading
+    assert len(seen) == 2 * 3 * 2 * 2 * 2 * 2  # and no two combinations share a key at all
+
+
 def test_bad_rows_skip_features_are_never_served_to_strict_reads(tok_dir, tasks, tmp_path, caplog):
     root = write_glue(tmp_path / "glue", tasks=("rte",))
     path = root / "RTE" / "dev.tsv"
