@@ -9,6 +9,7 @@ from torch import nn
 
 from data_utils.batching import collate, eval_batches
 from data_utils.features import Features
+from data_utils.glue import DataError
 from mt_dnn import losses
 from mt_dnn.model import MultiTaskModel
 from mt_dnn.perturbation import Regularizer
@@ -74,17 +75,26 @@ def predict(model: MultiTaskModel, features: Features, batch_size: int, device: 
 
     Rows are batched by length (little padding; :func:`batch_logits`); no autograd; the model is put in eval
     mode. Under DDP each rank predicts rows rank::world_size and the shards are gathered, so every row is
-    predicted exactly once.
+    predicted exactly once. A row whose output is not finite (a broken model, an fp16 overflow) is a
+    :class:`DataError` on every rank, never a class id: argmax of NaN logits would read as class 0.
     """
     regression = model.task_defs[features.task].type == "regression"
     out = np.zeros(len(features), dtype=np.float64 if regression else np.int64)
     mine: list[int] = []
+    broken: list[int] = []  # this rank's rows with a non-finite output
     for rows, logits in batch_logits(model, features, batch_size, device, pad_id, precision, rank, world_size):
+        finite = torch.isfinite(logits).all(-1).cpu().numpy()
         out[rows] = (logits.squeeze(-1) if regression else logits.argmax(-1)).cpu().numpy()
         mine.extend(rows)
+        broken.extend(int(r) for r, ok in zip(rows, finite) if not ok)
     if world_size > 1:
         shards: list = [None] * world_size
-        torch.distributed.all_gather_object(shards, (mine, out[mine].tolist()))
-        for rows, values in shards:
+        torch.distributed.all_gather_object(shards, (mine, out[mine].tolist(), broken))
+        broken = sorted(r for _, _, bad in shards for r in bad)
+        for rows, values, _ in shards:
             out[rows] = values
+    if broken:
+        raise DataError(f"{features.task} {features.split}: the model's output is not a finite number for "
+                        f"{len(broken)} of {len(features)} row(s) (first: row {min(broken)}); the model is broken "
+                        "(or its precision overflowed): no score or prediction is made from it")
     return out

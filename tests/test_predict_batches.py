@@ -85,3 +85,32 @@ def test_logits_come_from_inference_mode_and_training_goes_on_after():
              "attention_mask": torch.ones(1, len(feats.input_ids[0]), dtype=torch.long)}
     model(batch).sum().backward()  # no inference tensor was left behind in the model
     assert model.encoder.embeddings.word_embeddings.weight.grad is not None
+
+
+def test_a_non_finite_output_is_an_error_naming_the_first_row_in_file_order():
+    """One row's NaN output (and one infinite score) among length-sorted batches: the error counts them and names
+    the first row in file order, for a regression task as for classification."""
+    import torch
+    from torch import nn
+
+    from data_utils.flat_rows import Features
+    from data_utils.glue import DataError
+    from data_utils.task_def import load_task_defs
+    from mt_dnn.step import predict
+
+    lengths = [5, 2, 7, 3, 6, 4]
+    feats = Features("stsb", "dev", [list(range(1, n + 1)) for n in lengths], None, [0.0] * 6, list(range(6)))
+
+    class Scores(nn.Module):  # the score of a row is its length; rows 4 and 1 are broken
+        task_defs = {"stsb": load_task_defs()["stsb"]}
+
+        def forward(self, batch):
+            n = batch["attention_mask"].sum(-1).float()
+            return torch.where(n == 6, float("nan"), torch.where(n == 2, float("inf"), n))[:, None]
+
+    with pytest.raises(DataError) as err:
+        predict(Scores(), feats, batch_size=2, device=torch.device("cpu"), pad_id=0)
+    assert str(err.value).startswith("stsb dev: the model's output is not a finite number for 2 of 6 row(s) "
+                                     "(first: row 1)")
+    fine = Features("stsb", "dev", [list(range(1, n + 1)) for n in (5, 3, 4)], None, [0.0] * 3, [0, 1, 2])
+    assert predict(Scores(), fine, batch_size=2, device=torch.device("cpu"), pad_id=0).tolist() == [5.0, 3.0, 4.0]

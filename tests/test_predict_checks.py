@@ -225,3 +225,24 @@ def test_a_checkpoint_left_out_by_tasks_is_not_checked_or_loaded(saved_run, tmp_
     with pytest.raises(ConfigError, match="--max_seq_len 200 is more than encoder"):
         plan_checkpoints(saved, load_task_defs(), "sst", 200)
     plan_checkpoints(saved, load_task_defs(), "rte", 100)
+
+
+def test_a_model_whose_output_is_not_finite_scores_and_submits_nothing(run_copy, glue, tmp_path, capsys):
+    """argmax of NaN logits is class 0: a broken model would otherwise give a plausible dev accuracy and a
+    submission that validates. Both paths refuse it, as own-text prediction does, and write no zip."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights_file = run_copy / "best" / "model.safetensors"
+    weights = load_file(str(weights_file))
+    bias = [k for k in weights if k.startswith("heads.rte") and k.endswith("bias")]
+    assert bias
+    for k in bias:
+        weights[k] = torch.full_like(weights[k], float("nan"))
+    save_file(weights, str(weights_file))
+    code, out, last = _predict(capsys, run_copy, glue, tmp_path / "sub", "--tasks", "rte")
+    assert code == 2 and "OK" not in out and "dev rte" not in out
+    assert last.startswith("error: rte dev: the model's output is not a finite number for ") and \
+        "(first: row 0)" in last
+    left = sorted(p.name for p in (tmp_path / "sub").rglob("*")) if (tmp_path / "sub").exists() else []
+    assert left == [], left
