@@ -168,7 +168,7 @@ def load_weights(model_dir: str | Path) -> dict:
         raise ConfigError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
 
 
-DEFAULT_MAX_LEN = 128  # a saved model folder without its run's config.json
+DEFAULT_MAX_LEN = 128  # a saved model folder that records no max_seq_len (see run_max_len)
 
 
 def run_config(model_dir: Path) -> Path | None:
@@ -176,13 +176,31 @@ def run_config(model_dir: Path) -> Path | None:
     return model_dir.parent / "config.json" if model_dir.name in ("best", "best.old") else None
 
 
+def _recorded_max_len(model_dir: Path) -> int | None:
+    """The ``max_seq_len`` that ``model.json`` records (models saved by a training since it records it), else
+    None; a damaged model.json is left to :func:`read_model_dir` to report."""
+    try:
+        value = json.loads((model_dir / "model.json").read_text(encoding="utf-8")).get("max_seq_len")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def run_max_len(model_dir: Path, flag: int | None = None) -> int:
-    """``flag`` (``--max_seq_len``) when given, else the run's own (``RUN_DIR/config.json`` next to ``best/``), else
-    :data:`DEFAULT_MAX_LEN` for a bare model folder; a damaged or incomplete config.json is a ConfigError."""
+    """``flag`` (``--max_seq_len``) when given, else the length the model was trained with: the one ``model.json``
+    records, else its run's (``RUN_DIR/config.json`` next to ``best/``); a folder that records it nowhere (a copied
+    ``best/`` of an earlier version) gets :data:`DEFAULT_MAX_LEN` with a warning. A damaged or incomplete
+    config.json is a ConfigError."""
     if flag is not None:
         return flag
+    recorded = _recorded_max_len(model_dir)
+    if recorded is not None:
+        return recorded
     cfg = run_config(model_dir)
     if cfg is None or not cfg.is_file():
+        logger.warning("%s: the max_seq_len it was trained with is recorded neither in its model.json nor in a run "
+                       "config.json beside it; using %d: pass --max_seq_len if it was trained with another",
+                       model_dir, DEFAULT_MAX_LEN)
         return DEFAULT_MAX_LEN
     try:
         data = json.loads(cfg.read_text(encoding="utf-8"))

@@ -307,7 +307,8 @@ class Trainer:
     def maybe_save_best(self, score: float, epoch: int) -> None:
         if score > self.best_score:  # every rank holds the same gathered predictions, hence the same score
             self.best_score = score
-            self._save_best({"epoch": epoch, "step": self.step, "score": score, "method": self.cfg.method})
+            self._save_best({"epoch": epoch, "step": self.step, "score": score, "method": self.cfg.method,
+                             "max_seq_len": self.cfg.max_seq_len})
             if self.is_main:
                 logger.info("new best dev score %.4f at epoch %d (saved to %s)", score, epoch, self.out / "best")
 
@@ -417,7 +418,8 @@ class Trainer:
         if self.sampler.state.position > 0 or self._evaluated_epoch != epoch:
             self._end_epoch(epoch, save=False)  # a --max_steps run: evaluate where it stopped
         if self.cfg.no_eval:  # nothing to compare: the final model is the one to keep
-            self._save_best({"epoch": epoch, "step": self.step, "score": None, "method": cfg.method})
+            self._save_best({"epoch": epoch, "step": self.step, "score": None, "method": cfg.method,
+                             "max_seq_len": cfg.max_seq_len})
         loss, reg = distributed.mean_over_ranks(self._sums / max(self.loss_count, 1), self.world_size, self.device)
         skipped = getattr(self.reg, "skipped", 0)
         if skipped and self.is_main:

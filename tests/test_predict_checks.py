@@ -246,3 +246,29 @@ def test_a_model_whose_output_is_not_finite_scores_and_submits_nothing(run_copy,
         "(first: row 0)" in last
     left = sorted(p.name for p in (tmp_path / "sub").rglob("*")) if (tmp_path / "sub").exists() else []
     assert left == [], left
+
+
+def test_a_model_folder_moved_out_of_its_run_keeps_the_length_it_was_trained_with(tmp_path, glue_dir,
+                                                                                   tiny_model_dir, monkeypatch):
+    """best/ records the run's max_seq_len in model.json, so a copy outside the run folder (no config.json
+    beside it) tokenizes as the run did; a folder that records it nowhere gets 128 with a warning saying so."""
+    import mt_dnn.saved_model as saved_model
+    from mt_dnn.saved_model import DEFAULT_MAX_LEN, run_max_len
+
+    run = tmp_path / "run"
+    assert train_main(["--glue_dir", str(glue_dir), "--model", str(tiny_model_dir), "--output_dir", str(run),
+                       "--tasks", "rte", "--max_steps", "2", "--batch_size", "4", "--max_seq_len", "16",
+                       "--cache_dir", str(tmp_path / "c")]) == 0
+    assert json.loads((run / "best" / "model.json").read_text())["max_seq_len"] == 16
+    copy = shutil.copytree(run / "best", tmp_path / "elsewhere" / "model")
+    warned: list[str] = []
+    monkeypatch.setattr(saved_model.logger, "warning", lambda msg, *a: warned.append(msg % a))
+    assert run_max_len(run / "best") == run_max_len(copy) == 16 and not warned
+    assert run_max_len(copy, 32) == 32  # the flag wins
+    meta = json.loads((copy / "model.json").read_text())
+    del meta["max_seq_len"]  # as saved before model.json recorded it
+    (copy / "model.json").write_text(json.dumps(meta))
+    assert run_max_len(copy) == DEFAULT_MAX_LEN
+    assert warned == [
+        f"{copy}: the max_seq_len it was trained with is recorded neither in its model.json nor in a run "
+        f"config.json beside it; using {DEFAULT_MAX_LEN}: pass --max_seq_len if it was trained with another"]
