@@ -75,10 +75,16 @@ def check_output_file(path: str | Path, reads: Iterable[tuple[str, Path]], flag:
 @contextlib.contextmanager
 def open_output(path: str | Path) -> Iterator[IO[str]]:
     """A text stream (UTF-8, LF) for a command's output file: stdout for ``-`` and this process's own stdout,
-    else :func:`data_utils.atomic.atomic_open` (the file appears whole when the block ends without an error)."""
+    else :func:`data_utils.atomic.atomic_open` (the file appears whole when the block ends without an error). A
+    pipe whose reader quits before the end is a :class:`ConfigError` (stdout piped into ``head`` is left to the
+    command's quiet exit)."""
     if not is_stdout(path):
-        with atomic.atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
-            yield f
+        try:
+            with atomic.atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
+                yield f
+        except BrokenPipeError:  # a pipe or process substitution whose reader quit: never a quiet exit 0
+            raise ConfigError(f"{path}: the program reading it closed it before the end (broken pipe); the output "
+                              "is incomplete") from None
         return
     sys.stdout.flush()
     raw = getattr(sys.stdout, "buffer", None)

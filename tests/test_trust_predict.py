@@ -216,6 +216,21 @@ def test_a_pipe_is_written_into_not_replaced(saved_run, tsv, tmp_path, capsys, k
         assert stat.S_ISFIFO(os.lstat(out).st_mode)
 
 
+def test_a_pipe_whose_reader_quit_is_an_error_not_a_quiet_success(saved_run, tsv, capsys):
+    """``--output >(gzip > p.gz)`` whose gzip died: the predictions did not arrive, so the exit is not 0 (only
+    stdout piped into ``head`` ends quietly)."""
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before anything is written
+    out = Path(f"/dev/fd/{w}")
+    try:
+        code, printed, errors = _own(capsys, saved_run, tsv, out)
+    finally:
+        os.close(w)
+    assert code == 2 and "wrote" not in printed
+    assert errors == [f"error: {out}: the program reading it closed it before the end (broken pipe); the output "
+                      "is incomplete"]
+
+
 def test_stdout_that_is_a_regular_file_gets_every_line(saved_run, tsv, tmp_path):
     """``> file`` and ``--output /dev/fd/1``: the predictions land in the file, the summary goes to stderr."""
     target = tmp_path / "captured.jsonl"
