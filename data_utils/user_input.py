@@ -179,6 +179,10 @@ def iter_jsonl(path: Path, columns: Columns) -> Iterator[Example]:
             id_col = _id_column(columns, list(record), f"{path}:{line}")
         elif id_col is not None and id_col not in record:
             raise DataError(f"{path}:{line}: no id {id_col!r} (the first record has one)")
+        elif id_col is None and (later := _id_column(columns, list(record), f"{path}:{line}")) is not None:
+            # the rows are numbered because the first record has no id: a later id would be silently lost
+            raise DataError(f"{path}:{line}: an id {later!r}, but the first record has none (the rows would be "
+                            "numbered and this id lost): give every record an id, or none")
         yield _example(path, line, rows, columns, record.get, id_col)
         rows += 1
     if not rows:

@@ -127,6 +127,11 @@ BAD = [
     ("h.csv", "sentence1,sentence2\n", "h.csv: cannot tell the format"),
     ("i.tsv", "sentence1\tsentence2\n", "i.tsv: no rows after the header"),
     ("j.tsv", b"sentence1\tsentence2\nthe \xff\tx\n", "j.tsv:2: bytes that are not UTF-8"),
+    ("k.jsonl", '{"sentence1": "a", "sentence2": "b", "id": "q1"}\n{"sentence1": "a", "sentence2": "b"}\n',
+     "k.jsonl:2: no id 'id' (the first record has one)"),
+    ("l.jsonl", '{"sentence1": "a", "sentence2": "b"}\n{"sentence1": "a", "sentence2": "b", "id": "q7"}\n',
+     "l.jsonl:2: an id 'id', but the first record has none (the rows would be numbered and this id lost): give "
+     "every record an id, or none"),
 ]
 
 
