@@ -212,7 +212,10 @@ def predict_plan(plan: Plan, args: argparse.Namespace, device: torch.device, dev
             robust.setdefault((name, rs.dev_split), []).append(rs)
         for split in task.splits_of("dev"):
             key = f"{name}/{split.name}"
-            if key in dev_scores or not split_path(args.glue_dir, task, split).is_file():
+            if key in dev_scores:
+                continue
+            if not split_path(args.glue_dir, task, split).is_file():
+                logger.warning("%s: no dev file %s: not scored", name, split_path(args.glue_dir, task, split))
                 continue
             feats = load_features(args.glue_dir, task, split, tokenizer, plan.max_len, args.cache_dir,
                                   bad_rows=args.bad_rows)

@@ -272,3 +272,13 @@ def test_a_model_folder_moved_out_of_its_run_keeps_the_length_it_was_trained_wit
     assert warned == [
         f"{copy}: the max_seq_len it was trained with is recorded neither in its model.json nor in a run "
         f"config.json beside it; using {DEFAULT_MAX_LEN}: pass --max_seq_len if it was trained with another"]
+
+
+def test_a_missing_dev_file_is_named_not_skipped_in_silence(saved_run, glue, tmp_path, capsys):
+    no_dev = shutil.copytree(glue, tmp_path / "glue")
+    (no_dev / "RTE" / "dev.tsv").unlink()
+    code = run_cli(predict_main, ["--checkpoint", str(saved_run), "--glue_dir", str(no_dev), "--submission_dir",
+                                  str(tmp_path / "sub"), "--tasks", "rte"])
+    err = capsys.readouterr().err
+    assert code == 0 and f"rte: no dev file {no_dev / 'RTE' / 'dev.tsv'}: not scored" in err
+    assert "rte/dev" not in json.loads((tmp_path / "sub" / "dev_scores.json").read_text())
