@@ -94,6 +94,12 @@ def read_model_dir(model_dir: str | Path, check_weights: bool = True) -> SavedMo
     if unknown:
         raise ConfigError(f"{d / 'tasks.yml'}: no definition of task(s) {', '.join(unknown)} listed in {meta_path}")
     tasks = [all_tasks[n] for n in meta["tasks"]]
+    recorded = meta.get("labels")
+    if isinstance(recorded, dict):  # the label vocabularies the heads were trained with (model.json) must be
+        for t in tasks:           # the ones the task definitions give now: another order maps every id wrong
+            if t.name in recorded and recorded[t.name] != (list(t.labels) if t.labels else None):
+                raise ConfigError(f"{d / 'tasks.yml'}: task {t.name}'s labels {list(t.labels or ())} are not the "
+                                  f"{recorded[t.name]} its head was trained with ({meta_path})")
     try:
         config = AutoConfig.from_pretrained(d / "encoder")
     except Exception as exc:  # transformers raises OSError, ValueError or JSON errors for a damaged config

@@ -282,3 +282,30 @@ def test_a_missing_dev_file_is_named_not_skipped_in_silence(saved_run, glue, tmp
     err = capsys.readouterr().err
     assert code == 0 and f"rte: no dev file {no_dev / 'RTE' / 'dev.tsv'}: not scored" in err
     assert "rte/dev" not in json.loads((tmp_path / "sub" / "dev_scores.json").read_text())
+
+
+@pytest.mark.parametrize("tasks_yml", ["{}\n", "swapped"])
+def test_task_definitions_whose_labels_differ_from_the_heads_are_refused(run_copy, tasks_yml):
+    """model.json records each head's label vocabulary; a tasks.yml that lost its definitions (the packaged ones
+    fill in) or lists the labels in another order would map every class id to the wrong label."""
+    import yaml
+
+    from mt_dnn.saved_model import read_model_dir
+
+    best = run_copy / "best"
+    meta = json.loads((best / "model.json").read_text())
+    if tasks_yml == "swapped":
+        defs = yaml.safe_load((best / "tasks.yml").read_text())
+        defs["rte"]["labels"] = list(reversed(defs["rte"]["labels"]))
+        (best / "tasks.yml").write_text(yaml.safe_dump(defs))
+        want = (f"{best / 'tasks.yml'}: task rte's labels ['not_entailment', 'entailment'] are not the "
+                f"['entailment', 'not_entailment'] its head was trained with ({best / 'model.json'})")
+    else:  # the packaged rte has the trained order: accepted; a head trained with another order is not
+        (best / "tasks.yml").write_text(tasks_yml)
+        meta["labels"]["rte"] = ["not_entailment", "entailment"]
+        (best / "model.json").write_text(json.dumps(meta))
+        want = (f"{best / 'tasks.yml'}: task rte's labels ['entailment', 'not_entailment'] are not the "
+                f"['not_entailment', 'entailment'] its head was trained with ({best / 'model.json'})")
+    with pytest.raises(ConfigError) as err:
+        read_model_dir(best)
+    assert str(err.value) == want
