@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from data_utils.flat_rows import Features
+from data_utils.glue import DataError
 from mt_dnn.step import predict
 from tests import reference_forward as ref
 from tests.conftest import ARCHS, tiny_model
@@ -111,16 +112,23 @@ def test_predict_gathers_every_ranks_rows(monkeypatch):
     model, features, alone = _regression_features()
     sent = []
 
+    broken_on_rank1: list[int] = []
+
     def all_gather_object(shards, mine):
         sent.append(mine)
         shards[0] = mine
-        shards[1] = (list(range(1, len(alone), 2)), alone[1::2].tolist())
+        shards[1] = (list(range(1, len(alone), 2)), alone[1::2].tolist(), broken_on_rank1)
 
     monkeypatch.setattr(torch.distributed, "all_gather_object", all_gather_object)
     out = predict(model, features, batch_size=2, device=torch.device("cpu"), pad_id=0, rank=0, world_size=2)
     assert sorted(sent[0][0]) == list(range(0, len(alone), 2))  # rank 0 predicted its own rows only
+    assert sent[0][2] == []  # and found no non-finite output among them
     np.testing.assert_allclose(out, alone, atol=1e-5)
     assert out.dtype == np.float64
+    # a non-finite output on the other rank is an error here too (every rank stops, none reports a score)
+    broken_on_rank1.append(3)
+    with pytest.raises(DataError, match=r"not a finite number for 1 of \d+ row\(s\) \(first: row 3\)"):
+        predict(model, features, batch_size=2, device=torch.device("cpu"), pad_id=0, rank=0, world_size=2)
 
 
 def test_predict_returns_class_ids_as_integers():
