@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup_steps=0.1,  # a float below 1: a fraction of the steps
         weight_decay=0.01, max_grad_norm=1.0, lr_scheduler_type="linear",
         eval_strategy="epoch", save_strategy="no", logging_strategy="epoch", disable_tqdm=True,
-        dataloader_num_workers=0)
+        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available())  # pinning needs a GPU
     trainer = Trainer(model=model, args=targs, train_dataset=tokenized(tokenizer, task, train_ex, args.max_seq_len),
                       eval_dataset=evals, processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
                       compute_metrics=metrics)
