@@ -22,14 +22,12 @@ def detectable_difference(n: int, sd: float | None, power: float = POWER, alpha:
     """The smallest true mean paired difference that a two-sided paired t-test at ``alpha`` over ``n`` seeds
     detects with probability ``power``, when the per-seed differences have standard deviation ``sd``: the
     effect size delta solving P(|T| > t_crit) = power, T ~ noncentral t (df n-1, noncentrality delta*sqrt(n)/sd).
-    None with fewer than 2 seeds or no sd."""
+    None with fewer than 2 seeds, no sd, or an sd of 0."""
     from scipy.optimize import brentq
     from scipy.stats import nct, t
 
-    if n < 2 or sd is None or not math.isfinite(sd):
-        return None
-    if sd == 0:
-        return 0.0
+    if n < 2 or sd is None or not math.isfinite(sd) or sd == 0:
+        return None  # an sd of 0 (equal differences): the t-test is undefined, and a zero spread sizes nothing
     df = n - 1
     crit = t.ppf(1 - alpha / 2, df)
 
@@ -94,7 +92,9 @@ def build(by: dict[str, dict[str, dict[int, RunResult]]], names: list[str], base
                         c = paired(task, a, b, seeds, np.array([rows[a][s][k] for s in seeds]),
                                    np.array([rows[b][s][k] for s in seeds]))
                         c["on"] = what
-                        c["detectable"] = detectable_difference(c["n"], c["sd_diff"])
+                        # sized only where the t-test is defined (>= 2 seeds, differences not all equal)
+                        c["detectable"] = (detectable_difference(c["n"], c["sd_diff"])
+                                           if c["p_value"] is not None else None)
                         cell["paired"].append(c)
             cell["rows"] = {n: {str(s): list(v) for s, v in r.items()} for n, r in rows.items()}
     return out
