@@ -214,8 +214,9 @@ def predict_plan(plan: Plan, args: argparse.Namespace, device: torch.device, dev
             key = f"{name}/{split.name}"
             if key in dev_scores:
                 continue
-            if not split_path(args.glue_dir, task, split).is_file():
-                logger.warning("%s: no dev file %s: not scored", name, split_path(args.glue_dir, task, split))
+            dev_file = split_path(args.glue_dir, task, split)
+            if not dev_file.is_file():
+                logger.warning("%s: no dev file %s: not scored", name, dev_file)
                 continue
             feats = load_features(args.glue_dir, task, split, tokenizer, plan.max_len, args.cache_dir,
                                   bad_rows=args.bad_rows)

@@ -307,16 +307,17 @@ class Trainer:
     def maybe_save_best(self, score: float, epoch: int) -> None:
         if score > self.best_score:  # every rank holds the same gathered predictions, hence the same score
             self.best_score = score
-            self._save_best({"epoch": epoch, "step": self.step, "score": score, "method": self.cfg.method,
-                             "max_seq_len": self.cfg.max_seq_len})
+            self._save_best({"epoch": epoch, "step": self.step, "score": score, "method": self.cfg.method})
             if self.is_main:
                 logger.info("new best dev score %.4f at epoch %d (saved to %s)", score, epoch, self.out / "best")
 
     def _save_best(self, meta: dict) -> None:
-        """``best/`` by rank 0; a full disk (any OSError) is a one-line error on every rank."""
+        """``best/`` by rank 0, its model.json with ``meta`` and the run's max_seq_len (so a copy of it anywhere
+        tokenizes as the run did); a full disk (any OSError) is a one-line error on every rank."""
         def save() -> None:
             try:
-                save_model(self.model, self.tokenizer, self.tasks, self.out / "best", meta)
+                save_model(self.model, self.tokenizer, self.tasks, self.out / "best",
+                           {**meta, "max_seq_len": self.cfg.max_seq_len})
             except OSError as exc:  # a full disk: the half-written folder goes, the previous best/ stays
                 shutil.rmtree(self.out / f"best.tmp-{os.getpid()}", ignore_errors=True)
                 raise ConfigError(f"{self.out / 'best'}: cannot save ({checkpoint.reason(exc)})") from None
@@ -418,8 +419,7 @@ class Trainer:
         if self.sampler.state.position > 0 or self._evaluated_epoch != epoch:
             self._end_epoch(epoch, save=False)  # a --max_steps run: evaluate where it stopped
         if self.cfg.no_eval:  # nothing to compare: the final model is the one to keep
-            self._save_best({"epoch": epoch, "step": self.step, "score": None, "method": cfg.method,
-                             "max_seq_len": cfg.max_seq_len})
+            self._save_best({"epoch": epoch, "step": self.step, "score": None, "method": cfg.method})
         loss, reg = distributed.mean_over_ranks(self._sums / max(self.loss_count, 1), self.world_size, self.device)
         skipped = getattr(self.reg, "skipped", 0)
         if skipped and self.is_main:
@@ -427,8 +427,7 @@ class Trainer:
                            cfg.method, skipped)
         record = {"epoch": epoch, "step": self.step, "task": cfg.tasks, "split": "train", "method": cfg.method,
                   "seed": cfg.seed, "train_seconds": round(self.train_seconds, 3), **self._cpu_clock(),
-                  "steps": self.step,
-                  "skipped_steps": self.skipped_steps, "loss": loss, "reg_loss": reg}
+                  "steps": self.step, "skipped_steps": self.skipped_steps, "loss": loss, "reg_loss": reg}
         self.log_metrics(record)
         logger.info("done: %d steps in %.1f s of training; mean loss %.4f, mean reg loss %.4f", self.step,
                     self.train_seconds, record["loss"], record["reg_loss"])

@@ -114,8 +114,8 @@ def draw(ax, task: str, set_name: str, cell: dict, majority: float | None,
     ax.set_xlabel("dev (x100, best dev evaluation)")
     ax.set_ylabel(f"{set_name} (x100, same evaluation)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)  # below: no
-    # point hides under it
+    # the legend below the panel, where no run's point can hide under it
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -170,18 +170,13 @@ def main(argv=None) -> int:
         "mean_tokens_per_batch": sum(int(b["attention_mask"].sum()) for b in batches) / len(batches),
         "median_seconds": med,
         "mean_seconds": {n: statistics.mean(runs[n]["times"]) for n in names},
-        "ratios": {},
     }
-    pairs = (("rapt", "smart"), ("rapt_shared", "smart"), ("rapt", "standard"), ("rapt_shared", "standard"),
-             ("smart", "standard"), ("r3f", "standard"), ("r3f", "smart"))
-    for a, b in pairs:
-        if a in med and b in med:
-            result["ratios"][f"{a}/{b}"] = med[a] / med[b]
+    result["ratios"] = _ratios(med)
     cpu_med = {}
     if device.type == "cpu":  # this process's CPU time per step: what other programs on the machine do not move
         cpu_med = {n: statistics.median(runs[n]["cpu_times"]) for n in names}
         result["median_cpu_seconds"] = cpu_med
-        result["cpu_ratios"] = {f"{a}/{b}": cpu_med[a] / cpu_med[b] for a, b in pairs if a in cpu_med and b in cpu_med}
+        result["cpu_ratios"] = _ratios(cpu_med)
     out = Path(args.out or f"experiments/rapt/results/speed_{args.task}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out, json.dumps(result, indent=2))
@@ -192,6 +187,15 @@ def main(argv=None) -> int:
     for k, v in result["ratios"].items():
         print(f"  {k:22s} {v:.3f}" + (f"  (CPU time {result['cpu_ratios'][k]:.3f})" if cpu_med else ""))
     return 0
+
+
+RATIOS = (("rapt", "smart"), ("rapt_shared", "smart"), ("rapt", "standard"), ("rapt_shared", "standard"),
+          ("smart", "standard"), ("r3f", "standard"), ("r3f", "smart"))
+
+
+def _ratios(seconds: dict[str, float]) -> dict[str, float]:
+    """``{"a/b": seconds[a] / seconds[b]}`` for the :data:`RATIOS` pairs that both ran."""
+    return {f"{a}/{b}": seconds[a] / seconds[b] for a, b in RATIOS if a in seconds and b in seconds}
 
 
 if __name__ == "__main__":
