@@ -203,6 +203,10 @@ class SubmissionWriter:
         atomic.commit(self.tmp / self.zip_name, self.out_dir / self.zip_name)
         self.abort()
         logger.info("wrote %d submission files and %s", len(self.official), self.out_dir / self.zip_name)
+        older = sorted(p.name for p in self.out_dir.glob("*.zip") if p.name != self.zip_name)
+        if older:  # e.g. an earlier prediction under another --zip_name: its rows are not these
+            logger.warning("%s also holds %s from an earlier run: not these predictions (upload %s)", self.out_dir,
+                           ", ".join(older), self.zip_name)
         return self.out_dir / self.zip_name
 
     def abort(self) -> None:

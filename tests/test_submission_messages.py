@@ -205,6 +205,19 @@ def test_written_files_exact_bytes_and_zip(tasks, tmp_path, caplog):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
 
 
+def test_an_older_zip_under_another_name_is_named_in_a_warning(tasks, tmp_path, caplog):
+    """Predicting again into the same folder under another zip name leaves the first zip, whose rows are not the
+    new predictions: the writer says so (and says nothing when the name is the same)."""
+    write_submission(tmp_path / "o", _rows(tasks), "first.zip", tasks=tasks)
+    with caplog.at_level(logging.WARNING, logger="data_utils.submission"):
+        write_submission(tmp_path / "o", _rows(tasks), "first.zip", tasks=tasks)
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING, logger="data_utils.submission"):
+        write_submission(tmp_path / "o", _rows(tasks), "second.zip", tasks=tasks)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'o'} also holds first.zip from an earlier run: not these predictions (upload second.zip)"]
+
+
 @pytest.mark.parametrize("row,problem", [
     (("3",), "row 1 must be two strings (index, prediction), got ('3',)"),
     (("3", "a", "b"), "row 1 must be two strings (index, prediction), got ('3', 'a', 'b')"),
