@@ -169,6 +169,23 @@ def given(args: argparse.Namespace, flags: Iterable[Flag]) -> dict[str, Any]:
     return {f.key: f.parse(typed[f.key]) for f in flags if f.key in typed}
 
 
+def _shown_default(action: argparse.Action) -> bool:
+    """Whether a flag's help gets ``(default: X)`` appended: a default worth showing that its text does not
+    already describe."""
+    return action.default not in (None, False, [], argparse.SUPPRESS) and "default" not in (action.help or "")
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """``--help`` with each flag's default appended, as the Markdown reference writes it: not for flags without
+    one (None) and not where the help text already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.option_strings and _shown_default(action):
+            text += " (default: %(default)s)"
+        return text
+
+
 def markdown(parser: argparse.ArgumentParser) -> str:
     """The parser's flags as Markdown tables, one per argument group: exactly what ``--help`` lists."""
     lines = []
@@ -183,8 +200,8 @@ def markdown(parser: argparse.ArgumentParser) -> str:
                 flag += f" `{a.metavar or '{' + ','.join(map(str, a.choices)) + '}'}`" if a.choices else \
                     f" `{a.metavar or a.dest.upper()}`"
             text = a.help or ""
-            if a.default not in (None, False, [], argparse.SUPPRESS) and "default" not in text:
-                text += f" (default: {a.default})"  # as ArgumentDefaultsHelpFormatter would add it
+            if _shown_default(a):
+                text += f" (default: {a.default})"  # as DefaultsHelpFormatter adds it to --help
             text = text.strip().replace("|", "&#124;").replace("<", "&lt;")  # runs/<tasks> is text, not HTML
             lines.append(f"| {flag} | {text} |")
         lines.append("")

@@ -45,7 +45,7 @@ from data_utils.submission import (SubmissionWriter, baseline_rows, check_output
 from data_utils.task_def import ConfigError, TaskDef, load_task_defs, select_tasks
 from mt_dnn.cli_utils import run_cli, setup_logging
 from mt_dnn.config import TrainConfig
-from mt_dnn.flags import declared
+from mt_dnn.flags import DefaultsHelpFormatter, declared
 from mt_dnn.model import find_model_dir, load_model
 from mt_dnn.runtime import THREADS, set_threads
 from mt_dnn.saved_model import SavedModel, files_read, read_model_dir, run_max_len
@@ -100,7 +100,7 @@ def _checked_flags() -> list:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mt_dnn.predict", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--checkpoint", action="append", required=True, help="run folder or model folder (repeatable)")
     p.add_argument("--glue_dir", help="GLUE data folder (required without --input)")
     p.add_argument("--submission_dir", help="where the 11 files and the zip go (required without --input)")

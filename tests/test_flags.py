@@ -233,3 +233,24 @@ def test_default_threads_share_the_cores_this_process_may_use(monkeypatch):
         assert runtime.set_threads(None) == 3 and torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_predict_help_shows_each_default_once_and_none_for_flags_without_one():
+    """--help appends a flag's default only where it has one and its text does not already say it, as the
+    Markdown reference does: no '(default: None)', no default named twice."""
+    import argparse
+
+    from mt_dnn.flags import markdown
+    from mt_dnn.predict import build_parser
+
+    parser = build_parser()
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if not action.option_strings or isinstance(action, argparse._HelpAction):
+            continue
+        text = formatter._expand_help(action) if action.help else ""
+        assert "(default: None)" not in text and text.count("default") <= 1, (action.dest, text)
+    assert parser._get_formatter()._expand_help(next(a for a in parser._actions if a.dest == "eval_batch_size")) \
+        .endswith("(default: 128)")
+    assert "(default: 128)" in markdown(parser) and "(default: None)" not in markdown(parser)
+    assert "(default: None)" not in parser.format_help().replace("\n", " ")

@@ -23,6 +23,7 @@ import argparse
 import copy
 import json
 import logging
+import os
 import platform
 import statistics
 import sys
@@ -71,7 +72,8 @@ def _sync(device: torch.device) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.rapt.speed", description=__doc__.splitlines()[0])
-    p.add_argument("--glue_dir", default="../shared/glue_data")
+    p.add_argument("--glue_dir", default=os.environ.get("GLUE_DIR", "glue_data"), help="GLUE data folder (default: "
+                   "$GLUE_DIR, else glue_data)")
     p.add_argument("--task", default="rte")
     p.add_argument("--model", default=None, help="default: the packaged all-MiniLM-L6-v2")
     p.add_argument("--steps", type=int, default=30, help="timed steps per method")
