@@ -445,10 +445,20 @@ class Trainer:
 
     def _accumulations(self) -> Iterator[list[tuple[str, list[int]]]]:
         """The epoch's micro-batches ``(task, rows)``, ``grad_accumulation_steps`` at a time (the epoch's last
-        group may be shorter), while the run has steps left. The sampler's position moves with what is taken."""
+        group may be shorter), while the run has steps left. The sampler's position moves with what is taken.
+
+        A group never asks the sampler for more batches than its epoch has left: past its last batch the sampler
+        moves on to the next epoch, and a checkpoint written at the step of that group (periodic, or a stop)
+        would then record the next epoch, so a resumed run would never evaluate this one. The sampler moves on
+        only after the epoch's last step, where the epoch's end (evaluation, best/) follows at once."""
         batches, size = iter(self.sampler), self.cfg.grad_accumulation_steps
-        while self.step < self.total_steps and (micro := list(itertools.islice(batches, size))):
-            yield micro
+        epoch_batches = self.sampler.steps_per_epoch()
+        while self.step < self.total_steps:
+            left = epoch_batches - self.sampler.state.position
+            if left <= 0:
+                next(batches, None)  # the epoch is used up: the sampler moves on to the next epoch
+                return
+            yield list(itertools.islice(batches, min(size, left)))
 
     def _step(self, micro: list[tuple[str, list[int]]]) -> None:
         """One optimizer step over the micro-batches, its bookkeeping, then a stop a signal asked for."""

@@ -94,6 +94,31 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, glue_dir, tiny_model_di
     _assert_same_run(alone, killed, evaluations=3)
 
 
+def test_a_checkpoint_at_an_epochs_shorter_last_accumulation_group_resumes_into_its_evaluation(
+        tmp_path, glue_dir, tiny_model_dir, monkeypatch):
+    """Three tasks of 24 rows in batches of 5 are 15 micro-batches an epoch: with 2 per step the epoch ends on a
+    group of one (step 8). A checkpoint written at that step, the process then dying before the epoch's
+    evaluation, must resume into that evaluation: the same dev records, losses and best weights as the run left
+    alone (before, the checkpoint recorded the next epoch and epoch 0 was never evaluated)."""
+    from mt_dnn.trainer import Trainer
+    from tests.faults import Killed, die_after_checkpoint
+
+    common = ("--tasks", "rte,mrpc,stsb", "--epochs", "2", "--batch_size", "5", "--grad_accumulation_steps", "2",
+              "--save_every_steps", "8")
+    alone = tmp_path / "alone"
+    assert main(_args(glue_dir, tiny_model_dir, alone, tmp_path / "c", *common)) == 0
+    assert [s for _, s, _ in _dev(alone)[0]] == [8, 8, 8, 16, 16, 16]  # an epoch is 8 steps
+    killed = tmp_path / "killed"
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "save_checkpoint", die_after_checkpoint(Trainer))
+        with pytest.raises(Killed):
+            main(_args(glue_dir, tiny_model_dir, killed, tmp_path / "c", *common))
+    state = checkpoint.find(killed).state
+    assert state["step"] == 8 and not (killed / "metrics.jsonl").exists()
+    assert main(_args(glue_dir, tiny_model_dir, killed, tmp_path / "c", *common, "--resume")) == 0
+    _assert_same_run(alone, killed, evaluations=6)
+
+
 @pytest.mark.parametrize("sig", ["SIGUSR2", "SIGTERM"])
 def test_a_scheduler_signal_checkpoints_the_step_and_resume_is_bit_identical(tmp_path, glue_dir, tiny_model_dir,
                                                                              sig):
