@@ -117,6 +117,9 @@ class TrainConfig:
             if given:
                 raise ConfigError(f"--{given[0]} only applies with --lora_rank >= 1 (LoRA adapters); without it "
                                   "the whole encoder is fine-tuned")
+        if self.task_sampling != "temperature" and self.sampling_temperature != TrainConfig.sampling_temperature:
+            raise ConfigError(f"--sampling_temperature only applies with --task_sampling temperature (this run has "
+                              f"--task_sampling {self.task_sampling})")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other (--resume continues the run in "
                               "--output_dir, --overwrite replaces it)")

@@ -114,9 +114,13 @@ class Trainer:
         seed_everything(cfg.seed)
         all_tasks = load_task_defs(cfg.task_def)
         self.tasks: list[TaskDef] = select_tasks(all_tasks, cfg.tasks)
+        selected = {t.name for t in self.tasks}
         for t in self.tasks:
             if not t.splits_of("train"):
                 raise ConfigError(f"task {t.name} has no train split (it is predicted by the {t.head_name} head)")
+            if t.head_name not in selected:  # heads are built for the selected tasks that own them
+                raise ConfigError(f"task {t.name} is predicted by the {t.head_name} head: add {t.head_name} to "
+                                  "--tasks (the head is built and trained with its own task)")
             if not cfg.no_eval and not t.splits_of("dev"):
                 raise ConfigError(f"task {t.name} has no dev split to evaluate on: pass --no_eval (the final model "
                                   "is then saved as best/)")

@@ -90,6 +90,18 @@ def _one_line_error(capsys, main, argv: list[str]) -> str:
     return err[0]
 
 
+@pytest.mark.parametrize("sampling", ["proportional", "uniform"])
+def test_a_sampling_temperature_without_temperature_sampling_is_refused(tmp_path, capsys, sampling):
+    """A temperature that nothing reads would still enter the run's recipe (and --resume would compare it)."""
+    from mt_dnn.train import main
+
+    argv = ["--tasks", "rte,mrpc", "--glue_dir", str(tmp_path / "none"), "--output_dir", str(tmp_path / "o"),
+            "--task_sampling", sampling, "--sampling_temperature", "5"]
+    assert _one_line_error(capsys, main, argv) == ("error: --sampling_temperature only applies with --task_sampling "
+                                                   f"temperature (this run has --task_sampling {sampling})")
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("flag,value,message", BAD, ids=[f"{f}={v}" for f, v, _ in BAD])
 def test_train_refuses_a_number_out_of_range(tmp_path, capsys, flag, value, message):
     from mt_dnn.train import main

@@ -61,7 +61,8 @@ def test_a_grid_flag_names_the_folder_exactly_when_resume_compares_it(tmp_path):
     for name, value in other.items():
         if name == "method":
             continue  # the grid's methods set it
-        lora = {"lora_rank": 2} if name.startswith("lora_") and name != "lora_rank" else {}  # needs a rank
+        lora = {"lora_rank": 2} if name.startswith("lora_") and name != "lora_rank" else \
+            {"task_sampling": "temperature"} if name == "sampling_temperature" else {}  # what it needs to apply
         folder, recipe = plan({**lora, name: value})
         without_it = plan(lora) if lora else (base_folder, base_recipe)
         assert (folder != without_it[0]) == (recipe != without_it[1]), name

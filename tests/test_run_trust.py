@@ -135,6 +135,21 @@ def test_a_task_without_a_dev_split_is_refused_unless_no_eval(tmp_path, glue_dir
     assert (out / "best" / "model.safetensors").is_file()
 
 
+def test_a_task_predicted_by_the_head_of_an_unselected_task_is_refused(tmp_path, glue_dir, tiny_model_dir, capsys):
+    """A trained task whose head belongs to another task: that task must be trained too (its head is built with
+    it); alone, a one-line error and nothing written; together, the run trains."""
+    rte = load_task_defs()["rte"].to_dict()
+    path = tmp_path / "rte2.yml"
+    path.write_text(yaml.safe_dump({"rte2": {**rte, "data_dir": "RTE", "head": "rte"}}))
+    out = tmp_path / "run"
+    args = [*_argv(glue_dir, tiny_model_dir, out, tmp_path / "c", "--max_steps", "2", "--task_def", str(path))]
+    assert run_cli(main, [*args, "--tasks", "rte2,mrpc"]) == 2
+    assert _error(capsys) == ("error: task rte2 is predicted by the rte head: add rte to --tasks (the head is "
+                              "built and trained with its own task)")
+    assert not out.exists()
+    assert run_cli(main, [*args, "--tasks", "rte,rte2"]) == 0
+
+
 def test_no_model_is_announced_when_no_best_was_written(tmp_path, glue_dir, tiny_model_dir, capsys, monkeypatch):
     from mt_dnn.trainer import Trainer
 
