@@ -417,6 +417,10 @@ class Trainer:
                         dynamic_ncols=True)
         epoch = self.sampler.state.epoch
         with self._stop:  # SIGUSR2 / SIGTERM: checkpoint at the end of the step, then stop (mt_dnn.stop)
+            if self.sampler.state.position == 0 and epoch > 0 and self._evaluated_epoch != epoch - 1:
+                # a checkpoint that an earlier version wrote past an epoch's end before evaluating it (the shorter
+                # last group of gradient accumulation): the weights are that epoch's last, so evaluate it now
+                self._end_epoch(epoch - 1)
             while self.step < self.total_steps:
                 epoch = self._train_epoch()
         self.bar.close()

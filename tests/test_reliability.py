@@ -99,7 +99,8 @@ def test_a_checkpoint_at_an_epochs_shorter_last_accumulation_group_resumes_into_
     """Three tasks of 24 rows in batches of 5 are 15 micro-batches an epoch: with 2 per step the epoch ends on a
     group of one (step 8). A checkpoint written at that step, the process then dying before the epoch's
     evaluation, must resume into that evaluation: the same dev records, losses and best weights as the run left
-    alone (before, the checkpoint recorded the next epoch and epoch 0 was never evaluated)."""
+    alone. A checkpoint that an earlier version wrote there (already in the next epoch, epoch 0 not evaluated)
+    resumes into epoch 0's evaluation too."""
     from mt_dnn.trainer import Trainer
     from tests.faults import Killed, die_after_checkpoint
 
@@ -115,8 +116,14 @@ def test_a_checkpoint_at_an_epochs_shorter_last_accumulation_group_resumes_into_
             main(_args(glue_dir, tiny_model_dir, killed, tmp_path / "c", *common))
     state = checkpoint.find(killed).state
     assert state["step"] == 8 and not (killed / "metrics.jsonl").exists()
-    assert main(_args(glue_dir, tiny_model_dir, killed, tmp_path / "c", *common, "--resume")) == 0
-    _assert_same_run(alone, killed, evaluations=6)
+    assert state["sampler"] == {"epoch": 0, "position": 15} and state["evaluated_epoch"] is None
+    earlier = tmp_path / "earlier"  # the same checkpoint as an earlier version wrote it: already in epoch 1
+    shutil.copytree(killed, earlier)
+    state_file = earlier / "checkpoint" / "trainer_state.pt"
+    torch.save({**state, "sampler": {"epoch": 1, "position": 0}}, state_file)
+    for out in (killed, earlier):
+        assert main(_args(glue_dir, tiny_model_dir, out, tmp_path / "c", *common, "--resume")) == 0
+        _assert_same_run(alone, out, evaluations=6)
 
 
 @pytest.mark.parametrize("sig", ["SIGUSR2", "SIGTERM"])
