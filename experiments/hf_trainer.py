@@ -30,6 +30,7 @@ import torch
 
 from data_utils import atomic
 from data_utils.batching import seeded_subset
+from data_utils.encoder_limits import check_encoder_fits, check_tokenizer
 from data_utils.glue import read_split
 from data_utils.metrics import compute_metrics
 from data_utils.robustness import load_sets, robustness_dir
@@ -82,6 +83,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, An
     typed = given(args, flags)
     values = {**{f.key: f.default for f in flags if not f.method}, **typed}
     options = method_options(typed, values["method"])
+    if values["epochs"] < 1 and not values["max_steps"]:
+        raise ConfigError("--epochs must be >= 1 (or give --max_steps)")
     if values["lr"] is None:
         values["lr"] = resolve_lr(TrainConfig(model=values["model"]))[0]
     return argparse.Namespace(task=args.task, glue_dir=args.glue_dir, output_dir=args.output_dir,
@@ -111,6 +114,30 @@ def tokenized(tokenizer, task: TaskDef, examples, max_len: int) -> _Rows:
     return _Rows(rows)
 
 
+def load_classifier(model_path: str, task: TaskDef, seed: int, max_seq_len: int):
+    """``(tokenizer, model)``: the fast tokenizer and a fresh ``AutoModelForSequenceClassification`` for ``task``
+    (num_labels, id2label and problem type from the task definition) from ``model_path``, the new head initialised
+    from ``seed``. Checked as ``mt_dnn.train`` checks an encoder: a folder that cannot be loaded, tokenizer files
+    that are not the encoder's, or a ``max_seq_len`` longer than its positions is a one-line ConfigError."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    regression = task.type == "regression"
+    labels = list(task.labels or ["score"])
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path, use_fast=True)
+        torch.manual_seed(seed)  # the fresh head's initialisation
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_path, num_labels=1 if regression else len(labels), id2label=dict(enumerate(labels)),
+            label2id={lab: i for i, lab in enumerate(labels)},
+            problem_type="regression" if regression else "single_label_classification")
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot load {model_path!r}: {first}") from None
+    check_tokenizer(tokenizer, model.config, f"encoder {model_path}")
+    check_encoder_fits(model.config, tokenizer, [task], max_seq_len, model_path)
+    return tokenizer, model
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _train(argv)
@@ -131,8 +158,7 @@ def _train(argv: list[str] | None) -> int:
     out = Path(args.output_dir or f"runs/hf-{task.name}-{args.method}-s{args.seed}")
     setup_logging()  # the console only: the run folder is made once data, model and trainer are set up
 
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                              TrainingArguments)
+    from transformers import DataCollatorWithPadding, TrainingArguments
 
     from mt_dnn.hf import LastStep, RegularizedTrainer, StepTimer
 
@@ -142,16 +168,8 @@ def _train(argv: list[str] | None) -> int:
     dev_split = task.splits_of("dev")[0]
     dev_ex = read_split(glue_dir, task, dev_split)
     model_path = resolve_model(args.model)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path, use_fast=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot load a tokenizer from {model_path!r}: {str(exc).strip().splitlines()[0]}") from None
+    tokenizer, model = load_classifier(model_path, task, args.seed, args.max_seq_len)
     regression = task.type == "regression"
-    labels = list(task.labels or ["score"])
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_path, num_labels=1 if regression else len(labels),
-        id2label=dict(enumerate(labels)), label2id={lab: i for i, lab in enumerate(labels)},
-        problem_type="regression" if regression else "single_label_classification")
     train_ds = tokenized(tokenizer, task, train_ex, args.max_seq_len)
     dev_ds = tokenized(tokenizer, task, dev_ex, args.max_seq_len)
     # the Trainer scores every dataset of this dict at each evaluation: dev, and the robustness sets beside it

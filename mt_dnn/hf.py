@@ -200,8 +200,9 @@ class RegularizedTrainer(Trainer):
     divides each
     micro-batch's loss by the number of accumulation steps (``loss_is_scaled_for_ga = False``, and
     ``model_accepts_loss_kwargs = False`` for versions of transformers that decide from that). Training logs
-    carry ``task_loss`` and ``reg_loss`` (means over the micro-batches since the last log, averaged over ranks)
-    and the method's own logs (this rank's means) beside the Trainer's ``loss``.
+    carry ``task_loss`` and ``reg_loss`` (means since the last log, averaged over ranks, weighted as the
+    Trainer's ``loss``: each optimizer step once, so ``loss`` = ``task_loss`` + alpha * ``reg_loss``) and the
+    method's own logs (this rank's means) beside the Trainer's ``loss``.
     """
 
     loss_is_scaled_for_ga = False
@@ -217,7 +218,7 @@ class RegularizedTrainer(Trainer):
         self._micro_of: int | None = None  # the optimizer step the micro-batch counter belongs to
         self._micro = 0
         self._sums: torch.Tensor | None = None  # [task_loss, reg_loss] summed since the last log
-        self._count = 0
+        self._count = 0.0  # optimizer steps since the last log (micro-batches count as their share of one)
         self._log_sums: dict[str, float] = {}
         model = kwargs.get("model", args[0] if args else None)
         if model is not None:  # an unsupported encoder or impossible options fail before the Trainer exists (it
@@ -267,12 +268,17 @@ class RegularizedTrainer(Trainer):
         self._record(task_loss, reg_loss, logs)
         return (out.loss, out) if return_outputs else out.loss
 
-    def _record(self, task_loss: torch.Tensor, reg_loss: torch.Tensor, logs: dict[str, float]) -> None:
-        pair = torch.stack([task_loss.float(), reg_loss.float()])
+    def _record(self, task_loss: torch.Tensor, reg_loss: torch.Tensor, logs: dict[str, Any]) -> None:
+        """Add a micro-batch's losses and method logs, weighted as the Trainer weights its ``loss``: each optimizer
+        step counts once, its micro-batches sharing it (an epoch's last step may have fewer). Tensors stay on
+        their device until :meth:`log` reads them."""
+        share = 1.0 / getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+        pair = torch.stack([task_loss.detach().float(), reg_loss.detach().float()]) * share
         self._sums = pair if self._sums is None else self._sums + pair
-        self._count += 1
+        self._count += share
         for k, v in logs.items():
-            self._log_sums[k] = self._log_sums.get(k, 0.0) + float(v)
+            v = v.detach() if isinstance(v, torch.Tensor) else v
+            self._log_sums[k] = self._log_sums.get(k, 0.0) + v * share
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if "loss" in logs and self._count:  # a training log: every rank is here at the same step
@@ -280,7 +286,7 @@ class RegularizedTrainer(Trainer):
             logs["task_loss"] = float(means[0])
             logs["reg_loss"] = float(means[1])
             for k, v in self._log_sums.items():
-                logs[k] = v / self._count
+                logs[k] = float(v / self._count)
             self._sums, self._count, self._log_sums = None, 0, {}
         super().log(logs, *args, **kwargs)
 

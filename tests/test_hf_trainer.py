@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mt_dnn.cli_utils import run_cli
 from mt_dnn.hf import HFClassifier, RegularizedTrainer, regularized_forward
 from mt_dnn.perturbation import build_regularizer
 from tests import reference_forward as ref
@@ -282,6 +283,31 @@ def test_trainer_runs_three_steps_logs_reg_loss_and_evaluates_without_noise(arch
     assert calls == [] and abs(metrics["eval_loss"] - plain.item()) < 1e-6
 
 
+@pytest.mark.parametrize("method", ["standard", "rapt"])
+def test_logged_losses_weigh_each_optimizer_step_once_as_the_trainers_loss(method, tmp_path):
+    """12 rows in batches of 4 with 2 per step: the epoch's second step has one micro-batch. One log over both
+    steps: the Trainer's loss is the mean of the two steps' losses, and task_loss + alpha * reg_loss is the same
+    number (a plain mean over the three micro-batches would weigh the short step half as much)."""
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", num_train_epochs=1,
+                             per_device_train_batch_size=4, gradient_accumulation_steps=2, logging_steps=2,
+                             save_strategy="no", use_cpu=True, disable_tqdm=True, seed=1, learning_rate=1e-3,
+                             dataloader_pin_memory=False)
+    trainer = RegularizedTrainer(model=classifier("bert"), args=args, train_dataset=Rows(12), method=method,
+                                 method_options=OPTIONS[method], seed=1)
+    seen = []
+    record = trainer._record
+    trainer._record = lambda task, reg, logs: (seen.append((task.item(), reg.item())), record(task, reg, logs))
+    trainer.train()
+    [h] = [h for h in trainer.state.log_history if "task_loss" in h]
+    assert trainer.state.global_step == 2 and len(seen) == 3
+    alpha = trainer.regularizer.alpha
+    by_steps = [(seen[0][i] + seen[1][i]) / 4 + seen[2][i] / 2 for i in (0, 1)]  # each step's mean, then theirs
+    assert abs(h["task_loss"] - by_steps[0]) < 1e-6 and abs(h["reg_loss"] - by_steps[1]) < 1e-6
+    assert abs(h["loss"] - (h["task_loss"] + alpha * h["reg_loss"])) < 1e-5, h
+
+
 @pytest.mark.parametrize("share", [False, True], ids=["paper", "shared"])
 def test_trainer_rapt_layer_is_a_function_of_seed_step_and_micro_batch(share, tmp_path, monkeypatch):
     seen: list[tuple[int, int, int]] = []
@@ -497,6 +523,71 @@ def test_example_error_leaves_no_folder_behind(case, glue_dir, tiny_model_dir, t
     with pytest.raises((ConfigError, DataError)):
         main(["--task", "rte", "--output_dir", str(out), *args])
     assert not (tmp_path / "deep").exists()
+
+
+def test_example_same_seed_same_model_and_the_head_is_seeded(glue_dir, tiny_model_dir, tmp_path):
+    """Two runs with the same flags save the same weights (the fresh classifier head is drawn from --seed before
+    the Trainer seeds anything); another seed draws another head."""
+    from safetensors.torch import load_file
+
+    from experiments.hf_trainer import main
+
+    def run(name: str, seed: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(1000 + len(name))  # whatever state the caller left: the run must not depend on it
+        assert main(["--model", str(tiny_model_dir), "--task", "rte", "--method", "standard", "--glue_dir",
+                     str(glue_dir), "--output_dir", str(tmp_path / name), "--batch_size", "8", "--max_seq_len",
+                     "32", "--max_steps", "1", "--seed", str(seed)]) == 0
+        return load_file(str(tmp_path / name / "model" / "model.safetensors"))
+
+    a, b, c = run("a", 1), run("bb", 1), run("c", 2)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    head = [k for k in a if k.startswith("classifier.")]
+    assert head and any(not torch.equal(a[k], c[k]) for k in head)
+
+
+def _broken_models(tiny_model_dir: Path, tmp_path: Path) -> dict[str, Path]:
+    """The tiny BERT without tokenizer files, without weights, and with 16 positions."""
+    import shutil
+
+    from transformers import AutoConfig, BertModel
+
+    out = {}
+    for name, drop in (("no_tokenizer", lambda f: f.name not in ("config.json", "model.safetensors")),
+                       ("no_weights", lambda f: f.name == "model.safetensors")):
+        d = out[name] = tmp_path / name
+        d.mkdir()
+        for f in tiny_model_dir.iterdir():
+            if not drop(f):
+                shutil.copy(f, d / f.name)
+    d = out["short"] = tmp_path / "short"
+    shutil.copytree(tiny_model_dir, d)
+    cfg = AutoConfig.from_pretrained(d)
+    cfg.max_position_embeddings = 16
+    BertModel(cfg).save_pretrained(d)
+    return out
+
+
+@pytest.mark.parametrize("case,extra,message", [
+    ("epochs", ["--epochs", "0"], "error: --epochs must be >= 1 (or give --max_steps)"),
+    ("no_tokenizer", [], "no usable tokenizer files"),
+    ("no_weights", [], "cannot load"),
+    ("short", ["--max_seq_len", "128"], "--max_seq_len 128 is more than"),
+])
+def test_example_refuses_what_mt_dnn_train_refuses_in_one_line(case, extra, message, glue_dir, tiny_model_dir,
+                                                                tmp_path, capsys):
+    """No training on an all-[UNK] tokenizer, no untrained model saved by --epochs 0, no traceback from a folder
+    without weights or a length past the encoder's positions; nothing is written."""
+    from experiments.hf_trainer import main
+
+    model = tiny_model_dir if case == "epochs" else _broken_models(tiny_model_dir, tmp_path)[case]
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert run_cli(main, ["--model", str(model), "--task", "rte", "--method", "standard", "--glue_dir",
+                          str(glue_dir), "--output_dir", str(out), "--max_seq_len", "32", *extra]) == 2
+    err = capsys.readouterr().err  # transformers' own loading bars and reports may come first
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert errors == [err.strip().splitlines()[-1]] and message in errors[0] and "Traceback" not in err, err
+    assert not out.exists()
 
 
 def sgd_step_displacement(tmp_path: Path, trainer_cls, batch_size: int, ga: int) -> dict[str, torch.Tensor]:

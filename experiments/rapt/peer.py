@@ -32,7 +32,7 @@ from data_utils.glue import read_split
 from data_utils.metrics import compute_metrics
 from data_utils.robustness import load_sets, robustness_dir
 from data_utils.task_def import ConfigError, load_task_defs
-from experiments.hf_trainer import tokenized
+from experiments.hf_trainer import load_classifier, tokenized
 from experiments.rapt.results import load_result
 from mt_dnn.cli_utils import run_cli, setup_logging
 from mt_dnn.model import resolve_model
@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="train again in a run folder that holds a run (the peer keeps no checkpoint: a run cut "
                         "off before its end starts over)")
     args = p.parse_args(argv)
+    if args.epochs < 1:
+        raise ConfigError("--epochs must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     tasks = load_task_defs()
@@ -73,11 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{out}: holds {state}; --overwrite trains it again")
         shutil.rmtree(out)
     setup_logging()
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments)
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     model_path = resolve_model(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(model_path, use_fast=True)
+    tokenizer, model = load_classifier(model_path, task, args.seed, args.max_seq_len)
     train_ex = read_split(args.glue_dir, task, task.splits_of("train")[0])
     if task.name in SUBSAMPLE:  # the campaign's seeded rows (mt_dnn.train --max_train_samples)
         train_ex = [train_ex[i] for i in seeded_subset(len(train_ex), SUBSAMPLE[task.name], args.seed)]
@@ -87,12 +88,6 @@ def main(argv: list[str] | None = None) -> int:
         if rs.dev_split == dev_split.name:
             evals[rs.set_name] = tokenized(tokenizer, task, rs.examples, args.max_seq_len)
     regression = task.type == "regression"
-    labels = list(task.labels or ["score"])
-    torch.manual_seed(args.seed)  # the fresh head's initialisation
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_path, num_labels=1 if regression else len(labels), id2label=dict(enumerate(labels)),
-        label2id={lab: i for i, lab in enumerate(labels)},
-        problem_type="regression" if regression else "single_label_classification")
 
     def metrics(pred) -> dict[str, float]:
         logits = np.asarray(pred.predictions)
