@@ -32,6 +32,7 @@ from typing import Any
 
 from data_utils.glue import DataError, Example
 from data_utils.task_def import ConfigError, RobustnessSet, SplitDef, TaskDef
+from data_utils.user_input import lone_surrogate
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ def read_set(path: Path, task: TaskDef, rset: RobustnessSet, dev_split: str) -> 
             value = row.get(col)
             if not isinstance(value, str) or not value.strip():
                 raise _fail(path, where, f"field {col!r} is missing or empty")
+            if (broken := lone_surrogate(value)) is not None:  # cannot be tokenized
+                raise _fail(path, where, f"field {col!r} holds {broken}")
             texts.append(value)
         label = row.get(rset.label)
         if isinstance(label, bool) or not isinstance(label, int) or label not in label_of:

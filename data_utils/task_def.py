@@ -331,6 +331,8 @@ def _read_yaml(path: Path | str, text: str | None = None) -> dict[str, Any]:
         data = safe_load_unique(text if text is not None else Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: task definition file not found") from None
+    except OSError as exc:  # a folder, a file it may not read
+        raise ConfigError(f"{path}: cannot read the task definition file ({exc.strerror or exc})") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):

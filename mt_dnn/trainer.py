@@ -53,6 +53,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _copy_head(name: str, old: MultiTaskModel, new: MultiTaskModel, source: Path) -> None:
+    """Start ``new``'s head ``name`` from ``old``'s head of that name when both predict the same thing: the same
+    task type and the same labels, matched by name (a definition that lists them in another order gets the
+    head's rows reordered, so output i stays label i). Otherwise the head starts fresh, with a warning."""
+    if name not in old.heads:
+        logger.info("head %s: new (%s has no head of that name)", name, source)
+        return
+    was, now = old.task_defs.get(name), new.task_defs[name]
+    src, dst = old.heads[name].state_dict(), new.heads[name].state_dict()
+    was_labels, now_labels = list(was.labels or []) if was else None, list(now.labels or [])
+    if was is None or was.type != now.type or sorted(was_labels) != sorted(now_labels) or \
+            any(src[k].shape != dst[k].shape for k in dst):
+        logger.warning("head %s: not initialised from %s, whose %s head predicts %s (here: %s %s); it starts "
+                       "fresh", name, source, name, f"{was.type} {was_labels}" if was else "another task",
+                       now.type, now_labels)
+        return
+    order = [was_labels.index(label) for label in now_labels] if now_labels else None
+    new.heads[name].load_state_dict({k: v[order] if order else v for k, v in src.items()})
+    logger.info("head %s initialised from %s%s", name, source,
+                "" if order in (None, list(range(len(order)))) else f" (its label rows reordered to {now_labels})")
+
+
 class Trainer:
     """setup() loads data and model; train() runs the loop; evaluate() scores every dev split."""
 
@@ -193,9 +215,7 @@ class Trainer:
         old, tokenizer, _ = load_model(d)
         model = MultiTaskModel(old.encoder, self.tasks, old.pooling if self.cfg.pooling == "auto" else self.cfg.pooling)
         for name in model.heads:
-            if name in old.heads and old.heads[name].out.weight.shape == model.heads[name].out.weight.shape:
-                model.heads[name].load_state_dict(old.heads[name].state_dict())
-                logger.info("head %s initialised from %s", name, d)
+            _copy_head(name, old, model, d)
         return model, tokenizer, None
 
     def _load_data(self) -> None:

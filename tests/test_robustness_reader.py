@@ -64,6 +64,8 @@ RTE_ROW = {"idx": 0, "sentence1": "a b", "sentence2": "c d", "label": 0}
     ({"rte": [{k: v for k, v in RTE_ROW.items() if k != "label"}]}, "rte[0]: label None is not one of the ids [0, 1]"),
     ('{"rte": [{"idx": 1e999, "sentence1": "a", "sentence2": "b", "label": 0}]}',
      "rte[0]: idx inf is not a finite number"),
+    ('{"rte": [{"idx": 0, "sentence1": "a", "sentence2": "b \\ud800 c", "label": 0}]}',
+     "rte[0]: field 'sentence2' holds a lone surrogate ('\\ud800' at character 2)"),
 ])
 def test_every_malformed_file_is_one_exact_line(tmp_path, tasks, payload, message):
     rte = tasks["rte"]

@@ -230,6 +230,9 @@ def test_extra_file_errors_name_the_file(tmp_path):
 
     with pytest.raises(ConfigError, match="not found"):
         load_task_defs([tmp_path / "missing.yml"])
+    with pytest.raises(ConfigError) as err:  # a folder given by mistake
+        load_task_defs([tmp_path])
+    assert str(err.value) == f"{tmp_path}: cannot read the task definition file (Is a directory)"
     broken = tmp_path / "broken.yml"
     broken.write_text("newtask: {type: [unclosed\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="not valid YAML"):

@@ -84,6 +84,54 @@ def test_init_checkpoint_loads_encoder_and_heads(tmp_path, glue_dir, tiny_model_
     assert torch.allclose(a["heads.rte.out.weight"], b["heads.rte.out.weight"], atol=1e-6)
 
 
+def test_init_checkpoint_matches_head_rows_to_labels_by_name(tmp_path, glue_dir, tiny_model_dir):
+    """A run whose task definition lists RTE's labels in the other order: the new run's head gets the rows
+    swapped, so each output still means the same label (copied as is, every prediction would flip)."""
+    import torch
+    import yaml
+    from safetensors.torch import load_file
+
+    from data_utils.task_def import load_task_defs
+
+    rte = load_task_defs()["rte"].to_dict()
+    rte["labels"] = list(reversed(rte["labels"]))
+    (tmp_path / "swapped.yml").write_text(yaml.safe_dump({"rte": rte}))
+    first = _train(tmp_path, glue_dir, tiny_model_dir, "--tasks", "rte", "--max_steps", "2", "--task_def",
+                   str(tmp_path / "swapped.yml"))
+    second = tmp_path / "second"
+    assert main(["--glue_dir", str(glue_dir), "--init_checkpoint", str(first), "--output_dir", str(second),
+                 "--cache_dir", str(tmp_path / "cache"), "--tasks", "rte", "--max_steps", "1", "--lr", "1e-12"]) == 0
+    a, b = load_file(str(first / "best" / "model.safetensors")), load_file(str(second / "best" / "model.safetensors"))
+    for k in ("heads.rte.out.weight", "heads.rte.out.bias"):
+        assert torch.allclose(b[k], a[k].flip(0), atol=1e-6) and not torch.allclose(b[k], a[k], atol=1e-3)
+    assert "its label rows reordered to ['entailment', 'not_entailment']" in (second / "train.log").read_text()
+
+
+def test_a_head_that_predicts_something_else_starts_fresh_with_a_warning(caplog):
+    """Same task name, other labels (or type): the old head's rows mean other things, so it is not copied."""
+    import dataclasses
+    import logging
+
+    import torch
+
+    from mt_dnn.trainer import _copy_head
+    from tests.conftest import tiny_model
+
+    old, new = tiny_model(("rte", "stsb"), seed=0), tiny_model(("rte", "stsb"), seed=1)
+    new.task_defs["rte"] = dataclasses.replace(new.task_defs["rte"], labels=("yes", "no"))
+    new.task_defs["stsb"] = dataclasses.replace(new.task_defs["stsb"], type="classification", labels=("a",))
+    fresh = {n: h.out.weight.detach().clone() for n, h in new.heads.items()}
+    with caplog.at_level(logging.WARNING, logger="mt_dnn.trainer"):
+        for name in ("rte", "stsb"):
+            _copy_head(name, old, new, "OLD")
+    assert all(torch.equal(new.heads[n].out.weight, fresh[n]) for n in fresh)
+    assert [r.getMessage() for r in caplog.records] == [
+        "head rte: not initialised from OLD, whose rte head predicts classification ['entailment', "
+        "'not_entailment'] (here: classification ['yes', 'no']); it starts fresh",
+        "head stsb: not initialised from OLD, whose stsb head predicts regression [] (here: classification "
+        "['a']); it starts fresh"]
+
+
 def _cli(*args, cwd=REPO):
     return subprocess.run([sys.executable, "-m", "mt_dnn.train", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=300)
