@@ -82,6 +82,19 @@ def recipe(cfg: Any, tasks: list[TaskDef], method_options: dict, resolved_model:
     return json.loads(json.dumps(out, default=str))
 
 
+def recipe_data(cfg: Any, tasks: list[TaskDef]) -> dict[str, str]:
+    """The recipe's ``data``: digests of every file the run reads (each task's train split and, when it
+    evaluates, its dev splits and the robustness files scored beside them), so that --resume and adoption
+    refuse a run made on other data."""
+    from data_utils.features import data_fingerprint
+    from data_utils.robustness import robustness_dir, set_digests
+
+    data = data_fingerprint(cfg.glue_dir, tasks, with_dev=not cfg.no_eval)
+    if not cfg.no_eval:  # the robustness files scored beside dev: a resumed run never mixes two versions
+        data.update(set_digests(tasks, robustness_dir(cfg.robustness_dir, cfg.glue_dir)))
+    return data
+
+
 def recipe_of(config_json: dict) -> dict[str, Any]:
     """The recipe saved in a run's config.json (or what of it an older config.json allows to compare)."""
     if "recipe" in config_json:

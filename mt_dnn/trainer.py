@@ -30,10 +30,10 @@ from torch import nn
 from data_utils import atomic
 from data_utils.batching import MultiTaskSampler, collate, seeded_subset
 from data_utils.encoder_limits import check_encoder_fits
-from data_utils.features import Features, data_fingerprint, load_features, save_pending, tokenizer_fingerprint
+from data_utils.features import Features, load_features, save_pending, tokenizer_fingerprint
 from data_utils.metrics import compute_metrics
 from data_utils.output_paths import check_writable_folder
-from data_utils.robustness import load_sets, robustness_dir, set_digests, tokenize_set
+from data_utils.robustness import load_sets, robustness_dir, tokenize_set
 from data_utils.task_def import ConfigError, TaskDef, load_task_defs, select_tasks
 from mt_dnn import checkpoint, distributed, run_folder, runtime, stop
 from mt_dnn.config import OPTIMIZERS, PRECISIONS, TrainConfig, resolve_lr  # noqa: F401 (re-exported)
@@ -156,9 +156,7 @@ class Trainer:
             logger.info("%s: %s", self.device, tf32)
         # the folder is locked and checked before the model and data load; nothing is written there yet
         self.recipe = run_folder.recipe(cfg, self.tasks, dataclasses.asdict(self.reg.options), resolve_model(cfg.model))
-        self.recipe["data"] = data_fingerprint(cfg.glue_dir, self.tasks, with_dev=not cfg.no_eval)
-        if not cfg.no_eval:  # the robustness files scored beside dev: a resumed run never mixes two versions
-            self.recipe["data"].update(set_digests(self.tasks, robustness_dir(cfg.robustness_dir, cfg.glue_dir)))
+        self.recipe["data"] = run_folder.recipe_data(cfg, self.tasks)
         self.start = distributed.on_main(self._check_output_dir, self.rank, self.world_size)
         if cfg.init_checkpoint:
             model, self.tokenizer, _ = self._init_from_checkpoint(cfg.init_checkpoint)

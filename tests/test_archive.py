@@ -98,6 +98,20 @@ def test_the_grid_report_lists_the_cells_it_lacks_and_says_when_none_are(tmp_pat
     ([{"task": "rte", "method": "m", "seed": 1, "epoch": 0, "metrics": {"acc": "high"}}], "metrics must be"),
     ([{"task": "mnli", "method": "m", "seed": 1, "epoch": 0, "metrics": {"dev_matched": {"f1": 0.5}}}],
      "primary metric 'acc'"),
+    ([{"task": "rte", "method": "m", "seed": "one", "epoch": 0, "metrics": {"acc": 0.5}}],
+     r"runs\[0\]: seed must be a whole number, got 'one'"),
+    ([{"task": "rte", "method": "m", "seed": None, "epoch": 0, "metrics": {"acc": 0.5}}],
+     "seed must be a whole number, got None"),
+    ([{"task": "rte", "method": "m", "seed": 1, "epoch": "?", "metrics": {"acc": 0.5}}],
+     "epoch must be a whole number, got '\\?'"),
+    ([{"task": "rte", "method": "m", "seed": 1, "epoch": 0, "steps": "n/a", "metrics": {"acc": 0.5}}],
+     "steps must be a whole number, got 'n/a'"),
+    ([{"task": "rte", "method": "m", "seed": 1.5, "epoch": 0, "metrics": {"acc": 0.5}}],
+     "seed must be a whole number, got 1.5"),
+    ([{"task": "rte", "method": "m", "seed": 1, "epoch": 0, "train_seconds": "long", "metrics": {"acc": 0.5}}],
+     "train_seconds must be a number, got 'long'"),
+    ([{"task": "rte", "method": "m", "seed": 1, "epoch": 0, "metrics": {"acc": 0.5},
+       "robustness": {"advglue": {"f1": 0.4}}}], "robustness set advglue lacks rte's primary metric 'acc'"),
 ])
 def test_malformed_archive_is_one_line_error(tmp_path, runs, message):
     with pytest.raises(ConfigError, match=message):

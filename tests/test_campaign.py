@@ -246,7 +246,8 @@ def test_adopt_copies_a_matching_finished_run_and_refuses_the_rest(tmp_path, glu
     capsys.readouterr()
     grid = _grid(tmp_path / "grid.yml", seeds=[1])
     root = tmp_path / "camp"
-    base = ["--grid", str(grid), "--root", str(root), "--model", str(tiny_model_dir), "--dry_run"]
+    base = ["--grid", str(grid), "--root", str(root), "--model", str(tiny_model_dir), "--glue_dir", str(glue_dir),
+            "--dry_run"]
 
     # a mismatch anywhere: one line naming the source and the field; nothing copied, not even the good one
     assert run_cli(campaign.main, [*base, "--adopt", str(ok), str(other)]) == 2
@@ -263,7 +264,7 @@ def test_adopt_copies_a_matching_finished_run_and_refuses_the_rest(tmp_path, glu
     assert [r.split()[0] for r in out.splitlines() if r.startswith(("done", "run"))] == ["run", "done"]
     # a copy of the copy (another campaign adopting it) still names the original run
     assert campaign.main(["--grid", str(grid), "--root", str(tmp_path / "camp2"), "--model", str(tiny_model_dir),
-                          "--dry_run", "--adopt", str(folder)]) == 0
+                          "--glue_dir", str(glue_dir), "--dry_run", "--adopt", str(folder)]) == 0
     [copy2] = (tmp_path / "camp2").glob("rte/rapt/s1-*")
     assert json.loads((copy2 / "flags.json").read_text())["adopted_from"] == str(ok.resolve())
     capsys.readouterr()
@@ -274,6 +275,33 @@ def test_adopt_copies_a_matching_finished_run_and_refuses_the_rest(tmp_path, glu
     (ok / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n")
     assert run_cli(campaign.main, [*base, "--adopt", str(ok)]) == 2
     assert "not a finished run" in capsys.readouterr().err
+
+
+def test_adopt_refuses_a_run_made_on_other_data(tmp_path, glue_dir, tiny_model_dir, capsys):
+    """The same flags on another copy of RTE (one training row changed): not the grid cell's run."""
+    import shutil
+
+    from mt_dnn.train import main as train_main
+
+    other_glue = tmp_path / "other-glue"
+    shutil.copytree(glue_dir, other_glue)
+    train = other_glue / "RTE" / "train.tsv"
+    lines = train.read_text().splitlines(keepends=True)
+    lines[1] = lines[1].replace("\t", "\tchanged ", 1)  # the first row's first sentence
+    train.write_text("".join(lines))
+    src = tmp_path / "made-elsewhere"
+    assert train_main(["--tasks", "rte", "--glue_dir", str(other_glue), "--model", str(tiny_model_dir),
+                       "--max_steps", "2", "--batch_size", "8", "--lr", "1e-3", "--seed", "1", "--method", "standard",
+                       "--cache_dir", str(tmp_path / "cache"), "--output_dir", str(src)]) == 0
+    capsys.readouterr()
+    grid = _grid(tmp_path / "grid.yml", seeds=[1])
+    root = tmp_path / "camp"
+    assert run_cli(campaign.main, ["--grid", str(grid), "--root", str(root), "--model", str(tiny_model_dir),
+                                   "--glue_dir", str(glue_dir), "--dry_run", "--adopt", str(src)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {src}: closest grid cell rte/standard/s1-") and err.endswith(
+        " reads other data: rte/train differ from the grid's GLUE folder"), err
+    assert not list(root.glob("rte/*/s*"))
 
 def test_dry_run_scales_a_method_measured_elsewhere_by_this_tasks_standard_cost(tmp_path, capsys):
     root = tmp_path / "camp"
@@ -427,3 +455,63 @@ def test_archived_cells_are_not_trained_again_unless_a_folder_or_no_archive_says
     calls.clear()
     assert campaign.main(base[:-2]) == 0
     assert calls == [runs["standard", 1].folder]
+
+
+def test_one_method_name_with_other_flags_in_two_grids_is_refused(tmp_path, capsys):
+    """The report keeps one row per name: two recipes under one name would be averaged into it."""
+    a = _grid(tmp_path / "a.yml", seeds=[1, 2], methods={"rapt": {"method": "rapt", "rapt_eta": 1.0}})
+    b = _grid(tmp_path / "b.yml", seeds=[2, 3], methods={"rapt": {"method": "rapt", "rapt_eta": 2.0}})
+    assert run_cli(campaign.main, ["--grid", str(a), str(b), "--root", str(tmp_path / "c"), "--dry_run"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: method rapt on rte, seed 2: two grids give it other flags "
+                                               "(rapt_eta); one report row per name: rename it in one grid")
+
+
+def test_the_command_lines_model_and_glue_folder_win_over_the_grids(tmp_path):
+    grid = _grid(tmp_path / "g.yml", seeds=[1], model="grid-top", glue_dir="grid-top-glue",
+                 flags={"max_steps": 2, "model": "grid-flags"}, methods={"standard": {"method": "standard"}},
+                 task_flags={"rte": {"glue_dir": "grid-task-glue"}})
+    [own] = plan_runs(load_grid(grid), tmp_path / "c")
+    assert own.config.model == "grid-flags" and own.config.glue_dir == "grid-task-glue"  # the grid's flags win
+    [cli] = plan_runs(load_grid(grid), tmp_path / "c", model="cli-model", glue_dir="cli-glue")
+    assert cli.config.model == "cli-model" and cli.config.glue_dir == "cli-glue"
+    assert cli.folder != own.folder  # another encoder: another cell folder
+
+
+def test_print_commands_max_runs_counts_only_runs_left_to_do(tmp_path, capsys):
+    grid = _grid(tmp_path / "g.yml", seeds=[1, 2])
+    root = tmp_path / "c"
+    runs = plan_runs(load_grid(grid), root)
+    for run in runs[:2]:  # seed 1 is finished
+        run.folder.mkdir(parents=True)
+        (run.folder / "metrics.jsonl").write_text(json.dumps({"split": "train", "steps": 2}) + "\n")
+    assert campaign.main(["--grid", str(grid), "--root", str(root), "--print_commands", "--max_runs", "1"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 1 and str(runs[2].folder) in printed[0]
+
+
+def test_an_archived_cell_never_stands_in_for_a_finished_folder_or_outside_the_slice(tmp_path, capsys):
+    """A slice (--tasks) reports only its cells; a finished folder under ROOT wins over the archive even where
+    these grids do not plan it (another grid's, or made with other flags)."""
+    grid = _grid(tmp_path / "g.yml", tasks=["rte", "mrpc"], seeds=[1], methods={"standard": {"method": "standard"}})
+    root = tmp_path / "c"
+    runs = {r.task: r for r in plan_runs(load_grid(grid), root)}
+    for task, acc in (("rte", 0.6), ("mrpc", 0.8)):
+        folder = runs[task].folder
+        folder.mkdir(parents=True)
+        common = {"epoch": 0, "step": 1, "task": task, "method": "standard", "seed": 1, "train_seconds": 1.0}
+        (folder / "metrics.jsonl").write_text(
+            json.dumps({**common, "split": "dev", "split_name": "dev", "metrics": {"acc": acc, "f1": acc}}) + "\n" +
+            json.dumps({**common, "split": "train", "steps": 1, "loss": 0.5, "reg_loss": 0.0}) + "\n")
+    arch = tmp_path / "a.json"
+    arch.write_text(json.dumps({"source": "test", "runs": [
+        {"task": "mrpc", "method": "standard", "seed": 1, "epoch": 0, "metrics": {"acc": 0.5, "f1": 0.5}},
+        {"task": "rte", "method": "old", "seed": 1, "epoch": 0, "metrics": {"acc": 0.7}}]}))
+    assert campaign.main(["--grid", str(grid), "--root", str(root), "--report", "--archive", str(arch),
+                          "--tasks", "rte"]) == 0
+    report = json.loads((root / "report.json").read_text())
+    assert set(report["rows"]["standard"]["tasks"]) == {"rte"}  # the slice, not the archive's mrpc (0.50)
+    assert report["rows"]["old"]["tasks"]["rte"]["cells"][0]["values"] == [70.0]
+    other = tmp_path / "other.yml"  # a grid without mrpc: ROOT's finished mrpc folder still wins
+    _grid(other, tasks=["rte"], seeds=[1], methods={"standard": {"method": "standard"}})
+    assert campaign.main(["--grid", str(other), "--root", str(root), "--report", "--archive", str(arch)]) == 0
+    assert "mrpc" not in json.loads((root / "report.json").read_text())["rows"]["standard"]["tasks"]

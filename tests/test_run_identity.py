@@ -55,7 +55,7 @@ def test_a_grid_flag_names_the_folder_exactly_when_resume_compares_it(tmp_path):
                                         "flags": {"lr": 1e-4, **{k: v for k, v in flags.items()
                                                                  if not k.startswith("rapt_")}}}))
         [run] = plan_runs(load_grid(grid), tmp_path / "root")
-        return run.folder, run.recipe()
+        return run.folder, run.recipe(data=False)  # the data files: compared by --resume, not named by flags
 
     base_folder, base_recipe = plan({})
     for name, value in other.items():
@@ -117,3 +117,21 @@ def test_the_lock_names_its_training_and_a_requeued_slurm_job_takes_its_own_back
     assert run_folder.lock_holder(out) is not None
     (out / ".lock").write_text("777 node17 12.5 4251\n")  # this job before Slurm requeued it
     assert run_folder.lock_holder(out) is None
+
+
+def test_a_task_definition_files_contents_name_the_folder_not_its_path(tmp_path):
+    """Editing the file a grid's task_def points at (the task's dropout) makes another folder, as --resume would
+    refuse the old run; the same contents under another path keep the folder."""
+    rte = load_task_defs()["rte"].to_dict()
+
+    def folder(path, dropout):
+        path.write_text(yaml.safe_dump({"rte": {**rte, "dropout": dropout}}))
+        grid = tmp_path / "g.yml"
+        grid.write_text(yaml.safe_dump({"tasks": ["rte"], "seeds": [1], "methods": {"s": {"method": "standard"}},
+                                        "flags": {"lr": 1e-4, "task_def": [str(path)]}}))
+        [run] = plan_runs(load_grid(grid), tmp_path / "root")
+        return run.folder
+
+    first = folder(tmp_path / "t.yml", 0.1)
+    assert folder(tmp_path / "t.yml", 0.5) != first
+    assert folder(tmp_path / "copy.yml", 0.1) == first

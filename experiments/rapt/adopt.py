@@ -38,7 +38,7 @@ def adopt_runs(runs: list[Run], sources: list[str]) -> list[str]:
         for run in runs:
             if str(have_config.get("tasks")) != run.task or have_config.get("seed") != run.seed:
                 continue
-            want = run.recipe()
+            want = run.recipe(data="data" in have)  # the data's digests, where the run recorded them
             diff = [k for k in want if k in have and want[k] != have[k]]
             if best is None or len(diff) < len(best[0]):
                 best = (diff, run, want)
@@ -48,6 +48,10 @@ def adopt_runs(runs: list[Run], sources: list[str]) -> list[str]:
         diff, run, want = best
         if diff:
             k = diff[0]
+            if k == "data":
+                files = sorted(f for f in {**have[k], **want[k]} if have[k].get(f) != want[k].get(f))
+                raise ConfigError(f"{src}: closest grid cell {run.label} reads other data: {', '.join(files)} differ "
+                                  f"from the grid's GLUE folder")
             raise ConfigError(f"{src}: closest grid cell {run.label} differs in {k}: {have[k]!r} (grid: {want[k]!r})")
         if not is_finished(run.folder) and run.folder.exists():
             raise ConfigError(f"{run.folder}: an unfinished run is there; remove it to adopt {src}")

@@ -20,6 +20,7 @@ what a run trained on, so the report compares its clock only with runs on the sa
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from data_utils import atomic
@@ -34,6 +35,18 @@ def _splits(metrics: dict) -> dict[str, dict[str, float]]:
     if metrics and all(isinstance(v, dict) for v in metrics.values()):
         return {str(split): {str(k): float(v) for k, v in m.items()} for split, m in metrics.items()}
     return {"dev": {str(k): float(v) for k, v in metrics.items()}}
+
+
+def _number(entry: dict, key: str, kind: type, where: str, optional: bool = False) -> int | float | None:
+    """``entry[key]`` as ``kind`` (int: a whole number); None where it is optional and missing or null; anything
+    else is a one-line ConfigError naming the entry and the key."""
+    value = entry.get(key)
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+            (kind is int and value != int(value)):
+        raise ConfigError(f"{where}: {key} must be {'a whole number' if kind is int else 'a number'}, got {value!r}")
+    return kind(value)
 
 
 def load_archive(path: str | Path) -> list[RunResult]:
@@ -53,7 +66,8 @@ def load_archive(path: str | Path) -> list[RunResult]:
         where = f"{path}: runs[{i}]"
         if not isinstance(entry, dict) or any(k not in entry for k in REQUIRED):
             raise ConfigError(f"{where}: needs {', '.join(REQUIRED)}")
-        task, name, seed = str(entry["task"]), str(entry["method"]), int(entry["seed"])
+        task, name = str(entry["task"]), str(entry["method"])
+        seed = _number(entry, "seed", int, where)
         if task not in defs:
             raise ConfigError(f"{where}: unknown task {task!r}")
         primary = defs[task].primary_metric
@@ -66,10 +80,10 @@ def load_archive(path: str | Path) -> list[RunResult]:
         if (task, name, seed) in seen:
             raise ConfigError(f"{where}: {task}/{name} seed {seed} is archived twice")
         seen.add((task, name, seed))
-        steps = int(entry["steps"]) if entry.get("steps") is not None else None
-        seconds = float(entry["train_seconds"]) if entry.get("train_seconds") is not None else None
-        cpu = float(entry["train_cpu_seconds"]) if entry.get("train_cpu_seconds") is not None else None
-        epoch = -1 if entry["epoch"] is None else int(entry["epoch"])
+        steps = _number(entry, "steps", int, where, optional=True)
+        seconds = _number(entry, "train_seconds", float, where, optional=True)
+        cpu = _number(entry, "train_cpu_seconds", float, where, optional=True)
+        epoch = -1 if entry["epoch"] is None else _number(entry, "epoch", int, where)
         config = entry.get("config")
         if config is not None and not isinstance(config, dict):
             raise ConfigError(f"{where}: config must be an object (the run's config.json settings)")
@@ -86,6 +100,9 @@ def load_archive(path: str | Path) -> list[RunResult]:
         except (AttributeError, TypeError, ValueError):
             raise ConfigError(f"{where}: robustness must be {{set: {{metric: number}}}} or "
                               f"{{split: {{set: {{metric: number}}}}}}") from None
+        lacking = sorted(n for sets in robust.values() for n, m in sets.items() if primary not in m)
+        if lacking:
+            raise ConfigError(f"{where}: robustness set {lacking[0]} lacks {task}'s primary metric {primary!r}")
         ev = Evaluation(epoch, steps or 0, seconds or 0.0, splits, score, robust)
         out.append(RunResult(task, name, seed, path, True, [ev], seconds, steps, primary, config,
                              device=str(entry.get("device", default_device)), train_cpu_seconds=cpu))

@@ -67,6 +67,7 @@ from experiments.rapt.launch import LaunchOptions, SlurmOptions, commands, run_c
 from experiments.rapt.report import write_report
 from experiments.rapt.results import load_result, scan_results
 from mt_dnn.cli_utils import run_cli, setup_logging
+from mt_dnn.run_folder import is_finished
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -120,6 +121,18 @@ def _launch_options(args: argparse.Namespace) -> LaunchOptions:
         raise ConfigError(f"--{next(iter(given))} is a Slurm setting: add --cluster slurm")
     return LaunchOptions(jobs=args.jobs, gpus=parse_gpus(args.gpus), keep_checkpoints=args.keep_checkpoints,
                          max_runs=args.max_runs)
+
+
+def _in_slice(result, tasks: list[str] | None, methods: list[str] | None, seeds: list[int] | None) -> bool:
+    """Whether an archived cell is in the ``--tasks/--methods/--seeds`` slice (the report covers the slice)."""
+    return ((not tasks or result.task in tasks) and (not methods or result.name in methods)
+            and (not seeds or result.seed in seeds))
+
+
+def _finished_folder(root: Path, result) -> bool:
+    """Whether ROOT holds a finished run folder of the archived cell's (task, method, seed), planned by these
+    grids or not: the folder wins over the archive, so the archived number never stands in for it."""
+    return any(is_finished(f) for f in (root / result.task / result.name).glob(f"s{result.seed}-*"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         raise ConfigError(f"--seeds {args.seeds}: expected comma-separated integers") from None
     runs = plan_grids(grids, root, args.model, args.glue_dir, _csv(args.tasks), _csv(args.methods), seeds)
+    archived = [a for a in archived if _in_slice(a, _csv(args.tasks), _csv(args.methods), seeds)
+                and not _finished_folder(root, a)]
     if args.adopt:
         for line in adopt_runs(runs, args.adopt):
             print(line)
@@ -209,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return dry_run(runs, root, args.jobs or 1, args.step_costs, _csv(args.costs_from), is_archived)
     if args.print_commands:
-        for line in commands([run for run in runs if run.label not in is_archived][:args.max_runs]):
+        for line in commands([run for run in runs if run.label not in is_archived], args.max_runs):
             print(line)
         return 0
     failed = 0

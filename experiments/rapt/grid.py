@@ -77,16 +77,19 @@ class Run:
     def method(self) -> str:
         return str(self.identity.get("method", "standard"))
 
-    def recipe(self) -> dict[str, Any]:
-        """The recipe its training will record (mt_dnn.run_folder.recipe: what --resume and adoption compare)."""
+    def recipe(self, data: bool = True) -> dict[str, Any]:
+        """The recipe its training will record (mt_dnn.run_folder.recipe, and with ``data`` the digests of the
+        data files it reads, which reads them): what --resume and adoption compare."""
         from mt_dnn.config import resolve_lr
         from mt_dnn.model import resolve_model
         from mt_dnn.perturbation import build_regularizer
-        from mt_dnn.run_folder import recipe
+        from mt_dnn.run_folder import recipe, recipe_data
 
         cfg = dataclasses.replace(self.config, lr=resolve_lr(self.config)[0])
         options = dataclasses.asdict(build_regularizer(cfg.method, cfg.method_options).options)
-        return recipe(cfg, select_tasks(load_task_defs(cfg.task_def), cfg.tasks), options, resolve_model(cfg.model))
+        tasks = select_tasks(load_task_defs(cfg.task_def), cfg.tasks)
+        out = recipe(cfg, tasks, options, resolve_model(cfg.model))
+        return {**out, "data": recipe_data(cfg, tasks)} if data else out
 
     def write_flags(self, folder: Path | None = None, **extra: Any) -> None:
         """``flags.json`` in its folder (or ``folder``): what the run is (task, method name, seed, the hash and
@@ -240,7 +243,9 @@ def _parse_train_flags(parser: argparse.ArgumentParser, argv: list[str], where: 
 
 
 def identity_of(cfg, given: dict[str, Any]) -> dict[str, Any]:
-    """The flags the grid gave, as mt_dnn.train resolved them (``3e-5`` and ``3.0e-05`` are one value)."""
+    """The flags the grid gave, as mt_dnn.train resolved them (``3e-5`` and ``3.0e-05`` are one value); task
+    definition files by what they define for the run's task (as --resume compares them), not by their paths, so
+    an edited file makes a new folder."""
     from mt_dnn.perturbation import option_flags
 
     train_fields = {f.name for f in dataclasses.fields(cfg)}
@@ -248,6 +253,8 @@ def identity_of(cfg, given: dict[str, Any]) -> dict[str, Any]:
     for key in given:
         if key in train_fields and key not in NOT_IDENTITY and key != "method":
             ident[key] = getattr(cfg, key)
+    if "task_def" in ident:
+        ident["task_def"] = {t.name: t.to_dict() for t in select_tasks(load_task_defs(cfg.task_def), cfg.tasks)}
     key_of = {f.field: f.key for f in option_flags(cfg.method)}
     for opt, value in cfg.method_options.items():
         ident[key_of[opt]] = value
@@ -280,8 +287,6 @@ def plan_runs(grid: Grid, root: Path, model: str | None = None, glue_dir: str | 
     from mt_dnn.train import build_parser
 
     parser = build_parser()
-    model = model if model is not None else grid.model
-    glue_dir = glue_dir if glue_dir is not None else grid.glue_dir
     check_slice([grid], tasks, methods, seeds, "the grid")
     runs: list[Run] = []
     checked: dict[str, Any] = {}
@@ -295,15 +300,15 @@ def plan_runs(grid: Grid, root: Path, model: str | None = None, glue_dir: str | 
                 if ((methods and name not in methods) or not grid.applies(name, task)
                         or seed not in grid.seeds_of(name)):
                     continue
-                flags: dict[str, Any] = {}
-                if model is not None:
-                    flags["model"] = str(model)
-                if glue_dir is not None:
-                    flags["glue_dir"] = str(glue_dir)
-                flags.setdefault("cache_dir", str(root / ".cache" / "features"))
+                # the grid's model and GLUE folder, its flags (task and method flags win), then the caller's
+                # model and GLUE folder, which win over everything the grid says
+                flags: dict[str, Any] = {k: str(v) for k, v in (("model", grid.model), ("glue_dir", grid.glue_dir))
+                                         if v is not None}
+                flags["cache_dir"] = str(root / ".cache" / "features")
                 flags.update(grid.flags)
                 flags.update(grid.task_flags.get(task, {}))
                 flags.update(mflags)
+                flags.update({k: str(v) for k, v in (("model", model), ("glue_dir", glue_dir)) if v is not None})
                 argv = flag_argv(flags, parser) + ["--tasks", task, "--seed", str(seed)]
                 key = json.dumps(argv)
                 if key not in checked:
@@ -322,14 +327,22 @@ def plan_grids(grids: list[Grid], root: Path, model: str | None = None, glue_dir
                tasks: list[str] | None = None, methods: list[str] | None = None,
                seeds: list[int] | None = None) -> list[Run]:
     """The runs of several grids on one root, in grid order; a folder planned twice (the same task, seed and
-    flags in two grids) is kept once. Each filter must name something in at least one of the grids."""
+    flags in two grids) is kept once. Each filter must name something in at least one of the grids. One method
+    name with other flags in two grids is an error: the report keeps one row per name."""
     check_slice(grids, tasks, methods, seeds, "the grid(s)")
     runs: dict[Path, Run] = {}
+    cells: dict[tuple[str, str, int], Run] = {}
     for grid in grids:
         picks = [None if wanted is None else [x for x in wanted if x in have]
                  for wanted, have in ((tasks, grid.tasks), (methods, grid.methods), (seeds, grid.all_seeds))]
         if any(pick == [] for pick in picks):
             continue  # the filters leave nothing of this grid
         for run in plan_runs(grid, root, model, glue_dir, *picks):
+            other = cells.setdefault((run.task, run.name, run.seed), run)
+            if other.folder != run.folder:
+                differ = sorted(k for k in {**other.identity, **run.identity}
+                                if other.identity.get(k) != run.identity.get(k))
+                raise ConfigError(f"method {run.name} on {run.task}, seed {run.seed}: two grids give it other flags "
+                                  f"({', '.join(differ)}); one report row per name: rename it in one grid")
             runs.setdefault(run.folder, run)
     return list(runs.values())

@@ -83,10 +83,11 @@ def local_env(jobs: int, on_gpus: bool) -> dict[str, str]:
     return thread_env(None if jobs == 1 else max(1, (os.cpu_count() or 1) // jobs) if on_gpus else 1)
 
 
-def commands(runs: list[Run]) -> list[str]:
+def commands(runs: list[Run], max_runs: int | None = None) -> list[str]:
     """The shell command of every run that is neither finished nor held by a live training (its flags.json
-    written), one line each: for GNU parallel, an sbatch array, or any other scheduler."""
-    todo = [run for run in runs if run_status(run.folder) in ("resume", "run")]
+    written), one line each: for GNU parallel, an sbatch array, or any other scheduler. ``max_runs``: the first
+    that many of those."""
+    todo = [run for run in runs if run_status(run.folder) in ("resume", "run")][:max_runs]
     for run in todo:
         run.write_flags()
     return [shlex.join(train_command(run)) for run in todo]
