@@ -101,7 +101,8 @@ class TrainConfig:
                                "no effect on CPU)")
     compile: str = setting("none", "torch.compile the model: none, default, reduce-overhead (CUDA graphs: for "
                                    "small encoders, whose GPU steps wait on kernel launches) or max-autotune; "
-                                   "the first steps compile, results differ in the last digits",
+                                   "the first steps compile, results differ in the last digits; --method "
+                                   "standard only (the other methods' noise hooks would not run)",
                            choices=COMPILE_MODES)
     world_size: int = 1
 

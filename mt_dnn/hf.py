@@ -213,6 +213,10 @@ class RegularizedTrainer(Trainer):
             raise ConfigError("RegularizedTrainer computes its own loss (task_loss + alpha * reg_loss): "
                               "compute_loss_func is not supported")
         self.regularizer = build_regularizer(method, method_options, seed)
+        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if getattr(training_args, "torch_compile", False) and self.regularizer.uses_hooks:
+            raise ConfigError(f"torch_compile works with method standard only: {method}'s noise goes in through "
+                              "hooks added at each step, which a compiled model would not run")
         self.method = method
         self._adapter: HFClassifier | None = None
         self._micro_of: int | None = None  # the optimizer step the micro-batch counter belongs to
@@ -223,7 +227,6 @@ class RegularizedTrainer(Trainer):
         model = kwargs.get("model", args[0] if args else None)
         if model is not None:  # an unsupported encoder or impossible options fail before the Trainer exists (it
             # makes its output folder); the Trainer keeps this model object, so adapter() reuses the checked adapter
-            training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
             self._adapter = self._checked_adapter(model, getattr(training_args, "label_smoothing_factor", 0.0))
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False  # batch-mean losses: the Trainer divides by the accumulation steps

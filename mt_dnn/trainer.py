@@ -147,6 +147,9 @@ class Trainer:
                 raise ConfigError(f"task {t.name} has no dev split to evaluate on: pass --no_eval (the final model "
                                   "is then saved as best/)")
         self.reg = build_regularizer(cfg.method, cfg.method_options, cfg.seed)
+        if cfg.compile != "none" and self.reg.uses_hooks:  # a compiled graph never runs hooks added later
+            raise ConfigError(f"--compile {cfg.compile} works with --method standard only: {cfg.method}'s noise goes "
+                              "in through hooks added at each step, which a compiled model would not run")
         given_lr = cfg.lr
         cfg.lr, why = resolve_lr(cfg)  # before the recipe: config.json and --resume see the value used
         if given_lr is None and self.is_main:

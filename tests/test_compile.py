@@ -48,3 +48,29 @@ def test_unknown_compile_mode_is_one_line_error(tmp_path, glue_dir, tiny_model_d
               "--compile", "fast"])
     err = capsys.readouterr().err
     assert "--compile" in err and "invalid choice" in err and "reduce-overhead" in err
+
+
+@pytest.mark.parametrize("method", ["rapt", "smart", "r3f"])
+def test_a_method_that_adds_noise_through_hooks_refuses_compile(method, tmp_path, glue_dir, tiny_model_dir,
+                                                                capsys):
+    """A compiled graph does not run hooks added after it was compiled: RAPT's and SMART's noisy passes would
+    fail and R3F's would silently be a clean pass. Refused before anything is written, here and in
+    RegularizedTrainer."""
+    from transformers import BertForSequenceClassification, TrainingArguments
+
+    from data_utils.task_def import ConfigError
+    from mt_dnn.cli_utils import run_cli
+    from mt_dnn.hf import RegularizedTrainer
+    from tests.conftest import tiny_config
+
+    out = tmp_path / "run"
+    assert run_cli(main, ["--glue_dir", str(glue_dir), "--model", str(tiny_model_dir), "--output_dir", str(out),
+                          "--tasks", "rte", "--method", method, "--compile", "default", "--max_steps", "1"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --compile default works with --method standard only: {method}'s noise goes in through hooks added "
+        "at each step, which a compiled model would not run")
+    assert not out.exists()
+    args = TrainingArguments(output_dir=str(tmp_path / "hf"), report_to="none", torch_compile=True, use_cpu=True)
+    with pytest.raises(ConfigError, match="torch_compile works with method standard only"):
+        RegularizedTrainer(model=BertForSequenceClassification(tiny_config("bert", 0.0)), args=args, method=method)
+    assert not (tmp_path / "hf").exists()
