@@ -127,7 +127,7 @@ def load_classifier(model_path: str, task: TaskDef, seed: int, max_seq_len: int)
         tokenizer = AutoTokenizer.from_pretrained(model_path, use_fast=True)
         torch.manual_seed(seed)  # the fresh head's initialisation
         model = AutoModelForSequenceClassification.from_pretrained(
-            model_path, num_labels=1 if regression else len(labels), id2label=dict(enumerate(labels)),
+            model_path, dtype=torch.float32, num_labels=1 if regression else len(labels), id2label=dict(enumerate(labels)),
             label2id={lab: i for i, lab in enumerate(labels)},
             problem_type="regression" if regression else "single_label_classification")
     except OSError as exc:

@@ -62,7 +62,8 @@ def load_encoder(model: str, dropout: float | None = None):
             for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
                 if hasattr(config, key):
                     setattr(config, key, dropout)
-        encoder = AutoModel.from_pretrained(model, config=config)
+        # fp32 weights whatever dtype the folder was saved in (autocast gives the low-precision math)
+        encoder = AutoModel.from_pretrained(model, config=config, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(model, use_fast=True)
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -191,7 +192,7 @@ def _load_model(model_dir: Path):
 
     saved = read_model_dir(model_dir)
     d = saved.dir
-    encoder = AutoModel.from_config(saved.config)
+    encoder = AutoModel.from_config(saved.config, dtype=torch.float32)  # fp32 whatever the config says
     model = MultiTaskModel(encoder, saved.tasks, saved.meta["pooling"])
     try:
         missing, unexpected = model.load_state_dict(load_weights(d), strict=False)

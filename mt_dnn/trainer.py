@@ -72,7 +72,8 @@ def _copy_head(name: str, old: MultiTaskModel, new: MultiTaskModel, source: Path
     order = [was_labels.index(label) for label in now_labels] if now_labels else None
     new.heads[name].load_state_dict({k: v[order] if order else v for k, v in src.items()})
     logger.info("head %s initialised from %s%s", name, source,
-                "" if order in (None, list(range(len(order)))) else f" (its label rows reordered to {now_labels})")
+                "" if order is None or order == list(range(len(order))) else
+                f" (its label rows reordered to {now_labels})")
 
 
 class Trainer:

@@ -73,15 +73,17 @@ def test_learns_the_fixture_task(tmp_path, tiny_model_dir):
 
 
 def test_init_checkpoint_loads_encoder_and_heads(tmp_path, glue_dir, tiny_model_dir):
-    first = _train(tmp_path, glue_dir, tiny_model_dir, "--tasks", "rte,mrpc", "--max_steps", "2")
+    first = _train(tmp_path, glue_dir, tiny_model_dir, "--tasks", "rte,stsb", "--max_steps", "2")
     second = tmp_path / "second"
     assert main(["--glue_dir", str(glue_dir), "--init_checkpoint", str(first), "--output_dir", str(second),
-                 "--cache_dir", str(tmp_path / "cache"), "--tasks", "rte", "--max_steps", "1", "--lr", "1e-12"]) == 0
+                 "--cache_dir", str(tmp_path / "cache"), "--tasks", "rte,stsb", "--max_steps", "1",
+                 "--lr", "1e-12"]) == 0
     import torch
     from safetensors.torch import load_file
 
     a, b = load_file(str(first / "best" / "model.safetensors")), load_file(str(second / "best" / "model.safetensors"))
-    assert torch.allclose(a["heads.rte.out.weight"], b["heads.rte.out.weight"], atol=1e-6)
+    for head in ("rte", "stsb"):  # a classification and a regression head
+        assert torch.allclose(a[f"heads.{head}.out.weight"], b[f"heads.{head}.out.weight"], atol=1e-6)
 
 
 def test_init_checkpoint_matches_head_rows_to_labels_by_name(tmp_path, glue_dir, tiny_model_dir):
@@ -130,6 +132,23 @@ def test_a_head_that_predicts_something_else_starts_fresh_with_a_warning(caplog)
         "'not_entailment'] (here: classification ['yes', 'no']); it starts fresh",
         "head stsb: not initialised from OLD, whose stsb head predicts regression [] (here: classification "
         "['a']); it starts fresh"]
+
+
+def test_an_encoder_saved_in_bf16_trains_and_saves_in_fp32(tmp_path, glue_dir, tiny_model_dir):
+    """transformers loads a folder in the dtype its config names: the encoder is loaded in fp32 anyway (autocast
+    gives the low-precision math), so fp32 training runs and the saved weights are fp32."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    half = tmp_path / "bf16"
+    shutil.copytree(tiny_model_dir, half)
+    AutoModel.from_pretrained(tiny_model_dir).to(torch.bfloat16).save_pretrained(half)
+    assert next(AutoModel.from_pretrained(half).parameters()).dtype == torch.bfloat16
+    out = _train(tmp_path, glue_dir, half, "--tasks", "rte", "--max_steps", "2")
+    assert {t.dtype for t in load_file(str(out / "best" / "model.safetensors")).values()} == {torch.float32}
 
 
 def _cli(*args, cwd=REPO):
