@@ -133,7 +133,12 @@ class MultiTaskSampler:
         return self.batch_size * self.world_size
 
     def steps_per_epoch(self) -> int:
+        """Global batches in an epoch: the length of every epoch's plan, whatever the sampling."""
         return sum(math.ceil(n / self.global_batch) for n in self.sizes.values())
+
+    def batches_left(self) -> int:
+        """Global batches the current epoch has left from the state's position."""
+        return self.steps_per_epoch() - self.state.position
 
     def _task_batches(self, rng: np.random.Generator, n: int, task: str) -> list[np.ndarray]:
         """One pass over a task's rows as global batches: a random permutation cut into batches; with lengths,

@@ -38,7 +38,7 @@ from data_utils.task_def import ConfigError, TaskDef, load_task_defs
 from mt_dnn.cli_utils import close_log_files, run_cli, setup_logging
 from mt_dnn.config import TrainConfig, resolve_lr
 from mt_dnn.flags import Flag, add_flags, given
-from mt_dnn.model import resolve_model
+from mt_dnn.model import cannot_load, resolve_model
 from mt_dnn.perturbation import REGISTRY
 from mt_dnn.runtime import set_threads
 from mt_dnn.train import method_options, train_flags
@@ -127,12 +127,11 @@ def load_classifier(model_path: str, task: TaskDef, seed: int, max_seq_len: int)
         tokenizer = AutoTokenizer.from_pretrained(model_path, use_fast=True)
         torch.manual_seed(seed)  # the fresh head's initialisation
         model = AutoModelForSequenceClassification.from_pretrained(
-            model_path, dtype=torch.float32, num_labels=1 if regression else len(labels), id2label=dict(enumerate(labels)),
-            label2id={lab: i for i, lab in enumerate(labels)},
+            model_path, dtype=torch.float32, num_labels=1 if regression else len(labels),
+            id2label=dict(enumerate(labels)), label2id={lab: i for i, lab in enumerate(labels)},
             problem_type="regression" if regression else "single_label_classification")
     except OSError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot load {model_path!r}: {first}") from None
+        raise cannot_load(model_path, exc) from None
     check_tokenizer(tokenizer, model.config, f"encoder {model_path}")
     check_encoder_fits(model.config, tokenizer, [task], max_seq_len, model_path)
     return tokenizer, model

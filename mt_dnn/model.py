@@ -52,6 +52,12 @@ def checkpoint_pooling(model_path: str) -> str:
     return "cls"
 
 
+def cannot_load(model: str, exc: OSError) -> ConfigError:
+    """The one-line error for an encoder (hub name or folder) that transformers could not load: its first line."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ConfigError(f"cannot load encoder {model!r}: {first}")
+
+
 def load_encoder(model: str, dropout: float | None = None):
     """An encoder and its fast tokenizer from a hub name or a local path. Returns (encoder, tokenizer)."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -66,8 +72,7 @@ def load_encoder(model: str, dropout: float | None = None):
         encoder = AutoModel.from_pretrained(model, config=config, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(model, use_fast=True)
     except OSError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot load encoder {model!r}: {first}") from None
+        raise cannot_load(model, exc) from None
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError(f"encoder {model!r} has no fast tokenizer")
     check_tokenizer(tokenizer, encoder.config, f"encoder {model}")

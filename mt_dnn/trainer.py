@@ -60,14 +60,13 @@ def _copy_head(name: str, old: MultiTaskModel, new: MultiTaskModel, source: Path
     if name not in old.heads:
         logger.info("head %s: new (%s has no head of that name)", name, source)
         return
-    was, now = old.task_defs.get(name), new.task_defs[name]
+    was, now = old.task_defs[name], new.task_defs[name]  # a model's heads are those of its own tasks
     src, dst = old.heads[name].state_dict(), new.heads[name].state_dict()
-    was_labels, now_labels = list(was.labels or []) if was else None, list(now.labels or [])
-    if was is None or was.type != now.type or sorted(was_labels) != sorted(now_labels) or \
+    was_labels, now_labels = list(was.labels or []), list(now.labels or [])
+    if was.type != now.type or sorted(was_labels) != sorted(now_labels) or \
             any(src[k].shape != dst[k].shape for k in dst):
-        logger.warning("head %s: not initialised from %s, whose %s head predicts %s (here: %s %s); it starts "
-                       "fresh", name, source, name, f"{was.type} {was_labels}" if was else "another task",
-                       now.type, now_labels)
+        logger.warning("head %s: not initialised from %s, whose %s head predicts %s %s (here: %s %s); it starts "
+                       "fresh", name, source, name, was.type, was_labels, now.type, now_labels)
         return
     order = [was_labels.index(label) for label in now_labels] if now_labels else None
     new.heads[name].load_state_dict({k: v[order] if order else v for k, v in src.items()})
@@ -482,9 +481,8 @@ class Trainer:
         would then record the next epoch, so a resumed run would never evaluate this one. The sampler moves on
         only after the epoch's last step, where the epoch's end (evaluation, best/) follows at once."""
         batches, size = iter(self.sampler), self.cfg.grad_accumulation_steps
-        epoch_batches = self.sampler.steps_per_epoch()
         while self.step < self.total_steps:
-            left = epoch_batches - self.sampler.state.position
+            left = self.sampler.batches_left()
             if left <= 0:
                 next(batches, None)  # the epoch is used up: the sampler moves on to the next epoch
                 return

@@ -301,3 +301,15 @@ def test_rank_slice_contiguous():
     s = MultiTaskSampler({"x": 10}, 2, seed=0, rank=2, world_size=3)
     assert s.rank_slice(np.arange(7)) == [5, 6]
     assert MultiTaskSampler({"x": 10}, 2, seed=0, rank=0, world_size=3).rank_slice(np.arange(7)) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("sampling", ["proportional", "uniform", "temperature"])
+def test_batches_left_counts_down_the_epochs_plan_to_zero(sampling):
+    """What the trainer's accumulation groups read to stop at the epoch's end: the plan's length less the position,
+    whatever the sampling (the plan has steps_per_epoch() batches)."""
+    sampler = MultiTaskSampler({"a": 10, "b": 3, "c": 7}, batch_size=3, seed=4, sampling=sampling)
+    assert len(sampler.epoch_plan(0)) == sampler.steps_per_epoch() == sampler.batches_left() == 4 + 1 + 3
+    seen = []
+    for _ in sampler:  # the state moves as batches are taken; the rollover comes after the last one
+        seen.append(sampler.batches_left())
+    assert seen == list(range(7, -1, -1)) and sampler.state.epoch == 1 and sampler.batches_left() == 8

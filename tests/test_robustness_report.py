@@ -125,7 +125,8 @@ def test_seeds_without_scores_are_skipped_and_every_baseline_above_is_compared(t
                      for on in ("dev", "advglue")]
     rapt_smart = cell["paired"][-1]
     assert rapt_smart["mean_diff"] == pytest.approx(np.mean([43.0 - 44.0, 46.0 - 47.0]))
-    assert rapt_smart["sd_diff"] == pytest.approx(0.0, abs=1e-9) and rapt_smart["detectable"] is None  # equal differences: no t-test, nothing to size
+    # equal differences: no t-test, nothing to size
+    assert rapt_smart["sd_diff"] == pytest.approx(0.0, abs=1e-9) and rapt_smart["detectable"] is None
 
 
 def test_methods_compare_on_the_seeds_they_share_only(tmp_path):

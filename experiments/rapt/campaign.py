@@ -211,9 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [int(x) for x in _csv(args.seeds) or []] or None
     except ValueError:
         raise ConfigError(f"--seeds {args.seeds}: expected comma-separated integers") from None
-    runs = plan_grids(grids, root, args.model, args.glue_dir, _csv(args.tasks), _csv(args.methods), seeds)
-    archived = [a for a in archived if _in_slice(a, _csv(args.tasks), _csv(args.methods), seeds)
-                and not _finished_folder(root, a)]
+    tasks, methods = _csv(args.tasks), _csv(args.methods)
+    runs = plan_grids(grids, root, args.model, args.glue_dir, tasks, methods, seeds)
+    archived = [a for a in archived if _in_slice(a, tasks, methods, seeds) and not _finished_folder(root, a)]
     if args.adopt:
         for line in adopt_runs(runs, args.adopt):
             print(line)
