@@ -206,3 +206,118 @@ def test_verdicts_clocks_and_task_names_in_the_section():
     no_clock = markdown(section, None)  # no training times at all: the cost cells say so
     assert no_clock[9] == "| standard | 3 | 60.0 ± 1.0 | 40.0 ± 2.0 | 20.0 ± 1.5 | - | - |"
     assert markdown({}, None) == []
+
+
+# three epochs per run: (dev, AdvGLUE) x100 at epochs 1, 2, 3
+HISTORY = {"standard": {1: [(54, 46), (55, 41), (59, 33)], 2: [(55, 35), (52, 35), (58, 40)],
+                        3: [(50, 44), (56, 40), (57, 38)]},
+           "rapt": {1: [(50, 46), (53, 44), (57, 32)], 2: [(54, 33), (54, 38), (56, 41)],
+                    3: [(52, 47), (55, 45), (54, 43)]}}
+
+
+def _history_runs(root, history=HISTORY):
+    for name, seeds in history.items():
+        for seed, evals in seeds.items():
+            write_run(root, "rte", name, seed, [(d / 100, a / 100) for d, a in evals])
+    return scan_results(root)
+
+
+def test_by_epoch_table_and_tests_at_the_last_epoch(tmp_path):
+    report = build_report(_history_runs(tmp_path), ["standard", "rapt"], None, ["standard"])
+    history = report["robustness"]["rte"]["advglue"]["by_epoch"]
+    assert history["epochs"] == [0, 1, 2]
+    for name, seeds in HISTORY.items():
+        arr = np.array([seeds[s] for s in sorted(seeds)], dtype=float)  # (seeds, epochs, 2)
+        row = history["rows"][name]
+        for e in range(3):
+            assert row["dev"][str(e)] == pytest.approx([arr[:, e, 0].mean(), arr[:, e, 0].std(ddof=1)])
+            assert row["set"][str(e)] == pytest.approx([arr[:, e, 1].mean(), arr[:, e, 1].std(ddof=1)])
+    # at the last epoch (not at the dev-chosen one): rapt - standard on AdvGLUE = 32-33, 41-40, 43-38
+    last = {c["on"]: c for c in history["paired_last"]}
+    std_adv, rapt_adv = np.array([33.0, 40.0, 38.0]), np.array([32.0, 41.0, 43.0])
+    assert last["advglue"]["mean_diff"] == pytest.approx((rapt_adv - std_adv).mean())
+    assert last["advglue"]["p_value"] == pytest.approx(ttest_rel(rapt_adv, std_adv).pvalue)
+    assert last["dev"]["p_value"] == pytest.approx(ttest_rel([57.0, 56.0, 54.0], [59.0, 58.0, 57.0]).pvalue)
+    # the dev-chosen view still takes each run's best dev epoch: standard 59/33, 58/40, 57/38 (seed 3 epoch 3)
+    assert report["robustness"]["rte"]["advglue"]["rows"]["rapt"]["3"] == pytest.approx([55.0, 45.0])
+    text = report_markdown(report, "t")
+    assert "#### RTE: dev and advglue by epoch" in text
+    assert ("| standard | 3 | 53.0 ± 2.6 | 54.3 ± 2.1 | 58.0 ± 1.0 | 41.7 ± 5.9 | 38.7 ± 3.2 | 37.0 ± 3.6 |"
+            in text)
+
+
+def test_by_epoch_takes_the_last_evaluation_of_an_epoch_and_counts_short_runs(tmp_path):
+    write_run(tmp_path, "rte", "standard", 1, [(0.50, 0.40), (0.55, 0.42)])
+    write_run(tmp_path, "rte", "standard", 2, [(0.52, 0.44)])  # one epoch only
+    path = tmp_path / "rte" / "standard" / "s1" / "metrics.jsonl"
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    recs[0]["epoch"] = recs[1]["epoch"] = 0  # two evaluations in epoch 0 (every-N-steps evaluation)
+    recs.insert(2, dict(recs[1], epoch=1, step=3, metrics={"acc": 0.53}, robustness={"advglue": {"acc": 0.30}}))
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    history = build_report(scan_results(tmp_path))["robustness"]["rte"]["advglue"]["by_epoch"]
+    row = history["rows"]["standard"]
+    assert history["epochs"] == [0, 1] and row["n"] == {"0": 2, "1": 1}
+    assert row["set"]["0"] == pytest.approx([np.mean([42.0, 44.0]), np.std([42.0, 44.0], ddof=1)])
+    assert row["set"]["1"] == [pytest.approx(30.0), None]
+
+
+def test_archived_evaluations_keep_the_by_epoch_view_and_entries_without_them_stay_out(tmp_path):
+    results = _history_runs(tmp_path / "runs")
+    for r in results:
+        (r.folder / "config.json").write_text(json.dumps({"method": r.name}))
+    entries = [archive_entry(r) for r in results]
+    by_key = {(e["method"], e["seed"]): e for e in entries}
+    assert by_key["rapt", 3]["epoch"] == 1 and by_key["standard", 1]["epoch"] == 2
+    assert by_key["standard", 1]["evaluations"] == [
+        {"epoch": e, "step": e + 1, "metrics": {"acc": d / 100}, "robustness": {"advglue": {"acc": a / 100}}}
+        for e, (d, a) in enumerate(HISTORY["standard"][1])]
+    path = tmp_path / "archive.json"
+    path.write_text(json.dumps({"source": "test", "runs": entries}))
+    from_folders = build_report(results, ["standard", "rapt"], None, ["standard"])["robustness"]
+    from_archive = build_report(load_archive(path), ["standard", "rapt"], None, ["standard"])["robustness"]
+    assert from_archive["rte"]["advglue"]["by_epoch"] == from_folders["rte"]["advglue"]["by_epoch"]
+    assert from_archive["rte"]["advglue"]["summary"] == from_folders["rte"]["advglue"]["summary"]
+    # an entry without its evaluations holds its best only: it stays out of the by-epoch view
+    for e in entries:
+        if e["method"] == "rapt" and e["seed"] == 3:
+            del e["evaluations"]
+    path.write_text(json.dumps({"source": "test", "runs": entries}))
+    archived = load_archive(path)
+    assert sum(not r.history for r in archived) == 1
+    rows = build_report(archived, ["standard", "rapt"], None, ["standard"])["robustness"]["rte"]["advglue"]
+    assert rows["by_epoch"]["rows"]["rapt"]["seeds"] == [1, 2] and rows["summary"]["rapt"]["seeds"] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda ev: ev.pop(2), "no one evaluation of epoch 2"),
+    (lambda ev: ev[0]["metrics"].update(acc=0.99), "score above the entry's best"),
+    (lambda ev: ev[2]["robustness"]["advglue"].update(acc=0.5), "no one evaluation of epoch 2"),
+    (lambda ev: ev[1].pop("metrics"), r"evaluations\[1\] needs epoch, metrics"),
+    (lambda ev: ev[1]["metrics"].update(acc="x"), r"evaluations\[1\]: metrics must be"),
+])
+def test_archived_evaluations_that_disagree_with_the_entry_are_one_line_errors(tmp_path, change, message):
+    from data_utils.task_def import ConfigError
+
+    write_run(tmp_path, "rte", "standard", 1, [(0.50, 0.40), (0.52, 0.41), (0.55, 0.33)])
+    result = scan_results(tmp_path)[0]
+    (result.folder / "config.json").write_text("{}")
+    entry = archive_entry(result)
+    change(entry["evaluations"])
+    path = tmp_path / "archive.json"
+    path.write_text(json.dumps({"source": "test", "runs": [entry]}))
+    with pytest.raises(ConfigError, match=message) as info:
+        load_archive(path)
+    assert "\n" not in str(info.value) and "runs[0]" in str(info.value)
+
+
+def test_an_archived_best_that_rounding_ties_with_an_earlier_epoch_stays_the_best(tmp_path):
+    # unrounded, epoch 2 is best (0.86174 > 0.86171); to 4 decimals the two tie, and the entry still says epoch 2
+    write_run(tmp_path, "rte", "standard", 1, [(0.86171, 0.40), (0.86174, 0.30)])
+    result = scan_results(tmp_path)[0]
+    (result.folder / "config.json").write_text("{}")
+    entry = archive_entry(result)
+    assert entry["epoch"] == 1 and [e["metrics"]["acc"] for e in entry["evaluations"]] == [0.8617, 0.8617]
+    path = tmp_path / "archive.json"
+    path.write_text(json.dumps({"source": "test", "runs": [entry]}))
+    back = load_archive(path)[0]
+    assert back.best.epoch == 1 and back.best.robustness == {"dev": {"advglue": {"acc": 0.3}}}

@@ -1,4 +1,4 @@
-"""Archived results: best dev evaluations of runs whose folders are gone, read from a JSON file, for the report.
+"""Archived results: the dev evaluations of runs whose folders are gone, read from a JSON file, for the report.
 
 The file (e.g. ``experiments/rapt/results/archive_table2.json``)::
 
@@ -6,7 +6,10 @@ The file (e.g. ``experiments/rapt/results/archive_table2.json``)::
      "runs": [{"task": "rte", "method": "standard", "seed": 1, "epoch": 1, "metrics": {"acc": 0.549},
                "train_seconds": 942.0, "train_cpu_seconds": 930.5, "steps": 234}, ...]}
 
-Each entry becomes a finished ``RunResult`` with one evaluation (its best). A run folder under the campaign root
+Each entry becomes a finished ``RunResult`` whose best evaluation is the entry's. An optional ``evaluations`` list
+holds every dev evaluation of the run (``{"epoch": 0, "step": 78, "metrics": {...}, "robustness": {...}}``, in
+order; the entry's best among them, none above it), so per-epoch readers (the robustness report's by-epoch
+tables) keep working once the folder is gone; without it the run holds its best evaluation only. A run folder under the campaign root
 always wins over an archived entry of the same (task, method, seed), so re-running a cell replaces its archive.
 ``epoch`` may be null where the source did not say (kept as -1: reports show ``ep ?``); an optional ``config``
 (``{"method": "rapt", "method_options": {"eta": 2.0, "max_layer": 5}}``) stands for the run's config.json,
@@ -49,6 +52,36 @@ def _number(entry: dict, key: str, kind: type, where: str, optional: bool = Fals
     return kind(value)
 
 
+def _evaluation(entry: dict, where: str, task: str, primary: str, step: int, seconds: float) -> Evaluation:
+    """One evaluation of an archive entry (the entry itself: its best; or an item of its ``evaluations``):
+    ``epoch`` (null: -1), ``metrics`` per split, ``robustness`` per split and set, optional ``step``."""
+    try:
+        splits = _splits(entry["metrics"])
+    except (AttributeError, TypeError, ValueError):
+        raise ConfigError(f"{where}: metrics must be {{metric: number}} or {{split: {{metric: number}}}}") from None
+    if any(primary not in metrics for metrics in splits.values()):
+        raise ConfigError(f"{where}: metrics lack {task}'s primary metric {primary!r}")
+    epoch = -1 if entry["epoch"] is None else _number(entry, "epoch", int, where)
+    step = _number(entry, "step", int, where, optional=True) or step
+    robust = entry.get("robustness") or {}
+    try:  # {set: {metric: number}} (one dev split) or {split: {set: {metric: number}}}
+        if robust and all(isinstance(v, dict) and all(isinstance(x, dict) for x in v.values())
+                          for v in robust.values()) and set(robust) <= set(splits):
+            robust = {str(sp): {str(n): {str(k): float(v) for k, v in m.items()} for n, m in sets.items()}
+                      for sp, sets in robust.items()}
+        elif robust:
+            robust = {next(iter(splits)): {str(n): {str(k): float(v) for k, v in m.items()}
+                                           for n, m in robust.items()}}
+    except (AttributeError, TypeError, ValueError):
+        raise ConfigError(f"{where}: robustness must be {{set: {{metric: number}}}} or "
+                          f"{{split: {{set: {{metric: number}}}}}}") from None
+    lacking = sorted(n for sets in robust.values() for n, m in sets.items() if primary not in m)
+    if lacking:
+        raise ConfigError(f"{where}: robustness set {lacking[0]} lacks {task}'s primary metric {primary!r}")
+    score = sum(m[primary] for m in splits.values()) / len(splits)
+    return Evaluation(epoch, step, seconds, splits, score, robust)
+
+
 def load_archive(path: str | Path) -> list[RunResult]:
     """The archived runs of ``path`` as finished results; a malformed file or entry is a one-line ConfigError."""
     path = Path(path)
@@ -71,41 +104,37 @@ def load_archive(path: str | Path) -> list[RunResult]:
         if task not in defs:
             raise ConfigError(f"{where}: unknown task {task!r}")
         primary = defs[task].primary_metric
-        try:
-            splits = _splits(entry["metrics"])
-        except (AttributeError, TypeError, ValueError):
-            raise ConfigError(f"{where}: metrics must be {{metric: number}} or {{split: {{metric: number}}}}") from None
-        if any(primary not in metrics for metrics in splits.values()):
-            raise ConfigError(f"{where}: metrics lack {task}'s primary metric {primary!r}")
         if (task, name, seed) in seen:
             raise ConfigError(f"{where}: {task}/{name} seed {seed} is archived twice")
         seen.add((task, name, seed))
         steps = _number(entry, "steps", int, where, optional=True)
         seconds = _number(entry, "train_seconds", float, where, optional=True)
         cpu = _number(entry, "train_cpu_seconds", float, where, optional=True)
-        epoch = -1 if entry["epoch"] is None else _number(entry, "epoch", int, where)
         config = entry.get("config")
         if config is not None and not isinstance(config, dict):
             raise ConfigError(f"{where}: config must be an object (the run's config.json settings)")
-        score = sum(m[primary] for m in splits.values()) / len(splits)
-        robust = entry.get("robustness") or {}
-        try:  # {set: {metric: number}} (one dev split) or {split: {set: {metric: number}}}
-            if robust and all(isinstance(v, dict) and all(isinstance(x, dict) for x in v.values())
-                              for v in robust.values()) and set(robust) <= set(splits):
-                robust = {str(sp): {str(n): {str(k): float(v) for k, v in m.items()} for n, m in sets.items()}
-                          for sp, sets in robust.items()}
-            elif robust:
-                robust = {next(iter(splits)): {str(n): {str(k): float(v) for k, v in m.items()}
-                                               for n, m in robust.items()}}
-        except (AttributeError, TypeError, ValueError):
-            raise ConfigError(f"{where}: robustness must be {{set: {{metric: number}}}} or "
-                              f"{{split: {{set: {{metric: number}}}}}}") from None
-        lacking = sorted(n for sets in robust.values() for n, m in sets.items() if primary not in m)
-        if lacking:
-            raise ConfigError(f"{where}: robustness set {lacking[0]} lacks {task}'s primary metric {primary!r}")
-        ev = Evaluation(epoch, steps or 0, seconds or 0.0, splits, score, robust)
-        out.append(RunResult(task, name, seed, path, True, [ev], seconds, steps, primary, config,
-                             device=str(entry.get("device", default_device)), train_cpu_seconds=cpu))
+        best = _evaluation(entry, where, task, primary, steps or 0, seconds or 0.0)
+        history = entry.get("evaluations")
+        if history is None:
+            evaluations = [best]
+        elif not isinstance(history, list) or not history:
+            raise ConfigError(f"{where}: evaluations must be a list of the run's dev evaluations")
+        else:
+            evaluations = []
+            for j, item in enumerate(history):
+                if not isinstance(item, dict) or any(k not in item for k in ("epoch", "metrics")):
+                    raise ConfigError(f"{where}: evaluations[{j}] needs epoch, metrics")
+                evaluations.append(_evaluation(item, f"{where}: evaluations[{j}]", task, primary, 0, 0.0))
+            same = [e for e in evaluations if e.epoch == best.epoch]
+            if len(same) != 1 or (same[0].metrics, same[0].robustness) != (best.metrics, best.robustness):
+                raise ConfigError(f"{where}: evaluations hold no one evaluation of epoch {best.epoch} with the entry's "
+                                  "metrics and robustness")
+            if any(e.primary > best.primary for e in evaluations):
+                raise ConfigError(f"{where}: evaluations score above the entry's best dev evaluation (epoch "
+                                  f"{best.epoch})")
+        out.append(RunResult(task, name, seed, path, True, evaluations, seconds, steps, primary, config,
+                             device=str(entry.get("device", default_device)), train_cpu_seconds=cpu,
+                             history=history is not None, chosen=best))
     return out
 
 
@@ -115,26 +144,34 @@ def with_archive(results: list[RunResult], archived: list[RunResult]) -> list[Ru
     return results + [a for a in archived if (a.task, a.name, a.seed) not in have]
 
 
+def _scores(evaluation: Evaluation) -> dict:
+    """An evaluation's metrics (to 4 decimals; per split where the task has several) and its robustness sets'."""
+    splits = {split: {k: round(v, 4) for k, v in m.items()} for split, m in evaluation.metrics.items()}
+    robust = {split: {n: {k: round(v, 4) for k, v in m.items()} for n, m in sets.items()}
+              for split, sets in evaluation.robustness.items()}
+    out = {"metrics": splits["dev"] if list(splits) == ["dev"] else splits}
+    if robust:
+        out["robustness"] = robust["dev"] if list(robust) == ["dev"] else robust
+    return out
+
+
 def archive_entry(result: RunResult) -> dict:
     """A finished run folder as an archive entry: its best dev evaluation (metrics to 4 decimals; per split where
-    the task has several), that evaluation's epoch, the run's training seconds and steps, what it trained on, and
-    its method settings (``config``)."""
+    the task has several) with the robustness sets' scores at it, that evaluation's epoch, the run's training
+    seconds and steps, what it trained on, its method settings (``config``), and every dev evaluation of the run
+    (``evaluations``: epoch, step, metrics, robustness), so the per-epoch picture outlives the folder."""
     best = result.best
     if not result.finished or best is None:
         raise ConfigError(f"{result.folder}: not a finished run with a dev evaluation")
-    splits = {split: {k: round(v, 4) for k, v in m.items()} for split, m in best.metrics.items()}
-    robust = {split: {n: {k: round(v, 4) for k, v in m.items()} for n, m in sets.items()}
-              for split, sets in best.robustness.items()}
     settings = result.settings()
-    entry = {"task": result.task, "method": result.name, "seed": result.seed, "epoch": best.epoch,
-             "metrics": splits["dev"] if list(splits) == ["dev"] else splits,
-             "train_seconds": round(result.train_seconds, 1) if result.train_seconds else None,
-             "steps": result.steps, "device": result.device,
-             **({"train_cpu_seconds": round(result.train_cpu_seconds, 1)} if result.train_cpu_seconds else {}),
-             "config": {"method": settings.get("method"), "method_options": settings.get("method_options", {})}}
-    if robust:  # the robustness sets' scores at that same evaluation
-        entry["robustness"] = robust["dev"] if list(robust) == ["dev"] else robust
-    return entry
+    return {"task": result.task, "method": result.name, "seed": result.seed, "epoch": best.epoch,
+            **_scores(best),
+            "train_seconds": round(result.train_seconds, 1) if result.train_seconds else None,
+            "steps": result.steps, "device": result.device,
+            **({"train_cpu_seconds": round(result.train_cpu_seconds, 1)} if result.train_cpu_seconds else {}),
+            "config": {"method": settings.get("method"), "method_options": settings.get("method_options", {})},
+            **({"evaluations": [{"epoch": e.epoch, "step": e.step, **_scores(e)} for e in result.evaluations]}
+               if result.history else {})}
 
 
 def _write(path: Path, data: dict) -> None:

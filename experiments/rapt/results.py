@@ -96,6 +96,12 @@ class RunResult:
     device: str = "?"  # what it trained on (run_device); "?" when its records do not say
     # the final train record's train_cpu_seconds (this process's CPU time in the training steps), when recorded
     train_cpu_seconds: float | None = None
+    # whether ``evaluations`` holds every dev evaluation of the run (an archive entry without its evaluations
+    # holds only its best)
+    history: bool = True
+    # an archived run's best dev evaluation as its entry gives it (its evaluations, rounded, may tie where the
+    # run's own scores did not); None: chosen from ``evaluations``
+    chosen: Evaluation | None = None
 
     def settings(self) -> dict:
         """The run's config.json (``method``, ``method_options``, ...), or what its archive entry recorded."""
@@ -105,7 +111,9 @@ class RunResult:
 
     @property
     def best(self) -> Evaluation | None:
-        """The evaluation with the highest primary metric (the earliest on ties)."""
+        """The evaluation with the highest primary metric (the earliest on ties), or an archived run's recorded one."""
+        if self.chosen is not None:
+            return self.chosen
         best = None
         for e in self.evaluations:
             if best is None or e.primary > best.primary:

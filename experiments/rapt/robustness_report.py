@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from experiments.rapt.paper import TASK_LABEL
-from experiments.rapt.results import RunResult
+from experiments.rapt.results import Evaluation, RunResult
 from experiments.rapt.stats import paired
 
 POWER = 0.8
@@ -43,16 +43,79 @@ def detectable_difference(n: int, sd: float | None, power: float = POWER, alpha:
     return float(brentq(power_at, 0.0, hi, xtol=1e-6 * sd))
 
 
-def _scores(run: RunResult) -> tuple[float, dict[str, float]] | None:
-    """(dev primary x100, {set: primary x100}) at the run's best dev evaluation, over its dev splits (mean)."""
-    best = run.best
-    if best is None or not best.robustness:
+def _scores(run: RunResult, evaluation: Evaluation | None = None) -> tuple[float, dict[str, float]] | None:
+    """(dev primary x100, {set: primary x100}) at ``evaluation`` (default: the run's best dev evaluation), each
+    set's score the mean over the dev splits that scored it; None where it scored no robustness set."""
+    evaluation = run.best if evaluation is None else evaluation
+    if evaluation is None or not evaluation.robustness:
         return None
     sets: dict[str, list[float]] = {}
-    for split_sets in best.robustness.values():
+    for split_sets in evaluation.robustness.values():
         for name, metrics in split_sets.items():
             sets.setdefault(name, []).append(metrics[run.metric] * 100)
-    return best.primary * 100, {k: float(np.mean(v)) for k, v in sets.items()}
+    return evaluation.primary * 100, {k: float(np.mean(v)) for k, v in sets.items()}
+
+
+def _end_of_epochs(run: RunResult) -> dict[int, Evaluation]:
+    """Epoch -> the run's last evaluation in that epoch (its end-of-epoch one)."""
+    out: dict[int, Evaluation] = {}
+    for e in run.evaluations:
+        out[e.epoch] = e
+    return out
+
+
+def _paired_tests(task: str, set_name: str, rows: dict[str, dict[int, tuple[float, float]]], names: list[str],
+                  baselines: list[str]) -> list[dict]:
+    """Paired tests of each row against each of ``baselines`` above it in ``names``, on dev and on the set, over
+    their common seeds, with the detectable difference. ``rows``: method -> seed -> (dev, set score)."""
+    out = []
+    order = [n for n in names if n in rows]
+    for i, a in enumerate(order):
+        for b in order[:i]:
+            if b not in baselines:
+                continue
+            seeds = sorted(set(rows[a]) & set(rows[b]))
+            if not seeds:
+                continue
+            for what, k in (("dev", 0), (set_name, 1)):
+                c = paired(task, a, b, seeds, np.array([rows[a][s][k] for s in seeds]),
+                           np.array([rows[b][s][k] for s in seeds]))
+                c["on"] = what
+                # sized only where the t-test is defined (>= 2 seeds, differences not all equal)
+                c["detectable"] = (detectable_difference(c["n"], c["sd_diff"])
+                                   if c["p_value"] is not None else None)
+                out.append(c)
+    return out
+
+
+def _by_epoch(task: str, set_name: str, runs: dict[str, dict[int, RunResult]], names: list[str],
+              baselines: list[str]) -> dict | None:
+    """From the runs that hold every dev evaluation (``RunResult.history``): per method and epoch, dev and set
+    score (mean and sd over seeds, end-of-epoch evaluations), and the paired tests at each run's last epoch (a
+    fixed rule: chosen on neither dev nor the set). None when no run has its history, or all end in one epoch."""
+    per: dict[str, dict[int, dict[int, tuple[float, float]]]] = {}  # method -> epoch -> seed -> (dev, set)
+    last: dict[str, dict[int, tuple[float, float]]] = {}
+    for name in names:
+        for seed, run in sorted(runs.get(name, {}).items()):
+            if not run.history:
+                continue
+            epochs = _end_of_epochs(run)
+            for epoch, evaluation in sorted(epochs.items()):
+                scored = _scores(run, evaluation)
+                if scored is not None and set_name in scored[1]:
+                    per.setdefault(name, {}).setdefault(epoch, {})[seed] = (scored[0], scored[1][set_name])
+            if name in per and max(epochs) in per[name] and seed in per[name][max(epochs)]:
+                last.setdefault(name, {})[seed] = per[name][max(epochs)][seed]
+    epochs = sorted({e for by_epoch in per.values() for e in by_epoch})
+    if len(epochs) < 2:
+        return None
+    rows = {}
+    for name, by_epoch in per.items():
+        rows[name] = {"seeds": sorted({s for seeds in by_epoch.values() for s in seeds}),
+                      "dev": {str(e): _ms(np.array([v[0] for v in by_epoch[e].values()])) for e in by_epoch},
+                      "set": {str(e): _ms(np.array([v[1] for v in by_epoch[e].values()])) for e in by_epoch},
+                      "n": {str(e): len(by_epoch[e]) for e in by_epoch}}
+    return {"epochs": epochs, "rows": rows, "paired_last": _paired_tests(task, set_name, last, names, baselines)}
 
 
 def build(by: dict[str, dict[str, dict[int, RunResult]]], names: list[str], baselines: list[str]) -> dict:
@@ -80,23 +143,11 @@ def build(by: dict[str, dict[str, dict[int, RunResult]]], names: list[str], base
                 summary[name] = {"seeds": sorted(per_seed), "dev": _ms(devs), "set": _ms(sets),
                                  "gap": _ms(devs - sets)}
             cell["summary"] = summary
-            order = [n for n in names if n in rows]
-            for i, a in enumerate(order):
-                for b in order[:i]:
-                    if b not in baselines:
-                        continue
-                    seeds = sorted(set(rows[a]) & set(rows[b]))
-                    if not seeds:
-                        continue
-                    for what, k in (("dev", 0), (set_name, 1)):
-                        c = paired(task, a, b, seeds, np.array([rows[a][s][k] for s in seeds]),
-                                   np.array([rows[b][s][k] for s in seeds]))
-                        c["on"] = what
-                        # sized only where the t-test is defined (>= 2 seeds, differences not all equal)
-                        c["detectable"] = (detectable_difference(c["n"], c["sd_diff"])
-                                           if c["p_value"] is not None else None)
-                        cell["paired"].append(c)
+            cell["paired"] = _paired_tests(task, set_name, rows, names, baselines)
             cell["rows"] = {n: {str(s): list(v) for s, v in r.items()} for n, r in rows.items()}
+            history = _by_epoch(task, set_name, {n: by.get(n, {}).get(task, {}) for n in names}, names, baselines)
+            if history is not None:
+                cell["by_epoch"] = history
     return out
 
 
@@ -146,15 +197,44 @@ def markdown(section: dict, times: dict | None = None) -> list[str]:
             for name, s in cell["summary"].items():
                 lines.append(f"| {name} | {len(s['seeds'])} | {mean_sd(s['dev'])} | {mean_sd(s['set'])} | "
                              f"{mean_sd(s['gap'])} | {_cost(times or {}, task, name, cpu)} |")
-            if cell["paired"]:
-                lines += ["", "| On | A | B | Seeds | mean(A-B) | sd | A wins | B wins | p | detectable | verdict |",
-                          "|---|---|---|---|---|---|---|---|---|---|---|"]
-                for c in cell["paired"]:
-                    p = f"{c['p_value']:.3f}" if c["p_value"] is not None else "-"
-                    sd = f"{c['sd_diff']:.2f}" if c["sd_diff"] is not None else "-"
-                    det = f"{c['detectable']:.2f}" if c["detectable"] is not None else "-"
-                    verdict = ("-" if c["p_value"] is None else "beyond seed noise" if c["p_value"] < ALPHA
-                               else "within seed noise")
-                    lines.append(f"| {c['on']} | {c['a']} | {c['b']} | {c['n']} | {c['mean_diff']:+.2f} | {sd} | "
-                                 f"{c['a_wins']} | {c['b_wins']} | {p} | {det} | {verdict} |")
+            lines += _paired_table(cell["paired"])
+            if "by_epoch" in cell:
+                lines += _by_epoch_lines(label, set_name, cell["by_epoch"])
     return lines
+
+
+def _paired_table(tests: list[dict]) -> list[str]:
+    if not tests:
+        return []
+    lines = ["", "| On | A | B | Seeds | mean(A-B) | sd | A wins | B wins | p | detectable | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in tests:
+        p = f"{c['p_value']:.3f}" if c["p_value"] is not None else "-"
+        sd = f"{c['sd_diff']:.2f}" if c["sd_diff"] is not None else "-"
+        det = f"{c['detectable']:.2f}" if c["detectable"] is not None else "-"
+        verdict = ("-" if c["p_value"] is None else "beyond seed noise" if c["p_value"] < ALPHA
+                   else "within seed noise")
+        lines.append(f"| {c['on']} | {c['a']} | {c['b']} | {c['n']} | {c['mean_diff']:+.2f} | {sd} | "
+                     f"{c['a_wins']} | {c['b_wins']} | {p} | {det} | {verdict} |")
+    return lines
+
+
+def _by_epoch_lines(label: str, set_name: str, history: dict) -> list[str]:
+    """The by-epoch table (dev and set score per epoch, mean ± sd over seeds) and the paired tests at the last
+    epoch."""
+    epochs = history["epochs"]
+    heads = [f"dev ep {e + 1}" for e in epochs] + [f"{set_name} ep {e + 1}" for e in epochs]
+    lines = ["", f"#### {label}: dev and {set_name} by epoch", "",
+             f"Runs whose every dev evaluation is recorded (run folders, and archive entries with their "
+             f"evaluations): each epoch's last evaluation, x100, mean ± sd over seeds (a cell over fewer seeds than "
+             f"the row says its count in brackets). Below, the paired tests at each run's last epoch: a fixed rule, "
+             f"chosen on neither dev nor {set_name}, beside the dev-chosen evaluation above.", "",
+             "| Method | Seeds | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(heads)]
+    for name, row in history["rows"].items():
+        cells = []
+        for what in ("dev", "set"):
+            for e in epochs:
+                ms, n = row[what].get(str(e)), row["n"].get(str(e), 0)
+                cells.append("-" if ms is None else mean_sd(ms) + (f" ({n})" if n != len(row["seeds"]) else ""))
+        lines.append(f"| {name} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
+    return lines + _paired_table(history["paired_last"])
