@@ -262,3 +262,46 @@ def test_robustness_report_recomputed_from_its_archive():
             if ("rte", "standard_hf", 1) in runs:  # the peer's row is in the table beside ours
                 assert any(r[0] == "standard_hf" for r in rows)
     assert checked >= 8
+
+
+def test_robustness_by_epoch_tables_recomputed_from_the_archived_evaluations():
+    """results/robustness_report.md's by-epoch tables: per method and epoch, dev and AdvGLUE (mean, sample sd)
+    over the archived runs that keep every evaluation, and the paired rows at each run's last epoch."""
+    archived = json.loads((RESULTS / "archive_robustness.json").read_text())["runs"]
+    history = {}  # (task, method, seed) -> [(dev, adv) x100 per epoch]
+    for r in archived:
+        if r["task"] in ("rte", "sst") and "evaluations" in r:
+            evs = sorted(r["evaluations"], key=lambda e: e["epoch"])
+            assert [e["epoch"] for e in evs] == list(range(len(evs)))  # one evaluation per epoch here
+            history[(r["task"], r["method"], int(r["seed"]))] = [
+                (100.0 * e["metrics"]["acc"], 100.0 * e["robustness"]["advglue"]["acc"]) for e in evs]
+            # the entry's best is its best-scoring evaluation (the earliest of ties), with the same AdvGLUE score
+            best = max(evs, key=lambda e: e["metrics"]["acc"])
+            assert best["epoch"] == r["epoch"] and best["robustness"] == r["robustness"]
+    text = (RESULTS / "robustness_report.md").read_text()
+    checked = 0
+    for task in sorted({t for t, _, _ in history}):
+        start = text.index(f"#### {LABEL[task]}: dev and advglue by epoch")
+        section = text[start:text.find("\n#", start + 1) if text.find("\n#", start + 1) > 0 else None]
+        rows = _table(section, "| Method | Seeds | dev ep 1")
+        seeds_of = {m: sorted(s for t, mm, s in history if (t, mm) == (task, m)) for m in (r[0] for r in rows)}
+        assert {r[0] for r in rows} == {m for t, m, _ in history if t == task}
+        for row in rows:
+            seeds = seeds_of[row[0]]
+            assert int(row[1]) == len(seeds)
+            values = np.array([history[(task, row[0], s)] for s in seeds])  # (seeds, epochs, dev/adv)
+            cells = row[2:]
+            epochs = values.shape[1]
+            for k in (0, 1):
+                for e in range(epochs):
+                    col = values[:, e, k]
+                    want = [col.mean()] + ([col.std(ddof=1)] if len(col) > 1 else [])
+                    assert np.allclose(_numbers(cells[k * epochs + e]), want, atol=0.05 + 1e-9), (task, row, e)
+                    checked += 1
+        for row in _table(section, "| On | A | B | Seeds"):
+            a, b, k = row[1], row[2], 0 if row[0] == "dev" else 1
+            seeds = sorted(set(seeds_of[a]) & set(seeds_of[b]))
+            _check_paired_row(row[:9] + row[10:], [history[(task, a, s)][-1][k] for s in seeds],
+                              [history[(task, b, s)][-1][k] for s in seeds])
+            checked += 1
+    assert checked >= 40
