@@ -119,3 +119,27 @@ def test_methods_pick_and_order_the_rows(tmp_path):
     assert list(found["rte"]["advglue"]["rows"]) == ["rapt", "standard"]
     only = robustness_figure.points(scan_results(tmp_path), ["rapt"])
     assert list(only["rte"]["advglue"]["rows"]) == ["rapt"] and list(only["sst"]["advglue"]["rows"]) == ["rapt"]
+
+
+def test_by_epoch_panel_and_table(tmp_path, capsys):
+    _write_runs(tmp_path / "runs")
+    out = tmp_path / "rob.png"
+    assert robustness_figure.main(["--root", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    table = out.with_suffix(".md").read_text()
+    # RTE standard: AdvGLUE at the end of epoch 1 for seeds 1-3 (50, 45, 42), of epoch 2 for seeds 1 and 3 (40, 55)
+    e1, e2 = _mean_sd([50.0, 45.0, 42.0]), _mean_sd([40.0, 55.0])
+    assert "**RTE**: advglue at the end of each epoch (x100, mean ± sd over seeds)" in table
+    assert f"| standard | 1, 2, 3 | {e1[0]:.1f} ± {e1[1]:.1f} | {e2[0]:.1f} ± {e2[1]:.1f} |" in table
+    assert f"| rapt | 1, 2, 3 | {np.mean([44, 50, 47]):.1f} ± {np.std([44, 50, 47], ddof=1):.1f} | - |" in table
+    assert "**SST**: advglue at the end" not in table  # SST's one run has one epoch: no by-epoch view
+    cell = robustness_figure.points(scan_results(tmp_path / "runs"))["rte"]["advglue"]
+    plt = robustness_figure.headless_pyplot()
+    fig, ax = plt.subplots()
+    robustness_figure.draw_epochs(ax, "rte", "advglue", cell["by_epoch"], None,
+                                  robustness_figure.styles(["standard", "rapt"]))
+    bars = {c.get_label().split(" (")[0]: c.lines[0] for c in ax.containers}  # each method's data line
+    assert list(bars) == ["standard", "rapt"]
+    standard = bars["standard"]
+    assert np.allclose(standard.get_ydata(), [e1[0], e2[0]])
+    assert np.all(np.diff(standard.get_xdata()) == 1.0)  # epochs 1 and 2, at one offset
+    plt.close(fig)

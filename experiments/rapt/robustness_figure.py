@@ -11,8 +11,11 @@ evaluation), x100: the epoch is chosen on dev only, as in the report. Each metho
 open marker with ± sd bars on both axes; every method has its own color and marker shape, so two methods at the
 same point both stay visible. Points on a line of slope 1 have the same gap (dev - set); a method above
 another at the same dev score keeps more under attack. With ``--robustness_dir`` a dotted line marks the set's
-majority-class rate (always answering its most common label). The markdown table beside the PNG lists the same
-numbers: per method, seeds, dev, set and gap (mean ± sd).
+majority-class rate (always answering its most common label). Where runs keep every dev evaluation (run folders,
+and archive entries with their ``evaluations``) and span several epochs, a second row of panels draws each
+method's set score at the end of each epoch (mean ± sd over seeds): whether what a method keeps under attack
+moves with the epoch more than between methods. The markdown table beside the PNG lists the same numbers: per
+method, seeds, dev, set and gap (mean ± sd), and the set score by epoch.
 """
 from __future__ import annotations
 
@@ -82,6 +85,41 @@ def table(task: str, set_name: str, cell: dict, majority: float | None) -> list[
     return lines + [""]
 
 
+def epoch_table(task: str, set_name: str, history: dict) -> list[str]:
+    epochs = history["epochs"]
+    lines = [f"**{TASK_LABEL.get(task, task)}**: {set_name} at the end of each epoch (x100, mean ± sd over seeds)", "",
+             "| Method | Seeds | " + " | ".join(f"epoch {e + 1}" for e in epochs) + " |",
+             "|---|---|" + "---|" * len(epochs)]
+    for name, row in history["rows"].items():
+        cells = [mean_sd(row["set"][str(e)]) if str(e) in row["set"] else "-" for e in epochs]
+        lines.append(f"| {LABELS.get(name, name)} | {', '.join(map(str, row['seeds']))} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def draw_epochs(ax, task: str, set_name: str, history: dict, majority: float | None,
+                style: dict[str, tuple[str, str]]) -> None:
+    """One by-epoch panel: each method's set score at the end of each epoch, mean ± sd over its seeds, methods
+    side by side at each epoch (a small offset) so that their bars stay apart."""
+    rows = history["rows"]
+    width = 0.5 / max(len(rows), 1)
+    for i, (name, row) in enumerate(rows.items()):
+        color, marker = style[name]
+        epochs = [e for e in history["epochs"] if str(e) in row["set"]]
+        x = np.array(epochs, dtype=float) + 1 + (i - (len(rows) - 1) / 2) * width
+        mean = [row["set"][str(e)][0] for e in epochs]
+        sd = [row["set"][str(e)][1] or 0.0 for e in epochs]
+        ax.errorbar(x, mean, yerr=sd, fmt="-" + marker, ms=6, mfc="none", color=color, capsize=2, lw=1,
+                    label=f"{LABELS.get(name, name)} ({len(row['seeds'])} seed{'s' if len(row['seeds']) > 1 else ''})")
+    if majority is not None:
+        ax.axhline(majority, ls=":", color="gray", label=f"{set_name}: majority class")
+    ax.set_xticks([e + 1 for e in history["epochs"]])
+    ax.set_title(f"{TASK_LABEL.get(task, task)}: {set_name} by epoch")
+    ax.set_xlabel("epoch (its last evaluation)")
+    ax.set_ylabel(f"{set_name} (x100)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+
+
 def _sd(values: np.ndarray) -> float:
     return float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
@@ -143,12 +181,19 @@ def main(argv: list[str] | None = None) -> int:
     panels = [(t, s, cell) for t in tasks for s, cell in found[t].items()]
     style = styles(n for _, _, cell in panels for n in cell["rows"])
     plt = headless_pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 5.6), squeeze=False)
+    by_epoch = any("by_epoch" in cell for _, _, cell in panels)
+    fig, axes = plt.subplots(1 + by_epoch, len(panels), figsize=(5.5 * len(panels), 5.6 * (1 + by_epoch)),
+                             squeeze=False)
     lines = []
-    for ax, (task, set_name, cell) in zip(axes[0], panels):
+    for i, (task, set_name, cell) in enumerate(panels):
         majority = majority_rate(task, set_name, folder)
-        draw(ax, task, set_name, cell, majority, style)
+        draw(axes[0][i], task, set_name, cell, majority, style)
         lines += table(task, set_name, cell, majority)
+        if "by_epoch" in cell:
+            draw_epochs(axes[1][i], task, set_name, cell["by_epoch"], majority, style)
+            lines += epoch_table(task, set_name, cell["by_epoch"])
+        elif by_epoch:
+            axes[1][i].set_visible(False)
     out, md = save_figure(plt, fig, args.out, (args.table, lines))
     print(f"wrote {out} and {md}")
     return 0
