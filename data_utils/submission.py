@@ -16,6 +16,7 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import operator
@@ -37,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 HEADER = "index\tprediction"
 MAX_EXAMPLES = 3  # how many offending lines a problem message quotes
+SCORES_FILE = "dev_scores.json"  # written beside the submission files by mt_dnn.predict
+TEMP_PREFIX = ".tmp-submission-"  # the writer's temporary folder inside the output folder
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -124,11 +127,13 @@ def _write_file(path: Path, name: str, rows: Iterable[tuple[str, str]]) -> int:
     return n
 
 
-def check_output(out_dir: str | Path, zip_name: str = "submission.zip") -> None:
+def check_output(out_dir: str | Path, zip_name: str = "submission.zip", names: Iterable[str] | None = None) -> None:
     """Refuse, before any work is done, an output folder that cannot be one and a zip name that is not plain.
 
-    ``out_dir`` must be a folder or not exist yet, with no file in the way on its path, and it and the folder
-    above it (or the nearest existing one above) must take new files.
+    ``out_dir`` must be a folder or not exist yet, with no file in the way on its path, and it (or, when it does
+    not exist yet, the nearest existing folder above it) must take new files. Of the names written there (the
+    submission files ``names``, by default those of the packaged GLUE tasks, the zip and ``dev_scores.json``),
+    none may be something other than a regular file (a folder, a pipe): it could not be replaced.
     """
     if "/" in zip_name or "\\" in zip_name or not zip_name.endswith(".zip"):
         raise ConfigError(f"zip name must be a plain *.zip file name, got {zip_name!r}")
@@ -140,9 +145,19 @@ def check_output(out_dir: str | Path, zip_name: str = "submission.zip") -> None:
             if not parent.is_dir():
                 raise ConfigError(f"{out_dir}: {parent} is a file, not a folder")
             break
-    # the files are written in a temporary folder beside out_dir, then moved into it: both places must take files
-    for folder in dict.fromkeys((out_dir, out_dir.parent)):
-        check_writable_folder(folder, str(out_dir))
+    if out_dir.is_dir():
+        _check_targets(out_dir, [*(submission_files(load_task_defs()) if names is None else names), zip_name,
+                                 SCORES_FILE])
+    # the files are written in a temporary folder inside out_dir, then renamed into it (never across devices)
+    check_writable_folder(out_dir, str(out_dir))
+
+
+def _check_targets(out_dir: Path, names: Iterable[str]) -> None:
+    """Refuse a name in ``out_dir`` that exists and is not a regular file (a symlink to one is replaced)."""
+    for name in names:
+        path = out_dir / name
+        if path.exists() and not path.is_file():
+            raise ConfigError(f"{path}: exists and is not a file (the submission writes a file of that name there)")
 
 
 def _exact_files(official: dict, names) -> None:
@@ -157,17 +172,20 @@ def _exact_files(official: dict, names) -> None:
 class SubmissionWriter:
     """Writes the submission files one at a time, each as its rows come (streamed to disk, never held whole).
 
-    Files go into a temporary folder next to ``out_dir``; :meth:`finish` (once every official file is there)
-    writes the flat zip and moves everything into place, the zip last. Leaving a ``with`` block by an exception,
-    or :meth:`abort`, removes the temporary folder: a failure leaves no partial file in ``out_dir``.
+    Files go into a hidden temporary folder inside ``out_dir`` (``.tmp-submission-*``: the moves into place are
+    renames within one folder, even when ``out_dir`` is a mount point); :meth:`finish` (once every official file
+    is there) writes the flat zip and moves everything into place, the zip last. Leaving a ``with`` block by an
+    exception, or :meth:`abort`, removes the temporary folder, and ``out_dir`` (with the folders above it) when
+    this writer made it and it is empty: a failure leaves no partial file in ``out_dir``.
     """
 
     def __init__(self, out_dir: str | Path, zip_name: str = "submission.zip", tasks: dict[str, TaskDef] | None = None):
         self.official = submission_files(load_task_defs() if tasks is None else tasks)
-        check_output(out_dir, zip_name)
+        check_output(out_dir, zip_name, self.official)
         self.out_dir, self.zip_name = Path(out_dir), zip_name
         self.rows: dict[str, int] = {}  # file name -> rows written
         self.tmp: Path | None = None
+        self.made: list[Path] = []  # folders this writer made, deepest first (removed again on a failure)
 
     def __contains__(self, name: str) -> bool:
         return name in self.rows
@@ -184,23 +202,36 @@ class SubmissionWriter:
         if name not in self.official or name in self.rows:
             raise ConfigError(f"{name}: {'written twice' if name in self.rows else 'not a GLUE submission file'}")
         if self.tmp is None:
-            self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-", dir=self.out_dir.parent))
+            missing = [d for d in (self.out_dir, *self.out_dir.parents) if not d.exists()]
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.made = [d for d in missing if d.is_dir()]
+            self.tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=self.out_dir))
         self.rows[name] = _write_file(self.tmp / name, name, rows)
         return self.rows[name]
 
     def finish(self) -> Path:
-        """The zip of every official file (task-definition order), then everything moved into ``out_dir``."""
+        """The zip of every official file (task-definition order), then everything moved into ``out_dir``.
+
+        A name in ``out_dir`` that became a folder (or another non-file) since the writer started is refused
+        before anything is moved; a move that fails anyway is a :class:`ConfigError` naming the file, and the zip,
+        moved last, is then not written."""
         _exact_files(self.official, self.rows)
         assert self.tmp is not None
-        with zipfile.ZipFile(self.tmp / self.zip_name, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for name in self.official:
-                zf.write(self.tmp / name, arcname=name)
-        self.out_dir.mkdir(exist_ok=True)
-        for name in self.official:
-            atomic.commit(self.tmp / name, self.out_dir / name)
-        # last: the zip appears only when complete
-        atomic.commit(self.tmp / self.zip_name, self.out_dir / self.zip_name)
+        final = [*self.official, self.zip_name]  # last: the zip appears only when complete
+        _check_targets(self.out_dir, final)
+        try:
+            with zipfile.ZipFile(self.tmp / self.zip_name, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+                for name in self.official:
+                    zf.write(self.tmp / name, arcname=name)
+        except OSError as exc:
+            raise ConfigError(f"{self.out_dir / self.zip_name}: cannot write it ({exc.strerror or exc})") from None
+        for name in final:
+            try:
+                atomic.commit(self.tmp / name, self.out_dir / name)
+            except OSError as exc:
+                raise ConfigError(f"{self.out_dir / name}: cannot move it into place ({exc.strerror or exc}); "
+                                  f"{self.zip_name} was not written") from None
+        self.made = []  # out_dir holds the submission now: kept
         self.abort()
         logger.info("wrote %d submission files and %s", len(self.official), self.out_dir / self.zip_name)
         older = sorted(p.name for p in self.out_dir.glob("*.zip") if p.name != self.zip_name)
@@ -210,9 +241,14 @@ class SubmissionWriter:
         return self.out_dir / self.zip_name
 
     def abort(self) -> None:
+        """Remove the temporary folder, and the folders this writer made when they are empty."""
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None
+        for folder in self.made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only an empty one
+        self.made = []
 
 
 def write_submission(out_dir: str | Path, rows_by_file: dict[str, Iterable[tuple[str, str]]],
@@ -222,7 +258,7 @@ def write_submission(out_dir: str | Path, rows_by_file: dict[str, Iterable[tuple
     ``rows_by_file`` maps each official file name to its ``(index, prediction)`` rows (already formatted,
     see :func:`format_prediction`; any iterable), written in the order given. The set of files must be exactly
     the official one (from ``tasks``, by default the packaged GLUE tasks). Everything is first written into a
-    temporary folder next to ``out_dir`` and then moved into place, so a failure leaves no partial file.
+    temporary folder inside ``out_dir`` and then moved into place, so a failure leaves no partial file.
     """
     writer = SubmissionWriter(out_dir, zip_name, tasks)
     _exact_files(writer.official, rows_by_file)
@@ -353,6 +389,9 @@ def _check_file(task: TaskDef, split: SplitDef, name: str, data: bytes,
     if text.startswith("\ufeff"):
         report.problems.append("starts with a byte-order mark")
         text = text[1:]
+    if not text.strip():  # nothing but a byte-order mark and blank space
+        report.problems.append("empty file")
+        return report
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()
@@ -389,13 +428,21 @@ def inspect_submission(zip_path: str | Path, tasks: dict[str, TaskDef],
     if not zip_path.is_file():
         report.problems.append(f"{zip_path}: no such file")
         return report
+    encrypted: set[str] = set()
     try:
         with zipfile.ZipFile(zip_path) as zf:
             infos = zf.infolist()
-            bad_member = zf.testzip()
-            if bad_member is not None:
-                report.problems.append(f"{zip_path}: corrupt zip (member {bad_member} fails its CRC check)")
-                return report
+            for info in infos:  # the CRC of every member (zipfile.testzip, but an encrypted member is not read)
+                if info.flag_bits & 0x1:
+                    encrypted.add(info.filename)
+                    continue
+                try:
+                    with zf.open(info) as member:
+                        while member.read(1 << 20):
+                            pass
+                except zipfile.BadZipFile:
+                    report.problems.append(f"{zip_path}: corrupt zip (member {info.filename} fails its CRC check)")
+                    return report
             contents: dict[str, bytes] = {}
             seen: set[str] = set()
             for info in infos:
@@ -408,13 +455,18 @@ def inspect_submission(zip_path: str | Path, tasks: dict[str, TaskDef],
                     report.problems.append(f"nested path {name!r}: files must sit at the top of the zip")
                 elif name not in official:
                     report.problems.append(f"unexpected file {name!r} (expected only {', '.join(official)})")
+                elif info.flag_bits & 0x1:
+                    continue  # reported with the file below
                 else:
                     contents[name] = zf.read(info)
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as exc:
         report.problems.append(f"{zip_path}: not a readable zip file ({exc})")
         return report
     for name, (task, split) in official.items():
-        if name not in contents:
+        if name in encrypted and name not in contents:
+            report.files[name] = FileReport(name, problems=["encrypted (password-protected): the GLUE server "
+                                                            "cannot read it"])
+        elif name not in contents:
             report.files[name] = FileReport(name, problems=["missing from the zip"])
         else:
             report.files[name] = _check_file(task, split, name, contents[name], glue_dir)
@@ -425,10 +477,10 @@ def check_submission(zip_path: str | Path, tasks: dict[str, TaskDef],
                      glue_dir: str | Path | None = None) -> list[str]:
     """One line per problem found in a submission zip; an empty list means it is valid.
 
-    Checked: the zip opens and its members pass their CRC; exactly the official files, flat; each file is
-    non-empty UTF-8 with LF endings, the exact header, the official row count, ``index<TAB>prediction`` rows,
-    no repeated index, labels from the task's vocabulary, finite in-range scores. With ``glue_dir``, the
-    indices of each file are compared with those of the test file there (when present).
+    Checked: the zip opens and its members pass their CRC; exactly the official files, flat, none encrypted;
+    each file is non-empty UTF-8 with LF endings, the exact header, the official row count,
+    ``index<TAB>prediction`` rows, no repeated index, labels from the task's vocabulary, finite in-range scores.
+    With ``glue_dir``, the indices of each file are compared with those of the test file there (when present).
     """
     return inspect_submission(zip_path, tasks, glue_dir).all_problems()
 
@@ -478,6 +530,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows = {name: baseline_rows(task, split, args.glue_dir)
                     for name, (task, split) in submission_files(tasks).items()}
             path = write_submission(args.baseline, rows, tasks=tasks)
+            # validated as mt_dnn.predict does (a test file of another row count fails); the test files' warnings
+            # were given when the rows were read and are not repeated
+            glue_log = logging.getLogger("data_utils.glue")
+            level = glue_log.level
+            glue_log.setLevel(logging.ERROR)
+            try:
+                problems = check_submission(path, tasks, args.glue_dir)
+            finally:
+                glue_log.setLevel(level)
+            if problems:
+                for problem in problems:
+                    print(f"PROBLEM: {problem}", file=sys.stderr)
+                print(f"error: {path} failed validation ({len(problems)} problems)", file=sys.stderr)
+                return 1
             print(f"wrote {path}")
             return 0
         zip_path = Path(args.check)

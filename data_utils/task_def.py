@@ -349,6 +349,7 @@ def load_task_defs(extra_files: Iterable[str | Path] = ()) -> dict[str, TaskDef]
     builtin = resources.files("data_utils").joinpath("glue_tasks.yml").read_text(encoding="utf-8")
     tasks = {name: parse_task_block(name, block, "glue_tasks.yml")
              for name, block in _read_yaml("glue_tasks.yml", builtin).items()}
+    source: dict[str, str] = {}  # task name -> the extra file that (re)defined it last
     for path in extra_files:
         for name, block in _read_yaml(path).items():
             task = parse_task_block(str(name), block, str(path))
@@ -357,9 +358,21 @@ def load_task_defs(extra_files: Iterable[str | Path] = ()) -> dict[str, TaskDef]
                 logger.log(logging.DEBUG if same else logging.INFO, "task %s redefined by %s%s", name, path,
                            " (identically)" if same else "")
             tasks[str(name)] = task
-    for t in tasks.values():
-        if t.head and (t.head not in tasks or tasks[t.head].labels != t.labels):
-            raise ConfigError(f"task {t.name!r}: head {t.head!r} must be a task with the same labels")
+            source[str(name)] = str(path)
+    for name, t in list(tasks.items()):
+        head = tasks.get(t.head) if t.head else None
+        if not t.head or (head is not None and head.labels == t.labels):
+            continue
+        if head is not None and name not in source and t.head in source and \
+                sorted(head.labels or ()) == sorted(t.labels or ()):
+            # a packaged task predicted by a head that a file redefined with its labels in another order (AX by a
+            # run's own MNLI): it reads that head's ids in the head's order; its label names are the same
+            logger.info("task %s follows the label order of its head %s (%s)", name, t.head, source[t.head])
+            tasks[name] = dataclasses.replace(t, labels=head.labels)
+            continue
+        where = f"{source[name]}: " if name in source else ""
+        what = f" (defined in {source[t.head]})" if t.head in source and name not in source else ""
+        raise ConfigError(f"{where}task {name!r}: head {t.head!r}{what} must be a task with the same labels")
     return tasks
 
 

@@ -28,14 +28,14 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from data_utils import atomic
 from data_utils.encoder_limits import check_encoder_fits
-from data_utils.features import load_features
+from data_utils.features import load_features, save_pending
 from data_utils.glue import BAD_ROWS, split_path
 from data_utils.metrics import compute_metrics
 from data_utils.output_paths import check_output_file, is_stdout
@@ -60,6 +60,8 @@ class Plan:
     dir: Path
     max_len: int
     tasks: dict[str, TaskDef]  # the tasks it predicts: its own and those predicted by one of its heads (AX by mnli)
+    # (task, dev split) -> the robustness sets scored beside it, read (and checked) before anything is predicted
+    robust: dict[tuple[str, str], list[RobustSplit]] = field(default_factory=dict)
 
 
 def plan_checkpoints(saved: list[SavedModel], official: dict[str, TaskDef], tasks_flag: str | None,
@@ -72,10 +74,10 @@ def plan_checkpoints(saved: list[SavedModel], official: dict[str, TaskDef], task
     wanted = None if tasks_flag is None else {t.name for t in select_tasks(known, tasks_flag)}
     plans = []
     for s in saved:
-        usable = {t.name: t for t in s.tasks}
+        usable = {t.name: with_packaged_sets(t, official, s.dir) for t in s.tasks}
         for t in official.values():
             if t.head and t.head in s.heads and t.name not in usable:
-                usable[t.name] = t
+                usable[t.name] = read_by_head(t, {x.name: x for x in s.tasks}.get(t.head), s.dir)
         if wanted is not None:
             usable = {n: t for n, t in usable.items() if n in wanted or t.head_name in wanted}
         max_len = run_max_len(s.dir, max_seq_len) if usable else 0
@@ -90,6 +92,58 @@ def plan_checkpoints(saved: list[SavedModel], official: dict[str, TaskDef], task
             raise ConfigError(f"--tasks {','.join(missing)}: no checkpoint has a head for it (the checkpoints' "
                               f"heads: {', '.join(heads) or 'none'}); nothing would be predicted for it")
     return plans
+
+
+def with_packaged_sets(task: TaskDef, official: dict[str, TaskDef], where: Path) -> TaskDef:
+    """``task`` as a run saved it; a run saved before task definitions listed robustness sets gets the packaged
+    definition's sets (AdvGLUE), where the packaged task has the same name and label names."""
+    packaged = official.get(task.name)
+    if task.robustness or packaged is None or not packaged.robustness or \
+            set(packaged.labels or ()) != set(task.labels or ()):
+        return task
+    logger.info("%s: its task %s lists no robustness sets; scoring the packaged ones (%s)", where, task.name,
+                ", ".join(packaged.robustness))
+    return replace(task, robustness=packaged.robustness)
+
+
+def read_by_head(task: TaskDef, head: TaskDef | None, where: Path) -> TaskDef:
+    """A packaged task predicted by a run's head (AX by MNLI's), with its labels in the order that head was
+    trained with: the head's class ids are read in the head's order."""
+    if head is None or head.labels == task.labels:
+        return task
+    if sorted(head.labels or ()) != sorted(task.labels or ()):
+        raise ConfigError(f"{where}: task {task.name} is predicted by head {head.name}, whose labels "
+                          f"{list(head.labels or ())} are not {task.name}'s {list(task.labels or ())}")
+    return replace(task, labels=head.labels)
+
+
+def check_inputs(plans: list[Plan], glue_dir: str, robustness_flag: str | None, tasks_flag: str | None) -> None:
+    """Before anything is predicted: read every robustness set the plans score (a malformed file stops here;
+    an explicit --robustness_dir must exist); each --tasks name needs a dev or test file, and without --tasks
+    some task one (a wrong --glue_dir would otherwise give a submission of baseline labels only)."""
+    if robustness_flag and not Path(robustness_flag).is_dir():
+        raise ConfigError(f"--robustness_dir {robustness_flag}: no such folder")
+    folder = robustness_dir(robustness_flag, glue_dir)
+    warned: set[str] = set()
+    has_file: dict[str, set[str]] = {}  # task -> the kinds of file found ("dev", "test")
+    for plan in plans:
+        for name, task in plan.tasks.items():
+            for rs in load_sets(task, folder, warned):
+                plan.robust.setdefault((name, rs.dev_split), []).append(rs)
+            for kind in ("dev", "test"):
+                if any(split_path(glue_dir, task, sp).is_file() for sp in task.splits_of(kind)):
+                    has_file.setdefault(name, set()).add(kind)
+    if tasks_flag is not None:
+        planned = {n: t for p in plans for n, t in p.tasks.items()}
+        empty = sorted(n for n in planned if n not in has_file)
+        if empty:
+            raise ConfigError(f"--tasks {','.join(empty)}: no dev or test file under --glue_dir {glue_dir} (e.g. "
+                              f"{split_path(glue_dir, planned[empty[0]], planned[empty[0]].splits_of('dev')[0])}); "
+                              "nothing would be predicted for it")
+    if any(p.tasks for p in plans) and not has_file:
+        raise ConfigError(f"--glue_dir {glue_dir}: no dev or test file of any task the checkpoints predict (e.g. "
+                          f"{next(split_path(glue_dir, t, t.splits_of('dev')[0]) for p in plans for t in p.tasks.values())}"
+                          "); nothing would be predicted")
 
 
 def _checked_flags() -> list:
@@ -157,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     saved = [read_model_dir(find_model_dir(ckpt)) for ckpt in args.checkpoint]
     plans = plan_checkpoints(saved, official, args.tasks, args.max_seq_len)
     del saved
+    check_inputs(plans, args.glue_dir, args.robustness_dir, args.tasks)
+    pending: list = []  # cache files, written only once everything has been predicted
     dev_scores: dict[str, dict] = {}
     source: dict[str, str] = {}
     # each test file is written as soon as it is predicted (rows formatted as they are written); the zip and
@@ -166,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             if not plan.tasks:
                 logger.info("%s: none of --tasks %s, skipped", plan.dir, args.tasks)
                 continue
-            predict_plan(plan, args, device, dev_scores, writer, source)
+            predict_plan(plan, args, device, dev_scores, writer, source, pending)
         filled = []
         for name, (task, split) in submission_files(official).items():
             if name not in writer:
@@ -174,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                 filled.append(f"{name} ({task.name}: '{task.baseline_label}')")
         zip_path = writer.finish()
     atomic.write_text(out / "dev_scores.json", json.dumps(dev_scores, indent=2))
+    save_pending(pending)
     problems = check_submission(zip_path, official, args.glue_dir)
     print(f"predicted by a model: {', '.join(sorted(source)) or 'none'}")
     if filled:
@@ -187,12 +244,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"PROBLEM: {prob}", file=sys.stderr)
         print(f"error: {zip_path} failed validation ({len(problems)} problems)", file=sys.stderr)
         return 1
+    if not source:
+        print(f"OK: {zip_path} is valid but holds baseline labels only: no test file was predicted by a model; dev "
+              f"scores in {out / 'dev_scores.json'}")
+        return 0
     print(f"OK: {zip_path} is a valid GLUE submission (validated); dev scores in {out / 'dev_scores.json'}")
     return 0
 
 
 def predict_plan(plan: Plan, args: argparse.Namespace, device: torch.device, dev_scores: dict[str, dict],
-                 writer: SubmissionWriter, source: dict[str, str]) -> None:
+                 writer: SubmissionWriter, source: dict[str, str], pending: list) -> None:
     """Score the dev splits and write the test files of one checkpoint's tasks (those not done by an earlier one).
 
     A split's features are flat arrays and its predictions one array (N,): rows are predicted in length-sorted
@@ -202,29 +263,25 @@ def predict_plan(plan: Plan, args: argparse.Namespace, device: torch.device, dev
     model, tokenizer, _ = load_model(d)
     model.to(device).eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    robust_folder = robustness_dir(args.robustness_dir, args.glue_dir)
-    warned: set[str] = set()
     for name, task in plan.tasks.items():
         if name not in model.task_defs:
             model.task_defs[name] = task
-        robust: dict[tuple[str, str], list[RobustSplit]] = {}  # robustness sets, by the dev split they sit beside
-        for rs in load_sets(task, robust_folder, warned):
-            robust.setdefault((name, rs.dev_split), []).append(rs)
         for split in task.splits_of("dev"):
             key = f"{name}/{split.name}"
             if key in dev_scores:
                 continue
             dev_file = split_path(args.glue_dir, task, split)
             if not dev_file.is_file():
-                logger.warning("%s: no dev file %s: not scored", name, dev_file)
+                logger.warning("%s: no dev file %s: not scored%s", name, dev_file,
+                               " (nor its robustness sets)" if plan.robust.get((name, split.name)) else "")
                 continue
             feats = load_features(args.glue_dir, task, split, tokenizer, plan.max_len, args.cache_dir,
-                                  bad_rows=args.bad_rows)
+                                  pending=pending, bad_rows=args.bad_rows)
             preds = predict(model, feats, args.eval_batch_size, device, pad, args.precision)
             dev_scores[key] = {"checkpoint": str(d), **compute_metrics(task.metrics, preds, feats.labels)}
             print(f"dev {key}: " + "  ".join(f"{k} {v:.4f}" for k, v in dev_scores[key].items()
                                                if k != "checkpoint"))
-            for rs in robust.get((name, split.name), []):
+            for rs in plan.robust.get((name, split.name), []):
                 rfeats = tokenize_set(tokenizer, task, rs, plan.max_len)
                 rmetrics = compute_metrics(task.metrics, predict(model, rfeats, args.eval_batch_size, device, pad,
                                                                  args.precision), rfeats.labels)
@@ -236,7 +293,8 @@ def predict_plan(plan: Plan, args: argparse.Namespace, device: torch.device, dev
             if not split_path(args.glue_dir, task, split).is_file():
                 logger.warning("%s: no test file %s", name, split_path(args.glue_dir, task, split))
                 continue
-            feats = load_features(args.glue_dir, task, split, tokenizer, plan.max_len, args.cache_dir)
+            feats = load_features(args.glue_dir, task, split, tokenizer, plan.max_len, args.cache_dir,
+                                  pending=pending)
             preds = predict(model, feats, args.eval_batch_size, device, pad, args.precision)
             writer.add(split.submission, ((idx, format_prediction(task, v)) for idx, v in zip(feats.indices, preds)))
             source[split.submission] = str(d)

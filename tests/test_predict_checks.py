@@ -309,3 +309,68 @@ def test_task_definitions_whose_labels_differ_from_the_heads_are_refused(run_cop
     with pytest.raises(ConfigError) as err:
         read_model_dir(best)
     assert str(err.value) == want
+
+
+def test_a_glue_dir_without_the_tasks_files_is_refused_first(saved_run, tmp_path, capsys, predictions):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, last = _predict(capsys, saved_run, empty, tmp_path / "sub")
+    assert code == 2 and last == (f"error: --glue_dir {empty}: no dev or test file of any task the checkpoints "
+                                  f"predict (e.g. {empty / 'RTE' / 'dev.tsv'}); nothing would be predicted")
+    code, _, last = _predict(capsys, saved_run, empty, tmp_path / "sub", "--tasks", "rte")
+    assert code == 2 and last == (f"error: --tasks rte: no dev or test file under --glue_dir {empty} (e.g. "
+                                  f"{empty / 'RTE' / 'dev.tsv'}); nothing would be predicted for it")
+    assert predictions == [] and not (tmp_path / "sub").exists()
+
+
+def test_dev_files_without_test_files_say_the_submission_is_baseline_only(saved_run, glue, tmp_path, capsys):
+    g = shutil.copytree(glue, tmp_path / "glue")
+    (g / "RTE" / "test.tsv").unlink()
+    code, out, _ = _predict(capsys, saved_run, g, tmp_path / "sub")
+    assert code == 0 and "predicted by a model: none" in out and "11 of 11 files" in out
+    assert "holds baseline labels only: no test file was predicted by a model" in out
+    assert "is a valid GLUE submission" not in out
+    assert "rte/dev" in json.loads((tmp_path / "sub" / "dev_scores.json").read_text())
+
+
+def test_a_failed_prediction_writes_no_cache_file(saved_run, glue, tmp_path, capsys):
+    g = shutil.copytree(glue, tmp_path / "glue")
+    path = g / "RTE" / "test.tsv"
+    path.write_text(path.read_text() + "3000\tonly one column\n")  # a short last row, found after dev is scored
+    cache = tmp_path / "cache"
+    code, _, last = _predict(capsys, saved_run, g, tmp_path / "sub", "--cache_dir", str(cache))
+    assert code == 2 and last.startswith(f"error: {path}:3002:")
+    assert not cache.exists() or not any(cache.rglob("*.pt"))
+    # the same files without the bad row: the dev and test features are cached once it succeeds
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+    code, _, _ = _predict(capsys, saved_run, g, tmp_path / "sub", "--cache_dir", str(cache))
+    assert code == 0 and len(list(cache.rglob("*.pt"))) == 2
+
+
+def test_ax_through_a_head_trained_with_another_label_order_gets_the_right_names(tmp_path, tiny_model_dir, capsys):
+    """A run trained with MNLI's labels in its own order saves only mnli; the packaged AX is read by that head, so
+    its class ids are the head's: a head that always answers 'neutral' writes 'neutral' in AX.tsv."""
+    import torch
+    import yaml
+    from transformers import AutoModel, AutoTokenizer
+
+    from mt_dnn.model import MultiTaskModel, save_model
+
+    mnli = load_task_defs()["mnli"].to_dict()
+    mnli["labels"] = ["neutral", "contradiction", "entailment"]  # the packaged order puts neutral last
+    extra = tmp_path / "mnli.yml"
+    extra.write_text(yaml.safe_dump({"mnli": mnli}))
+    task = load_task_defs([extra])["mnli"]
+    model = MultiTaskModel(AutoModel.from_pretrained(tiny_model_dir), [task], "cls")
+    with torch.no_grad():
+        model.heads["mnli"].out.weight.zero_()
+        model.heads["mnli"].out.bias.zero_()
+        model.heads["mnli"].out.bias[0] = 5.0  # id 0: neutral in the run's order
+    save_model(model, AutoTokenizer.from_pretrained(tiny_model_dir), [task], tmp_path / "best")
+    glue = write_glue(tmp_path / "glue", tasks=("mnli", "ax"))
+    code = run_cli(predict_main, ["--checkpoint", str(tmp_path / "best"), "--glue_dir", str(glue),
+                                  "--submission_dir", str(tmp_path / "sub")])
+    assert code in (0, 1)  # the fixture's test files are not the official sizes
+    for name in ("AX.tsv", "MNLI-m.tsv", "MNLI-mm.tsv"):
+        rows = (tmp_path / "sub" / name).read_text().splitlines()[1:]
+        assert rows and {r.split("\t")[1] for r in rows} == {"neutral"}, name

@@ -215,3 +215,56 @@ def test_resume_refuses_a_changed_robustness_file(tmp_path, tiny_model_dir, caps
     assert "rte/advglue" in capsys.readouterr().err
     (adv / "dev.json").write_text(json.dumps({"rte": _nli(4, [0, 1, 1, 0])}))  # the file it started with
     assert run_cli(main, [*argv, "--resume"]) == 0
+
+
+def _mnli_glue_and_adv(tmp_path):
+    glue = tmp_path / "glue"
+    (glue / "MNLI").mkdir(parents=True)
+    for split in ("dev_matched", "dev_mismatched"):
+        rows = [f"{i}\t{WORDS[i]} sat\t{WORDS[i + 1]} ran\t{lab}" for i, lab in enumerate(["neutral", "entailment"])]
+        (glue / "MNLI" / f"{split}.tsv").write_text("index\tsentence1\tsentence2\tgold_label\n" + "\n".join(rows) + "\n")
+    adv = tmp_path / "adv"
+    adv.mkdir()
+    (adv / "dev.json").write_text(json.dumps({"mnli": _nli(4, [0, 0, 1, 2], "premise", "hypothesis"),
+                                              "mnli-mm": _nli(3, [0, 1, 1], "premise", "hypothesis")}))
+    return glue, adv
+
+
+def test_a_run_saved_before_tasks_listed_robustness_sets_is_scored_on_the_packaged_ones(tmp_path, tiny_model_dir,
+                                                                                         capsys):
+    import yaml
+
+    from mt_dnn.predict import main
+    glue, adv = _mnli_glue_and_adv(tmp_path)
+    model = _constant_model_dir(tmp_path, tiny_model_dir, "mnli", "entailment")
+    defs = yaml.safe_load((model / "tasks.yml").read_text())
+    del defs["mnli"]["robustness"]  # as a run saved before the sets existed wrote it
+    (model / "tasks.yml").write_text(yaml.safe_dump(defs))
+    sub = tmp_path / "sub"
+    assert main(["--checkpoint", str(model), "--glue_dir", str(glue), "--submission_dir", str(sub),
+                 "--robustness_dir", str(adv), "--device", "cpu"]) in (0, 1)
+    scores = json.loads((sub / "dev_scores.json").read_text())
+    assert scores["mnli/dev_matched"]["robustness"]["advglue"]["acc"] == pytest.approx(2 / 4)
+    assert scores["mnli/dev_mismatched"]["robustness"]["advglue"]["acc"] == pytest.approx(1 / 3)
+    assert "lists no robustness sets; scoring the packaged ones (advglue)" in capsys.readouterr().err
+
+
+def test_predict_checks_the_robustness_files_before_predicting(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    import mt_dnn.predict as predict_mod
+    from mt_dnn.cli_utils import run_cli
+
+    calls = []
+    real = predict_mod.predict
+    monkeypatch.setattr(predict_mod, "predict", lambda *a, **k: calls.append(1) or real(*a, **k))
+    glue, adv = _mnli_glue_and_adv(tmp_path)
+    model = _constant_model_dir(tmp_path, tiny_model_dir, "mnli", "entailment")
+    sub = tmp_path / "sub"
+    args = ["--checkpoint", str(model), "--glue_dir", str(glue), "--submission_dir", str(sub), "--device", "cpu"]
+    # a misspelled folder is an error, not a warning and a run without the scores
+    assert run_cli(predict_mod.main, args + ["--robustness_dir", str(tmp_path / "advglu")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: --robustness_dir {tmp_path / 'advglu'}: no such folder"
+    # a file without the mismatched key: found before the matched dev split is predicted
+    (adv / "dev.json").write_text(json.dumps({"mnli": _nli(4, [0, 0, 1, 2], "premise", "hypothesis")}))
+    assert run_cli(predict_mod.main, args + ["--robustness_dir", str(adv)]) == 2
+    assert "key 'mnli-mm': missing" in capsys.readouterr().err
+    assert calls == [] and not sub.exists()

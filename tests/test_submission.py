@@ -329,3 +329,24 @@ def test_cli_baseline_then_check(small_yaml, tmp_path):
     assert result.returncode == 0, result.stderr
     result = _cli("--check", str(tmp_path / "sub" / "submission.zip"), "--task_def", str(small_yaml))
     assert result.returncode == 0 and "OK:" in result.stdout, result.stdout
+
+
+def test_cli_baseline_that_fails_validation_exits_1(tmp_path):
+    """A baseline takes its indices from the test files under --glue_dir; one of another row count than the
+    official file (RTE: 6 rows, the official one has 3000) makes a zip the server would refuse: the command
+    validates what it wrote and says so, as mt_dnn.predict does."""
+    from tests.glue_fixtures import write_glue
+
+    glue = write_glue(tmp_path / "glue", tasks=("rte",), n_test=6)
+    out = tmp_path / "sub"
+    result = _cli("--baseline", str(out), "--glue_dir", str(glue))
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-2:] == [
+        "PROBLEM: RTE.tsv: 6 rows, expected 3000",
+        f"error: {out / 'submission.zip'} failed validation (1 problems)"]
+    # the warning about the short test file is given once, when the rows are read
+    assert result.stderr.count("RTE/test.tsv: 6 rows, the official file has 3000") == 1
+    result = _cli("--check", str(out / "submission.zip"), "--glue_dir", str(glue))
+    assert result.returncode == 1 and "PROBLEM: RTE.tsv: 6 rows, expected 3000" in result.stdout

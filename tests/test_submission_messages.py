@@ -173,7 +173,7 @@ def test_writer_refusals_counts_and_folders(tasks, tmp_path):
         assert w.add("RTE.tsv", iter([("0", "entailment"), ("1", "not_entailment")])) == 2
         assert w.add("WNLI.tsv", []) == 0
         assert "RTE.tsv" in w and "WNLI.tsv" in w and "CoLA.tsv" not in w
-        assert [p.name.startswith(".out.tmp-") for p in out.parent.iterdir()] == [True]  # beside out, hidden
+        assert [p.name.startswith(".tmp-submission-") for p in out.iterdir()] == [True]  # inside out, hidden
         for name, message in (("RTE.tsv", "RTE.tsv: written twice"),
                               ("SNLI.tsv", "SNLI.tsv: not a GLUE submission file")):
             with pytest.raises(ConfigError) as err:
@@ -183,7 +183,8 @@ def test_writer_refusals_counts_and_folders(tasks, tmp_path):
         with pytest.raises(ConfigError, match=r": missing AX\.tsv, CoLA\.tsv, MNLI-m\.tsv, MNLI-mm\.tsv, MRPC\.tsv, "
                                               r"QNLI\.tsv, QQP\.tsv, SST-2\.tsv, STS-B\.tsv$"):
             w.finish()
-    assert list(out.parent.iterdir()) == []  # leaving the block removed the temporary folder
+    # leaving the block removed the temporary folder, and out, a and b, which the writer made for it
+    assert list(tmp_path.iterdir()) == []
     w.abort()  # a second abort does nothing
 
 
@@ -482,13 +483,17 @@ def test_cli_check_compares_with_the_glue_dir(members, task_yaml, tmp_path, glue
 
 def test_cli_logs_warnings_as_level_name_message(tasks, task_yaml, tmp_path, capsys, monkeypatch):
     # the command line's own log format, on a run where the root logger has no handler yet (pytest adds its own,
-    # so they are set aside here): a test file shorter than its task's row count gives one warning line
+    # so they are set aside here): a test file shorter than its task's row count gives one warning line; the
+    # baseline written from it (2 RTE rows) then fails the validation that follows the writing: exit 1
     (tmp_path / "RTE").mkdir()
     (tmp_path / "RTE" / "test.tsv").write_text("index\tsentence1\tsentence2\n0\ta\tb\n1\tc\td\n")
     monkeypatch.setattr(logging.root, "handlers", [])
-    assert main(["--baseline", str(tmp_path / "sub"), "--task_def", str(task_yaml), "--glue_dir", str(tmp_path)]) == 0
-    err = capsys.readouterr().err
-    assert err == f"WARNING data_utils.glue: {tmp_path / 'RTE' / 'test.tsv'}: 2 rows, the official file has 6\n"
+    assert main(["--baseline", str(tmp_path / "sub"), "--task_def", str(task_yaml), "--glue_dir", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines() == [
+        f"WARNING data_utils.glue: {tmp_path / 'RTE' / 'test.tsv'}: 2 rows, the official file has 6",
+        "PROBLEM: RTE.tsv: 2 rows, expected 6",
+        f"error: {tmp_path / 'sub' / 'submission.zip'} failed validation (1 problems)"]
 
 
 # ---- details: split names, repeated members, line numbers, the writer's folders ---------------------------------
@@ -528,8 +533,9 @@ def test_writer_details(tasks, tmp_path, monkeypatch):
     monkeypatch.setattr(submission_mod, "check_writable_folder", lambda folder, what: calls.append((folder, what)))
     out = tmp_path / "a" / "out"
     check_output(out)
-    # both places must take files: the folder and the one its temporary sibling goes into
-    assert calls == [(out, str(out)), (out.parent, str(out))]
+    # the folder must take files (tried on the nearest existing one when it is not there yet): the temporary
+    # folder goes inside it
+    assert calls == [(out, str(out))]
     with pytest.raises(ConfigError, match="zip name must be a plain"):
         SubmissionWriter(tmp_path / "o", "sub.tar", tasks=tasks)
     rows = _rows(tasks)
@@ -541,8 +547,8 @@ def test_writer_details(tasks, tmp_path, monkeypatch):
         shutil.rmtree(w.tmp)  # the temporary folder gone already: abort does not fail
         w.abort()
         assert w.tmp is None
-        assert w.add("WNLI.tsv", [("0", "1")]) == 1  # a new temporary folder, beside the output
-        assert w.tmp.parent == tmp_path
+        assert w.add("WNLI.tsv", [("0", "1")]) == 1  # a new temporary folder, inside the output
+        assert w.tmp.parent == tmp_path / "o"
 
 
 def test_missing_ids_in_numeric_order(tasks, members, tmp_path):
@@ -552,3 +558,168 @@ def test_missing_ids_in_numeric_order(tasks, members, tmp_path):
     path = tmp_path / "glue" / "RTE" / "test.tsv"
     got = _problems(tmp_path, tasks, members, tmp_path / "glue", RTE=_rte([0, 1, 2, 3, 4, 5, 6, 7, 8, 11]))
     assert got[-1] == f"RTE.tsv: indices differ from {path}: 2 test id(s) missing: 9, 10"
+
+
+# ---- where the writer writes: no rename across devices, no folder under a name it writes ---------------------
+
+def test_the_files_are_moved_within_the_output_folder(tasks, tmp_path, monkeypatch):
+    """The output folder may be a mount point (``/dev/shm``, a container volume), where a rename from any other
+    folder fails (EXDEV): every rename the writer makes stays inside it."""
+    import errno
+    import os
+
+    out = tmp_path / "mnt"
+    out.mkdir()
+    real_replace = os.replace
+
+    def replace_on_a_mount(src, dst):
+        inside = [out in Path(p).parents for p in (src, dst)]
+        if inside[0] != inside[1]:
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src), None, str(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_on_a_mount)
+    path = write_submission(out, _rows(tasks), tasks=tasks)
+    assert path == out / "submission.zip"
+    assert sorted(p.name for p in out.iterdir()) == sorted(OFFICIAL + ["submission.zip"])  # no .tmp-* left
+    assert [p.name for p in tmp_path.iterdir()] == ["mnt"]
+    assert check_submission(path, tasks) == []
+
+
+@pytest.mark.parametrize("name", ["RTE.tsv", "AX.tsv", "submission.zip", "dev_scores.json"])
+def test_a_folder_under_a_name_the_writer_writes_is_refused(tasks, tmp_path, name):
+    out = tmp_path / "out"
+    (out / name).mkdir(parents=True)
+    message = f"{out / name}: exists and is not a file (the submission writes a file of that name there)"
+    with pytest.raises(ConfigError) as err:
+        check_output(out)  # the packaged task definitions name the files
+    assert str(err.value) == message
+    with pytest.raises(ConfigError) as err:
+        write_submission(out, _rows(tasks), tasks=tasks)
+    assert str(err.value) == message
+    assert [p.name for p in out.iterdir()] == [name]  # nothing written
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_what_may_stand_under_a_name_the_writer_writes(tasks, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (out / "glue.zip").symlink_to(tmp_path / "elsewhere")  # a link to a folder is refused as the folder is
+    with pytest.raises(ConfigError, match=r"/out/glue\.zip: exists and is not a file \("):
+        check_output(out, "glue.zip")
+    check_output(out, "other.zip")  # another zip name: that link is not in the way
+    (out / "glue.zip").unlink()
+    # a regular file, a link to one and a dangling link are replaced
+    (out / "RTE.tsv").write_text("old\n")
+    (tmp_path / "kept.tsv").write_text("kept\n")
+    (out / "CoLA.tsv").symlink_to(tmp_path / "kept.tsv")
+    (out / "AX.tsv").symlink_to(tmp_path / "nothing")
+    write_submission(out, _rows(tasks), "glue.zip", tasks=tasks)
+    assert (out / "RTE.tsv").read_text() == "index\tprediction\n" + "".join(f"{i}\tentailment\n" for i in range(ROWS))
+    assert not (out / "CoLA.tsv").is_symlink() and not (out / "AX.tsv").is_symlink()
+    assert (tmp_path / "kept.tsv").read_text() == "kept\n"
+    # a folder named under --zip_name of the writer's tasks: their own file names count, not the packaged ones
+    extra = {"extra": dataclasses.replace(tasks["rte"], name="extra", splits={
+        "test": dataclasses.replace(tasks["rte"].splits["test"], submission="EXTRA.tsv")})}
+    (out / "EXTRA.tsv").mkdir()
+    with pytest.raises(ConfigError, match=r"/out/EXTRA\.tsv: exists and is not a file"):
+        SubmissionWriter(out, tasks=extra)
+
+
+def test_a_folder_made_under_a_name_while_writing_is_refused_before_any_move(tasks, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+    with SubmissionWriter(out, tasks=tasks) as w:
+        for name, rows in _rows(tasks).items():
+            w.add(name, rows)
+        (out / "MRPC.tsv").mkdir()  # after the writer started (check_output passed)
+        with pytest.raises(ConfigError) as err:
+            w.finish()
+    assert str(err.value) == (f"{out / 'MRPC.tsv'}: exists and is not a file (the submission writes a file of that "
+                              "name there)")
+    assert sorted(p.name for p in out.iterdir()) == ["MRPC.tsv", "keep.txt"]  # no file moved, no temporary folder
+
+
+def test_a_move_that_fails_is_one_error_naming_the_file(tasks, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    out = tmp_path / "new" / "out"
+    real_replace = os.replace
+
+    def full_at_wnli(src, dst):
+        if Path(dst).name == "WNLI.tsv":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_at_wnli)
+    with pytest.raises(ConfigError) as err:
+        write_submission(out, _rows(tasks), tasks=tasks)
+    assert str(err.value) == f"{out / 'WNLI.tsv'}: cannot move it into place (No space left on device); " \
+                             "submission.zip was not written"
+    # the files before WNLI.tsv (task-definition order) were moved; no zip, no temporary folder
+    assert sorted(p.name for p in out.iterdir()) == sorted(OFFICIAL[:OFFICIAL.index("WNLI.tsv")])
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert write_submission(out, _rows(tasks), tasks=tasks) == out / "submission.zip"  # the next try completes
+    assert sorted(p.name for p in out.iterdir()) == sorted(OFFICIAL + ["submission.zip"])
+
+
+# ---- zips the validator must read without a crash -------------------------------------------------------------
+
+def test_a_file_empty_but_for_a_byte_order_mark(tasks, members, tmp_path):
+    bom = b"\xef\xbb\xbf"
+    assert _problems(tmp_path, tasks, members, AX=bom) == [
+        "AX.tsv: starts with a byte-order mark", "AX.tsv: empty file"]
+    assert _problems(tmp_path, tasks, members, AX=bom + b"\n \n") == [
+        "AX.tsv: starts with a byte-order mark", "AX.tsv: empty file"]
+    assert _problems(tmp_path, tasks, members, AX=b"\n") == ["AX.tsv: empty file"]
+
+
+def _encrypt_flag(path: Path, name: str) -> None:
+    """Set the 'encrypted' bit (bit 0 of the general purpose flags) of member ``name`` in both of its headers:
+    the local header (signature PK\\3\\4, flags at byte 6, name at byte 30) and the central directory entry
+    (signature PK\\1\\2, flags at byte 8, name at byte 46)."""
+    data = bytearray(path.read_bytes())
+    encoded = name.encode()
+    for signature, flags_at, name_at in ((b"PK\x03\x04", 6, 30), (b"PK\x01\x02", 8, 46)):
+        at = data.index(signature)
+        while data[at + name_at:at + name_at + len(encoded)] != encoded:
+            at = data.index(signature, at + 4)
+        data[at + flags_at] |= 0x1
+    path.write_bytes(bytes(data))
+
+
+def test_an_encrypted_member_is_a_problem(tasks, members, task_yaml, tmp_path, capsys):
+    path = _zip(tmp_path / "s.zip", members)
+    _encrypt_flag(path, "AX.tsv")
+    with zipfile.ZipFile(path) as zf, pytest.raises(RuntimeError, match="encrypted"):
+        zf.read("AX.tsv")  # the zip as a password-protected member reads
+    assert check_submission(path, tasks) == ["AX.tsv: encrypted (password-protected): the GLUE server cannot read it"]
+    assert main(["--check", str(path), "--task_def", str(task_yaml)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out == _table({n: "6" for n in OFFICIAL} | {"AX.tsv": "-"},
+                         {n: "ok" for n in OFFICIAL} | {"AX.tsv": "1 problem(s)"}) + [
+        "PROBLEM: AX.tsv: encrypted (password-protected): the GLUE server cannot read it",
+        f"INVALID: {path} has 1 problem(s)"]
+    # an encrypted file the zip should not hold at all is only unexpected
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.writestr("notes.txt", b"x")
+    _encrypt_flag(path, "notes.txt")
+    assert check_submission(path, tasks) == [
+        f"unexpected file 'notes.txt' (expected only {', '.join(OFFICIAL)})",
+        "AX.tsv: encrypted (password-protected): the GLUE server cannot read it"]
+
+
+@pytest.mark.skipif(shutil.which("zip") is None, reason="no zip program")
+def test_a_zip_made_with_a_password(tasks, members, tmp_path):
+    import subprocess
+
+    folder = tmp_path / "files"
+    folder.mkdir()
+    for name, data in members.items():
+        (folder / name).write_bytes(data)
+    subprocess.run(["zip", "-q", "-P", "pw", str(tmp_path / "p.zip"), *members], cwd=folder, check=True)
+    assert check_submission(tmp_path / "p.zip", tasks) == [
+        f"{n}: encrypted (password-protected): the GLUE server cannot read it" for n in OFFICIAL]

@@ -250,8 +250,36 @@ def test_overriding_a_head_task_with_other_labels_is_refused(tmp_path, tasks):
     mnli.pop("robustness")  # its label ids name MNLI's labels
     extra = tmp_path / "mnli.yml"
     extra.write_text(yaml.safe_dump({"mnli": mnli}), encoding="utf-8")
-    with pytest.raises(ConfigError, match="'ax'"):
+    with pytest.raises(ConfigError) as err:
         load_task_defs([extra])
+    assert str(err.value) == f"task 'ax': head 'mnli' (defined in {extra}) must be a task with the same labels"
+
+
+def test_a_packaged_task_follows_its_heads_label_order(tmp_path, tasks, tiny_model_dir):
+    """A run trained on MNLI with its labels in another order saves only mnli in tasks.yml: the packaged AX, read
+    by that head, takes the head's order (its label names are the same), so the run loads and AX maps ids right."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from mt_dnn.model import MultiTaskModel, save_model
+    from mt_dnn.saved_model import read_model_dir
+
+    mnli = tasks["mnli"].to_dict()
+    mnli["labels"] = ["entailment", "neutral", "contradiction"]
+    extra = tmp_path / "mnli.yml"
+    extra.write_text(yaml.safe_dump({"mnli": mnli}), encoding="utf-8")
+    loaded = load_task_defs([extra])
+    assert loaded["ax"].labels == ("entailment", "neutral", "contradiction") == loaded["mnli"].labels
+    assert tasks["ax"].labels == ("contradiction", "entailment", "neutral")  # the packaged order, untouched
+    model = MultiTaskModel(AutoModel.from_pretrained(tiny_model_dir), [loaded["mnli"]], "cls")
+    save_model(model, AutoTokenizer.from_pretrained(tiny_model_dir), [loaded["mnli"]], tmp_path / "best")
+    saved = read_model_dir(tmp_path / "best")
+    assert [t.labels for t in saved.tasks] == [("entailment", "neutral", "contradiction")]
+    # a task defined in the same file as its head must agree with it itself: named with the file
+    ax = tasks["ax"].to_dict()
+    extra.write_text(yaml.safe_dump({"mnli": mnli, "ax": ax}), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_task_defs([extra])
+    assert str(err.value) == f"{extra}: task 'ax': head 'mnli' must be a task with the same labels"
 
 
 # ---- selection ----------------------------------------------------------------------------------------------
