@@ -104,19 +104,25 @@ def _constant_model_dir(tmp_path, tiny_model_dir, task: str, winner: str):
     return out
 
 
-def test_predict_scores_a_saved_model_on_a_hand_made_advglue_file(tmp_path, tiny_model_dir):
-    from mt_dnn.predict import main
+def _mnli_glue_and_adv(tmp_path):
+    """MNLI dev files (the columns the reader needs, as the official header names them) and an AdvGLUE file."""
     glue = tmp_path / "glue"
     (glue / "MNLI").mkdir(parents=True)
-    for split in ("dev_matched", "dev_mismatched"):  # the columns the reader needs, as the official header names them
+    for split in ("dev_matched", "dev_mismatched"):
         rows = [f"{i}\t{WORDS[i]} sat\t{WORDS[i + 1]} ran\t{lab}" for i, lab in enumerate(["neutral", "entailment"])]
         (glue / "MNLI" / f"{split}.tsv").write_text("index\tsentence1\tsentence2\tgold_label\n" + "\n".join(rows) + "\n")
     adv = tmp_path / "adv"
     adv.mkdir()
-    # matched: ids 0, 0, 1, 2 -> a model that always says "entailment" gets 2 of 4 right (a mapping by
-    # position would turn id 1 into "entailment": 1 of 4); mismatched: 0, 1, 1 -> 1 of 3
     (adv / "dev.json").write_text(json.dumps({"mnli": _nli(4, [0, 0, 1, 2], "premise", "hypothesis"),
                                               "mnli-mm": _nli(3, [0, 1, 1], "premise", "hypothesis")}))
+    return glue, adv
+
+
+def test_predict_scores_a_saved_model_on_a_hand_made_advglue_file(tmp_path, tiny_model_dir):
+    from mt_dnn.predict import main
+    # matched: ids 0, 0, 1, 2 -> a model that always says "entailment" gets 2 of 4 right (a mapping by
+    # position would turn id 1 into "entailment": 1 of 4); mismatched: 0, 1, 1 -> 1 of 3
+    glue, adv = _mnli_glue_and_adv(tmp_path)
     model = _constant_model_dir(tmp_path, tiny_model_dir, "mnli", "entailment")
     sub = tmp_path / "sub"
     assert main(["--checkpoint", str(model), "--glue_dir", str(glue), "--submission_dir", str(sub),
@@ -215,19 +221,6 @@ def test_resume_refuses_a_changed_robustness_file(tmp_path, tiny_model_dir, caps
     assert "rte/advglue" in capsys.readouterr().err
     (adv / "dev.json").write_text(json.dumps({"rte": _nli(4, [0, 1, 1, 0])}))  # the file it started with
     assert run_cli(main, [*argv, "--resume"]) == 0
-
-
-def _mnli_glue_and_adv(tmp_path):
-    glue = tmp_path / "glue"
-    (glue / "MNLI").mkdir(parents=True)
-    for split in ("dev_matched", "dev_mismatched"):
-        rows = [f"{i}\t{WORDS[i]} sat\t{WORDS[i + 1]} ran\t{lab}" for i, lab in enumerate(["neutral", "entailment"])]
-        (glue / "MNLI" / f"{split}.tsv").write_text("index\tsentence1\tsentence2\tgold_label\n" + "\n".join(rows) + "\n")
-    adv = tmp_path / "adv"
-    adv.mkdir()
-    (adv / "dev.json").write_text(json.dumps({"mnli": _nli(4, [0, 0, 1, 2], "premise", "hypothesis"),
-                                              "mnli-mm": _nli(3, [0, 1, 1], "premise", "hypothesis")}))
-    return glue, adv
 
 
 def test_a_run_saved_before_tasks_listed_robustness_sets_is_scored_on_the_packaged_ones(tmp_path, tiny_model_dir,
