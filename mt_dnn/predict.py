@@ -197,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             flag.parse(getattr(args, flag.key))
     set_threads(args.threads)
     setup_logging()
+    refuse_other_modes_flags(args, p)
     if args.input is not None:
         return predict_own_input(args, p)
     if not args.glue_dir or not args.submission_dir:
@@ -302,6 +303,21 @@ def predict_plan(plan: Plan, args: argparse.Namespace, device: torch.device, dev
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+GLUE_ONLY = ("glue_dir", "submission_dir", "tasks", "cache_dir", "robustness_dir", "bad_rows", "zip_name")
+INPUT_ONLY = ("task", "output", "text_a", "text_b", "id_column", "input_format")
+
+
+def refuse_other_modes_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """A flag of the other mode is an error, not ignored: ``--task rte`` without ``--input`` (for ``--tasks``)
+    would otherwise predict every task."""
+    given = [k for k in (GLUE_ONLY if args.input is not None else INPUT_ONLY)
+             if getattr(args, k) != parser.get_default(k)]
+    if given:
+        flags = ", ".join(f"--{k}" for k in given)
+        parser.error(f"{flags}: only with --glue_dir (GLUE files)" if args.input is not None else
+                     f"{flags}: only with --input" + (" (for GLUE tasks, --tasks)" if "task" in given else ""))
 
 
 def predict_own_input(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

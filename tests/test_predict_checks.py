@@ -374,3 +374,26 @@ def test_ax_through_a_head_trained_with_another_label_order_gets_the_right_names
     for name in ("AX.tsv", "MNLI-m.tsv", "MNLI-mm.tsv"):
         rows = (tmp_path / "sub" / name).read_text().splitlines()[1:]
         assert rows and {r.split("\t")[1] for r in rows} == {"neutral"}, name
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--task", "rte"], "--task: only with --input (for GLUE tasks, --tasks)"),
+    (["--output", "p.jsonl", "--text_a", "s"], "--output, --text_a: only with --input"),
+])
+def test_flags_of_own_input_are_refused_with_glue_files(saved_run, glue, tmp_path, capsys, predictions, extra,
+                                                          message):
+    with pytest.raises(SystemExit) as exit_:
+        _predict(capsys, saved_run, glue, tmp_path / "sub", *extra)
+    assert exit_.value.code == 2 and capsys.readouterr().err.strip().endswith(f"error: {message}")
+    assert predictions == [] and not (tmp_path / "sub").exists()
+
+
+def test_glue_flags_are_refused_with_own_input(saved_run, tmp_path, capsys):
+    rows = tmp_path / "in.tsv"
+    rows.write_text("sentence1\tsentence2\na b\tc d\n")
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(predict_main, ["--checkpoint", str(saved_run), "--input", str(rows), "--task", "rte", "--output",
+                               str(tmp_path / "p.jsonl"), "--tasks", "rte", "--cache_dir", str(tmp_path / "c")])
+    assert exit_.value.code == 2 and capsys.readouterr().err.strip().endswith(
+        "error: --tasks, --cache_dir: only with --glue_dir (GLUE files)")
+    assert not (tmp_path / "p.jsonl").exists()
