@@ -72,7 +72,7 @@ class TrainConfig:
     warmup: float = setting(0.1, "fraction of steps with linear warm-up, then linear decay to 0", ge=0, lt=1)
     clip: float = setting(1.0, "gradient norm clipping", gt=0)
     optimizer: str = setting("adamw", "optimizer", choices=OPTIMIZERS)
-    seed: int = setting(1, "random seed (data order, dropout, noise, RAPT's layer draws)", ge=0)
+    seed: int = setting(1, "random seed (data order, dropout, noise, RAPT's layer draws)", ge=0, le=2**32 - 1)
     no_eval: bool = setting(False, "skip dev evaluation (the final model is saved as best/)")
     task_sampling: str = setting("proportional", "how multi-task batches are mixed: proportional (every batch "
                                                  "once per epoch), uniform, temperature (p ~ n^(1/T))",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import math
 import operator
 import types
 import typing
@@ -65,7 +66,7 @@ class Flag:
         return f"--no_{self.key}" if self.type is bool and self.default is True and not self.method else f"--{self.key}"
 
     def range_text(self) -> str:
-        return " and ".join(f"{op} {b:g}" for op, b in self.bounds)
+        return " and ".join(f"{op} {b}" if isinstance(b, int) else f"{op} {b:g}" for op, b in self.bounds)
 
     def describe(self) -> str:
         """The help text with the default and the valid range, as ``--help`` shows it."""
@@ -93,6 +94,8 @@ class Flag:
             raise ConfigError(f"{name} must be {_KIND_TEXT[kind]} (got {value!r}{hint})")
         if self.choices and value not in self.choices:
             raise ConfigError(f"{name} {value!r}; choose one of {', '.join(map(str, self.choices))}")
+        if kind is float and not math.isfinite(value):  # inf passes a lower bound, and no flag means "none" by it
+            raise ConfigError(f"{name} must be a finite number (got {value!r})")
         if not all(_OPS[op](value, b) for op, b in self.bounds):
             raise ConfigError(f"{name} must be {self.range_text()} (got {value!r})")
         return value

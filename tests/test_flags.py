@@ -71,6 +71,11 @@ BAD = [
     ("--max_steps", "0", "--max_steps must be >= 1"),
     ("--epochs", "-1", "--epochs must be >= 0"),
     ("--seed", "-1", "--seed must be >= 0"),
+    ("--seed", "4294967296", "--seed must be >= 0 and <= 4294967295 (got 4294967296)"),  # numpy's seed range
+    ("--lr", "inf", "--lr must be a finite number (got inf)"),  # passes a lower bound: refused by itself
+    ("--weight_decay", "inf", "--weight_decay must be a finite number (got inf)"),
+    ("--rapt_alpha", "inf", "--rapt_alpha must be a finite number (got inf)"),
+    ("--clip", "nan", "--clip must be a finite number (got nan)"),
     ("--log_every", "0", "--log_every must be >= 1"),
     ("--save_every_steps", "0", "--save_every_steps must be >= 1"),
     ("--max_bad_steps", "0", "--max_bad_steps must be >= 1"),
@@ -165,6 +170,7 @@ def test_regularizer_options_are_checked_against_their_declarations(tmp_path, mo
     ("task_def: extra.yml\n", "task_def must be a list of strings (got 'extra.yml')"),
     ("method: rapt\nrapt_eta: [1.5, 2.5]\n", "rapt_eta must be a number (got [1.5, 2.5])"),
     ("clip: -1\n", "clip must be > 0 (got -1.0)"),
+    ("lr: .inf\n", "lr must be a finite number (got inf)"),
     ("precision: fp64\n", "precision 'fp64'; choose one of fp32, bf16, fp16"),
     ("method: vat\n", "method 'vat'; choose one of standard"),
     ("learning_rate: 1.0e-4\n", "unknown key(s) learning_rate"),
