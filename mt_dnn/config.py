@@ -124,6 +124,9 @@ class TrainConfig:
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other (--resume continues the run in "
                               "--output_dir, --overwrite replaces it)")
+        if self.init_checkpoint and self.model not in (None, ""):
+            raise ConfigError("--model and --init_checkpoint both name the encoder: --init_checkpoint trains the "
+                              "encoder of that run; give one of them")
 
 
 # the encoder config keys that tell the packaged MiniLM's architecture from another encoder's

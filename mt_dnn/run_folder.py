@@ -82,6 +82,42 @@ def recipe(cfg: Any, tasks: list[TaskDef], method_options: dict, resolved_model:
     return json.loads(json.dumps(out, default=str))
 
 
+# the files of a model folder that decide what it computes: config, tokenizer, pooling, weights (a saved run's
+# model.json and tasks.yml too); READMEs and other exports (ONNX, OpenVINO) are not read by the trainer
+_MODEL_SUFFIXES = (".json", ".txt", ".model", ".safetensors", ".bin", ".yml")
+_MODEL_SUBFOLDERS = ("", "1_Pooling", "encoder")
+
+
+def model_digest(folder: str | Path) -> str | None:
+    """A sha256 prefix over the files a local encoder (or saved run) folder holds that the trainer reads: its
+    config, tokenizer, pooling and weights, by relative path. None for a hub name (no local folder)."""
+    import hashlib
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    h = hashlib.sha256()
+    for sub in _MODEL_SUBFOLDERS:
+        d = folder / sub
+        if not d.is_dir():
+            continue
+        for path in sorted(d.iterdir()):
+            if path.is_file() and path.suffix in _MODEL_SUFFIXES and path.name != "README.md":
+                h.update(f"{path.relative_to(folder)}\0{path.stat().st_size}\0".encode())
+                with open(path, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+    return h.hexdigest()[:16]
+
+
+def recipe_model_files(cfg: Any) -> str | None:
+    """The recipe's ``model_files``: :func:`model_digest` of the encoder folder, or of the run --init_checkpoint
+    starts from, so that --resume and adoption refuse an encoder whose files changed under the same path."""
+    from mt_dnn.model import find_model_dir, resolve_model
+
+    return model_digest(find_model_dir(cfg.init_checkpoint) if cfg.init_checkpoint else resolve_model(cfg.model))
+
+
 def recipe_data(cfg: Any, tasks: list[TaskDef]) -> dict[str, str]:
     """The recipe's ``data``: digests of every file the run reads (each task's train split and, when it
     evaluates, its dev splits and the robustness files scored beside them), so that --resume and adoption

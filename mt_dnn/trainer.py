@@ -160,6 +160,8 @@ class Trainer:
         # the folder is locked and checked before the model and data load; nothing is written there yet
         self.recipe = run_folder.recipe(cfg, self.tasks, dataclasses.asdict(self.reg.options), resolve_model(cfg.model))
         self.recipe["data"] = run_folder.recipe_data(cfg, self.tasks)
+        # the contents of the encoder (or the run it starts from): --resume refuses one whose files changed
+        self.recipe["model_files"] = run_folder.recipe_model_files(cfg)
         self.start = distributed.on_main(self._check_output_dir, self.rank, self.world_size)
         if cfg.init_checkpoint:
             model, self.tokenizer, _ = self._init_from_checkpoint(cfg.init_checkpoint)
@@ -286,7 +288,8 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         data = dataclasses.asdict(self.cfg)
         data["run_id"] = self.start.run_id
-        data["resolved_model"] = resolve_model(self.cfg.model)
+        data["resolved_model"] = (str(find_model_dir(self.cfg.init_checkpoint) / "encoder") if self.cfg.init_checkpoint
+                                  else resolve_model(self.cfg.model))
         data["resolved_pooling"] = self.model.pooling
         data["method_options"] = dataclasses.asdict(self.reg.options)
         data["steps_per_epoch"] = self.steps_per_epoch

@@ -19,6 +19,7 @@ import yaml
 from data_utils.task_def import ConfigError
 from experiments.rapt import campaign, jobs, launch
 from experiments.rapt.grid import load_grid, plan_grids, plan_runs
+from mt_dnn import run_folder
 from mt_dnn.run_folder import is_finished
 from mt_dnn.cli_utils import run_cli
 
@@ -302,6 +303,31 @@ def test_adopt_refuses_a_run_made_on_other_data(tmp_path, glue_dir, tiny_model_d
     assert err.startswith(f"error: {src}: closest grid cell rte/standard/s1-") and err.endswith(
         " reads other data: rte/train differ from the grid's GLUE folder"), err
     assert not list(root.glob("rte/*/s*"))
+
+def test_adopt_refuses_a_run_whose_encoder_files_differ(tmp_path, glue_dir, tiny_model_dir, capsys):
+    """The grid's --model path, but the run was made when that folder held another encoder (its config edited)."""
+    import shutil
+
+    from mt_dnn.train import main as train_main
+
+    encoder = shutil.copytree(tiny_model_dir, tmp_path / "enc")
+    src = tmp_path / "made-earlier"
+    assert train_main(["--tasks", "rte", "--glue_dir", str(glue_dir), "--model", str(encoder), "--max_steps", "2",
+                       "--batch_size", "8", "--lr", "1e-3", "--seed", "1", "--method", "standard",
+                       "--cache_dir", str(tmp_path / "cache"), "--output_dir", str(src)]) == 0
+    made_with = json.loads((src / "config.json").read_text())["recipe"]["model_files"]
+    config = json.loads((encoder / "config.json").read_text())
+    (encoder / "config.json").write_text(json.dumps({**config, "attention_probs_dropout_prob": 0.5}))
+    capsys.readouterr()
+    grid = _grid(tmp_path / "grid.yml", seeds=[1])
+    root = tmp_path / "camp"
+    assert run_cli(campaign.main, ["--grid", str(grid), "--root", str(root), "--model", str(encoder),
+                                   "--glue_dir", str(glue_dir), "--dry_run", "--adopt", str(src)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {src}: closest grid cell rte/standard/s1-") and err.endswith(
+        f" differs in model_files: {made_with!r} (grid: {run_folder.model_digest(encoder)!r})"), err
+    assert not list(root.glob("rte/*/s*"))
+
 
 def test_dry_run_scales_a_method_measured_elsewhere_by_this_tasks_standard_cost(tmp_path, capsys):
     root = tmp_path / "camp"

@@ -289,3 +289,42 @@ def test_a_finished_run_closes_its_log_file(tmp_path, glue_dir, tiny_model_dir):
     logging.getLogger("caller").warning("logged after the run")
     assert "command:" in log and (out / "train.log").read_text() == log
     assert not [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+
+
+def test_resume_refuses_an_encoder_whose_files_changed(tmp_path, tiny_model_dir, glue_dir, capsys):
+    """The same --model path with other contents (a config or tokenizer edited, weights replaced) is another
+    recipe: the resumed run would not be the one its records describe."""
+    encoder = shutil.copytree(tiny_model_dir, tmp_path / "enc")
+    out = tmp_path / "run"
+    args = _argv(glue_dir, encoder, out, tmp_path / "c", "--max_steps", "3", "--no_eval", "--save_every_steps", "1")
+    assert main(args) == 0
+    recorded = json.loads((out / "config.json").read_text())["recipe"]["model_files"]
+    assert recorded == run_folder.model_digest(encoder) and len(recorded) == 16
+    _unfinish(out)
+    original = (encoder / "config.json").read_text()
+    (encoder / "config.json").write_text(json.dumps({**json.loads(original), "hidden_dropout_prob": 0.6}))
+    before = _snapshot(out)
+    assert run_cli(main, [*args, "--resume"]) == 2
+    assert _error(capsys) == (f"error: --resume: this run was made with model_files={recorded}, now model_files="
+                              f"{run_folder.model_digest(encoder)} (use another --output_dir, or --overwrite to "
+                              "start over)")
+    assert _snapshot(out) == before
+    (encoder / "config.json").write_text(original)  # the same bytes again: resumed
+    assert main([*args, "--resume"]) == 0
+
+
+def test_model_digest_reads_what_the_trainer_reads(tmp_path, tiny_model_dir):
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "enc")
+    first = run_folder.model_digest(folder)
+    (folder / "README.md").write_text("notes")  # not read by the trainer
+    (folder / "onnx").mkdir()
+    (folder / "onnx" / "model.onnx").write_bytes(b"x")
+    assert run_folder.model_digest(folder) == first
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')  # pooling: auto reads it
+    assert run_folder.model_digest(folder) != first
+    weights = next(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+    second = run_folder.model_digest(folder)
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    assert run_folder.model_digest(folder) != second
+    assert run_folder.model_digest(tmp_path / "bert-base-uncased") is None  # a hub name: no local files

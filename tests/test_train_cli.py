@@ -232,3 +232,22 @@ def test_max_eval_samples_scores_the_first_rows_of_dev_and_of_each_robustness_se
     assert dev[0]["metrics"]["acc"] == pytest.approx(sliced)
     assert dev[0]["robustness"]["advglue"]["acc"] in (0.0, 1.0)
     assert json.loads((out / "config.json").read_text())["recipe"]["max_eval_samples"] == k
+
+
+def test_init_checkpoint_names_its_encoder_and_refuses_a_model_beside_it(tmp_path, glue_dir, tiny_model_dir, capsys):
+    from mt_dnn.cli_utils import run_cli
+
+    first = tmp_path / "first"
+    base = ["--glue_dir", str(glue_dir), "--tasks", "rte", "--max_steps", "1", "--no_eval", "--batch_size", "4"]
+    assert main([*base, "--model", str(tiny_model_dir), "--output_dir", str(first)]) == 0
+    second = tmp_path / "second"
+    assert main([*base, "--init_checkpoint", str(first), "--output_dir", str(second)]) == 0
+    config = json.loads((second / "config.json").read_text())
+    assert config["resolved_model"] == str(first / "best" / "encoder")  # what was trained, not the packaged default
+    assert config["recipe"]["model_files"] is not None
+    assert run_cli(main, [*base, "--init_checkpoint", str(first), "--model", str(tiny_model_dir), "--output_dir",
+                          str(tmp_path / "third")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --model and --init_checkpoint both name the encoder: --init_checkpoint trains the encoder of that "
+        "run; give one of them")
+    assert not (tmp_path / "third").exists()

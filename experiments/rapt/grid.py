@@ -78,17 +78,17 @@ class Run:
         return str(self.identity.get("method", "standard"))
 
     def recipe(self, data: bool = True) -> dict[str, Any]:
-        """The recipe its training will record (mt_dnn.run_folder.recipe, and with ``data`` the digests of the
-        data files it reads, which reads them): what --resume and adoption compare."""
+        """The recipe its training will record (mt_dnn.run_folder.recipe with the encoder files' digest, and with
+        ``data`` the digests of the data files it reads, which reads them): what --resume and adoption compare."""
         from mt_dnn.config import resolve_lr
         from mt_dnn.model import resolve_model
         from mt_dnn.perturbation import build_regularizer
-        from mt_dnn.run_folder import recipe, recipe_data
+        from mt_dnn.run_folder import recipe, recipe_data, recipe_model_files
 
         cfg = dataclasses.replace(self.config, lr=resolve_lr(self.config)[0])
         options = dataclasses.asdict(build_regularizer(cfg.method, cfg.method_options).options)
         tasks = select_tasks(load_task_defs(cfg.task_def), cfg.tasks)
-        out = recipe(cfg, tasks, options, resolve_model(cfg.model))
+        out = {**recipe(cfg, tasks, options, resolve_model(cfg.model)), "model_files": recipe_model_files(cfg)}
         return {**out, "data": recipe_data(cfg, tasks)} if data else out
 
     def write_flags(self, folder: Path | None = None, **extra: Any) -> None:
