@@ -445,7 +445,7 @@ class Trainer:
                 # a checkpoint that an earlier version wrote past an epoch's end before evaluating it (the shorter
                 # last group of gradient accumulation): the weights are that epoch's last, so evaluate it now
                 self._end_epoch(epoch - 1)
-            while self.step < self.total_steps:
+            while not self._finished():
                 epoch = self._train_epoch()
         self.bar.close()
         if self.sampler.state.position > 0 or self._evaluated_epoch != epoch:
@@ -484,7 +484,7 @@ class Trainer:
         would then record the next epoch, so a resumed run would never evaluate this one. The sampler moves on
         only after the epoch's last step, where the epoch's end (evaluation, best/) follows at once."""
         batches, size = iter(self.sampler), self.cfg.grad_accumulation_steps
-        while self.step < self.total_steps:
+        while not self._finished():
             left = self.sampler.batches_left()
             if left <= 0:
                 next(batches, None)  # the epoch is used up: the sampler moves on to the next epoch
@@ -525,8 +525,13 @@ class Trainer:
         if not self.cfg.no_eval:
             score = self.evaluate(epoch)
             self.maybe_save_best(score, epoch)
-        if save and self.step < self.total_steps and (self.cfg.save_every_steps or self.cfg.resume):
+        if save and not self._finished() and (self.cfg.save_every_steps or self.cfg.resume):
             self.save_checkpoint()
+
+    def _finished(self) -> bool:
+        """The run's last step is taken, or, without --max_steps, its --epochs passes over the data are done: a
+        skipped (non-finite) step uses up its batches without counting, so the steps alone would run past them."""
+        return self.step >= self.total_steps or (not self.cfg.max_steps and self.sampler.state.epoch >= self.cfg.epochs)
 
     # ---- checkpoints ------------------------------------------------------------------------------------
 

@@ -220,6 +220,20 @@ def test_nan_loss_step_is_skipped_and_counted(tmp_path, glue_dir, tiny_model_dir
     assert all(torch.isfinite(v).all() for v in w.values())
 
 
+def test_skipped_steps_do_not_stretch_the_run_past_its_epochs(tmp_path, glue_dir, tiny_model_dir, monkeypatch):
+    """A skipped step uses up its batch without counting: --epochs 2 still means two passes over the data, two
+    evaluations, and a final record of epoch 1 (not a third, partial epoch made of the steps left over)."""
+    monkeypatch.setattr(TrainStep, "forward", nan_loss(TrainStep.forward, at={1}))
+    out = tmp_path / "run"
+    assert main(_args(glue_dir, tiny_model_dir, out, tmp_path / "c", "--epochs", "2", "--batch_size", "8")) == 0
+    dev, train = _dev(out)
+    config = json.loads((out / "config.json").read_text())
+    per_epoch = config["steps_per_epoch"]
+    assert [e for e, _, _ in dev] == [0, 1] and train["epoch"] == 1
+    assert [s for _, s, _ in dev] == [per_epoch - 1, 2 * per_epoch - 1]  # one batch of epoch 0 was skipped
+    assert train["steps"] == 2 * per_epoch - 1 == config["total_steps"] - 1 and train["skipped_steps"] == 1
+
+
 def test_consecutive_nan_steps_stop_the_run(tmp_path, glue_dir, tiny_model_dir, monkeypatch, capsys):
     from mt_dnn.cli_utils import run_cli
 
