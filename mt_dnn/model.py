@@ -54,6 +54,8 @@ def checkpoint_pooling(model_path: str) -> str:
 
 def cannot_load(model: str, exc: OSError) -> ConfigError:
     """The one-line error for an encoder (hub name or folder) that transformers could not load: its first line."""
+    if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().exists():
+        return ConfigError(f"cannot load encoder {model!r}: no such folder")  # a path, not a hub name
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return ConfigError(f"cannot load encoder {model!r}: {first}")
 

@@ -90,6 +90,14 @@ def test_load_encoder_error_is_one_line(monkeypatch, text, first):
     assert str(err.value) == f"cannot load encoder 'some/model': {first}"
 
 
+@pytest.mark.parametrize("model", ["/no/such/encoder", "./no-such-encoder", "../no-such-encoder"])
+def test_a_missing_local_path_is_named_as_one(model):
+    """A path that does not exist is not a hub repo id: say so, not what the hub says of the name."""
+    with pytest.raises(ConfigError) as err:
+        load_encoder(model)
+    assert str(err.value) == f"cannot load encoder {model!r}: no such folder"
+
+
 # ---- the model ----------------------------------------------------------------------------------------------------
 
 def test_pooling_by_hand():
