@@ -80,6 +80,8 @@ def read_set(path: Path, task: TaskDef, rset: RobustnessSet, dev_split: str) -> 
             data = json.load(f, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(f"{c} is not JSON")))
     except (ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not valid JSON ({str(exc).splitlines()[0]})") from None
+    except OSError as exc:  # a folder under that name, no permission to read it
+        raise DataError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     if not isinstance(data, dict) or key not in data:
         raise _fail(path, f"key {key!r}", f"missing (the file has {', '.join(map(str, data)) if isinstance(data, dict) else 'no keys'})")
     rows = data[key]
@@ -143,7 +145,10 @@ def set_digests(tasks, folder: Path | None) -> dict[str, str]:
         for name, rset in task.robustness.items():
             path = folder / rset.file if folder is not None else None
             if path is not None and path.is_file():
-                out[f"{task.name}/{name}"] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+                try:
+                    out[f"{task.name}/{name}"] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+                except OSError as exc:
+                    raise DataError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     return out
 
 

@@ -52,6 +52,28 @@ def test_a_malformed_file_is_a_one_line_error_naming_it(tmp_path, payload, fragm
     assert str(f) in str(err.value) and fragment in str(err.value) and "\n" not in str(err.value)
 
 
+def test_an_unreadable_file_is_a_one_line_error_naming_it(tmp_path, monkeypatch):
+    """No permission to read it (simulated: the tests may run as root, who reads anything)."""
+    import pathlib
+
+    import data_utils.robustness as robustness
+
+    rte = load_task_defs()["rte"]
+    f = tmp_path / "dev.json"
+    f.write_text(json.dumps({"rte": _nli(2, [0, 1])}))
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(robustness, "open", denied, raising=False)
+    with pytest.raises(DataError) as err:
+        load_sets(rte, tmp_path)
+    assert str(err.value) == f"{f}: cannot read it (Permission denied)"
+    monkeypatch.setattr(pathlib.Path, "read_bytes", denied)
+    with pytest.raises(DataError) as err:
+        robustness.set_digests([rte], tmp_path)
+    assert str(err.value) == f"{f}: cannot read it (Permission denied)"
+
+
 def test_a_missing_file_is_skipped_with_one_warning(tmp_path, caplog):
     tasks = load_task_defs()
     warned: set[str] = set()
