@@ -206,7 +206,10 @@ class SubmissionWriter:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.made = [d for d in missing if d.is_dir()]
             self.tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=self.out_dir))
-        self.rows[name] = _write_file(self.tmp / name, name, rows)
+        try:
+            self.rows[name] = _write_file(self.tmp / name, name, rows)
+        except OSError as exc:  # a full disk: one line, and the with block removes the temporary folder
+            raise ConfigError(f"{self.out_dir / name}: cannot write it ({exc.strerror or exc})") from None
         return self.rows[name]
 
     def finish(self) -> Path:

@@ -666,6 +666,28 @@ def test_a_move_that_fails_is_one_error_naming_the_file(tasks, tmp_path, monkeyp
     assert sorted(p.name for p in out.iterdir()) == sorted(OFFICIAL + ["submission.zip"])
 
 
+def test_a_file_that_cannot_be_written_is_one_error_and_leaves_nothing(tasks, tmp_path, monkeypatch):
+    import builtins
+    import errno
+    import os
+
+    import data_utils.submission as submission
+
+    out = tmp_path / "new" / "out"
+    real_open = builtins.open
+
+    def full_at_rte(path, *args, **kwargs):
+        if Path(path).name == "RTE.tsv":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(submission, "open", full_at_rte, raising=False)
+    with pytest.raises(ConfigError) as err:
+        write_submission(out, _rows(tasks), tasks=tasks)
+    assert str(err.value) == f"{out / 'RTE.tsv'}: cannot write it (No space left on device)"
+    assert not (tmp_path / "new").exists()  # the folders the writer made are gone again
+
+
 # ---- zips the validator must read without a crash -------------------------------------------------------------
 
 def test_a_file_empty_but_for_a_byte_order_mark(tasks, members, tmp_path):
