@@ -115,7 +115,12 @@ def recipe_model_files(cfg: Any) -> str | None:
     starts from, so that --resume and adoption refuse an encoder whose files changed under the same path."""
     from mt_dnn.model import find_model_dir, resolve_model
 
-    return model_digest(find_model_dir(cfg.init_checkpoint) if cfg.init_checkpoint else resolve_model(cfg.model))
+    if cfg.init_checkpoint:
+        try:
+            return model_digest(find_model_dir(cfg.init_checkpoint))
+        except ConfigError:  # no trained model there: loading it says so
+            return None
+    return model_digest(resolve_model(cfg.model))
 
 
 def recipe_data(cfg: Any, tasks: list[TaskDef]) -> dict[str, str]:
