@@ -20,6 +20,7 @@ import contextlib
 import logging
 import math
 import operator
+import re
 import shutil
 import sys
 import tempfile
@@ -38,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 HEADER = "index\tprediction"
 MAX_EXAMPLES = 3  # how many offending lines a problem message quotes
+PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")  # a score as every reader of a TSV reads it
 SCORES_FILE = "dev_scores.json"  # written beside the submission files by mt_dnn.predict
 TEMP_PREFIX = ".tmp-submission-"  # the writer's temporary folder inside the output folder
 
@@ -315,11 +317,11 @@ def _check_values(task: TaskDef, values: list[tuple[int, str]]) -> list[str]:
     not_float, not_finite, outside = [], [], []
     low, high = task.score_range if task.score_range is not None else (-math.inf, math.inf)
     for ln, v in values:
-        try:
-            x = float(v)
-        except ValueError:
+        if not PLAIN_NUMBER.fullmatch(v) and v.lower().lstrip("+-") not in ("inf", "infinity", "nan"):
+            # Python's float() also reads ' 3.0' and '1_0', which other readers of the file may not
             not_float.append(f"line {ln}: {v!r}")
             continue
+        x = float(v)
         if not math.isfinite(x):
             not_finite.append(f"line {ln}: {v!r}")
         elif not low <= x <= high:

@@ -198,6 +198,8 @@ MALFORMED = {
     "label_case": (_replace("QNLI.tsv", b"0\tentailment", b"0\tEntailment"), "QNLI.tsv: 1 label(s) not in"),
     "cola_label_word": (_replace("CoLA.tsv", b"0\t0", b"0\tunacceptable"), "CoLA.tsv: 1 label(s) not in 0, 1"),
     "stsb_not_float": (_replace("STS-B.tsv", b"0\t0.000", b"0\tfive"), "STS-B.tsv: 1 score(s) not a number"),
+    "stsb_underscore": (_replace("STS-B.tsv", b"0\t0.000", b"0\t1_0"), "STS-B.tsv: 1 score(s) not a number"),
+    "stsb_padded": (_replace("STS-B.tsv", b"0\t0.000", b"0\t 1.0"), "STS-B.tsv: 1 score(s) not a number"),
     "stsb_nan": (_replace("STS-B.tsv", b"0\t0.000", b"0\tnan"), "STS-B.tsv: 1 score(s) not finite"),
     "stsb_inf": (_replace("STS-B.tsv", b"0\t0.000", b"0\tinf"), "STS-B.tsv: 1 score(s) not finite"),
     "stsb_above": (_replace("STS-B.tsv", b"\t5.000", b"\t5.001"), "STS-B.tsv: 1 score(s) outside [0, 5]"),
