@@ -268,6 +268,32 @@ def test_archive_cli_adds_finished_folders_with_their_best_evaluation_and_device
     assert "not a finished run" in capsys.readouterr().err and len(load_archive(path)) == 2
 
 
+def test_archive_new_adds_the_finished_runs_not_archived_yet_and_can_be_repeated(tmp_path, capsys):
+    from experiments.rapt import archive
+
+    root = tmp_path / "runs"
+    done = _finished_folder(root, "rte", "standard", 1, {"method": "standard"}, [{"acc": 0.55}])
+    running = _finished_folder(root, "rte", "standard", 2, {"method": "standard"}, [{"acc": 0.57}])
+    (running / "metrics.jsonl").write_text((running / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+    started = root / "rte" / "standard" / "s3-x"
+    started.mkdir(parents=True)  # no records yet
+    path = tmp_path / "a.json"
+    folders = [str(done), str(running), str(started)]
+    assert archive.main([str(path), *folders, "--new", "--source", "study"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"skipped {running}: not finished", f"skipped {started}: no records yet",
+                   "added rte/standard seed 1: epoch 0 {'acc': 0.55} on ?"]
+    before = path.read_text()
+    assert archive.main([str(path), *folders, "--new"]) == 0  # again: nothing new, the file untouched
+    assert capsys.readouterr().out.splitlines()[0] == f"skipped {done}: archived already"
+    assert path.read_text() == before
+    (running / "metrics.jsonl").write_text((done / "metrics.jsonl").read_text().replace('"seed": 1', '"seed": 2'))
+    assert archive.main([str(path), *folders, "--new"]) == 0  # the second run finished meanwhile
+    assert sorted(r.seed for r in load_archive(path)) == [1, 2]
+    with pytest.raises(SystemExit):
+        archive.main([str(path), str(done), "--new", "--replace"])
+
+
 def test_archive_device_defaults_to_the_files_and_then_to_unknown(tmp_path):
     runs = [{"task": "rte", "method": "a", "seed": 1, "epoch": 0, "metrics": {"acc": 0.5}},
             {"task": "rte", "method": "b", "seed": 1, "epoch": 0, "metrics": {"acc": 0.5}, "device": "cuda (X)"}]

@@ -181,10 +181,13 @@ def _write(path: Path, data: dict) -> None:
     atomic.write_text(path, "{\n" + head + ' "runs": [\n' + runs + "\n ]\n}\n")
 
 
-def add_runs(path: str | Path, folders: list[str], source: str | None = None, replace: bool = False) -> list[str]:
+def add_runs(path: str | Path, folders: list[str], source: str | None = None, replace: bool = False,
+             new_only: bool = False) -> list[str]:
     """Add finished run folders (``ROOT/<task>/<method name>/s<seed>-<hash>``) to the archive ``path`` (made if
-    missing, which needs ``source``). A (task, method, seed) already archived is an error unless ``replace``.
-    Every folder is checked before the file changes. Returns one line per run."""
+    missing, which needs ``source``). A (task, method, seed) already archived is an error unless ``replace``; with
+    ``new_only`` the folders not finished yet and the runs archived already are skipped instead (one line each), so
+    the command can be repeated while a campaign runs. Every folder is checked before the file changes. Returns
+    one line per run."""
     from experiments.rapt.results import load_result
 
     path = Path(path)
@@ -195,27 +198,34 @@ def add_runs(path: str | Path, folders: list[str], source: str | None = None, re
         data = {"source": source, "runs": []}
     else:
         raise ConfigError(f"{path}: no such archive; give --source to start one")
-    entries = []
+    index = {(r["task"], r["method"], int(r["seed"])): i for i, r in enumerate(data["runs"])}
+    entries, lines = [], []
     for folder in map(Path, folders):
         result = load_result(folder)
         if result is None:
+            if new_only:
+                lines.append(f"skipped {folder}: no records yet")
+                continue
             raise ConfigError(f"{folder}: no metrics.jsonl records (not a run folder)")
+        if new_only and (not result.finished or (result.task, result.name, result.seed) in index):
+            lines.append(f"skipped {folder}: {'archived already' if result.finished else 'not finished'}")
+            continue
         entries.append(archive_entry(result))
     keys = [(e["task"], e["method"], e["seed"]) for e in entries]
     if len(set(keys)) < len(keys):
         raise ConfigError("two of the folders are the same (task, method, seed)")
-    index = {(r["task"], r["method"], int(r["seed"])): i for i, r in enumerate(data["runs"])}
-    lines = []
     for key, entry in zip(keys, entries):
         if key in index and not replace:
-            raise ConfigError(f"{path}: {key[0]}/{key[1]} seed {key[2]} is archived already (--replace replaces it)")
+            raise ConfigError(f"{path}: {key[0]}/{key[1]} seed {key[2]} is archived already (--replace replaces it, "
+                              "--new skips it)")
         if key in index:
             data["runs"][index[key]] = entry
         else:
             data["runs"].append(entry)
         lines.append(f"{'replaced' if key in index else 'added'} {key[0]}/{key[1]} seed {key[2]}: epoch "
                      f"{entry['epoch']} {entry['metrics']} on {entry['device']}")
-    _write(path, data)
+    if entries:
+        _write(path, data)
     return lines
 
 
@@ -227,11 +237,16 @@ def main(argv: list[str] | None = None) -> int:
                                             "reports (campaign --report --archive, layers --archive) keep them "
                                             "once the folders are gone.")
     p.add_argument("archive", help="archive JSON file")
-    p.add_argument("runs", nargs="+", help="finished run folders")
+    p.add_argument("runs", nargs="+", help="finished run folders (with --new, any run folders)")
     p.add_argument("--source", help="where the numbers come from (required for a new archive)")
     p.add_argument("--replace", action="store_true", help="replace runs that are archived already")
+    p.add_argument("--new", action="store_true",
+                   help="add only the finished runs not archived yet, skipping the rest (to repeat while a "
+                        "campaign runs: ROOT/*/*/s*)")
     args = p.parse_args(argv)
-    for line in add_runs(args.archive, args.runs, args.source, args.replace):
+    if args.new and args.replace:
+        p.error("--new and --replace contradict each other")
+    for line in add_runs(args.archive, args.runs, args.source, args.replace, args.new):
         print(line)
     return 0
 
