@@ -94,7 +94,8 @@ class TrainConfig:
                                   "checkpoint = fresh start")
     overwrite: bool = setting(False, "replace the run in --output_dir (its checkpoint included); without --resume "
                                      "or --overwrite a folder holding another run is an error")
-    log_every: int = setting(50, "log the running loss every N steps", ge=1)
+    log_every: int = setting(50, "log every N steps the mean task and regularizer loss over all steps so far",
+                             ge=1)
     device: str = setting("auto", "auto (cuda if available), cpu, cuda, cuda:1, ...")
     tf32: bool = setting(True, "on CUDA, keep float32 matmuls in full fp32 instead of TF32 (TF32 is the default on "
                                "GPUs: several times faster on Ampere and newer, results differ in the last digits; "
