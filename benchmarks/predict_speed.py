@@ -58,6 +58,8 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "cpu_seconds": time.proce
                   "tokens": int(feats.offsets[-1])}))
 """
 
+STEPS = ("submission", "own_text", "own_text_full")
+
 OWN_TEXT = r"""
 import json, sys, time
 import mt_dnn.api as api
@@ -157,6 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", help="folder for the model, files and logs (default: a new temporary one)")
     p.add_argument("--out", default="experiments/rapt/results/predict_speed.json")
     args = p.parse_args(argv)
+    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown or not steps:
+        p.error(f"--steps {args.steps}: {'unknown: ' + ', '.join(unknown) if unknown else 'no step'}; choose from "
+                f"{', '.join(STEPS)}")
+    if args.rows < 1 or args.reps < 1 or args.budget_s < 0:
+        p.error("--rows and --reps must be at least 1, --budget_s at least 0")
     work = Path(args.work or tempfile.mkdtemp(prefix="mtdnn-predict-")).resolve()
     if REPO in work.parents or work == REPO:
         p.error("--work must be outside the repository (the generated files are never committed)")
@@ -173,7 +182,6 @@ def main(argv: list[str] | None = None) -> int:
         versions = {"before": Path(args.before).resolve(), "now": REPO}
     task, split = pick_test_file(Path(args.glue_dir))
     data = build(work, Path(args.glue_dir), task, split, args.rows, args.model)
-    steps = [s for s in args.steps.split(",") if s]
     py = sys.executable
     commands = {
         "submission": lambda: [py, "-c", SUBMISSION, str(work / "model"), str(work / "glue"), task, split],

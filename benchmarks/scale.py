@@ -46,6 +46,7 @@ MNLI_LABELS = ("contradiction", "entailment", "neutral")
 GENRES = ("fiction", "government", "slate", "telephone", "travel")
 SOURCES = ("cola", "sst", "mrpc", "stsb", "rte", "wnli")  # task names in data_utils/glue_tasks.yml
 SEED = 20240518
+STEPS = ("first_run", "cached_run", "cached_load", "predict_mnli_m", "predict_qqp", "tokenize_qqp_full")
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "RAYON_RS_NUM_CPUS": "1", "RAYON_NUM_THREADS": "1",
               "TOKENIZERS_PARALLELISM": "false", "MT_DNN_NO_TQDM": "1", "HF_HUB_OFFLINE": "1",
               "TRANSFORMERS_OFFLINE": "1"}
@@ -212,17 +213,26 @@ def main(argv: list[str] | None = None) -> int:
                    help="real GLUE files whose sentences are sampled (default: $GLUE_DIR)")
     p.add_argument("--qqp_rows", default="2000,8000",
                    help="comma-separated row counts of the QQP-layout prediction steps")
-    p.add_argument("--steps", default="first_run,cached_run,cached_load,predict_mnli_m,predict_qqp,tokenize_qqp_full",
-                   help="which steps to run (comma-separated)")
+    p.add_argument("--steps", default=",".join(STEPS), help="which steps to run (comma-separated)")
     p.add_argument("--reuse_data", action="store_true", help="keep the files of an earlier call in --work")
     p.add_argument("--out", help="the JSON report (default: WORK/report.json)")
     args = p.parse_args(argv)
-    work = Path(args.work or tempfile.mkdtemp(prefix="mtdnn-scale-")).resolve()
-    if REPO in work.parents or work == REPO:
+    work = Path(args.work).resolve() if args.work else None
+    if work is not None and (REPO in work.parents or work == REPO):
         p.error("--work must be outside the repository (the generated files are never committed)")
     code = Path(args.code).resolve()
-    sizes = [int(x) for x in args.qqp_rows.split(",") if x.strip()]
-    steps = set(args.steps.split(","))
+    try:
+        sizes = [int(x) for x in args.qqp_rows.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--qqp_rows {args.qqp_rows}: not comma-separated row counts")
+    if any(n < 1 for n in sizes):
+        p.error(f"--qqp_rows {args.qqp_rows}: a row count must be at least 1")
+    steps = {s.strip() for s in args.steps.split(",") if s.strip()}
+    unknown = sorted(steps - set(STEPS))
+    if unknown or not steps:
+        p.error(f"--steps {args.steps}: {'unknown: ' + ', '.join(unknown) if unknown else 'no step'}; choose from "
+                f"{', '.join(STEPS)}")
+    work = work or Path(tempfile.mkdtemp(prefix="mtdnn-scale-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     report: dict = {"code": str(code), "commit": git_commit(code), "python": sys.version.split()[0],
                     "machine": platform.platform(), "threads": 1, "work": str(work),

@@ -39,3 +39,44 @@ def test_bad_flags_are_refused_before_any_run(args, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         threads.main([*args, "--glue_dir", str(tmp_path)])
     assert exc.value.code == 2 and "bad --jobs/--threads/--repeats" in capsys.readouterr().err
+
+
+def test_one_untimed_warm_up_fills_the_feature_cache_before_the_timed_runs(tmp_path, monkeypatch):
+    """The first timed run (``default``) must not be the one that tokenizes RTE: an untimed process does, first,
+    with the cache every timed run reads, and the report says so and keeps it out of the timings."""
+    from tests.glue_fixtures import write_glue
+
+    glue = write_glue(tmp_path / "g", tasks=("rte",))
+    calls = []
+
+    def fake_run(job, t, work, glue_dir, index):
+        calls.append((job, t, index, work))
+        return {"job": job, "threads": t, "threads_used": 2, "rc": 0, "wall_s": 1.0, "cpu_s": 1.0, "train_s": 0.5,
+                "steps": 2, "load_before": 0.1, "load_after": 0.1}
+
+    monkeypatch.setattr(threads, "run_once", fake_run)
+    out = tmp_path / "report.json"
+    assert threads.main(["--jobs", "smoke,main", "--threads", "default,1", "--glue_dir", str(glue), "--label", "idle",
+                         "--out", str(out)]) == 0
+    assert [c[:3] for c in calls] == [("smoke", "default", "warmup"), ("smoke", "default", 0), ("smoke", "1", 0),
+                                      ("main", "default", 0), ("main", "1", 0)]
+    assert len({c[3] for c in calls}) == 1  # one work folder: the warm-up's cache is the timed runs' cache
+    import json
+
+    report = json.loads(out.read_text())
+    assert len(report["runs"]) == 4 and all(r["rc"] == 0 for r in report["runs"])
+    assert report["cache_warmup"]["job"] == "smoke" and "untimed" in report["cache_warmup"]["note"]
+    assert report["summary"]["smoke"]["default"]["runs"] == 1  # the warm-up is not one of the timed runs
+
+
+def test_the_warm_up_job_reads_every_feature_file_the_timed_jobs_read():
+    """The smoke job evaluates (dev features) and trains (train features); the timed jobs read the same task's
+    files with the same encoder and length (the feature cache's key): the warm-up's cache has all of theirs."""
+    def flag(words, name):
+        return words[words.index(name) + 1] if name in words else None
+
+    warm = threads.JOBS[threads.WARMUP_JOB]
+    assert "--no_eval" not in warm
+    for job in threads.JOBS.values():
+        for name in ("--tasks", "--model", "--max_seq_len", "--bad_rows", "--glue_dir"):
+            assert flag(job, name) == flag(warm, name), name

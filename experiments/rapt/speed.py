@@ -12,7 +12,9 @@ training step (batch to the device, forward passes under autocast, backward, cli
 it (on CUDA: TF32 matmuls unless --no_tf32, fused AdamW; fp16 with a GradScaler); --warmup untimed steps come
 first. On CUDA each timed step is bracketed by torch.cuda.synchronize(), so it measures the GPU's work, not the
 launch queue. Reports each method's median step time and the ratios RAPT/SMART and RAPT/standard, with the
-device's name, the precision and the torch version; on the CPU also the median CPU time of this process per step
+device's name (a GPU's, or the CPU's model from ``/proc/cpuinfo`` on Linux), the precision, the AdamW kernel that ran
+(``--optimizer_kernel`` forces one: forloop, foreach or fused), the mean real tokens of the timed batches and the
+torch and transformers versions; on the CPU also the median CPU time of this process per step
 and its ratios (``median_cpu_seconds``, ``cpu_ratios``), which other programs loading the machine do not move
 (with one thread, the cleanest measure on a shared machine). RAPT's layer r varies with the step (uniform over 1..3), so
 use >= 20 steps.
@@ -24,7 +26,6 @@ import copy
 import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
@@ -44,7 +45,7 @@ from mt_dnn.runtime import autocast, build_optimizer, pick_device, set_tf32, to_
 from mt_dnn.trainer import TrainStep, seed_everything
 
 from experiments.rapt import versus_hf
-from experiments.rapt.versus_hf import KERNELS
+from experiments.rapt.versus_hf import KERNELS, device_name
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +56,6 @@ METHODS = {
     "rapt_shared": ("rapt", {"share_lower_layers": True}),
     "r3f": ("r3f", {}),
 }
-
-
-def device_name(device: torch.device) -> str:
-    """The GPU's name on CUDA; else the processor's (``platform.processor()``, which may be empty) or "cpu"."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine() or "cpu"
 
 
 def _sync(device: torch.device) -> None:
@@ -108,6 +102,7 @@ def main(argv=None) -> int:
                         "(torch.profiler; tables in <out>_profile.txt)")
     args = p.parse_args(argv)
     setup_logging()
+    names = versus_hf.check_args(args, METHODS)  # before any model or data is loaded
     if args.against == "hf-trainer":
         versus_hf.run(args, METHODS)
         return 0
@@ -126,7 +121,6 @@ def main(argv=None) -> int:
     total = args.warmup + args.steps
     batches = [collate(feats, rows.tolist(), tokenizer.pad_token_id, task.type == "regression")
                for _, rows in (plan * (total // len(plan) + 1))[:total]]
-    names = [m for m in args.methods.split(",") if m]
     runs = {}
     for name in names:
         method, opts = METHODS[name]
@@ -134,8 +128,9 @@ def main(argv=None) -> int:
         reg = build_regularizer(method, opts, seed=1)
         reg.check(model)
         opt = build_optimizer("adamw", [{"params": list(model.parameters())}], lr=2e-5)
-        if args.optimizer_kernel != "default":
-            opt = torch.optim.AdamW(opt.param_groups, lr=2e-5, **versus_hf.FORCED[args.optimizer_kernel])
+        if args.optimizer_kernel != "default":  # new groups: the built ones carry its kernel flags, which win
+            groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in opt.param_groups]
+            opt = torch.optim.AdamW(groups, lr=2e-5, **versus_hf.FORCED[args.optimizer_kernel])
         scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
         runs[name] = {"step": TrainStep(model, reg), "model": model, "opt": opt, "reg": reg, "scaler": scaler,
                       "times": [], "cpu_times": []}
@@ -167,9 +162,11 @@ def main(argv=None) -> int:
         "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size,
         "max_seq_len": args.max_seq_len, "threads": torch.get_num_threads(),
         "device": str(device), "device_name": device_name(device), "precision": args.precision,
-        "optimizer_kernel": versus_hf.kernel_of(runs[names[0]]["opt"]) if names else None,
+        "optimizer_kernel": versus_hf.kernel_of(runs[names[0]]["opt"]),  # the kernel that ran
+        "optimizer_kernel_asked": args.optimizer_kernel,
         "tf32": device.type == "cuda" and not args.no_tf32, "torch": torch.__version__,
-        "mean_tokens_per_batch": sum(int(b["attention_mask"].sum()) for b in batches) / len(batches),
+        "transformers": versus_hf.transformers_version(),
+        "mean_tokens_per_batch": statistics.mean(int(b["attention_mask"].sum()) for b in batches[args.warmup:]),
         "median_seconds": med,
         "mean_seconds": {n: statistics.mean(runs[n]["times"]) for n in names},
     }

@@ -23,7 +23,9 @@ untimed. ``--optimizer_kernel`` picks the AdamW kernel on both sides: ``default`
 (ours: ``mt_dnn.runtime.build_optimizer``; Trainer: ``TrainingArguments.optim``), ``forloop``, ``foreach`` and
 ``fused`` force that kernel on both; ``--trainer_kernel`` gives the Trainer another one. The JSON records which
 kernel each side ran, the median ms per step, the median of per-step ratios (each round's two steps trained on the
-same batch), the ratios of the methods to standard, the thread count and the load average before and after. Each
+same batch), the ratios of the methods to standard, the mean real and padded tokens of the timed batches (not the
+warm-up or profiled ones), the device (a GPU's name; on a CPU its model, from ``/proc/cpuinfo`` on Linux), the
+torch and transformers versions, the thread count and the load average before and after. Each
 step is also timed in CPU seconds of the process (the sides never run at once): on a machine shared with other
 jobs the wall clock counts the time they held the cores, the CPU time does not (with ``--threads 1`` it is the
 step's own work; with more threads it also counts the threads' spin-waiting).
@@ -44,11 +46,63 @@ from pathlib import Path
 import torch
 
 from data_utils import atomic
+from data_utils.task_def import ConfigError
 
 logger = logging.getLogger(__name__)
 
 KERNELS = ("default", "forloop", "foreach", "fused")
 FORCED = {"forloop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+
+
+def check_args(args: argparse.Namespace, methods: dict) -> list[str]:
+    """The method names of ``--methods``, after checking the flags that would otherwise fail after the model is
+    built (a task or method name that does not exist, no method, no timed step): a one-line ConfigError."""
+    from data_utils.task_def import load_task_defs
+
+    tasks = load_task_defs()
+    if args.task not in tasks:
+        raise ConfigError(f"--task {args.task}: unknown; choose from {', '.join(sorted(tasks))}")
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not names:
+        raise ConfigError(f"--methods {args.methods!r}: no method; choose from {', '.join(methods)}")
+    unknown = [m for m in names if m not in methods]
+    if unknown:
+        raise ConfigError(f"--methods {','.join(unknown)}: unknown; choose from {', '.join(methods)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--methods {args.methods}: a method is named twice")
+    for flag, low in (("steps", 1), ("warmup", 0), ("batch_size", 1), ("threads", 0), ("profile", 0)):
+        value = getattr(args, flag, low)
+        if value < low:
+            raise ConfigError(f"--{flag} {value}: must be at least {low}")
+    return names
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The processor's model name (Linux: the first ``model name`` of ``/proc/cpuinfo``); elsewhere
+    ``platform.processor()``, else the machine type (``x86_64``), else "cpu"."""
+    try:
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return " ".join(value.split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name on CUDA (``torch.cuda.get_device_name``); else the CPU's model (:func:`cpu_model`)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_model()
+
+
+def transformers_version() -> str | None:
+    try:
+        import transformers
+    except ImportError:
+        return None
+    return transformers.__version__
 
 
 def kernel_of(opt: torch.optim.Optimizer) -> str:
@@ -284,17 +338,14 @@ def full_batches(sampler, n: int) -> list[tuple[str, list[int]]]:
 def run(args: argparse.Namespace, methods: dict) -> dict:
     """Build every side, run the interleaved rounds, write and return the JSON result (see module doc)."""
     from data_utils.batching import MultiTaskSampler
-    from data_utils.task_def import ConfigError, load_task_defs
+    from data_utils.task_def import load_task_defs
     from mt_dnn.config import TrainConfig
     from mt_dnn.model import DEFAULT_MODEL, resolve_model
     from mt_dnn.runtime import pick_device
 
+    names = ["standard"] + [m for m in check_args(args, methods) if m != "standard"]
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = ["standard"] + [m for m in args.methods.split(",") if m and m != "standard"]
-    unknown = [m for m in names if m not in methods]
-    if unknown:
-        raise ConfigError(f"--methods {','.join(unknown)}: unknown; choose from {', '.join(methods)}")
     device = pick_device(args.device)
     model_path = resolve_model(args.model)
     task = load_task_defs()[args.task]
@@ -349,15 +400,15 @@ def run(args: argparse.Namespace, methods: dict) -> dict:
         raise RuntimeError(f"the Trainer's batches {hf.shapes[:4]}... are not the ones given {want[:4]}...")
     med = {n: statistics.median(w for w, _ in v) for n, v in times.items()}
     cpu = {n: statistics.median(c for _, c in v) for n, v in times.items()}
-    stats = {n: [int(feats.row_lengths[r].max()) * len(r) for _, r in b] for n, b in (("ours", batches),
-                                                                                      ("hf", hf_batches))}
+    timed = slice(args.warmup, args.warmup + args.steps)  # the batches the medians are of (not warm-up, profile)
+    stats = {n: [int(feats.row_lengths[r].max()) * len(r) for _, r in b[timed]] for n, b in (("ours", batches),
+                                                                                             ("hf", hf_batches))}
     paired = [a[0] / b[0] for a, b in zip(times["standard"], times["hf_trainer"])]
     result = {
         "against": "hf-trainer", "task": args.task, "model": args.model or DEFAULT_MODEL,
         "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size, "max_seq_len": args.max_seq_len,
         "pooling_ours": args.pooling, "precision": args.precision, "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
-        (platform.processor() or platform.machine() or "cpu"),
+        "device_name": device_name(device),
         "tf32": device.type == "cuda" and not args.no_tf32, "compile": args.compile,
         "threads": torch.get_num_threads(), "threads_hf_thread": hf.thread_threads,
         "optimizer_kernel": args.optimizer_kernel, "trainer_kernel": trainer_kernel,
@@ -365,12 +416,11 @@ def run(args: argparse.Namespace, methods: dict) -> dict:
         "params": sum(p.numel() for p in ref.model.parameters()),
         "params_non_embedding": sum(p.numel() for n, p in ref.model.named_parameters() if ".embeddings." not in n),
         "lr": ref.cfg.lr, "weight_decay": ref.cfg.weight_decay, "lr_warmup": ref.cfg.warmup, "clip": ref.cfg.clip,
-        "torch": torch.__version__, "transformers": __import__("transformers").__version__,
+        "torch": torch.__version__, "transformers": transformers_version(),
         "load_average_before": load_before, "load_average_after": load_after,
         "group_by_length": args.group_by_length,
-        "mean_padded_tokens_per_batch": {n: statistics.mean(v[args.warmup:args.warmup + args.steps])
-                                         for n, v in stats.items()},
-        "mean_tokens_per_batch": statistics.mean(int(feats.row_lengths[r].sum()) for _, r in batches),
+        "mean_padded_tokens_per_batch": {n: statistics.mean(v) for n, v in stats.items()},
+        "mean_tokens_per_batch": statistics.mean(int(feats.row_lengths[r].sum()) for _, r in batches[timed]),
         "median_ms": {n: round(v * 1e3, 2) for n, v in med.items()},
         "hf_compute_median_ms": round(statistics.median(hf.compute[args.warmup:args.warmup + args.steps]) * 1e3, 2),
         "median_cpu_ms": {n: round(v * 1e3, 2) for n, v in cpu.items()},
