@@ -42,11 +42,14 @@ DEFAULT_FOLDER = "advglue"  # looked for beside the GLUE folder when neither the
 
 def robustness_dir(flag: str | None, glue_dir: str | Path | None) -> Path | None:
     """The folder of the robustness files: ``flag``, else ``$ROBUSTNESS_DIR``, else ``advglue`` beside the GLUE
-    folder when that exists; None when none is given or found."""
-    if flag:
-        return Path(flag)
-    if os.environ.get(ENV):
-        return Path(os.environ[ENV])
+    folder when that exists; None when none is given or found. A folder given (flag or variable) that does not
+    exist is a :class:`ConfigError`: a typo would otherwise drop the robustness scores of a whole run."""
+    given = [(f"--robustness_dir {flag}", flag)] if flag else \
+        [(f"${ENV} {os.environ[ENV]}", os.environ[ENV])] if os.environ.get(ENV) else []
+    for what, folder in given:
+        if not Path(folder).is_dir():
+            raise ConfigError(f"{what}: no such folder")
+        return Path(folder)
     if glue_dir:
         beside = Path(glue_dir).resolve().parent / DEFAULT_FOLDER
         if beside.is_dir():

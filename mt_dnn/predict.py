@@ -121,9 +121,7 @@ def check_inputs(plans: list[Plan], glue_dir: str, robustness_flag: str | None, 
     """Before anything is predicted: read every robustness set the plans score (a malformed file stops here;
     an explicit --robustness_dir must exist); each --tasks name needs a dev or test file, and without --tasks
     some task one (a wrong --glue_dir would otherwise give a submission of baseline labels only)."""
-    if robustness_flag and not Path(robustness_flag).is_dir():
-        raise ConfigError(f"--robustness_dir {robustness_flag}: no such folder")
-    folder = robustness_dir(robustness_flag, glue_dir)
+    folder = robustness_dir(robustness_flag, glue_dir)  # a --robustness_dir that does not exist: an error
     warned: set[str] = set()
     has_file: dict[str, set[str]] = {}  # task -> the kinds of file found ("dev", "test")
     for plan in plans:

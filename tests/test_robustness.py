@@ -174,7 +174,8 @@ def test_every_evaluation_scores_the_set_and_nothing_else_changes(tmp_path, tiny
     labels = [0, 1, 1, 1, 0, 1]
     (adv / "dev.json").write_text(json.dumps({"rte": _nli(6, labels)}))
     with_set = _train(tmp_path, glue, tiny_model_dir, "with", "--robustness_dir", str(adv))
-    without = _train(tmp_path, glue, tiny_model_dir, "without", "--robustness_dir", str(tmp_path / "nothing"))
+    (tmp_path / "empty").mkdir()  # a folder without the set's file: its scores are skipped
+    without = _train(tmp_path, glue, tiny_model_dir, "without", "--robustness_dir", str(tmp_path / "empty"))
     dev = [r for r in with_set if r["split"] == "dev"]
     assert len(dev) == 2 and all(set(r["robustness"]) == {"advglue"} for r in dev)
     for r in dev:  # accuracy on 6 rows: a multiple of 1/6

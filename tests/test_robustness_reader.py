@@ -112,10 +112,36 @@ def test_the_folder_is_the_flag_else_the_variable_else_advglue_beside_the_glue_f
     (tmp_path / "advglue").mkdir()
     assert robustness_dir(None, tmp_path / "glue") == (tmp_path / "advglue").resolve()
     monkeypatch.setenv("ROBUSTNESS_DIR", str(tmp_path / "env"))
+    (tmp_path / "env").mkdir()
+    (tmp_path / "flag").mkdir()
     assert robustness_dir(None, tmp_path / "glue") == tmp_path / "env"
     assert robustness_dir(str(tmp_path / "flag"), tmp_path / "glue") == tmp_path / "flag"
     monkeypatch.setenv("ROBUSTNESS_DIR", "")  # set but empty: as if unset
     assert robustness_dir(None, None) is None
+
+
+def test_a_folder_given_that_does_not_exist_is_an_error(tmp_path, monkeypatch):
+    """A typo in --robustness_dir (or $ROBUSTNESS_DIR) would drop every robustness score of a run in silence."""
+    with pytest.raises(ConfigError) as err:
+        robustness_dir(str(tmp_path / "advglu"), None)
+    assert str(err.value) == f"--robustness_dir {tmp_path / 'advglu'}: no such folder"
+    monkeypatch.setenv("ROBUSTNESS_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError) as err:
+        robustness_dir(None, None)
+    assert str(err.value) == f"$ROBUSTNESS_DIR {tmp_path / 'nowhere'}: no such folder"
+
+
+def test_train_refuses_a_missing_robustness_dir_before_writing_anything(tmp_path, glue_dir, tiny_model_dir, capsys):
+    from mt_dnn.cli_utils import run_cli
+    from mt_dnn.train import main
+
+    out = tmp_path / "run"
+    assert run_cli(main, ["--tasks", "rte", "--glue_dir", str(glue_dir), "--model", str(tiny_model_dir),
+                          "--output_dir", str(out), "--max_steps", "1", "--robustness_dir",
+                          str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: --robustness_dir {tmp_path / 'nowhere'}: no such folder")
+    assert not out.exists()
 
 
 def test_digests_are_the_files_sha256_prefixes(tmp_path, tasks):
