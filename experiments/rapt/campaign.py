@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="grid YAML (tasks, methods, seeds, flags); several grids on one root run in turn and share "
                         "one report (a run in two grids runs once); optional with --report")
     p.add_argument("--root", required=True, help="campaign folder: <task>/<method>/s<seed>-<hash>/, progress.log")
-    p.add_argument("--dry_run", action="store_true", help="print the plan and time estimates; run nothing")
+    p.add_argument("--dry_run", action="store_true", help="print the plan and time estimates; train nothing "
+                                                          "(--adopt still copies its runs in first)")
     p.add_argument("--print_commands", action="store_true",
                    help="print the mt_dnn.train command of every run that is neither finished nor running, one a "
                         "line, for another scheduler (GNU parallel, an sbatch array); run them from this folder. "
@@ -190,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "train those cells again (leave --archive out to re-run them)")
     p.add_argument("--adopt", nargs="+", metavar="RUN_DIR",
                    help="copy these finished runs (same task, seed and flags as a grid cell, e.g. made by "
-                        "run_scripts/run_<task>.sh) into the grid's folders, then continue")
+                        "run_scripts/run_<task>.sh) into the grid's folders, then continue (with --dry_run: "
+                        "copy, then print the plan)")
     return p
 
 
