@@ -161,8 +161,9 @@ def fetch(url: str, dest: Path, retries: int = 3, backoff: float = 1.0, timeout:
             _fetch_once(url, part, timeout)
         except _Retryable as exc:
             if attempt == retries:
-                raise DownloadError(f"{url}: {exc}; gave up after {retries + 1} tries "
-                                    f"(run again to resume from {part})") from None
+                again = (f"run again to resume from {part}" if part.is_file() and part.stat().st_size
+                         else "nothing was downloaded; run again")
+                raise DownloadError(f"{url}: {exc}; gave up after {retries + 1} tries ({again})") from None
             wait = backoff * 2 ** attempt
             logger.warning("%s: %s; retrying in %.1fs (%d/%d)", url, exc, wait, attempt + 1, retries)
             sleep(wait)

@@ -271,9 +271,15 @@ def test_500_twice_then_success(server, tasks, cola_zip, tmp_path):
 def test_500_forever_gives_up(server, tasks, cola_zip, tmp_path):
     server.files[COLA_URL] = cola_zip
     server.fail_first[COLA_URL] = 100
-    with pytest.raises(DownloadError, match=r"HTTP 500 .*gave up after 3 tries"):
+    with pytest.raises(DownloadError, match=r"HTTP 500 .*gave up after 3 tries \(nothing was downloaded; run "
+                                            r"again\)$"):
         download_tasks("cola", tmp_path, tasks=tasks, base_url=server.url, retries=2, backoff=0.01)
     assert len(server.requests) == 3 and listing(tmp_path) == []
+    # with part of the file kept, the message says where the next run resumes from
+    (tmp_path / "CoLA.zip.part").write_bytes(cola_zip[:150])
+    with pytest.raises(DownloadError) as err:
+        download_tasks("cola", tmp_path, tasks=tasks, base_url=server.url, retries=0, backoff=0.01)
+    assert str(err.value).endswith(f"gave up after 1 tries (run again to resume from {tmp_path / 'CoLA.zip.part'})")
 
 
 def test_404_is_not_retried(server, tasks, tmp_path):
