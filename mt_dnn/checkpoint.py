@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 import random
 import shutil
 from dataclasses import dataclass
@@ -152,7 +153,9 @@ def read(d: Path) -> Loaded:
         raise Damaged(f"{d / WEIGHTS} is damaged ({reason(exc)})") from None
     try:
         state = torch.load(d / STATE, weights_only=True, map_location="cpu")
-    except Exception as exc:  # unpickling errors, EOFError, RuntimeError from a truncated zip, ...
+    except pickle.UnpicklingError:  # torch's text for it is about its weights_only default, not this file
+        raise Damaged(f"{d / STATE} is damaged (not a trainer state torch can read)") from None
+    except Exception as exc:  # EOFError, RuntimeError from a truncated zip, ...
         raise Damaged(f"{d / STATE} is damaged ({reason(exc)})") from None
     if not isinstance(state, dict) or not {"step", "optimizer", "scheduler", "sampler"} <= set(state):
         raise Damaged(f"{d / STATE} is damaged (not a trainer state)")

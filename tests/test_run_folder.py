@@ -219,6 +219,11 @@ def test_damaged_checkpoints_fall_back_or_are_one_line_errors(tmp_path, glue_dir
     msg = _error(capsys)
     assert msg.startswith(f"error: --resume: {ckpt / 'trainer_state.pt'} is damaged (") and \
         msg.endswith("); no complete checkpoint.old to fall back on (--overwrite starts over)")
+    # a file that is not even a zip: torch's unpickling message speaks of its own defaults, not of this file
+    (ckpt / "trainer_state.pt").write_bytes(b"garbage that is not a zip or a pickle")
+    assert run_cli(main, [*args, "--resume"]) == 2
+    assert _error(capsys) == (f"error: --resume: {ckpt / 'trainer_state.pt'} is damaged (not a trainer state torch "
+                              "can read); no complete checkpoint.old to fall back on (--overwrite starts over)")
     (ckpt / "trainer_state.pt").unlink()
     assert run_cli(main, [*args, "--resume"]) == 2
     assert _error(capsys) == (f"error: --resume: {ckpt / 'trainer_state.pt'} is missing; no complete "
