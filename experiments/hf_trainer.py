@@ -11,7 +11,8 @@ trained by ``mt_dnn.hf.RegularizedTrainer``. The dev split is scored after every
 Outputs (``--output_dir``): ``model/`` (weights, config with id2label, tokenizer: loadable by
 ``transformers.pipeline("text-classification", model=...)``), ``summary.json`` (dev metrics per epoch, train
 seconds, median optimizer-step time, the Trainer's log history), ``step_times.tsv`` (each optimizer step's
-seconds, written as training goes) and ``train.log``.
+seconds, written as training goes) and ``train.log``. A folder holding them from an earlier run is refused unless
+``--overwrite``.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -44,6 +46,8 @@ from mt_dnn.runtime import set_threads
 from mt_dnn.train import method_options, train_flags
 
 logger = logging.getLogger(__name__)
+
+OUTPUTS = ("model", "summary.json", "step_times.tsv", "train.log", "trainer")  # what a run writes in its folder
 
 
 def default_glue_dir() -> str:
@@ -71,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of the task's robustness sets (AdvGLUE's dev.json), scored beside dev at every "
                         "evaluation (default: $ROBUSTNESS_DIR, else an advglue folder beside the GLUE folder)")
     p.add_argument("--output_dir", default=None, help="default: runs/hf-<task>-<method>-s<seed>")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --output_dir (without it, a folder holding one is refused)")
     add_flags(p, shared_flags())
     return p
 
@@ -88,7 +94,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, An
     if values["lr"] is None:
         values["lr"] = resolve_lr(TrainConfig(model=values["model"]))[0]
     return argparse.Namespace(task=args.task, glue_dir=args.glue_dir, output_dir=args.output_dir,
-                              robustness_dir=args.robustness_dir, **values), options
+                              robustness_dir=args.robustness_dir, overwrite=args.overwrite, **values), options
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -155,6 +161,10 @@ def _train(argv: list[str] | None) -> int:
         raise ConfigError(f"task {task.name} has no labelled dev split to train and score on")
     glue_dir = args.glue_dir or default_glue_dir()
     out = Path(args.output_dir or f"runs/hf-{task.name}-{args.method}-s{args.seed}")
+    held = [name for name in OUTPUTS if (out / name).exists()]
+    if held and not args.overwrite:
+        raise ConfigError(f"{out} holds another run ({', '.join(held)}): pass --overwrite to replace it, or "
+                          "another --output_dir")
     setup_logging()  # the console only: the run folder is made once data, model and trainer are set up
 
     from transformers import DataCollatorWithPadding, TrainingArguments
@@ -199,8 +209,9 @@ def _train(argv: list[str] | None) -> int:
                                  compute_metrics=metrics, callbacks=[timer, LastStep(evaluate=by_steps)],
                                  method=args.method, method_options=options, seed=args.seed)
     out.mkdir(parents=True, exist_ok=True)
+    for name in held:  # --overwrite: the run being replaced goes first, so nothing of it mixes with this one
+        shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
     setup_logging(out / "train.log")
-    (out / "step_times.tsv").unlink(missing_ok=True)
     logger.info("%s on %s: %d train / %d dev rows, method %s %s", model_path, task.name, len(train_ds),
                 len(dev_ds), args.method, options)
     start = time.perf_counter()
@@ -223,6 +234,8 @@ def _train(argv: list[str] | None) -> int:
                "median_step_seconds": timer.median(), "step_seconds": [round(t, 4) for t in timer.times],
                "dev": dev, "log_history": trainer.state.log_history}
     atomic.write_text(out / "summary.json", json.dumps(summary, indent=2))
+    if (out / "trainer").is_dir() and not any((out / "trainer").iterdir()):
+        (out / "trainer").rmdir()  # the Trainer's scratch folder: nothing is saved there (save_strategy "no")
     for row in dev:
         logger.info("dev epoch %s: %s", row["epoch"], {m: round(row[m], 4) for m in task.metrics})
     logger.info("train %.1f s, median step %.3f s; model in %s", train_seconds, timer.median() or 0.0,

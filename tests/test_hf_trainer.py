@@ -481,6 +481,29 @@ def test_example_max_steps_evaluates_once_at_the_end_and_logs_the_losses(max_ste
     assert "method rapt" in log and (out / "train.log").read_text() == log
 
 
+def test_example_refuses_a_folder_holding_a_run_unless_overwrite(glue_dir, tiny_model_dir, tmp_path, capsys):
+    """A second run into the folder of a first would replace its model and mix two runs in one train.log."""
+    import json
+
+    from experiments.hf_trainer import main
+    from mt_dnn.cli_utils import run_cli
+
+    out = tmp_path / "run"
+    base = ["--model", str(tiny_model_dir), "--task", "rte", "--glue_dir", str(glue_dir), "--output_dir", str(out),
+            "--batch_size", "8", "--max_seq_len", "32", "--max_steps", "1"]
+    assert main([*base, "--method", "rapt", "--rapt_max_layer", "2"]) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert run_cli(main, [*base, "--method", "standard"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {out} holds another run (model, summary.json, step_times.tsv, train.log): pass --overwrite to "
+        "replace it, or another --output_dir")
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    assert main([*base, "--method", "standard", "--overwrite"]) == 0
+    assert json.loads((out / "summary.json").read_text())["method"] == "standard"
+    log = (out / "train.log").read_text()
+    assert "method standard" in log and "method rapt" not in log  # the replaced run's log went with it
+
+
 def test_example_max_train_samples_is_a_seeded_random_subset(glue_dir, tiny_model_dir, tmp_path, monkeypatch):
     """The rows mt_dnn.train would take: indices drawn without replacement by numpy's generator seeded with
     [seed, 0x5EED], in file order."""
