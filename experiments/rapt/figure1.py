@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", required=True, help="a campaign folder (<task>/<method>/s<seed>*/metrics.jsonl)")
     p.add_argument("--tasks", default="rte,mrpc", help="comma-separated tasks, one subplot each")
     p.add_argument("--methods", default=DEFAULT_METHODS, help="method names to draw, those present")
-    p.add_argument("--out", default="experiments/rapt/results/figure1.png")
+    p.add_argument("--out", default="experiments/rapt/results/figure1.png",
+                   help="the PNG (default: the study's own figure, which it replaces)")
     args = p.parse_args(argv)
     setup_logging()
     plt = headless_pyplot()

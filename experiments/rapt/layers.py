@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--archive", help="archived sweep runs (JSON, entries with a `config`) beside --root's "
                                      "folders; a folder wins over an archived cell")
     p.add_argument("--baseline_archive", help="archived baseline runs beside --baseline's folders")
-    p.add_argument("--out", default="experiments/rapt/results/layers.png")
+    p.add_argument("--out", default="experiments/rapt/results/layers.png",
+                   help="the PNG (default: the study's own figure, which it replaces)")
     p.add_argument("--table", default=None, help="markdown table (default: --out with .md)")
     args = p.parse_args(argv)
     setup_logging()
