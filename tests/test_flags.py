@@ -107,6 +107,22 @@ def test_a_sampling_temperature_without_temperature_sampling_is_refused(tmp_path
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--sampling_temperature", "2"], "--sampling_temperature only applies with --task_sampling temperature"),
+    (["--lora_alpha", "16"], "--lora_alpha only applies with --lora_rank >= 1"),
+    (["--lora_dropout", "0.1"], "--lora_dropout only applies with --lora_rank >= 1"),
+])
+def test_a_flag_for_another_setting_is_refused_even_at_its_default_value(tmp_path, capsys, extra, message):
+    """2, 16 and 0.1 are these flags' defaults: given, they still say the user expects them to act."""
+    from mt_dnn.config import TrainConfig
+    from mt_dnn.train import main
+
+    assert (TrainConfig.sampling_temperature, TrainConfig.lora_alpha, TrainConfig.lora_dropout) == (2.0, 16.0, 0.1)
+    argv = ["--tasks", "rte", "--glue_dir", str(tmp_path / "none"), "--output_dir", str(tmp_path / "o"), *extra]
+    assert message in _one_line_error(capsys, main, argv)
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("flag,value,message", BAD, ids=[f"{f}={v}" for f, v, _ in BAD])
 def test_train_refuses_a_number_out_of_range(tmp_path, capsys, flag, value, message):
     from mt_dnn.train import main
