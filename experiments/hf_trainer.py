@@ -17,6 +17,7 @@ seconds, written as training goes) and ``train.log``. A folder holding them from
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -226,8 +227,12 @@ def _train(argv: list[str] | None) -> int:
                   for h in trainer.state.log_history if h.get("step") == row["step"] and f"eval_{name}_loss" in h}
         if robust:
             row["robustness"] = robust
-    summary = {"task": task.name, "method": args.method, "method_options": options, "seed": args.seed,
-               "model": model_path, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+    # the options the regularizer ran with (defaults included, as mt_dnn.train's config.json), and the epochs
+    # the run went through (a --max_steps run stops inside its first ones)
+    summary = {"task": task.name, "method": args.method,
+               "method_options": dataclasses.asdict(trainer.regularizer.options), "seed": args.seed,
+               "model": model_path, "epochs": args.epochs, "epochs_trained": round(float(trainer.state.epoch or 0), 3),
+               "max_steps": args.max_steps, "lr": args.lr, "batch_size": args.batch_size,
                "max_seq_len": args.max_seq_len, "precision": args.precision,
                "threads": torch.get_num_threads(), "steps": trainer.state.global_step,
                "train_seconds": round(train_seconds, 2),

@@ -7,6 +7,8 @@ method's noise, which the reference draws again from the same seed.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import os
 import subprocess
@@ -434,7 +436,10 @@ def test_example_trains_saves_and_the_pipeline_loads_it(task, glue_dir, tiny_mod
     metric = "acc" if task == "rte" else "pearson"
     assert all(metric in row for row in summary["dev"])
     assert summary["steps"] == 6 and summary["median_step_seconds"] > 0 and len(summary["step_seconds"]) == 6
-    assert summary["method_options"] == {"max_layer": 2}
+    # every option the regularizer ran with, the defaults resolved (as mt_dnn.train's config.json records them)
+    from mt_dnn.perturbation import REGISTRY
+    assert summary["method_options"] == {**dataclasses.asdict(REGISTRY["rapt"].Options()), "max_layer": 2}
+    assert summary["epochs_trained"] == 2.0
     assert len((out / "step_times.tsv").read_text().splitlines()) == 6
     assert any("reg_loss" in h for h in summary["log_history"])
     clf = pipeline("text-classification", model=str(out / "model"), device="cpu")
