@@ -57,8 +57,8 @@ def default_glue_dir() -> str:
 
 # the flags shared with mt_dnn.train, from the same declarations; here --method defaults to rapt, --log_every to 20
 SHARED = ("model", "method", "epochs", "lr", "batch_size", "eval_batch_size", "grad_accumulation_steps",
-          "max_seq_len", "warmup", "weight_decay", "max_train_samples", "max_steps", "precision", "seed", "log_every",
-          "threads")
+          "max_seq_len", "warmup", "weight_decay", "max_train_samples", "max_eval_samples", "max_steps", "precision",
+          "seed", "log_every", "threads")
 DEFAULTS = {"method": "rapt", "log_every": 20}
 
 
@@ -176,7 +176,7 @@ def _train(argv: list[str] | None) -> int:
     if args.max_train_samples:  # the same seeded rows as mt_dnn.train --max_train_samples
         train_ex = [train_ex[i] for i in seeded_subset(len(train_ex), args.max_train_samples, args.seed)]
     dev_split = task.splits_of("dev")[0]
-    dev_ex = read_split(glue_dir, task, dev_split)
+    dev_ex = read_split(glue_dir, task, dev_split)[:args.max_eval_samples]  # as mt_dnn.train: the first N rows
     model_path = resolve_model(args.model)
     tokenizer, model = load_classifier(model_path, task, args.seed, args.max_seq_len)
     regression = task.type == "regression"
@@ -186,7 +186,7 @@ def _train(argv: list[str] | None) -> int:
     evals = {"dev": dev_ds}
     for rs in load_sets(task, robustness_dir(args.robustness_dir, glue_dir)):
         if rs.dev_split == dev_split.name:
-            evals[rs.set_name] = tokenized(tokenizer, task, rs.examples, args.max_seq_len)
+            evals[rs.set_name] = tokenized(tokenizer, task, rs.examples[:args.max_eval_samples], args.max_seq_len)
 
     def metrics(pred) -> dict[str, float]:
         logits = np.asarray(pred.predictions)

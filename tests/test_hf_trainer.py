@@ -509,6 +509,26 @@ def test_example_refuses_a_folder_holding_a_run_unless_overwrite(glue_dir, tiny_
     assert "method standard" in log and "method rapt" not in log  # the replaced run's log went with it
 
 
+def test_example_max_eval_samples_scores_the_first_rows_of_dev_and_of_the_robustness_set(glue_dir, tiny_model_dir,
+                                                                                        tmp_path):
+    import json
+
+    from experiments.hf_trainer import main
+
+    adv = tmp_path / "adv"
+    adv.mkdir()
+    (adv / "dev.json").write_text(json.dumps({"rte": [{"idx": i, "sentence1": "the cat sat", "sentence2": "a dog",
+                                                        "label": i % 2} for i in range(7)]}))
+    out = tmp_path / "run"
+    assert main(["--model", str(tiny_model_dir), "--task", "rte", "--method", "standard", "--glue_dir",
+                 str(glue_dir), "--output_dir", str(out), "--batch_size", "8", "--max_seq_len", "32", "--max_steps",
+                 "1", "--max_eval_samples", "3", "--robustness_dir", str(adv)]) == 0
+    assert " / 3 dev rows" in (out / "train.log").read_text()
+    [row] = json.loads((out / "summary.json").read_text())["dev"]
+    for value in (row["acc"], row["robustness"]["advglue"]["acc"]):  # 3 rows each: a multiple of 1/3
+        assert abs(value * 3 - round(value * 3)) < 1e-9, row
+
+
 def test_example_max_train_samples_is_a_seeded_random_subset(glue_dir, tiny_model_dir, tmp_path, monkeypatch):
     """The rows mt_dnn.train would take: indices drawn without replacement by numpy's generator seeded with
     [seed, 0x5EED], in file order."""
