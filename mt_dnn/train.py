@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"best dev score {trainer.best_score:.4f}; model in {best}")
     elif not cfg.no_eval and trainer.is_main:
         print(f"no best model: no dev evaluation gave a score (nothing written to {best})")
+    elif trainer.is_main:  # --no_eval: nothing to compare, the final model is kept
+        print(f"no evaluation (--no_eval); final model in {best}")
     return 0
 
 

@@ -54,12 +54,13 @@ def test_multi_task_run_evaluates_every_task(tmp_path, glue_dir, tiny_model_dir)
 
 
 @pytest.mark.parametrize("method,flags", [("smart", []), ("r3f", []), ("rapt", ["--rapt_share_lower_layers", "--rapt_max_layer", "2"])])
-def test_methods_report_positive_reg_loss(tmp_path, glue_dir, tiny_model_dir, method, flags):
+def test_methods_report_positive_reg_loss(tmp_path, glue_dir, tiny_model_dir, method, flags, capsys):
     out = _train(tmp_path, glue_dir, tiny_model_dir, "--tasks", "mrpc", "--max_steps", "3", "--method", method,
                  "--no_eval", *flags)
     rec = _records(out)[-1]
     assert rec["split"] == "train" and rec["reg_loss"] > 0
     assert (out / "best" / "model.safetensors").is_file()
+    assert capsys.readouterr().out.splitlines()[-1] == f"no evaluation (--no_eval); final model in {out / 'best'}"
 
 
 def test_learns_the_fixture_task(tmp_path, tiny_model_dir):
