@@ -77,7 +77,7 @@ def plan_checkpoints(saved: list[SavedModel], official: dict[str, TaskDef], task
         usable = {t.name: with_packaged_sets(t, official, s.dir) for t in s.tasks}
         for t in official.values():
             if t.head and t.head in s.heads and t.name not in usable:
-                usable[t.name] = read_by_head(t, {x.name: x for x in s.tasks}.get(t.head), s.dir)
+                usable[t.name] = s.definitions[t.name]  # as the run reads it: its head's label order
         if wanted is not None:
             usable = {n: t for n, t in usable.items() if n in wanted or t.head_name in wanted}
         max_len = run_max_len(s.dir, max_seq_len) if usable else 0
@@ -104,17 +104,6 @@ def with_packaged_sets(task: TaskDef, official: dict[str, TaskDef], where: Path)
     logger.info("%s: its task %s lists no robustness sets; scoring the packaged ones (%s)", where, task.name,
                 ", ".join(packaged.robustness))
     return replace(task, robustness=packaged.robustness)
-
-
-def read_by_head(task: TaskDef, head: TaskDef | None, where: Path) -> TaskDef:
-    """A packaged task predicted by a run's head (AX by MNLI's), with its labels in the order that head was
-    trained with: the head's class ids are read in the head's order."""
-    if head is None or head.labels == task.labels:
-        return task
-    if sorted(head.labels or ()) != sorted(task.labels or ()):
-        raise ConfigError(f"{where}: task {task.name} is predicted by head {head.name}, whose labels "
-                          f"{list(head.labels or ())} are not {task.name}'s {list(task.labels or ())}")
-    return replace(task, labels=head.labels)
 
 
 def check_inputs(plans: list[Plan], glue_dir: str, robustness_flag: str | None, tasks_flag: str | None) -> None:

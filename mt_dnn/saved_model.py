@@ -62,6 +62,9 @@ class SavedModel:
     tasks: list[TaskDef]  # the tasks it was trained on, in model.json's order
     config: Any  # the encoder's transformers config
     tokenizer: Any
+    # every task definition as this model reads them: the packaged ones with its tasks.yml over them (a packaged
+    # task predicted by one of its heads, AX by MNLI's, in that head's label order)
+    definitions: dict[str, TaskDef]
 
     @property
     def heads(self) -> set[str]:
@@ -112,7 +115,7 @@ def read_model_dir(model_dir: str | Path, check_weights: bool = True) -> SavedMo
     check_tokenizer(tokenizer, config, str(d / "encoder"))
     if check_weights:
         _open_weights(d / "model.safetensors")
-    return SavedModel(d, meta, tasks, config, tokenizer)
+    return SavedModel(d, meta, tasks, config, tokenizer, all_tasks)
 
 
 def _identity(d: Path) -> tuple[int, int] | None:
