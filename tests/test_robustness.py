@@ -140,18 +140,30 @@ def _mnli_glue_and_adv(tmp_path):
     return glue, adv
 
 
-def test_predict_scores_a_saved_model_on_a_hand_made_advglue_file(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("saved_before_sets", [False, True], ids=["current", "saved-before-sets"])
+def test_predict_scores_a_saved_model_on_a_hand_made_advglue_file(tmp_path, tiny_model_dir, capsys,
+                                                                   saved_before_sets):
+    """A run saved before task definitions listed robustness sets (no robustness block in its tasks.yml) is
+    scored on the packaged ones, with the same numbers."""
+    import yaml
+
     from mt_dnn.predict import main
     # matched: ids 0, 0, 1, 2 -> a model that always says "entailment" gets 2 of 4 right (a mapping by
     # position would turn id 1 into "entailment": 1 of 4); mismatched: 0, 1, 1 -> 1 of 3
     glue, adv = _mnli_glue_and_adv(tmp_path)
     model = _constant_model_dir(tmp_path, tiny_model_dir, "mnli", "entailment")
+    if saved_before_sets:
+        defs = yaml.safe_load((model / "tasks.yml").read_text())
+        del defs["mnli"]["robustness"]  # as a run saved before the sets existed wrote it
+        (model / "tasks.yml").write_text(yaml.safe_dump(defs))
     sub = tmp_path / "sub"
     assert main(["--checkpoint", str(model), "--glue_dir", str(glue), "--submission_dir", str(sub),
                  "--robustness_dir", str(adv), "--device", "cpu"]) in (0, 1)
     scores = json.loads((sub / "dev_scores.json").read_text())
     assert scores["mnli/dev_matched"]["robustness"]["advglue"]["acc"] == pytest.approx(2 / 4)
     assert scores["mnli/dev_mismatched"]["robustness"]["advglue"]["acc"] == pytest.approx(1 / 3)
+    said = "lists no robustness sets; scoring the packaged ones (advglue)" in capsys.readouterr().err
+    assert said == saved_before_sets
 
 
 def _train(tmp_path, glue, model_dir, name, *extra):
@@ -244,25 +256,6 @@ def test_resume_refuses_a_changed_robustness_file(tmp_path, tiny_model_dir, caps
     assert "rte/advglue" in capsys.readouterr().err
     (adv / "dev.json").write_text(json.dumps({"rte": _nli(4, [0, 1, 1, 0])}))  # the file it started with
     assert run_cli(main, [*argv, "--resume"]) == 0
-
-
-def test_a_run_saved_before_tasks_listed_robustness_sets_is_scored_on_the_packaged_ones(tmp_path, tiny_model_dir,
-                                                                                         capsys):
-    import yaml
-
-    from mt_dnn.predict import main
-    glue, adv = _mnli_glue_and_adv(tmp_path)
-    model = _constant_model_dir(tmp_path, tiny_model_dir, "mnli", "entailment")
-    defs = yaml.safe_load((model / "tasks.yml").read_text())
-    del defs["mnli"]["robustness"]  # as a run saved before the sets existed wrote it
-    (model / "tasks.yml").write_text(yaml.safe_dump(defs))
-    sub = tmp_path / "sub"
-    assert main(["--checkpoint", str(model), "--glue_dir", str(glue), "--submission_dir", str(sub),
-                 "--robustness_dir", str(adv), "--device", "cpu"]) in (0, 1)
-    scores = json.loads((sub / "dev_scores.json").read_text())
-    assert scores["mnli/dev_matched"]["robustness"]["advglue"]["acc"] == pytest.approx(2 / 4)
-    assert scores["mnli/dev_mismatched"]["robustness"]["advglue"]["acc"] == pytest.approx(1 / 3)
-    assert "lists no robustness sets; scoring the packaged ones (advglue)" in capsys.readouterr().err
 
 
 def test_predict_checks_the_robustness_files_before_predicting(tmp_path, tiny_model_dir, monkeypatch, capsys):
