@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -107,19 +108,24 @@ class TrainConfig:
                            choices=COMPILE_MODES)
     world_size: int = 1
 
-    def validate(self) -> None:
-        """Every field against its declaration (type, choices, range), then the settings that exclude each other."""
+    def validate(self, given: Collection[str] | None = None) -> None:
+        """Every field against its declaration (type, choices, range), then the settings that exclude each other.
+        ``given``: the settings the user gave (flags, --config): one given for a setting it does not apply to is
+        refused even at its default value; without it, only values other than the defaults can be seen."""
         check_fields(self)
+        defaults = {f.name: f.default for f in fields(self)}
+
+        def set_(name: str) -> bool:
+            return name in given if given is not None else getattr(self, name) != defaults[name]
+
         if self.epochs < 1 and not self.max_steps:
             raise ConfigError("--epochs must be >= 1 (or give --max_steps)")
         if not self.lora_rank:  # a LoRA setting without LoRA would silently do nothing
-            defaults = {f.name: f.default for f in fields(self)}
-            given = [f for f in ("lora_alpha", "lora_dropout", "lora_target_modules")
-                     if getattr(self, f) != defaults[f]]
-            if given:
-                raise ConfigError(f"--{given[0]} only applies with --lora_rank >= 1 (LoRA adapters); without it "
+            lora = [f for f in ("lora_alpha", "lora_dropout", "lora_target_modules") if set_(f)]
+            if lora:
+                raise ConfigError(f"--{lora[0]} only applies with --lora_rank >= 1 (LoRA adapters); without it "
                                   "the whole encoder is fine-tuned")
-        if self.task_sampling != "temperature" and self.sampling_temperature != TrainConfig.sampling_temperature:
+        if self.task_sampling != "temperature" and set_("sampling_temperature"):
             raise ConfigError(f"--sampling_temperature only applies with --task_sampling temperature (this run has "
                               f"--task_sampling {self.task_sampling})")
         if self.resume and self.overwrite:

@@ -80,15 +80,6 @@ def train_config(values: dict[str, Any]) -> TrainConfig:
     run = {f.field: values[f.key] for f in declared(TrainConfig) if f.key in values}
     method = run.setdefault("method", "standard")
     cfg = TrainConfig(**run, method_options=method_options(values, method))
-    # a flag given for a setting it does not apply to is an error even at its default value (validate() can
-    # only see values that differ from the defaults)
-    if "sampling_temperature" in values and cfg.task_sampling != "temperature":
-        raise ConfigError(f"--sampling_temperature only applies with --task_sampling temperature (this run has "
-                          f"--task_sampling {cfg.task_sampling})")
-    lora = [k for k in ("lora_alpha", "lora_dropout", "lora_target_modules") if k in values]
-    if lora and not cfg.lora_rank:
-        raise ConfigError(f"--{lora[0]} only applies with --lora_rank >= 1 (LoRA adapters); without it the whole "
-                          "encoder is fine-tuned")
     if "glue_dir" not in run:
         cfg.glue_dir = os.environ.get("GLUE_DIR", "glue_data")
     if "output_dir" not in run:
@@ -122,7 +113,7 @@ def markdown_reference() -> str:
 def main(argv: list[str] | None = None) -> int:
     settings = settings_from_args(build_parser().parse_args(argv))
     cfg = train_config(settings)
-    cfg.validate()
+    cfg.validate(given=settings)
     threads = runtime.set_threads(settings.get("threads"))
     main_process = os.environ.get("RANK", "0") == "0"  # torchrun's other ranks: warnings and errors only
     level = logging.INFO if main_process else logging.WARNING
