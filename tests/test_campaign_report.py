@@ -87,7 +87,13 @@ def test_report_means_stds_and_paired_statistics(tmp_path, capsys):
     mrpc = paired[("mrpc", "rapt", "standard")]
     assert mrpc["mean_diff"] == pytest.approx(2.5) and mrpc["a_wins"] == 2
     assert mrpc["p_value"] == pytest.approx(1 - 2 / math.pi * math.atan(2.5 / 1.5))
-    assert "| RTE | rapt | standard | 2 | +4.00 | 2.83 | 2 | 0 | 0.295 | within seed noise |" in md
+    # Holm over the section's three tests (RTE 0.295, MRPC 0.344, the Average below 0.374): the smallest times 3,
+    # and neither of the others times 2 or 1 is larger, so every row's p (Holm) is RTE's p times 3
+    holm = 3 * (1 - 2 / math.pi * math.atan(2.0))
+    assert [c["p_holm"] for c in report["paired"]] == pytest.approx([holm] * 3)
+    assert all(c["family"] == 3 for c in report["paired"])
+    assert f"| RTE | rapt | standard | 2 | +4.00 | 2.83 | 2 | 0 | 0.295 | {holm:.3f} | within seed noise |" in md
+    assert "over the 3 tests of this section's tables" in md
     # rapt has no STS-B run: no average over every task, only over the two tasks both have on seeds 1-2
     assert paired[("average", "rapt", "standard")]["over"] == ["rte", "mrpc"]
     # per seed: each run's best evaluation and its epoch (from 1); MRPC seed 1 of standard is epoch 1 (best acc)
@@ -114,7 +120,8 @@ def test_paired_test_on_the_average_uses_each_seeds_mean_task_score(tmp_path):
     assert report["rows"]["standard"]["average_std"] == pytest.approx(3.75 / math.sqrt(2))
     assert report["rows"]["rapt"]["average_std"] == pytest.approx(0.25 / math.sqrt(2))
     md = report_markdown(report, "x")
-    assert "| Average | rapt | standard | 2 | +3.00 | 2.83 | 2 | 0 | 0.374 | within seed noise |" in md
+    holm = 3 * (1 - 2 / math.pi * math.atan(2.0))  # RTE's p, the smallest of the three, times 3 (as above)
+    assert f"| Average | rapt | standard | 2 | +3.00 | 2.83 | 2 | 0 | 0.374 | {holm:.3f} | within seed noise |" in md
     assert "| 75.6 ± 2.7 | 2 |" in md
 
 
@@ -131,7 +138,11 @@ def test_paired_average_over_the_tasks_with_most_seeds_while_others_lack_seeds(t
     assert avg[1]["p_value"] == pytest.approx(1 - 2 / math.pi * math.atan(1.5))
     md = report_markdown(report, "x")
     assert "| Average | rapt | standard | 1 |" in md
-    assert "| Average (RTE, MRPC) | rapt | standard | 2 | +3.00 | 2.83 | 2 | 0 | 0.374 | within seed noise |" in md
+    # the rows without a p (seed 1 only) are not in the family: still three tests, as above
+    holm = 3 * (1 - 2 / math.pi * math.atan(2.0))
+    assert (f"| Average (RTE, MRPC) | rapt | standard | 2 | +3.00 | 2.83 | 2 | 0 | 0.374 | {holm:.3f} | "
+            "within seed noise |") in md
+    assert "| Average | rapt | standard | 1 | +6.67 | - | 1 | 0 | - | - | - |" in md
 
 
 def test_best_of_rows_pick_the_best_member_per_task(tmp_path):

@@ -119,21 +119,75 @@ def _paired(a: list[float], b: list[float]) -> tuple[float, float | None, int, i
     return float(d.mean()), sd, int((d > 0.05).sum()), int((d < -0.05).sum()), p
 
 
-def _check_paired_row(row: list[str], a: list[float], b: list[float]) -> None:
+def _check_paired_row(row: list[str], a: list[float], b: list[float]) -> float | None:
+    """A paired row's seeds, mean, sd, wins and p (columns 3-8) against ``a`` and ``b``; returns the p."""
     mean, sd, a_wins, b_wins, p = _paired(a, b)
     assert int(row[3]) == len(a), row
     assert abs(float(row[4]) - mean) <= 0.005 + 1e-9, (row, mean)
     assert (row[5] == "-") if sd is None else abs(float(row[5]) - sd) <= 0.005 + 1e-9, (row, sd)
     assert (int(row[6]), int(row[7])) == (a_wins, b_wins), row
-    if p is None:
-        assert row[8] == "-" and row[9] == "-", row
-    else:
-        assert abs(float(row[8]) - p) <= 0.0005 + 1e-9, (row, p)
-        assert row[9] == ("beyond seed noise" if p < 0.05 else "within seed noise"), row
+    assert (row[8] == "-") if p is None else abs(float(row[8]) - p) <= 0.0005 + 1e-9, (row, p)
+    return p
+
+
+def _holm(ps: list[float | None]) -> list[float | None]:
+    """Holm's adjusted p-values, written out here: the defined p's in increasing order, the k-th (from 0) times
+    m - k, the running maximum of those, capped at 1; None stays None and does not count in m."""
+    idx = [i for i, p in enumerate(ps) if p is not None]
+    values = np.array([ps[i] for i in idx], dtype=float)
+    order = np.argsort(values, kind="stable")
+    scaled = np.minimum(1.0, np.maximum.accumulate((len(values) - np.arange(len(values))) * values[order]))
+    out: list[float | None] = [None] * len(ps)
+    for k, j in enumerate(order):
+        out[idx[j]] = float(scaled[k])
+    return out
+
+
+def _check_holm_and_verdicts(rows: list[list[str]], ps: list[float | None], holm_col: int, text: str,
+                             stated: str) -> None:
+    """One family's rows: each p (Holm) recomputed over all of them, each verdict from it and the row's own p,
+    and the family's size as the text states it (``stated`` with ``{n}`` for it)."""
+    assert stated.format(n=sum(p is not None for p in ps)) in text
+    for row, p, h in zip(rows, ps, _holm(ps), strict=True):
+        if p is None:
+            assert row[holm_col] == "-" and row[-1] == "-", row
+            continue
+        assert abs(float(row[holm_col]) - h) <= 0.0005 + 1e-9, (row, h)
+        want = "beyond seed noise" if h < 0.05 else "lead (not after Holm)" if p < 0.05 else "within seed noise"
+        assert row[-1] == want, (row, p, h)
 
 
 PER_TASK = _table(TABLE2[TABLE2.index("### Per task"):], "| Task | A | B | Seeds")
 ON_AVERAGE = _table(TABLE2[TABLE2.index("### On the Average"):], "| Task | A | B | Seeds")
+# a best-of row's runs per task: the member the table says it took ("rte: smart_step1e-1, mrpc: smart, ...")
+PICKS = {g: dict(x.split(": ") for x in re.search(rf"^`{g}` takes, per task.*?: (.+)\.$", TABLE2, re.M)
+                 .group(1).split(", ")) for g in BEST_OF}
+
+
+def _row_values(row: list[str]) -> tuple[list[float], list[float]]:
+    """The per-seed values (x100) a paired row of table2 compares: per task the primary metric, on an Average
+    row each seed's mean task score over the tasks it names (all five without a name); a best-of row takes each
+    task's picked member."""
+    task_of = {v: k for k, v in LABEL.items()}
+    named = re.match(r"Average(?: \((.+)\))?$", row[0])
+    tasks = ([task_of[x.strip()] for x in named.group(1).split(",")] if named.group(1) else list(COLUMNS)) \
+        if named else [task_of[row[0]]]
+    member = {m: {t: PICKS[m][t] if m in PICKS else m for t in tasks} for m in row[1:3]}
+    seeds = sorted(set.intersection(*(set(_seeds(t, member[m][t])) for t in tasks for m in row[1:3])))
+    if named:
+        return tuple([float(np.mean([_score(t, member[m][t], s) for t in tasks])) for s in seeds]
+                     for m in row[1:3])
+    primary = COLUMNS[tasks[0]][0]
+    return tuple([RUNS[(tasks[0], member[m][tasks[0]], s)][primary] for s in seeds] for m in row[1:3])
+
+
+def test_paired_section_is_one_holm_family():
+    """Every paired row of table2 (best-of rows from the members it names) recomputed, then Holm over all of
+    them: each row's p (Holm) and verdict."""
+    rows = ON_AVERAGE + PER_TASK
+    ps = [_check_paired_row(row, *_row_values(row)) for row in rows]
+    _check_holm_and_verdicts(rows, ps, 9, TABLE2, "over the {n} tests of this section's tables")
+    assert sum(p is not None for p in ps) >= 50
 
 
 def test_paired_per_task_rows_recomputed_with_scipy():
@@ -230,6 +284,8 @@ def test_robustness_report_recomputed_from_its_archive():
 
     text = (RESULTS / "robustness_report.md").read_text()
     checked = 0
+    family: list[list[str]] = []
+    ps: list[float | None] = []
     for task in sorted({t for t, _, _ in runs}):
         start = text.index(f"### {LABEL[task]}: dev and advglue")
         section = text[start:text.find("\n#", start + 1)]  # up to the next heading
@@ -253,14 +309,17 @@ def test_robustness_report_recomputed_from_its_archive():
         for row in (_table(section, "| On | A | B | Seeds") if "| On | A | B | Seeds" in section else []):
             a, b, k = row[1], row[2], 0 if row[0] == "dev" else 1
             seeds = sorted(set(seeds_of[a]) & set(seeds_of[b]))
-            # the columns are those of the per-task paired rows, with 'detectable' before the verdict
-            _check_paired_row(row[:9] + row[10:], [runs[(task, a, s)][k] for s in seeds],
-                              [runs[(task, b, s)][k] for s in seeds])
+            # the columns are those of the per-task paired rows, then p (Holm), 'detectable' and the verdict
+            ps.append(_check_paired_row(row, [runs[(task, a, s)][k] for s in seeds],
+                                        [runs[(task, b, s)][k] for s in seeds]))
+            family.append(row)
             assert row[1] != row[2] and row[2] in ("standard", "smart"), row  # only against the baselines
             checked += 1
         if task == "rte":
             if ("rte", "standard_hf", 1) in runs:  # the peer's row is in the table beside ours
                 assert any(r[0] == "standard_hf" for r in rows)
+    # the dev-chosen tests of every task are one family
+    _check_holm_and_verdicts(family, ps, 9, text, "over the {n} tests of this section's dev-chosen tables")
     assert checked >= 8
 
 
@@ -280,6 +339,8 @@ def test_robustness_by_epoch_tables_recomputed_from_the_archived_evaluations():
             assert best["epoch"] == r["epoch"] and best["robustness"] == r["robustness"]
     text = (RESULTS / "robustness_report.md").read_text()
     checked = 0
+    family: list[list[str]] = []
+    ps: list[float | None] = []
     for task in sorted({t for t, _, _ in history}):
         start = text.index(f"#### {LABEL[task]}: dev and advglue by epoch")
         section = text[start:text.find("\n#", start + 1) if text.find("\n#", start + 1) > 0 else None]
@@ -301,7 +362,10 @@ def test_robustness_by_epoch_tables_recomputed_from_the_archived_evaluations():
         for row in _table(section, "| On | A | B | Seeds"):
             a, b, k = row[1], row[2], 0 if row[0] == "dev" else 1
             seeds = sorted(set(seeds_of[a]) & set(seeds_of[b]))
-            _check_paired_row(row[:9] + row[10:], [history[(task, a, s)][-1][k] for s in seeds],
-                              [history[(task, b, s)][-1][k] for s in seeds])
+            ps.append(_check_paired_row(row, [history[(task, a, s)][-1][k] for s in seeds],
+                                        [history[(task, b, s)][-1][k] for s in seeds]))
+            family.append(row)
             checked += 1
+    # the last-epoch tests of every task are a family of their own
+    _check_holm_and_verdicts(family, ps, 9, text, "over the {n} tests at the last epoch")
     assert checked >= 40

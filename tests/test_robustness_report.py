@@ -158,13 +158,22 @@ def test_the_section_as_written(tmp_path):
         "(AdvGLUE dev: adversarial, human-checked GLUE dev examples), x100, mean ± sd over seeds; gap = dev - set "
         "(how much accuracy a method loses under attack). Paired tests as above, on the same seeds; 'detectable' = "
         "the smallest true mean difference a paired t-test over these seeds would find with 80% power at p < 0.05 "
-        "given the observed sd of the differences (a smaller effect can hide within 'within seed noise'). s/step: "
-        "the runs' own clocks, mean over seeds (training steps only), and its ratio to standard's on the same "
-        "device (see Training time).")
+        "given the observed sd of the differences (a smaller effect can hide within 'within seed noise'; one that "
+        "must also pass the Holm correction is larger). s/step: the runs' own clocks, mean over seeds (training "
+        "steps only), and its ratio to standard's on the same device (see Training time). p (Holm) = p adjusted by "
+        "Holm's step-down method over the 2 tests of this section's dev-chosen tables that have a p (the smallest p "
+        "times 2, the next times 1, and so on, never below the one before and at most 1), so that the chance of any "
+        "false 'beyond seed noise' among them stays below 0.05. Verdict: 'beyond seed noise' when p (Holm) < 0.05; "
+        "'lead (not after Holm)' when only p is below 0.05, a result to test with more seeds rather than a finding; "
+        "else 'within seed noise'. The tests at the last epoch (by-epoch tables) are a family of their own.")
     # rapt - standard on AdvGLUE: +5, +1 (mean 3, sd 2.83); on dev: +2, -1 (mean 0.5, sd 2.12)
     p_dev, p_adv = ttest_rel([62.0, 63.0], [60.0, 64.0]).pvalue, ttest_rel([45.0, 47.0], [40.0, 46.0]).pvalue
     det_dev, det_adv = detectable_difference(2, np.std([2.0, -1.0], ddof=1)), detectable_difference(2, np.std(
         [5.0, 1.0], ddof=1))
+    # Holm over the two tests with a p: the smaller times 2, the larger times 1 but never below the smaller's
+    low, high = sorted([p_dev, p_adv])
+    holm = {low: min(1.0, 2 * low), high: max(min(1.0, 2 * low), high)}
+    h_dev, h_adv = holm[p_dev], holm[p_adv]
     assert lines[2:] == [
         "", "### RTE: dev and advglue", "",
         "| Method | Seeds | dev | advglue | gap (dev - advglue) | s/step | / standard |",
@@ -173,12 +182,14 @@ def test_the_section_as_written(tmp_path):
         "| rapt | 2 | 62.5 ± 0.7 | 46.0 ± 1.4 | 16.5 ± 0.7 | 10.00 | 1.00 |",
         "| peer | 1 | 70.0 | 30.0 | 40.0 | - | - |",
         "",
-        "| On | A | B | Seeds | mean(A-B) | sd | A wins | B wins | p | detectable | verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-        f"| dev | rapt | standard | 2 | +0.50 | 2.12 | 1 | 1 | {p_dev:.3f} | {det_dev:.2f} | within seed noise |",
-        f"| advglue | rapt | standard | 2 | +3.00 | 2.83 | 2 | 0 | {p_adv:.3f} | {det_adv:.2f} | within seed noise |",
-        "| dev | peer | standard | 1 | +10.00 | - | 1 | 0 | - | - | - |",
-        "| advglue | peer | standard | 1 | -10.00 | - | 0 | 1 | - | - | - |"]
+        "| On | A | B | Seeds | mean(A-B) | sd | A wins | B wins | p | p (Holm) | detectable | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| dev | rapt | standard | 2 | +0.50 | 2.12 | 1 | 1 | {p_dev:.3f} | {h_dev:.3f} | {det_dev:.2f} | "
+        "within seed noise |",
+        f"| advglue | rapt | standard | 2 | +3.00 | 2.83 | 2 | 0 | {p_adv:.3f} | {h_adv:.3f} | {det_adv:.2f} | "
+        "within seed noise |",
+        "| dev | peer | standard | 1 | +10.00 | - | 1 | 0 | - | - | - | - |",
+        "| advglue | peer | standard | 1 | -10.00 | - | 0 | 1 | - | - | - | - |"]
 
 
 def test_detectable_difference_without_a_usable_sd_is_none():
@@ -188,21 +199,26 @@ def test_detectable_difference_without_a_usable_sd_is_none():
 def test_verdicts_clocks_and_task_names_in_the_section():
     from experiments.rapt.robustness_report import markdown
 
-    def pair(on, p):
+    def pair(on, p, holm):
         return {"on": on, "a": "rapt", "b": "standard", "n": 3, "mean_diff": 2.0, "sd_diff": 0.1, "a_wins": 3,
-                "b_wins": 0, "p_value": p, "detectable": 0.25}
+                "b_wins": 0, "p_value": p, "p_holm": holm, "family": 3, "detectable": 0.25}
 
     summary = {"seeds": [1, 2, 3], "dev": [60.0, 1.0], "set": [40.0, 2.0], "gap": [20.0, 1.5]}
     section = {"mytask": {"adv": {"summary": {"standard": summary, "rapt": summary},
-                                  "paired": [pair("dev", 0.0499), pair("adv", 0.05)]}}}
+                                  "paired": [pair("dev", 0.0149, 0.0447), pair("adv", 0.02, 0.06),
+                                             pair("adv", 0.05, 0.06)]}}}
     lines = markdown(section, {"mytask": {"standard": {"s_per_step": 2.0, "/standard": 1.0},
                                           "rapt": {"s_per_step": 3.0, "/standard": None}}})
     assert lines[:3] == ["", "## Robustness (dev and robustness sets)", ""] and lines[4:7] == [
         "", "### mytask: dev and adv", ""]
     assert lines[9:11] == ["| standard | 3 | 60.0 ± 1.0 | 40.0 ± 2.0 | 20.0 ± 1.5 | 2.00 | 1.00 |",
                            "| rapt | 3 | 60.0 ± 1.0 | 40.0 ± 2.0 | 20.0 ± 1.5 | 3.00 | - |"]
-    assert lines[-2:] == ["| dev | rapt | standard | 3 | +2.00 | 0.10 | 3 | 0 | 0.050 | 0.25 | beyond seed noise |",
-                          "| adv | rapt | standard | 3 | +2.00 | 0.10 | 3 | 0 | 0.050 | 0.25 | within seed noise |"]
+    # beyond seed noise only where the Holm-adjusted p is below 0.05; a lead where only the test's own p is
+    assert lines[-3:] == [
+        "| dev | rapt | standard | 3 | +2.00 | 0.10 | 3 | 0 | 0.015 | 0.045 | 0.25 | beyond seed noise |",
+        "| adv | rapt | standard | 3 | +2.00 | 0.10 | 3 | 0 | 0.020 | 0.060 | 0.25 | lead (not after Holm) |",
+        "| adv | rapt | standard | 3 | +2.00 | 0.10 | 3 | 0 | 0.050 | 0.060 | 0.25 | within seed noise |"]
+    assert "over the 3 tests of this section's dev-chosen tables" in lines[3]
     no_clock = markdown(section, None)  # no training times at all: the cost cells say so
     assert no_clock[9] == "| standard | 3 | 60.0 ± 1.0 | 40.0 ± 2.0 | 20.0 ± 1.5 | - | - |"
     assert markdown({}, None) == []

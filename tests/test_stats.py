@@ -1,6 +1,6 @@
 """Paired statistics of a campaign at their edges: the task score of a task with more metrics than the paper's
-column, ties at exactly the tie margin, and best-of rows placed before or among their members. Expected values
-are worked out by hand."""
+column, ties at exactly the tie margin, best-of rows placed before or among their members, and Holm's correction
+for many tests. Expected values are worked out by hand, or by Holm's procedure run as a sequence of rejections."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments.rapt.results import Evaluation, RunResult
-from experiments.rapt.stats import paired, paired_comparisons, seed_averages, task_score
+from experiments.rapt.stats import adjust, holm, paired, paired_comparisons, seed_averages, task_score, verdict
 
 
 def _run(task: str, name: str, seed: int, metrics: dict[str, dict[str, float]], primary: float) -> RunResult:
@@ -53,3 +53,45 @@ def test_best_of_rows_are_never_compared_with_their_members_wherever_they_stand(
     assert {(c["a"], c["b"]) for c in pairs if c["task"] == "rte"} == {("standard", "rapt"), ("best", "standard")}
     best_std = next(c for c in pairs if (c["a"], c["b"], c["task"]) == ("best", "standard", "rte"))
     assert best_std["mean_diff"] == pytest.approx(np.mean([60.0 - 50.0, 70.0 - 55.0]))
+
+
+def test_holm_on_a_worked_example():
+    # p in increasing order 0.005, 0.01, 0.03, 0.04 (m = 4): times 4, 3, 2, 1 -> 0.02, 0.03, 0.06, 0.04, then the
+    # running maximum -> 0.02, 0.03, 0.06, 0.06; a test that could not run (None) is kept and not counted
+    got = holm([0.01, 0.04, None, 0.03, 0.005])
+    assert got[2] is None
+    assert [got[i] for i in (0, 1, 3, 4)] == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.3, 0.6]) == pytest.approx([0.6, 0.6]) and holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])
+    assert holm([0.2]) == pytest.approx([0.2]) and holm([]) == [] and holm([None]) == [None]
+
+
+def _rejected_by_holm(p: np.ndarray, alpha: float) -> set[int]:
+    """Holm's procedure as a sequence: the k-th smallest p (from 0) is rejected while it is <= alpha / (m - k);
+    at the first that is not, it and all larger ones are kept."""
+    out = set()
+    for k, i in enumerate(np.argsort(p, kind="stable")):
+        if p[i] > alpha / (len(p) - k):
+            break
+        out.add(int(i))
+    return out
+
+
+def test_holm_adjusted_p_is_the_smallest_level_at_which_the_procedure_rejects():
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        m = int(rng.integers(1, 12))
+        p = rng.uniform(0, 0.2, m) ** 2  # many small ones, so that rejections happen
+        adjusted = np.array(holm(list(p)))
+        for alpha in rng.uniform(0, 0.3, 25):
+            assert _rejected_by_holm(p, alpha) == {i for i in range(m) if adjusted[i] <= alpha}, (p, alpha)
+
+
+def test_adjust_and_the_verdicts():
+    tests = [{"p_value": 0.01}, {"p_value": None}, {"p_value": 0.02}, {"p_value": 0.5}]
+    adjust(tests)
+    # three tests with a p: 0.01 x 3 = 0.03, 0.02 x 2 = 0.04, 0.5 x 1
+    assert [t["p_holm"] for t in tests] == pytest.approx([0.03, None, 0.04, 0.5]) and tests[1]["p_holm"] is None
+    assert {t["family"] for t in tests} == {3}
+    assert [verdict(t) for t in tests] == ["beyond seed noise", "-", "beyond seed noise", "within seed noise"]
+    assert verdict({"p_value": 0.03, "p_holm": 0.09}) == "lead (not after Holm)"
+    assert verdict({"p_value": 0.05, "p_holm": 0.05}) == "within seed noise"  # both bounds strict

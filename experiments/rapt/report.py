@@ -12,7 +12,7 @@ from data_utils.task_def import ConfigError
 from experiments.rapt.paper import METRIC_LABEL, PAPER_DEV, PAPER_METRICS, TASK_LABEL, cell_keys, task_order
 from experiments.rapt import robustness_report
 from experiments.rapt.results import RunResult
-from experiments.rapt.stats import TIE, mean_std, paired_comparisons, seed_averages
+from experiments.rapt.stats import TIE, adjust, holm_text, mean_std, paired_comparisons, seed_averages, verdict
 
 
 def training_times(by: dict[str, dict[str, dict[int, RunResult]]], names: list[str], tasks: list[str]) -> dict:
@@ -128,9 +128,11 @@ def build_report(results: list[RunResult], method_order: list[str] | None = None
         paper[pname] = {"tasks": {t: prow[t] for t in have},
                         "average_these_tasks": float(np.mean([np.mean(prow[t]) for t in have])) if have else None,
                         "average_paper": prow["average"]}
+    paired = paired_comparisons(by, names, tasks, best_of or {}, baselines)
+    adjust(paired)  # the section's tests are one family
     report = {"tasks": tasks, "methods": names, "rows": rows, "best_of": chosen, "paper": paper,
               "times": training_times(by, [n for n in names if n not in chosen], tasks),
-              "paired": paired_comparisons(by, names, tasks, best_of or {}, baselines),
+              "paired": paired,
               "baselines": baselines,
               "unfinished": sorted([r.folder.as_posix() for r in results if not r.finished] + (no_evaluation or [])),
               "not_started": not_started}
@@ -196,14 +198,13 @@ def _missing_lines(report: dict) -> list[str]:
 
 def _paired_line(c: dict, tasks: list[str]) -> str:
     """One paired comparison as a markdown table row."""
-    p = f"{c['p_value']:.3f}" if c["p_value"] is not None else "-"
+    p, holm = (f"{c[k]:.3f}" if c[k] is not None else "-" for k in ("p_value", "p_holm"))
     sd = f"{c['sd_diff']:.2f}" if c.get("sd_diff") is not None else "-"
-    verdict = "-" if c["p_value"] is None else "beyond seed noise" if c["p_value"] < 0.05 else "within seed noise"
     task = TASK_LABEL.get(c["task"], c["task"])
     if c["task"] == "average":
         task = "Average" + ("" if c["over"] == tasks else " (" + ", ".join(TASK_LABEL.get(t, t) for t in c["over"]) + ")")
     return (f"| {task} | {c['a']} | {c['b']} | {c['n']} | {c['mean_diff']:+.2f} | {sd} | {c['a_wins']} | "
-            f"{c['b_wins']} | {p} | {verdict} |")
+            f"{c['b_wins']} | {p} | {holm} | {verdict(c)} |")
 
 
 def report_markdown(report: dict, title: str) -> str:
@@ -265,14 +266,15 @@ def report_markdown(report: dict, title: str) -> str:
               "the most common seeds, while other tasks lack seeds); per task on the primary metric. mean(A-B) x100; "
               f"sd = sample std of the per-seed differences; wins = seeds where A > B by more than {TIE} (smaller differences are ties and count for neither: archived results keep one decimal); p = "
               "paired t-test (scipy.stats.ttest_rel), shown with >= 2 seeds whose differences are not all equal. "
-              "Verdict: 'beyond seed noise' when p < 0.05, else 'within seed noise'."]
+              + holm_text(sum(c["p_value"] is not None for c in report["paired"]), "this section's")]
     averages = [c for c in report["paired"] if c["task"] == "average"]
     per_task = [c for c in report["paired"] if c["task"] != "average"]
     for heading, group in (("On the Average", averages), ("Per task", per_task)):
         if not group:
             continue
-        lines += ["", f"### {heading}", "", "| Task | A | B | Seeds | mean(A-B) | sd | A wins | B wins | p | verdict |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", f"### {heading}", "",
+                  "| Task | A | B | Seeds | mean(A-B) | sd | A wins | B wins | p | p (Holm) | verdict |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         lines += [_paired_line(c, report["tasks"]) for c in group]
     lines += robustness_report.markdown(report.get("robustness", {}), report.get("times", {}))
     lines += ["", "## Runs not in the table", ""] + _missing_lines(report)

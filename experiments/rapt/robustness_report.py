@@ -12,10 +12,9 @@ import numpy as np
 
 from experiments.rapt.paper import TASK_LABEL
 from experiments.rapt.results import Evaluation, RunResult
-from experiments.rapt.stats import paired
+from experiments.rapt.stats import ALPHA, adjust, holm_text, paired, verdict
 
 POWER = 0.8
-ALPHA = 0.05
 
 
 def detectable_difference(n: int, sd: float | None, power: float = POWER, alpha: float = ALPHA) -> float | None:
@@ -148,6 +147,10 @@ def build(by: dict[str, dict[str, dict[int, RunResult]]], names: list[str], base
             history = _by_epoch(task, set_name, {n: by.get(n, {}).get(task, {}) for n in names}, names, baselines)
             if history is not None:
                 cell["by_epoch"] = history
+    # two families, each over every task and set: the tests at the dev-chosen evaluation, and those at the last epoch
+    cells = [cell for by_set in out.values() for cell in by_set.values()]
+    adjust([c for cell in cells for c in cell["paired"]])
+    adjust([c for cell in cells if "by_epoch" in cell for c in cell["by_epoch"]["paired_last"]])
     return out
 
 
@@ -180,8 +183,10 @@ def markdown(section: dict, times: dict | None = None) -> list[str]:
              "dev - set (how much accuracy a method loses under attack). Paired tests as above, on the same seeds; "
              f"'detectable' = the smallest true mean difference a paired t-test over these seeds would find with "
              f"{POWER:.0%} power at p < {ALPHA} given the observed sd of the differences (a smaller effect can hide "
-             "within 'within seed noise'). s/step: the runs' own clocks, mean over seeds (training steps only), and "
-             "its ratio to standard's on the same device (see Training time)."]
+             "within 'within seed noise'; one that must also pass the Holm correction is larger). s/step: the runs' own clocks, mean over seeds (training steps only), and "
+             "its ratio to standard's on the same device (see Training time). "
+             + holm_text(_family(section, "paired"), "this section's dev-chosen")
+             + " The tests at the last epoch (by-epoch tables) are a family of their own."]
     if any("cpu_s_per_step" in row for rows in (times or {}).values() for row in rows.values()):
         lines[-1] += (" CPU s/step instead where a task's CPU runs recorded their process's CPU time (not moved by "
                       "other programs on the machine or by pauses).")
@@ -206,17 +211,23 @@ def markdown(section: dict, times: dict | None = None) -> list[str]:
 def _paired_table(tests: list[dict]) -> list[str]:
     if not tests:
         return []
-    lines = ["", "| On | A | B | Seeds | mean(A-B) | sd | A wins | B wins | p | detectable | verdict |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["", "| On | A | B | Seeds | mean(A-B) | sd | A wins | B wins | p | p (Holm) | detectable | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in tests:
-        p = f"{c['p_value']:.3f}" if c["p_value"] is not None else "-"
+        p, holm = (f"{c[k]:.3f}" if c[k] is not None else "-" for k in ("p_value", "p_holm"))
         sd = f"{c['sd_diff']:.2f}" if c["sd_diff"] is not None else "-"
         det = f"{c['detectable']:.2f}" if c["detectable"] is not None else "-"
-        verdict = ("-" if c["p_value"] is None else "beyond seed noise" if c["p_value"] < ALPHA
-                   else "within seed noise")
         lines.append(f"| {c['on']} | {c['a']} | {c['b']} | {c['n']} | {c['mean_diff']:+.2f} | {sd} | "
-                     f"{c['a_wins']} | {c['b_wins']} | {p} | {det} | {verdict} |")
+                     f"{c['a_wins']} | {c['b_wins']} | {p} | {holm} | {det} | {verdict(c)} |")
     return lines
+
+
+def _family(section: dict, which: str) -> int:
+    """How many tests of ``section`` (``paired``: at the dev-chosen evaluation; ``paired_last``: at the last
+    epoch) have a p-value: the size of the family their Holm adjustment counts."""
+    tests = [c for by_set in section.values() for cell in by_set.values()
+             for c in (cell["paired"] if which == "paired" else cell.get("by_epoch", {}).get("paired_last", []))]
+    return sum(c["p_value"] is not None for c in tests)
 
 
 def _by_epoch_lines(label: str, set_name: str, history: dict) -> list[str]:
@@ -228,7 +239,9 @@ def _by_epoch_lines(label: str, set_name: str, history: dict) -> list[str]:
              f"Runs whose every dev evaluation is recorded (run folders, and archive entries with their "
              f"evaluations): each epoch's last evaluation, x100, mean ± sd over seeds (a cell over fewer seeds than "
              f"the row says its count in brackets). Below, the paired tests at each run's last epoch: a fixed rule, "
-             f"chosen on neither dev nor {set_name}, beside the dev-chosen evaluation above.", "",
+             f"chosen on neither dev nor {set_name}, beside the dev-chosen evaluation above (p (Holm) over "
+             f"the {history['paired_last'][0]['family'] if history['paired_last'] else 0} tests at the last epoch "
+             f"of every task and set).", "",
              "| Method | Seeds | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(heads)]
     for name, row in history["rows"].items():
         cells = []

@@ -24,6 +24,7 @@ def seed_averages(runs: dict[str, dict[int, RunResult]], tasks: list[str], seeds
     return [float(np.mean([task_score(runs[t][s], t) for t in tasks])) for s in seeds]
 
 
+ALPHA = 0.05  # a paired test's level, after the correction for the number of tests in its family
 TIE = 0.05  # x100 points: differences this small are ties (archived results keep one decimal of the x100 score)
 
 
@@ -74,3 +75,46 @@ def paired_comparisons(by: dict, names: list[str], tasks: list[str], best_of: di
                         np.array(seed_averages(by[m], over, seeds)) for m in (a, b))) | {"over": over})
     order = {t: i for i, t in enumerate(tasks)}
     return sorted(out, key=lambda c: order[c["task"]]) + averages
+
+
+def holm(p_values: list[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values of a family of tests (None, a test that could not be run, stays None
+    and does not count). With the m defined p-values in increasing order p(1) <= ... <= p(m), the adjusted
+    p(i) is max over j <= i of min(1, (m - j + 1) * p(j)); rejecting where it is below alpha keeps the chance of
+    any false rejection in the family below alpha, whatever the dependence between the tests."""
+    defined = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    m = len(defined)
+    out: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for j, (p, i) in enumerate(defined):
+        running = max(running, min(1.0, (m - j) * p))
+        out[i] = running
+    return out
+
+
+def adjust(tests: list[dict]) -> None:
+    """Add to each test of one family (dicts with ``p_value``) ``p_holm`` (its Holm-adjusted p, None where
+    ``p_value`` is) and ``family`` (how many of them have a p-value)."""
+    adjusted = holm([c["p_value"] for c in tests])
+    family = sum(p is not None for p in adjusted)
+    for c, p in zip(tests, adjusted):
+        c["p_holm"], c["family"] = p, family
+
+
+def verdict(c: dict) -> str:
+    """A paired test's verdict: 'beyond seed noise' where its Holm-adjusted p is below ``ALPHA``; 'lead (not
+    after Holm)' where only its own p is; '-' where no t-test could be run."""
+    if c["p_value"] is None:
+        return "-"
+    if c["p_holm"] < ALPHA:
+        return "beyond seed noise"
+    return "lead (not after Holm)" if c["p_value"] < ALPHA else "within seed noise"
+
+
+def holm_text(family: int, whose: str) -> str:
+    """The sentence that says what 'p (Holm)' and the verdicts mean, for a family of ``family`` tests."""
+    return (f"p (Holm) = p adjusted by Holm's step-down method over the {family} tests of {whose} tables that have a "
+            f"p (the smallest p times {family}, the next times {max(family - 1, 0)}, and so on, never below the one "
+            f"before and at most 1), so that the chance of any false 'beyond seed noise' among them stays below {ALPHA}. Verdict: "
+            f"'beyond seed noise' when p (Holm) < {ALPHA}; 'lead (not after Holm)' when only p is below {ALPHA}, a "
+            "result to test with more seeds rather than a finding; else 'within seed noise'.")
