@@ -256,22 +256,34 @@ def test_adopt_copies_a_matching_finished_run_and_refuses_the_rest(tmp_path, glu
     assert err.count("\n") == 1 and str(other) in err and "in lr: 0.002 (grid: 0.001)" in err
     assert not root.exists() or not list(root.glob("rte/*/s*"))
 
+    # a dry run checks the source and shows its cell as 'adopt' in the plan, but copies nothing
     assert campaign.main([*base, "--adopt", str(ok)]) == 0
+    out = capsys.readouterr().out
+    assert f"{ok}: would adopt as rte/rapt/s1-" in out and "(a dry run copies nothing)" in out
+    assert not list(root.glob("rte/*/s*")) and not list(root.glob("rte/*/*.adopting"))
+    assert [r.split()[0] for r in out.splitlines() if r.startswith(("adopt", "run"))] == ["run", "adopt"]
+    assert "2 runs: 0 done, 1 to adopt, 0 to resume, 1 to run" in out
+    # for real (with --report, which trains nothing either)
+    real = [a for a in base if a != "--dry_run"] + ["--report"]
+    assert campaign.main([*real, "--adopt", str(ok)]) == 0
     out = capsys.readouterr().out
     assert "adopted as rte/rapt/s1-" in out
     [folder] = root.glob("rte/rapt/s1-*")
     assert is_finished(folder) and (folder / "best").is_dir()
     assert json.loads((folder / "flags.json").read_text())["adopted_from"] == str(ok.resolve())
-    assert [r.split()[0] for r in out.splitlines() if r.startswith(("done", "run"))] == ["run", "done"]
+    assert campaign.main(base) == 0  # the plan now has it done
+    assert [r.split()[0] for r in capsys.readouterr().out.splitlines() if r.startswith(("done", "run"))] == [
+        "run", "done"]
     # a copy of the copy (another campaign adopting it) still names the original run
     assert campaign.main(["--grid", str(grid), "--root", str(tmp_path / "camp2"), "--model", str(tiny_model_dir),
-                          "--glue_dir", str(glue_dir), "--dry_run", "--adopt", str(folder)]) == 0
+                          "--glue_dir", str(glue_dir), "--report", "--adopt", str(folder)]) == 0
     [copy2] = (tmp_path / "camp2").glob("rte/rapt/s1-*")
     assert json.loads((copy2 / "flags.json").read_text())["adopted_from"] == str(ok.resolve())
     capsys.readouterr()
-    # adopting again leaves the folder as is; an unfinished source is refused
-    assert campaign.main([*base, "--adopt", str(ok)]) == 0
-    assert "already finished; left as is" in capsys.readouterr().out
+    # adopting again leaves the folder as is (dry run or not); an unfinished source is refused
+    for args in (base, real):
+        assert campaign.main([*args, "--adopt", str(ok)]) == 0
+        assert "already finished; left as is" in capsys.readouterr().out
     lines = (ok / "metrics.jsonl").read_text().splitlines()
     (ok / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n")
     assert run_cli(campaign.main, [*base, "--adopt", str(ok)]) == 2

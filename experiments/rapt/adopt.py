@@ -20,13 +20,13 @@ def _origin(folder: Path) -> str:
     return str(folder.resolve())
 
 
-def adopt_runs(runs: list[Run], sources: list[str]) -> list[str]:
-    """Copy finished runs made outside the campaign (e.g. by ``run_scripts/run_<task>.sh``) into the grid's
-    folders, so the campaign skips them. A source must be finished and the recipe in its ``config.json`` (what
-    ``--resume`` compares: every setting that can change the result) must equal the grid cell's; anything else
-    is an error naming the source and the first setting that differs. Returns one line per source."""
+def plan_adoption(runs: list[Run], sources: list[str]) -> list[tuple[Path, Run]]:
+    """Each source (a finished run made outside the campaign, e.g. by ``run_scripts/run_<task>.sh``) with the
+    grid cell it is: the recipe in its ``config.json`` (what ``--resume`` compares: every setting that can change
+    the result) must equal the cell's. Anything else is an error naming the source and the first setting that
+    differs; every source is checked before any is copied, and nothing is written here."""
     plan: list[tuple[Path, Run]] = []
-    for src in map(Path, sources):  # check every source before copying any
+    for src in map(Path, sources):
         cfg_file = src / "config.json"
         if not cfg_file.is_file():
             raise ConfigError(f"{src}: no config.json (not an mt_dnn.train run folder)")
@@ -56,10 +56,21 @@ def adopt_runs(runs: list[Run], sources: list[str]) -> list[str]:
         if not is_finished(run.folder) and run.folder.exists():
             raise ConfigError(f"{run.folder}: an unfinished run is there; remove it to adopt {src}")
         plan.append((src, run))
-    lines = []
-    for src, run in plan:
+    return plan
+
+
+def adopt_runs(runs: list[Run], sources: list[str], dry: bool = False) -> tuple[list[str], set[str]]:
+    """Copy the finished runs ``sources`` into the grid's folders (:func:`plan_adoption` checks them first), so
+    the campaign skips them; with ``dry``, only say what would be copied. Returns one line per source and the
+    labels of the cells that are (or, with ``dry``, would be) adopted."""
+    lines, adopted = [], set()
+    for src, run in plan_adoption(runs, sources):
         if is_finished(run.folder):
             lines.append(f"{src}: {run.label} is already finished; left as is")
+            continue
+        adopted.add(run.label)
+        if dry:
+            lines.append(f"{src}: would adopt as {run.label} (a dry run copies nothing)")
             continue
         tmp = run.folder.with_name(run.folder.name + ".adopting")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -67,4 +78,4 @@ def adopt_runs(runs: list[Run], sources: list[str]) -> list[str]:
         run.write_flags(tmp, adopted_from=_origin(src))
         tmp.rename(run.folder)
         lines.append(f"{src}: adopted as {run.label}")
-    return lines
+    return lines, adopted

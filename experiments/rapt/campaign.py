@@ -142,8 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="grid YAML (tasks, methods, seeds, flags); several grids on one root run in turn and share "
                         "one report (a run in two grids runs once); optional with --report")
     p.add_argument("--root", required=True, help="campaign folder: <task>/<method>/s<seed>-<hash>/, progress.log")
-    p.add_argument("--dry_run", action="store_true", help="print the plan and time estimates; train nothing "
-                                                          "(--adopt still copies its runs in first)")
+    p.add_argument("--dry_run", action="store_true", help="print the plan and time estimates; train and write "
+                                                          "nothing (--adopt only checks its runs and says which "
+                                                          "cells they would fill)")
     p.add_argument("--print_commands", action="store_true",
                    help="print the mt_dnn.train command of every run that is neither finished nor running, one a "
                         "line, for another scheduler (GNU parallel, an sbatch array); run them from this folder. "
@@ -192,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adopt", nargs="+", metavar="RUN_DIR",
                    help="copy these finished runs (same task, seed and flags as a grid cell, e.g. made by "
                         "run_scripts/run_<task>.sh) into the grid's folders, then continue (with --dry_run: "
-                        "copy, then print the plan)")
+                        "check them and print the plan with their cells as 'adopt', copying nothing)")
     return p
 
 
@@ -216,15 +217,17 @@ def main(argv: list[str] | None = None) -> int:
     tasks, methods = _csv(args.tasks), _csv(args.methods)
     runs = plan_grids(grids, root, args.model, args.glue_dir, tasks, methods, seeds)
     archived = [a for a in archived if _in_slice(a, tasks, methods, seeds) and not _finished_folder(root, a)]
+    adopting: set[str] = set()
     if args.adopt:
-        for line in adopt_runs(runs, args.adopt):
+        lines, adopting = adopt_runs(runs, args.adopt, dry=args.dry_run)
+        for line in lines:
             print(line)
     # an archived cell with no run folder is done: its result is in the archive, so it is not trained again
     archived_keys = {(a.task, a.name, a.seed) for a in archived}
     is_archived = {run.label for run in runs
                    if (run.task, run.name, run.seed) in archived_keys and not run.folder.is_dir()}
     if args.dry_run:
-        return dry_run(runs, root, args.jobs or 1, args.step_costs, _csv(args.costs_from), is_archived)
+        return dry_run(runs, root, args.jobs or 1, args.step_costs, _csv(args.costs_from), is_archived, adopting)
     if args.print_commands:
         for line in commands([run for run in runs if run.label not in is_archived], args.max_runs):
             print(line)

@@ -125,9 +125,11 @@ def shipped_costs_apply(run: Run) -> bool:
 
 
 def dry_run(runs: list[Run], root: Path, jobs: int, step_costs_file: str | None,
-            costs_from: list[str] | None = None, archived: set[str] | None = None) -> int:
-    """Print the plan (done / archived / resume / run) with estimated CPU time per run and in total; runs
-    nothing. ``archived``: labels of cells whose result comes from ``--archive`` (not trained again).
+            costs_from: list[str] | None = None, archived: set[str] | None = None,
+            adopting: set[str] | None = None) -> int:
+    """Print the plan (done / archived / adopt / resume / run) with estimated CPU time per run and in total; runs
+    nothing. ``archived``: labels of cells whose result comes from ``--archive`` (not trained again);
+    ``adopting``: labels of cells that ``--adopt`` would fill with a finished run made elsewhere.
     ``step_costs_file`` None: the shipped CPU costs (``results/step_costs.json``), for the runs they describe."""
     table: dict = {}
     shipped = step_costs_file is None
@@ -149,15 +151,16 @@ def dry_run(runs: list[Run], root: Path, jobs: int, step_costs_file: str | None,
     by_name, by_key = measured_step_costs(root, *map(Path, costs_from or []))
     defs = task_defs()
     total, unknown = 0.0, 0
-    counts = {"done": 0, "archived": 0, "busy": 0, "resume": 0, "run": 0}
+    counts = {"done": 0, "archived": 0, "adopt": 0, "busy": 0, "resume": 0, "run": 0}
     print(f"{'status':7s} {'run':40s} {'steps':>7s} {'s/step':>7s}  {'estimate':>9s}  source")
     for run in runs:
-        status = "archived" if run.label in (archived or set()) else run_status(run.folder)
+        status = ("archived" if run.label in (archived or set()) else "adopt" if run.label in (adopting or set())
+                  else run_status(run.folder))
         counts[status] += 1
         task = defs.get(run.task)
         rows = task.splits_of("train")[0].rows if task and task.splits_of("train") else None
         steps = total_steps(run.config, rows)
-        if status in ("done", "archived"):
+        if status in ("done", "archived", "adopt"):
             print(f"{status:7s} {run.label:40s} {steps if steps is not None else '?':>7}")
             continue
         started = status in ("resume", "busy")
@@ -174,6 +177,7 @@ def dry_run(runs: list[Run], root: Path, jobs: int, step_costs_file: str | None,
     todo = counts["busy"] + counts["resume"] + counts["run"]
     print(f"\n{len(runs)} runs: {counts['done']} done, "
           + (f"{counts['archived']} archived, " if counts["archived"] else "")
+          + (f"{counts['adopt']} to adopt, " if counts["adopt"] else "")
           + (f"{counts['busy']} running now, " if counts["busy"] else "")
           + f"{counts['resume']} to resume, {counts['run']} to run")
     known = f"{fmt_time(total)}" if unknown < todo or not todo else "?"
