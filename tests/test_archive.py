@@ -150,6 +150,59 @@ def test_robustness_archive_regenerates_the_committed_study_report(tmp_path):
     assert (root / "report.md").read_text() == (GRIDS.parent / "results" / "robustness_report.md").read_text()
 
 
+def _md_rows(text: str, header_start: str) -> list[list[str]]:
+    """Body rows (cells stripped) of the first markdown table in ``text`` whose header starts with header_start."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return rows
+
+
+def test_results_md_study_summary_is_the_report_at_the_seeds_it_names(tmp_path):
+    """RESULTS' 'Where it stands at seeds A-B' tables are copied from the study's report over those seeds (the
+    campaign's --seeds slice of the archive): every mean ± sd, gap and paired AdvGLUE row, with its p, corrected
+    p and detectable difference."""
+    import re
+
+    text = (GRIDS.parent / "RESULTS.md").read_text()
+    found = re.search(r"\*\*Where it stands at seeds (\d+)-(\d+)\*\*", text)
+    assert found, "RESULTS.md has no 'Where it stands at seeds A-B' summary"
+    seeds = ",".join(str(s) for s in range(int(found.group(1)), int(found.group(2)) + 1))
+    block = text[found.start():text.index("**Per seed.**", found.start())]
+    root = tmp_path / "report"
+    root.mkdir()
+    assert campaign.main(["--grid", str(GRIDS / "robustness.yml"), "--root", str(root), "--report", "--archive",
+                          str(GRIDS.parent / "results" / "archive_robustness.json"), "--seeds", seeds, "--order",
+                          "standard,standard_hf,smart,rapt,rapt_shared,r3f", "--baselines", "standard,smart"]) == 0
+    report = (root / "report.md").read_text()
+    names = {"standard": "standard", "standard_hf": "standard, `transformers.Trainer`", "smart": "SMART",
+             "rapt": "RAPT", "rapt_shared": "RAPT shared", "r3f": "R3F"}
+    summary = {r[0]: r for r in _md_rows(block, "| Method | Seeds | RTE dev")}
+    tests = {(r[0], r[1]): r for r in _md_rows(block, "| Task | A vs B |")}
+    assert set(summary) == set(names.values())
+    checked = 0
+    for task, label in (("RTE", "RTE"), ("SST", "SST-2")):
+        section = report[report.index(f"### {task}: dev and advglue"):]
+        for row in _md_rows(section, "| Method | Seeds | dev"):
+            mine = summary[names[row[0]]]
+            cols = (2, 3, 4) if task == "RTE" else (5, 6, 7)
+            assert [mine[c] for c in cols] == row[2:5], (task, row, mine)
+            assert row[1] in mine[1].split("/"), (task, row, mine)
+            checked += 1
+        for row in _md_rows(section, "| On | A | B |"):
+            if row[0] != "advglue" or row[8] == "-":
+                continue
+            mine = tests[(label, f"{names[row[1]]} vs {names[row[2]]}")]
+            # mean ± sd, wins, p, p (Holm), detectable
+            assert mine[2:] == [f"{row[4]} ± {row[5]}", f"{row[6]} / {row[7]}", row[8], row[9], row[10]], (row, mine)
+            checked += 1
+    assert checked == len(summary) * 2 + len(tests)
+
+
 def test_an_archive_entry_may_carry_its_settings_and_an_unknown_epoch(tmp_path):
     arch = _archive(tmp_path / "a.json", [
         {"task": "rte", "method": "max5", "seed": 1, "epoch": None, "metrics": {"acc": 0.56},
