@@ -13,6 +13,7 @@ from experiments.rapt.archive import load_archive, with_archive
 from experiments.rapt.results import scan_results
 from mt_dnn.cli_utils import run_cli
 from tests.test_campaign_golden import _grid, write_fake_runs
+from tests.test_results_tables import _table
 
 SHIPPED = campaign.__file__.replace("campaign.py", "results/archive_table2.json")
 GRIDS = Path(campaign.__file__).parent / "grids"
@@ -150,18 +151,6 @@ def test_robustness_archive_regenerates_the_committed_study_report(tmp_path):
     assert (root / "report.md").read_text() == (GRIDS.parent / "results" / "robustness_report.md").read_text()
 
 
-def _md_rows(text: str, header_start: str) -> list[list[str]]:
-    """Body rows (cells stripped) of the first markdown table in ``text`` whose header starts with header_start."""
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
-    rows = []
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
-    return rows
-
-
 def test_results_md_study_summary_is_the_report_at_the_seeds_it_names(tmp_path):
     """RESULTS' 'Where it stands at seeds A-B' tables are copied from the study's report over those seeds (the
     campaign's --seeds slice of the archive): every mean ± sd, gap and paired AdvGLUE row, with its p, corrected
@@ -181,19 +170,19 @@ def test_results_md_study_summary_is_the_report_at_the_seeds_it_names(tmp_path):
     report = (root / "report.md").read_text()
     names = {"standard": "standard", "standard_hf": "standard, `transformers.Trainer`", "smart": "SMART",
              "rapt": "RAPT", "rapt_shared": "RAPT shared", "r3f": "R3F"}
-    summary = {r[0]: r for r in _md_rows(block, "| Method | Seeds | RTE dev")}
-    tests = {(r[0], r[1]): r for r in _md_rows(block, "| Task | A vs B |")}
+    summary = {r[0]: r for r in _table(block, "| Method | Seeds | RTE dev")}
+    tests = {(r[0], r[1]): r for r in _table(block, "| Task | A vs B |")}
     assert set(summary) == set(names.values())
     checked = 0
     for task, label in (("RTE", "RTE"), ("SST", "SST-2")):
         section = report[report.index(f"### {task}: dev and advglue"):]
-        for row in _md_rows(section, "| Method | Seeds | dev"):
+        for row in _table(section, "| Method | Seeds | dev"):
             mine = summary[names[row[0]]]
             cols = (2, 3, 4) if task == "RTE" else (5, 6, 7)
             assert [mine[c] for c in cols] == row[2:5], (task, row, mine)
             assert row[1] in mine[1].split("/"), (task, row, mine)
             checked += 1
-        for row in _md_rows(section, "| On | A | B |"):
+        for row in _table(section, "| On | A | B |"):
             if row[0] != "advglue" or row[8] == "-":
                 continue
             mine = tests[(label, f"{names[row[1]]} vs {names[row[2]]}")]
