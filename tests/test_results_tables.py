@@ -144,10 +144,17 @@ def _holm(ps: list[float | None]) -> list[float | None]:
 
 
 def _check_holm_and_verdicts(rows: list[list[str]], ps: list[float | None], holm_col: int, text: str,
-                             stated: str) -> None:
+                             stated: str, counted: bool = True) -> None:
     """One family's rows: each p (Holm) recomputed over all of them, each verdict from it and the row's own p,
-    and the family's size as the text states it (``stated`` with ``{n}`` for it)."""
+    the family's size as the text states it (``stated`` with ``{n}`` for it) and, with ``counted``, the sentence
+    that counts its tests below 0.05 before and after the correction."""
     assert stated.format(n=sum(p is not None for p in ps)) in text
+    m, below = sum(p is not None for p in ps), sum(p is not None and p < 0.05 for p in ps)
+    after = sum(h is not None and h < 0.05 for h in _holm(ps))
+    if counted:
+        assert (f"Of these {m} tests, {below} {'is' if below == 1 else 'are'} below 0.05, where about {m * 0.05:.1f} "
+                f"would be by chance alone if no method differed; {after} {'stays' if after == 1 else 'stay'} below "
+                "it after the Holm correction.") in text
     for row, p, h in zip(rows, ps, _holm(ps), strict=True):
         if p is None:
             assert row[holm_col] == "-" and row[-1] == "-", row
@@ -367,5 +374,5 @@ def test_robustness_by_epoch_tables_recomputed_from_the_archived_evaluations():
             family.append(row)
             checked += 1
     # the last-epoch tests of every task are a family of their own
-    _check_holm_and_verdicts(family, ps, 9, text, "over the {n} tests at the last epoch")
+    _check_holm_and_verdicts(family, ps, 9, text, "over the {n} tests at the last epoch", counted=False)
     assert checked >= 40

@@ -165,7 +165,9 @@ def test_the_section_as_written(tmp_path):
         "times 2, the next times 1, and so on, never below the one before and at most 1), so that the chance of any "
         "false 'beyond seed noise' among them stays below 0.05. Verdict: 'beyond seed noise' when p (Holm) < 0.05; "
         "'lead (not after Holm)' when only p is below 0.05, a result to test with more seeds rather than a finding; "
-        "else 'within seed noise'. The tests at the last epoch (by-epoch tables) are a family of their own.")
+        "else 'within seed noise'. Of these 2 tests, 0 are below 0.05, where about 0.1 would be by chance alone if "
+        "no method differed; 0 stay below it after the Holm correction. The tests at the last epoch (by-epoch "
+        "tables) are a family of their own.")
     # rapt - standard on AdvGLUE: +5, +1 (mean 3, sd 2.83); on dev: +2, -1 (mean 0.5, sd 2.12)
     p_dev, p_adv = ttest_rel([62.0, 63.0], [60.0, 64.0]).pvalue, ttest_rel([45.0, 47.0], [40.0, 46.0]).pvalue
     det_dev, det_adv = detectable_difference(2, np.std([2.0, -1.0], ddof=1)), detectable_difference(2, np.std(

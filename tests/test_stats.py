@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from experiments.rapt.results import Evaluation, RunResult
-from experiments.rapt.stats import adjust, holm, paired, paired_comparisons, seed_averages, task_score, verdict
+from experiments.rapt.stats import (adjust, family_line, holm, paired, paired_comparisons, seed_averages,
+                                   task_score, verdict)
 
 
 def _run(task: str, name: str, seed: int, metrics: dict[str, dict[str, float]], primary: float) -> RunResult:
@@ -95,3 +96,14 @@ def test_adjust_and_the_verdicts():
     assert [verdict(t) for t in tests] == ["beyond seed noise", "-", "beyond seed noise", "within seed noise"]
     assert verdict({"p_value": 0.03, "p_holm": 0.09}) == "lead (not after Holm)"
     assert verdict({"p_value": 0.05, "p_holm": 0.05}) == "within seed noise"  # both bounds strict
+
+
+def test_the_family_sentence_counts_before_and_after_the_correction():
+    tests = [{"p_value": 0.001}, {"p_value": 0.03}, {"p_value": None}, {"p_value": 0.4}, {"p_value": 0.8}]
+    adjust(tests)  # 0.001 x 4 = 0.004 stays below 0.05; 0.03 x 3 = 0.09 does not
+    assert family_line(tests) == ("Of these 4 tests, 2 are below 0.05, where about 0.2 would be by chance alone if "
+                                  "no method differed; 1 stays below it after the Holm correction.")
+    one = [{"p_value": 0.04}, {"p_value": 0.5}]
+    adjust(one)
+    assert family_line(one) == ("Of these 2 tests, 1 is below 0.05, where about 0.1 would be by chance alone if no "
+                                "method differed; 0 stay below it after the Holm correction.")

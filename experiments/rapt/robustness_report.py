@@ -12,7 +12,7 @@ import numpy as np
 
 from experiments.rapt.paper import TASK_LABEL
 from experiments.rapt.results import Evaluation, RunResult
-from experiments.rapt.stats import ALPHA, adjust, holm_text, paired, verdict
+from experiments.rapt.stats import ALPHA, adjust, family_line, holm_text, paired, verdict
 
 POWER = 0.8
 
@@ -177,6 +177,7 @@ def markdown(section: dict, times: dict | None = None) -> list[str]:
     training times (task -> method -> s_per_step, /standard), for each method's cost per step."""
     if not section:
         return []
+    tests = [c for by_set in section.values() for cell in by_set.values() for c in cell["paired"]]  # one family
     lines = ["", "## Robustness (dev and robustness sets)", "",
              "At each run's best dev evaluation (chosen on dev only): the dev primary metric and the robustness "
              "set's (AdvGLUE dev: adversarial, human-checked GLUE dev examples), x100, mean ± sd over seeds; gap = "
@@ -185,7 +186,8 @@ def markdown(section: dict, times: dict | None = None) -> list[str]:
              f"{POWER:.0%} power at p < {ALPHA} given the observed sd of the differences (a smaller effect can hide "
              "within 'within seed noise'; one that must also pass the Holm correction is larger). s/step: the runs' own clocks, mean over seeds (training steps only), and "
              "its ratio to standard's on the same device (see Training time). "
-             + holm_text(_family(section, "paired"), "this section's dev-chosen")
+             + holm_text(sum(c["p_value"] is not None for c in tests), "this section's dev-chosen")
+             + " " + family_line(tests)
              + " The tests at the last epoch (by-epoch tables) are a family of their own."]
     if any("cpu_s_per_step" in row for rows in (times or {}).values() for row in rows.values()):
         lines[-1] += (" CPU s/step instead where a task's CPU runs recorded their process's CPU time (not moved by "
@@ -220,14 +222,6 @@ def _paired_table(tests: list[dict]) -> list[str]:
         lines.append(f"| {c['on']} | {c['a']} | {c['b']} | {c['n']} | {c['mean_diff']:+.2f} | {sd} | "
                      f"{c['a_wins']} | {c['b_wins']} | {p} | {holm} | {det} | {verdict(c)} |")
     return lines
-
-
-def _family(section: dict, which: str) -> int:
-    """How many tests of ``section`` (``paired``: at the dev-chosen evaluation; ``paired_last``: at the last
-    epoch) have a p-value: the size of the family their Holm adjustment counts."""
-    tests = [c for by_set in section.values() for cell in by_set.values()
-             for c in (cell["paired"] if which == "paired" else cell.get("by_epoch", {}).get("paired_last", []))]
-    return sum(c["p_value"] is not None for c in tests)
 
 
 def _by_epoch_lines(label: str, set_name: str, history: dict) -> list[str]:

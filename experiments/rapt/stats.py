@@ -118,3 +118,14 @@ def holm_text(family: int, whose: str) -> str:
             f"before and at most 1), so that the chance of any false 'beyond seed noise' among them stays below {ALPHA}. Verdict: "
             f"'beyond seed noise' when p (Holm) < {ALPHA}; 'lead (not after Holm)' when only p is below {ALPHA}, a "
             "result to test with more seeds rather than a finding; else 'within seed noise'.")
+
+
+def family_line(tests: list[dict]) -> str:
+    """One sentence on a family's tests as a whole: how many are below ``ALPHA`` before and after the Holm
+    correction, against how many would be by chance alone if no method differed."""
+    ps = [c for c in tests if c["p_value"] is not None]
+    below = sum(c["p_value"] < ALPHA for c in ps)
+    after = sum(c["p_holm"] < ALPHA for c in ps)
+    return (f"Of these {len(ps)} tests, {below} {'is' if below == 1 else 'are'} below {ALPHA}, where about "
+            f"{len(ps) * ALPHA:.1f} would be by chance alone if no method differed; {after} "
+            f"{'stays' if after == 1 else 'stay'} below it after the Holm correction.")
