@@ -1,5 +1,6 @@
 """Property-based tests (hypothesis) of the invariants that every run's numbers rest on: which rows a training
-epoch, a resumed epoch and an evaluation see, how a batch is padded, and the divergences' algebra.
+epoch, a resumed epoch and an evaluation see, how a batch is padded, the divergences' algebra, and the
+statistics the reports draw their verdicts from.
 
 Each property is checked on many generated cases (task sizes, batch sizes, process counts, lengths, logits), not
 on a few hand-picked ones; the examples are derandomized (see conftest), so a failure reproduces.
@@ -439,3 +440,27 @@ def test_an_sts_b_prediction_is_clipped_and_written_with_three_decimals(value):
     text = format_prediction(task, value)
     assert text == f"{min(max(value, low), high):.3f}".replace("-0.000", "0.000")
     assert low <= float(text) <= high and not text.startswith("-0")
+
+
+@given(ps=st.lists(st.one_of(st.none(), st.floats(0.0, 1.0)), max_size=40), seed=st.integers(0, 1000))
+def test_holms_adjusted_p_keeps_the_order_bounds_and_does_not_depend_on_the_listing(ps, seed):
+    """Holm's adjusted p of each test lies between its own p and m times it (capped at 1, m the tests with a p);
+    a smaller p never gets a larger adjusted one; listing the tests in another order changes nothing; a test
+    without a p stays without one."""
+    from experiments.rapt.stats import holm
+
+    adjusted = holm(ps)
+    m = sum(p is not None for p in ps)
+    for p, a in zip(ps, adjusted):
+        assert (a is None) == (p is None)
+        if p is not None:
+            assert p - 1e-12 <= a <= min(1.0, m * p) + 1e-12
+    pairs = [(p, a) for p, a in zip(ps, adjusted) if p is not None]
+    for p1, a1 in pairs:
+        for p2, a2 in pairs:
+            if p1 < p2:
+                assert a1 <= a2 + 1e-12
+    order = np.random.default_rng(seed).permutation(len(ps))
+    shuffled = holm([ps[i] for i in order])
+    assert all((shuffled[k] is None and adjusted[i] is None) or shuffled[k] == pytest.approx(adjusted[i])
+               for k, i in enumerate(order))
