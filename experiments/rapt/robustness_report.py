@@ -178,20 +178,21 @@ def markdown(section: dict, times: dict | None = None) -> list[str]:
     if not section:
         return []
     tests = [c for by_set in section.values() for cell in by_set.values() for c in cell["paired"]]  # one family
-    lines = ["", "## Robustness (dev and robustness sets)", "",
-             "At each run's best dev evaluation (chosen on dev only): the dev primary metric and the robustness "
+    cpu_clock = any("cpu_s_per_step" in row for rows in (times or {}).values() for row in rows.values())
+    intro = ("At each run's best dev evaluation (chosen on dev only): the dev primary metric and the robustness "
              "set's (AdvGLUE dev: adversarial, human-checked GLUE dev examples), x100, mean ± sd over seeds; gap = "
              "dev - set (how much accuracy a method loses under attack). Paired tests as above, on the same seeds; "
              f"'detectable' = the smallest true mean difference a paired t-test over these seeds would find with "
              f"{POWER:.0%} power at p < {ALPHA} given the observed sd of the differences (a smaller effect can hide "
-             "within 'within seed noise'; one that must also pass the Holm correction is larger). s/step: the runs' own clocks, mean over seeds (training steps only), and "
-             "its ratio to standard's on the same device (see Training time). "
-             + holm_text(sum(c["p_value"] is not None for c in tests), "this section's dev-chosen")
-             + " " + family_line(tests)
-             + " The tests at the last epoch (by-epoch tables) are a family of their own."]
-    if any("cpu_s_per_step" in row for rows in (times or {}).values() for row in rows.values()):
-        lines[-1] += (" CPU s/step instead where a task's CPU runs recorded their process's CPU time (not moved by "
-                      "other programs on the machine or by pauses).")
+             "within 'within seed noise'; one that must also pass the Holm correction is larger). s/step: the runs' "
+             "own clocks, mean over seeds (training steps only), and its ratio to standard's on the same device (see "
+             "Training time).")
+    if cpu_clock:
+        intro += (" CPU s/step instead where a task's CPU runs recorded their process's CPU time (not moved by "
+                  "other programs on the machine or by pauses).")
+    intro += (" " + holm_text(sum(c["p_value"] is not None for c in tests), "this section's dev-chosen") + " "
+              + family_line(tests) + " The tests at the last epoch (by-epoch tables) are a family of their own.")
+    lines = ["", "## Robustness (dev and robustness sets)", "", intro]
     for task, by_set in section.items():
         for set_name, cell in by_set.items():
             label = TASK_LABEL.get(task, task)
