@@ -339,3 +339,17 @@ def test_an_archived_best_that_rounding_ties_with_an_earlier_epoch_stays_the_bes
     path.write_text(json.dumps({"source": "test", "runs": [entry]}))
     back = load_archive(path)[0]
     assert back.best.epoch == 1 and back.best.robustness == {"dev": {"advglue": {"acc": 0.3}}}
+
+
+def test_cpu_clocks_are_named_where_the_clocks_are_described():
+    from experiments.rapt.robustness_report import markdown
+
+    summary = {"seeds": [1], "dev": [60.0, None], "set": [40.0, None], "gap": [20.0, None]}
+    section = {"rte": {"advglue": {"summary": {"standard": summary}, "paired": []}}}
+    times = {"rte": {"standard": {"s_per_step": 2.0, "/standard": 1.0, "cpu_s_per_step": 1.5, "cpu/standard": 1.0}}}
+    lines = markdown(section, times)
+    assert ("(see Training time). CPU s/step instead where a task's CPU runs recorded their process's CPU time (not "
+            "moved by other programs on the machine or by pauses). p (Holm) = ") in lines[3]
+    assert lines[7:10] == ["| Method | Seeds | dev | advglue | gap (dev - advglue) | CPU s/step | CPU / standard |",
+                          "|---|---|---|---|---|---|---|", "| standard | 1 | 60.0 | 40.0 | 20.0 | 1.50 | 1.00 |"]
+    assert "CPU s/step instead" not in markdown(section, {"rte": {"standard": {"s_per_step": 2.0}}})[3]
