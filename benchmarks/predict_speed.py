@@ -39,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.scale import QQP_TEST_ROWS, REPO, SEED, git_commit, run_step, sentence_pool
+from benchmarks.scale import QQP_TEST_ROWS, REPO, SEED, chosen_steps, git_commit, run_step, sentence_pool
 from data_utils import atomic
 
 SUBMISSION = r"""
@@ -159,11 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", help="folder for the model, files and logs (default: a new temporary one)")
     p.add_argument("--out", default="experiments/rapt/results/predict_speed.json")
     args = p.parse_args(argv)
-    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
-    unknown = [s for s in steps if s not in STEPS]
-    if unknown or not steps:
-        p.error(f"--steps {args.steps}: {'unknown: ' + ', '.join(unknown) if unknown else 'no step'}; choose from "
-                f"{', '.join(STEPS)}")
+    steps = chosen_steps(p, args.steps, STEPS)
     if args.rows < 1 or args.reps < 1 or args.budget_s < 0:
         p.error("--rows and --reps must be at least 1, --budget_s at least 0")
     work = Path(args.work or tempfile.mkdtemp(prefix="mtdnn-predict-")).resolve()

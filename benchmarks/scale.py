@@ -205,6 +205,17 @@ def git_commit(code: Path) -> str:
         return "unknown"
 
 
+def chosen_steps(p: argparse.ArgumentParser, text: str, allowed: tuple[str, ...]) -> list[str]:
+    """The step names of a comma-separated ``--steps``, in order; a name not in ``allowed``, or none at all, is the
+    parser's one-line error (exit 2)."""
+    steps = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in steps if s not in allowed]
+    if unknown or not steps:
+        p.error(f"--steps {text}: {'unknown: ' + ', '.join(unknown) if unknown else 'no step'}; choose from "
+                f"{', '.join(allowed)}")
+    return steps
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__.splitlines()[0])
     p.add_argument("--work", help="folder for the generated files, runs and logs (default: a new temporary one)")
@@ -227,11 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--qqp_rows {args.qqp_rows}: not comma-separated row counts")
     if any(n < 1 for n in sizes):
         p.error(f"--qqp_rows {args.qqp_rows}: a row count must be at least 1")
-    steps = {s.strip() for s in args.steps.split(",") if s.strip()}
-    unknown = sorted(steps - set(STEPS))
-    if unknown or not steps:
-        p.error(f"--steps {args.steps}: {'unknown: ' + ', '.join(unknown) if unknown else 'no step'}; choose from "
-                f"{', '.join(STEPS)}")
+    steps = set(chosen_steps(p, args.steps, STEPS))
     work = work or Path(tempfile.mkdtemp(prefix="mtdnn-scale-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     report: dict = {"code": str(code), "commit": git_commit(code), "python": sys.version.split()[0],

@@ -99,10 +99,10 @@ def summarise(steps: dict[int, dict[str, float]], key: str) -> dict | None:
     if key in RUNNING_MEANS:
         intervals = interval_means(series)
         values = np.array([mean for _, _, mean, _ in intervals])
-        widths = np.array([w for _, w, _, _ in intervals])
+        # the mean over all steps is the last line's running mean (the intervals' means weighted by their steps)
         return {**out, "values": "interval means", "first": float(values[0]), "last": float(values[-1]),
-                "mean": float((values * widths).sum() / widths.sum()), "min": float(values.min()),
-                "max": float(values.max()), "rounding": max(b for _, _, _, b in intervals)}
+                "mean": float(series[-1][1]), "min": float(values.min()), "max": float(values.max()),
+                "rounding": max(b for _, _, _, b in intervals)}
     values = np.array([v for _, v in series])
     return {**out, "first": float(values[0]), "last": float(values[-1]), "mean": float(values.mean()),
             "min": float(values.min()), "max": float(values.max())}
