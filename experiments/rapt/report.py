@@ -12,8 +12,7 @@ from data_utils.task_def import ConfigError
 from experiments.rapt.paper import METRIC_LABEL, PAPER_DEV, PAPER_METRICS, TASK_LABEL, cell_keys, task_order
 from experiments.rapt import robustness_report
 from experiments.rapt.results import RunResult
-from experiments.rapt.stats import (TIE, adjust, family_line, holm_text, mean_std, paired_comparisons,
-                                   seed_averages, verdict)
+from experiments.rapt.stats import TIE, adjust, family_text, mean_std, paired_comparisons, seed_averages, verdict
 
 
 def training_times(by: dict[str, dict[str, dict[int, RunResult]]], names: list[str], tasks: list[str]) -> dict:
@@ -267,8 +266,7 @@ def report_markdown(report: dict, title: str) -> str:
               "the most common seeds, while other tasks lack seeds); per task on the primary metric. mean(A-B) x100; "
               f"sd = sample std of the per-seed differences; wins = seeds where A > B by more than {TIE} (smaller differences are ties and count for neither: archived results keep one decimal); p = "
               "paired t-test (scipy.stats.ttest_rel), shown with >= 2 seeds whose differences are not all equal. "
-              + holm_text(sum(c["p_value"] is not None for c in report["paired"]), "this section's")
-              + " " + family_line(report["paired"])]
+              + family_text(report["paired"], "this section's")]
     averages = [c for c in report["paired"] if c["task"] == "average"]
     per_task = [c for c in report["paired"] if c["task"] != "average"]
     for heading, group in (("On the Average", averages), ("Per task", per_task)):

@@ -12,7 +12,7 @@ import numpy as np
 
 from experiments.rapt.paper import TASK_LABEL
 from experiments.rapt.results import Evaluation, RunResult
-from experiments.rapt.stats import ALPHA, adjust, family_line, holm_text, paired, verdict
+from experiments.rapt.stats import ALPHA, adjust, family_text, paired, verdict
 
 POWER = 0.8
 
@@ -190,8 +190,8 @@ def markdown(section: dict, times: dict | None = None) -> list[str]:
     if cpu_clock:
         intro += (" CPU s/step instead where a task's CPU runs recorded their process's CPU time (not moved by "
                   "other programs on the machine or by pauses).")
-    intro += (" " + holm_text(sum(c["p_value"] is not None for c in tests), "this section's dev-chosen") + " "
-              + family_line(tests) + " The tests at the last epoch (by-epoch tables) are a family of their own.")
+    intro += (" " + family_text(tests, "this section's dev-chosen")
+              + " The tests at the last epoch (by-epoch tables) are a family of their own.")
     lines = ["", "## Robustness (dev and robustness sets)", "", intro]
     for task, by_set in section.items():
         for set_name, cell in by_set.items():

@@ -111,13 +111,16 @@ def verdict(c: dict) -> str:
     return "lead (not after Holm)" if c["p_value"] < ALPHA else "within seed noise"
 
 
-def holm_text(family: int, whose: str) -> str:
-    """The sentence that says what 'p (Holm)' and the verdicts mean, for a family of ``family`` tests."""
-    return (f"p (Holm) = p adjusted by Holm's step-down method over the {family} tests of {whose} tables that have a "
-            f"p (the smallest p times {family}, the next times {max(family - 1, 0)}, and so on, never below the one "
-            f"before and at most 1), so that the chance of any false 'beyond seed noise' among them stays below {ALPHA}. Verdict: "
-            f"'beyond seed noise' when p (Holm) < {ALPHA}; 'lead (not after Holm)' when only p is below {ALPHA}, a "
-            "result to test with more seeds rather than a finding; else 'within seed noise'.")
+def family_text(tests: list[dict], whose: str) -> str:
+    """What 'p (Holm)' and the verdicts mean for the family ``tests`` (the tests of ``whose`` tables), then
+    :func:`family_line`."""
+    m = sum(c["p_value"] is not None for c in tests)
+    return (f"p (Holm) = p adjusted by Holm's step-down method over the {m} tests of {whose} tables that have a p "
+            f"(the smallest p times {m}, the next times {max(m - 1, 0)}, and so on, never below the one before and "
+            f"at most 1), so that the chance of any false 'beyond seed noise' among them stays below {ALPHA}. "
+            f"Verdict: 'beyond seed noise' when p (Holm) < {ALPHA}; 'lead (not after Holm)' when only p is below "
+            f"{ALPHA}, a result to test with more seeds rather than a finding; else 'within seed noise'. "
+            + family_line(tests))
 
 
 def family_line(tests: list[dict]) -> str:
