@@ -154,7 +154,7 @@ def test_robustness_archive_regenerates_the_committed_study_report(tmp_path):
 def test_results_md_study_summary_is_the_report_at_the_seeds_it_names(tmp_path):
     """RESULTS' 'Where it stands at seeds A-B' tables are copied from the study's report over those seeds (the
     campaign's --seeds slice of the archive): every mean ± sd, gap and paired AdvGLUE row, with its p, corrected
-    p and detectable difference."""
+    p and detectable differences."""
     import re
 
     text = (GRIDS.parent / "RESULTS.md").read_text()
@@ -186,8 +186,9 @@ def test_results_md_study_summary_is_the_report_at_the_seeds_it_names(tmp_path):
             if row[0] != "advglue" or row[8] == "-":
                 continue
             mine = tests[(label, f"{names[row[1]]} vs {names[row[2]]}")]
-            # mean ± sd, wins, p, p (Holm), detectable
-            assert mine[2:] == [f"{row[4]} ± {row[5]}", f"{row[6]} / {row[7]}", row[8], row[9], row[10]], (row, mine)
+            # mean ± sd, wins, p, p (Holm), detectable, detectable (Holm)
+            assert mine[2:] == [f"{row[4]} ± {row[5]}", f"{row[6]} / {row[7]}", row[8], row[9], row[10], row[11]], (
+                row, mine)
             checked += 1
     assert checked == len(summary) * 2 + len(tests)
 

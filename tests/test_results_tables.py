@@ -327,7 +327,35 @@ def test_robustness_report_recomputed_from_its_archive():
                 assert any(r[0] == "standard_hf" for r in rows)
     # the dev-chosen tests of every task are one family
     _check_holm_and_verdicts(family, ps, 9, text, "over the {n} tests of this section's dev-chosen tables")
+    # both detectable differences, from the row's seeds and sd: at p < 0.05, and at 0.05 / m (Holm's first step)
+    m = sum(p is not None for p in ps)
+    for row, p in zip(family, ps, strict=True):
+        if p is None:
+            assert row[10:12] == ["-", "-"], row
+            continue
+        n, sd = int(row[3]), float(row[5])
+        for cell, alpha in ((row[10], 0.05), (row[11], 0.05 / m)):
+            want = _detectable(n, sd, alpha)
+            # the effect is proportional to the sd, which the table rounds to +-0.005
+            assert abs(float(cell) - want) <= 0.005 + want / sd * 0.0051, (row, alpha, want)
     assert checked >= 8
+
+
+def _detectable(n: int, sd: float, alpha: float) -> float:
+    """The effect a two-sided paired t-test at ``alpha`` over ``n`` seeds finds with 80% power at this sd of the
+    differences, by bisection on the noncentral t's two tails."""
+    crit = stats.t.ppf(1 - alpha / 2, n - 1)
+
+    def power(delta: float) -> float:
+        nc = delta * np.sqrt(n) / sd
+        # the lower tail P(T < -crit) as P(T' > crit), T' ~ nct(-nc): scipy's nct.cdf is NaN far in that tail
+        return stats.nct.sf(crit, n - 1, nc) + stats.nct.sf(crit, n - 1, -nc)
+
+    lo, hi = 0.0, 1000.0 * sd
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if power(mid) < 0.8 else (lo, mid)
+    return (lo + hi) / 2
 
 
 def test_robustness_by_epoch_tables_recomputed_from_the_archived_evaluations():

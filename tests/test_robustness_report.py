@@ -52,7 +52,11 @@ def test_robustness_section_takes_the_set_score_at_the_dev_chosen_epoch(tmp_path
     assert on_set["a"] == "rapt" and on_set["b"] == "standard"
     assert on_set["mean_diff"] == pytest.approx((rapt_adv - std_adv).mean())
     assert on_set["p_value"] == pytest.approx(ttest_rel(rapt_adv, std_adv).pvalue)
-    assert on_set["detectable"] == pytest.approx(detectable_difference(3, float((rapt_adv - std_adv).std(ddof=1))))
+    sd_adv = float((rapt_adv - std_adv).std(ddof=1))
+    assert on_set["detectable"] == pytest.approx(detectable_difference(3, sd_adv))
+    # the family is the two tests (dev and AdvGLUE): Holm's first step asks p < 0.05 / 2
+    assert on_set["detectable_holm"] == pytest.approx(detectable_difference(3, sd_adv, alpha=0.025))
+    assert _power_by_integration(on_set["detectable_holm"], 3, sd_adv, 0.025) == pytest.approx(0.8, abs=1e-6)
     on_dev = next(c for c in cell["paired"] if c["on"] == "dev")
     assert on_dev["p_value"] == pytest.approx(ttest_rel(rapt_dev, std_dev).pvalue)
     text = report_markdown(report, "t")
@@ -77,15 +81,15 @@ def test_archive_keeps_the_robustness_scores_of_the_best_evaluation(tmp_path):
     assert back.best.robustness == {"dev": {"advglue": {"acc": 0.4}}}
 
 
-def _power_by_integration(delta: float, n: int, sd: float) -> float:
-    """P(|T| > t_crit) for T = (Z + delta sqrt(n) / sd) / sqrt(V / df), Z normal and V chi-square (df = n - 1):
-    the normal tails integrated over V's density, without scipy's noncentral t."""
+def _power_by_integration(delta: float, n: int, sd: float, alpha: float = 0.05) -> float:
+    """P(|T| > t_crit) (two-sided at ``alpha``) for T = (Z + delta sqrt(n) / sd) / sqrt(V / df), Z normal and V
+    chi-square (df = n - 1): the normal tails integrated over V's density, without scipy's noncentral t."""
     from scipy.integrate import quad
     from scipy.stats import chi2, norm
     from scipy.stats import t as t_dist
 
     df, nc = n - 1, delta * np.sqrt(n) / sd
-    crit = t_dist.ppf(0.975, df)
+    crit = t_dist.ppf(1 - alpha / 2, df)
 
     def tails(v: float) -> float:
         s = np.sqrt(v / df)
@@ -94,11 +98,14 @@ def _power_by_integration(delta: float, n: int, sd: float) -> float:
     return quad(tails, 0, np.inf, epsabs=1e-12, epsrel=1e-10, limit=200)[0]
 
 
-@pytest.mark.parametrize("n, sd", [(2, 1.0), (3, 0.01), (5, 2.2), (10, 7.0)])
-def test_detectable_difference_solves_the_power_equation_to_six_decimals(n, sd):
-    delta = detectable_difference(n, sd)
+@pytest.mark.parametrize("n, sd, alpha", [(2, 1.0, 0.05), (3, 0.01, 0.05), (5, 2.2, 0.05), (10, 7.0, 0.05),
+                                          (3, 1.0, 0.05 / 28), (5, 2.2, 0.05 / 28), (10, 0.7, 0.05 / 50)])
+def test_detectable_difference_solves_the_power_equation_to_six_decimals(n, sd, alpha):
+    delta = detectable_difference(n, sd, alpha=alpha)
     assert delta is not None and delta > 0
-    assert _power_by_integration(delta, n, sd) == pytest.approx(0.8, abs=1e-6)
+    assert _power_by_integration(delta, n, sd, alpha) == pytest.approx(0.8, abs=1e-6)
+    if alpha < 0.05:  # a stricter level needs a larger effect for the same power
+        assert delta > detectable_difference(n, sd)
 
 
 def _adv_runs(root, rows: dict[str, dict[int, tuple[float, float | None]]]):
@@ -127,6 +134,7 @@ def test_seeds_without_scores_are_skipped_and_every_baseline_above_is_compared(t
     assert rapt_smart["mean_diff"] == pytest.approx(np.mean([43.0 - 44.0, 46.0 - 47.0]))
     # equal differences: no t-test, nothing to size
     assert rapt_smart["sd_diff"] == pytest.approx(0.0, abs=1e-9) and rapt_smart["detectable"] is None
+    assert rapt_smart["detectable_holm"] is None
 
 
 def test_methods_compare_on_the_seeds_they_share_only(tmp_path):
@@ -158,9 +166,11 @@ def test_the_section_as_written(tmp_path):
         "(AdvGLUE dev: adversarial, human-checked GLUE dev examples), x100, mean ± sd over seeds; gap = dev - set "
         "(how much accuracy a method loses under attack). Paired tests as above, on the same seeds; 'detectable' = "
         "the smallest true mean difference a paired t-test over these seeds would find with 80% power at p < 0.05 "
-        "given the observed sd of the differences (a smaller effect can hide within 'within seed noise'; one that "
-        "must also pass the Holm correction is larger). s/step: the runs' own clocks, mean over seeds (training "
-        "steps only), and its ratio to standard's on the same device (see Training time). p (Holm) = p adjusted by "
+        "given the observed sd of the differences (the size a 'lead' needs); 'detectable (Holm)' = the same at p < "
+        "0.05/m, m the family's tests (the level Holm's first step asks of the smallest p): the smallest effect the "
+        "corrected verdict would find with that power were it the family's only real difference, so a true effect "
+        "up to about this size can hide within 'within seed noise'. s/step: the runs' own clocks, mean over seeds "
+        "(training steps only), and its ratio to standard's on the same device (see Training time). p (Holm) = p adjusted by "
         "Holm's step-down method over the 2 tests of this section's dev-chosen tables that have a p (the smallest p "
         "times 2, the next times 1, and so on, never below the one before and at most 1), so that the chance of any "
         "false 'beyond seed noise' among them stays below 0.05. Verdict: 'beyond seed noise' when p (Holm) < 0.05; "
@@ -170,8 +180,10 @@ def test_the_section_as_written(tmp_path):
         "tables) are a family of their own.")
     # rapt - standard on AdvGLUE: +5, +1 (mean 3, sd 2.83); on dev: +2, -1 (mean 0.5, sd 2.12)
     p_dev, p_adv = ttest_rel([62.0, 63.0], [60.0, 64.0]).pvalue, ttest_rel([45.0, 47.0], [40.0, 46.0]).pvalue
-    det_dev, det_adv = detectable_difference(2, np.std([2.0, -1.0], ddof=1)), detectable_difference(2, np.std(
-        [5.0, 1.0], ddof=1))
+    sd_dev, sd_adv = np.std([2.0, -1.0], ddof=1), np.std([5.0, 1.0], ddof=1)
+    det_dev, det_adv = detectable_difference(2, sd_dev), detectable_difference(2, sd_adv)
+    # at the Holm level of a family of two: p < 0.025
+    hdet_dev, hdet_adv = detectable_difference(2, sd_dev, alpha=0.025), detectable_difference(2, sd_adv, alpha=0.025)
     # Holm over the two tests with a p: the smaller times 2, the larger times 1 but never below the smaller's
     low, high = sorted([p_dev, p_adv])
     holm = {low: min(1.0, 2 * low), high: max(min(1.0, 2 * low), high)}
@@ -184,14 +196,15 @@ def test_the_section_as_written(tmp_path):
         "| rapt | 2 | 62.5 ± 0.7 | 46.0 ± 1.4 | 16.5 ± 0.7 | 10.00 | 1.00 |",
         "| peer | 1 | 70.0 | 30.0 | 40.0 | - | - |",
         "",
-        "| On | A | B | Seeds | mean(A-B) | sd | A wins | B wins | p | p (Holm) | detectable | verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| On | A | B | Seeds | mean(A-B) | sd | A wins | B wins | p | p (Holm) | detectable | detectable (Holm) | "
+        "verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         f"| dev | rapt | standard | 2 | +0.50 | 2.12 | 1 | 1 | {p_dev:.3f} | {h_dev:.3f} | {det_dev:.2f} | "
-        "within seed noise |",
+        f"{hdet_dev:.2f} | within seed noise |",
         f"| advglue | rapt | standard | 2 | +3.00 | 2.83 | 2 | 0 | {p_adv:.3f} | {h_adv:.3f} | {det_adv:.2f} | "
-        "within seed noise |",
-        "| dev | peer | standard | 1 | +10.00 | - | 1 | 0 | - | - | - | - |",
-        "| advglue | peer | standard | 1 | -10.00 | - | 0 | 1 | - | - | - | - |"]
+        f"{hdet_adv:.2f} | within seed noise |",
+        "| dev | peer | standard | 1 | +10.00 | - | 1 | 0 | - | - | - | - | - |",
+        "| advglue | peer | standard | 1 | -10.00 | - | 0 | 1 | - | - | - | - | - |"]
 
 
 def test_detectable_difference_without_a_usable_sd_is_none():
@@ -203,7 +216,8 @@ def test_verdicts_clocks_and_task_names_in_the_section():
 
     def pair(on, p, holm):
         return {"on": on, "a": "rapt", "b": "standard", "n": 3, "mean_diff": 2.0, "sd_diff": 0.1, "a_wins": 3,
-                "b_wins": 0, "p_value": p, "p_holm": holm, "family": 3, "detectable": 0.25}
+                "b_wins": 0, "p_value": p, "p_holm": holm, "family": 3, "detectable": 0.25,
+                "detectable_holm": 0.75}
 
     summary = {"seeds": [1, 2, 3], "dev": [60.0, 1.0], "set": [40.0, 2.0], "gap": [20.0, 1.5]}
     section = {"mytask": {"adv": {"summary": {"standard": summary, "rapt": summary},
@@ -217,9 +231,9 @@ def test_verdicts_clocks_and_task_names_in_the_section():
                            "| rapt | 3 | 60.0 ± 1.0 | 40.0 ± 2.0 | 20.0 ± 1.5 | 3.00 | - |"]
     # beyond seed noise only where the Holm-adjusted p is below 0.05; a lead where only the test's own p is
     assert lines[-3:] == [
-        "| dev | rapt | standard | 3 | +2.00 | 0.10 | 3 | 0 | 0.015 | 0.045 | 0.25 | beyond seed noise |",
-        "| adv | rapt | standard | 3 | +2.00 | 0.10 | 3 | 0 | 0.020 | 0.060 | 0.25 | lead (not after Holm) |",
-        "| adv | rapt | standard | 3 | +2.00 | 0.10 | 3 | 0 | 0.050 | 0.060 | 0.25 | within seed noise |"]
+        "| dev | rapt | standard | 3 | +2.00 | 0.10 | 3 | 0 | 0.015 | 0.045 | 0.25 | 0.75 | beyond seed noise |",
+        "| adv | rapt | standard | 3 | +2.00 | 0.10 | 3 | 0 | 0.020 | 0.060 | 0.25 | 0.75 | lead (not after Holm) |",
+        "| adv | rapt | standard | 3 | +2.00 | 0.10 | 3 | 0 | 0.050 | 0.060 | 0.25 | 0.75 | within seed noise |"]
     assert "over the 3 tests of this section's dev-chosen tables" in lines[3]
     no_clock = markdown(section, None)  # no training times at all: the cost cells say so
     assert no_clock[9] == "| standard | 3 | 60.0 ± 1.0 | 40.0 ± 2.0 | 20.0 ± 1.5 | - | - |"

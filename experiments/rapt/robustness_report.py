@@ -149,9 +149,22 @@ def build(by: dict[str, dict[str, dict[int, RunResult]]], names: list[str], base
                 cell["by_epoch"] = history
     # two families, each over every task and set: the tests at the dev-chosen evaluation, and those at the last epoch
     cells = [cell for by_set in out.values() for cell in by_set.values()]
-    adjust([c for cell in cells for c in cell["paired"]])
-    adjust([c for cell in cells if "by_epoch" in cell for c in cell["by_epoch"]["paired_last"]])
+    for family in ([c for cell in cells for c in cell["paired"]],
+                   [c for cell in cells if "by_epoch" in cell for c in cell["by_epoch"]["paired_last"]]):
+        adjust(family)
+        for c in family:
+            c["detectable_holm"] = holm_detectable(c)
     return out
+
+
+def holm_detectable(c: dict) -> float | None:
+    """The detectable difference of a test of a Holm family (``c`` after :func:`stats.adjust`): at p < ALPHA / m,
+    m the family's tests with a p, the level Holm's first step asks of the smallest p. It is the smallest true
+    difference the corrected verdict would call beyond seed noise with ``POWER``, were it the family's only real
+    one (with more real ones, later steps ask less). None where the test has no p."""
+    if c["p_value"] is None:
+        return None
+    return detectable_difference(c["n"], c["sd_diff"], alpha=ALPHA / c["family"])
 
 
 def _ms(values: np.ndarray) -> list[float | None]:
@@ -183,8 +196,11 @@ def markdown(section: dict, times: dict | None = None) -> list[str]:
              "set's (AdvGLUE dev: adversarial, human-checked GLUE dev examples), x100, mean ± sd over seeds; gap = "
              "dev - set (how much accuracy a method loses under attack). Paired tests as above, on the same seeds; "
              f"'detectable' = the smallest true mean difference a paired t-test over these seeds would find with "
-             f"{POWER:.0%} power at p < {ALPHA} given the observed sd of the differences (a smaller effect can hide "
-             "within 'within seed noise'; one that must also pass the Holm correction is larger). s/step: the runs' "
+             f"{POWER:.0%} power at p < {ALPHA} given the observed sd of the differences (the size a 'lead' needs); "
+             f"'detectable (Holm)' = the same at p < {ALPHA}/m, m the family's tests (the level Holm's first step asks "
+             "of the smallest p): the smallest effect the corrected verdict would find with that power were it the "
+             "family's only real difference, so a true effect up to about this size can hide within 'within seed "
+             "noise'. s/step: the runs' "
              "own clocks, mean over seeds (training steps only), and its ratio to standard's on the same device (see "
              "Training time).")
     if cpu_clock:
@@ -214,14 +230,14 @@ def markdown(section: dict, times: dict | None = None) -> list[str]:
 def _paired_table(tests: list[dict]) -> list[str]:
     if not tests:
         return []
-    lines = ["", "| On | A | B | Seeds | mean(A-B) | sd | A wins | B wins | p | p (Holm) | detectable | verdict |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["", "| On | A | B | Seeds | mean(A-B) | sd | A wins | B wins | p | p (Holm) | detectable | "
+                 "detectable (Holm) | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in tests:
         p, holm = (f"{c[k]:.3f}" if c[k] is not None else "-" for k in ("p_value", "p_holm"))
         sd = f"{c['sd_diff']:.2f}" if c["sd_diff"] is not None else "-"
-        det = f"{c['detectable']:.2f}" if c["detectable"] is not None else "-"
+        det, det_holm = (f"{c[k]:.2f}" if c[k] is not None else "-" for k in ("detectable", "detectable_holm"))
         lines.append(f"| {c['on']} | {c['a']} | {c['b']} | {c['n']} | {c['mean_diff']:+.2f} | {sd} | "
-                     f"{c['a_wins']} | {c['b_wins']} | {p} | {holm} | {det} | {verdict(c)} |")
+                     f"{c['a_wins']} | {c['b_wins']} | {p} | {holm} | {det} | {det_holm} | {verdict(c)} |")
     return lines
 
 
