@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     setup_logging()
     names = versus_hf.check_args(args, METHODS)  # before any model or data is loaded
     if args.against == "hf-trainer":
-        versus_hf.run(args, METHODS)
+        versus_hf.run(args, METHODS, names)
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)

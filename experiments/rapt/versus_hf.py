@@ -335,15 +335,16 @@ def full_batches(sampler, n: int) -> list[tuple[str, list[int]]]:
     return out[:n]
 
 
-def run(args: argparse.Namespace, methods: dict) -> dict:
-    """Build every side, run the interleaved rounds, write and return the JSON result (see module doc)."""
+def run(args: argparse.Namespace, methods: dict, names: list[str] | None = None) -> dict:
+    """Build every side, run the interleaved rounds, write and return the JSON result (see module doc).
+    ``names``: the methods of ``--methods`` where the caller has already checked the flags (:func:`check_args`)."""
     from data_utils.batching import MultiTaskSampler
     from data_utils.task_def import load_task_defs
     from mt_dnn.config import TrainConfig
     from mt_dnn.model import DEFAULT_MODEL, resolve_model
     from mt_dnn.runtime import pick_device
 
-    names = ["standard"] + [m for m in check_args(args, methods) if m != "standard"]
+    names = ["standard"] + [m for m in (check_args(args, methods) if names is None else names) if m != "standard"]
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
