@@ -45,3 +45,84 @@ def test_peer_run_is_a_campaign_row_with_robustness_scores(tmp_path, tiny_model_
     assert main(again + ["--overwrite"]) == 0
     records = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if r["split"] == "dev"] == [0] and records[-1]["steps"] == 3
+
+
+def _peer_args(root, glue, adv, model, *extra):
+    return ["--task", "rte", "--seed", "3", "--root", str(root), "--glue_dir", str(glue), "--robustness_dir", str(adv),
+            "--model", str(model), "--epochs", "2", "--batch_size", "8", "--save_every_steps", "2", *extra]
+
+
+def test_a_cut_off_peer_run_resumes_to_the_numbers_of_an_uncut_one(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """A run cut off at step 5 (of 6; checkpoints at 2 and 4) and run again resumes from checkpoint-4 and ends with
+    the same evaluations, losses and step count as a run that was never cut; a changed recipe is refused, and the
+    checkpoints are gone once the run has ended."""
+    import pytest
+    import transformers
+
+    from mt_dnn.cli_utils import run_cli
+    from tests.glue_fixtures import write_glue
+
+    glue = write_glue(tmp_path / "glue", tasks=("rte",))
+    adv = tmp_path / "adv"
+    adv.mkdir()
+    rows = [{"idx": i, "sentence1": "the cat sat", "sentence2": "a dog ran", "label": i % 2} for i in range(5)]
+    (adv / "dev.json").write_text(json.dumps({"rte": rows}))
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    real_step, step_losses = transformers.Trainer.training_step, []
+
+    def recorded(self, *a, **k):
+        loss = real_step(self, *a, **k)
+        step_losses.append(float(loss))
+        return loss
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", recorded)
+    assert main(_peer_args(whole, glue, adv, tiny_model_dir)) == 0
+    uncut_losses = list(step_losses)
+    folder = cut / "rte" / "standard_hf" / "s3-peer"
+    calls = []
+
+    def cut_at_five(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("cut off")
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", cut_at_five)
+    with pytest.raises(RuntimeError, match="cut off"):
+        main(_peer_args(cut, glue, adv, tiny_model_dir))
+    monkeypatch.setattr(transformers.Trainer, "training_step", real_step)
+    assert sorted(p.name for p in (folder / "trainer").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert not (folder / "metrics.jsonl").exists()
+
+    # another learning rate is another run: refused, with what changed
+    capsys.readouterr()
+    assert run_cli(main, _peer_args(cut, glue, adv, tiny_model_dir, "--lr", "2e-4")) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {folder}: holds a run cut off at checkpoint-4 with another recipe (lr 0.0001 -> 0.0002); "
+        "--overwrite trains it again from the start")
+    # a checkpoint the Trainer had not finished writing (no elapsed.json) is passed over
+    (folder / "trainer" / "checkpoint-6").mkdir()
+    step_losses.clear()
+    monkeypatch.setattr(transformers.Trainer, "training_step", recorded)
+    assert main(_peer_args(cut, glue, adv, tiny_model_dir)) == 0
+    assert len(step_losses) == 2  # steps 5 and 6 only: resumed, not started over
+    assert f"resuming {folder} from checkpoint-4" in capsys.readouterr().err
+    assert not (folder / "trainer").exists()
+
+    def records(root):
+        return [json.loads(x) for x in (root / "rte" / "standard_hf" / "s3-peer" / "metrics.jsonl").read_text()
+                .splitlines()]
+
+    a, b = records(whole), records(cut)
+    assert [r["split"] for r in a] == [r["split"] for r in b] == ["dev", "dev", "train"]
+    for x, y in zip(a, b):
+        assert (x["epoch"], x["step"]) == (y["epoch"], y["step"])
+        if x["split"] == "dev":
+            assert x["metrics"] == pytest.approx(y["metrics"], abs=1e-6)
+            assert x["robustness"] == y["robustness"]
+        else:
+            # the last epoch's mean training loss: steps 4-6 of the uncut run
+            assert x["steps"] == y["steps"] == 6 and len(uncut_losses) == 6
+            assert x["loss"] == pytest.approx(sum(uncut_losses[3:]) / 3, abs=1e-6)
+            assert y["loss"] == pytest.approx(x["loss"], abs=1e-6)
+    assert b[-1]["train_seconds"] > 0

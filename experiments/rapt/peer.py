@@ -11,6 +11,11 @@ robustness sets (AdvGLUE) are scored after every epoch through the Trainer's own
 The run is written as a campaign run folder, ``ROOT/<task>/standard_hf/s<seed>-peer`` (``config.json``,
 ``metrics.jsonl`` with one dev record per epoch and a final train record), so ``campaign --report`` shows it as
 the row "standard, transformers.Trainer" beside ours.
+
+Every ``--save_every_steps`` steps the Trainer saves a checkpoint (weights, optimizer, schedule, RNG states and
+its log, under ``trainer/``); running the same command again resumes a cut-off run from its newest complete
+checkpoint, and refuses one whose recipe, encoder or data files differ from the run's. The checkpoints are
+removed when the run ends.
 """
 from __future__ import annotations
 
@@ -22,15 +27,16 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from data_utils import atomic
 from data_utils.batching import seeded_subset
-from data_utils.glue import read_split
+from data_utils.glue import file_digest, read_split, split_path
 from data_utils.metrics import compute_metrics
-from data_utils.robustness import load_sets, robustness_dir
+from data_utils.robustness import load_sets, robustness_dir, set_digests
 from data_utils.task_def import ConfigError, load_task_defs
 from experiments.hf_trainer import load_classifier, tokenized
 from experiments.rapt.results import load_result
@@ -41,6 +47,37 @@ logger = logging.getLogger(__name__)
 
 METHOD = "standard_hf"  # the row's name in reports
 SUBSAMPLE = {"sst": 8000}  # as the campaign grids train SST-2
+ELAPSED = "elapsed.json"  # in each checkpoint folder: training seconds up to it, written once the checkpoint is whole
+# what a resumed run must share with the run that wrote its checkpoints (config.json's keys)
+RECIPE = ("tasks", "method", "tool", "seed", "epochs", "lr", "batch_size", "max_seq_len", "max_train_samples",
+          "resolved_model", "pooling", "save_every_steps", "data")
+
+
+def last_checkpoint(trainer_dir: Path) -> Path | None:
+    """The newest checkpoint folder (``checkpoint-<step>``) under ``trainer_dir`` that is whole: one whose
+    :data:`ELAPSED` file was written after the Trainer had saved everything in it. None where there is none."""
+    whole = [d for d in trainer_dir.glob("checkpoint-*")
+             if d.name.split("-")[-1].isdigit() and (d / ELAPSED).is_file()]
+    return max(whole, key=lambda d: int(d.name.split("-")[-1])) if whole else None
+
+
+def resume_point(out: Path, config: dict[str, Any]) -> Path | None:
+    """The checkpoint a run in ``out`` resumes from: the newest whole one, where ``out`` holds a config.json whose
+    recipe is ``config``'s; None where there is nothing to resume. A recipe that differs is a ConfigError."""
+    resume = last_checkpoint(out / "trainer") if (out / "config.json").is_file() else None
+    if resume is not None:
+        change = recipe_change(json.loads((out / "config.json").read_text()), config)
+        if change:
+            raise ConfigError(f"{out}: holds a run cut off at {resume.name} with another recipe ({change}); "
+                              "--overwrite trains it again from the start")
+    return resume
+
+
+def recipe_change(saved: dict[str, Any], now: dict[str, Any]) -> str | None:
+    """'key saved -> now, ...' for the recipe keys that differ between a run folder's config and this run's;
+    None when they agree."""
+    changed = [f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in RECIPE if saved.get(k) != now.get(k)]
+    return ", ".join(changed) or None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,12 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--max_seq_len", type=int, default=128)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--save_every_steps", type=int, default=50,
+                   help="save a checkpoint every N optimizer steps (the Trainer's own; 0: none, so a run cut off "
+                        "before its end starts over); the same command resumes from the newest one")
     p.add_argument("--overwrite", action="store_true",
-                   help="train again in a run folder that holds a run (the peer keeps no checkpoint: a run cut "
-                        "off before its end starts over)")
+                   help="train again from the start in a run folder that holds a run, finished or cut off")
     args = p.parse_args(argv)
     if args.epochs < 1:
         raise ConfigError("--epochs must be >= 1")
+    if args.save_every_steps < 0:
+        raise ConfigError("--save_every_steps must be >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     tasks = load_task_defs()
@@ -74,17 +115,37 @@ def main(argv: list[str] | None = None) -> int:
             state = "a finished run" if load_result(out).finished else "an unfinished run (cut off before its end)"
             raise ConfigError(f"{out}: holds {state}; --overwrite trains it again")
         shutil.rmtree(out)
+    elif args.overwrite and out.exists():
+        shutil.rmtree(out)
     setup_logging()
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
 
     model_path = resolve_model(args.model)
+    train_split, dev_split = task.splits_of("train")[0], task.splits_of("dev")[0]
+    rdir = robustness_dir(args.robustness_dir, args.glue_dir)
+    config = {"tasks": task.name, "method": METHOD, "tool": "transformers.Trainer", "seed": args.seed,
+              "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "max_seq_len": args.max_seq_len,
+              "max_train_samples": SUBSAMPLE.get(task.name), "resolved_model": model_path, "pooling": "cls (pooler)",
+              "save_every_steps": args.save_every_steps,
+              "data": {**{s.name: file_digest(split_path(args.glue_dir, task, s), task, s)[0].hex()[:16]
+                          for s in (train_split, dev_split)}, **set_digests([task], rdir)},
+              "method_options": {}, "resolved_device": "cpu" if not torch.cuda.is_available() else "cuda",
+              "torch": torch.__version__, "threads": torch.get_num_threads()}
+    trainer_dir = out / "trainer"
+    resume, clock = resume_point(out, config), {"before": 0.0}
+    if resume is not None:
+        clock["before"] = json.loads((resume / ELAPSED).read_text())["seconds"]
+        logger.info("resuming %s from %s (%.0f s of training before it)", out, resume.name, clock["before"])
+    else:
+        shutil.rmtree(trainer_dir, ignore_errors=True)  # a run cut off before its first whole checkpoint
+
     tokenizer, model = load_classifier(model_path, task, args.seed, args.max_seq_len)
-    train_ex = read_split(args.glue_dir, task, task.splits_of("train")[0])
+    train_ex = read_split(args.glue_dir, task, train_split)
     if task.name in SUBSAMPLE:  # the campaign's seeded rows (mt_dnn.train --max_train_samples)
         train_ex = [train_ex[i] for i in seeded_subset(len(train_ex), SUBSAMPLE[task.name], args.seed)]
-    dev_split = task.splits_of("dev")[0]
     evals = {"dev": tokenized(tokenizer, task, read_split(args.glue_dir, task, dev_split), args.max_seq_len)}
-    for rs in load_sets(task, robustness_dir(args.robustness_dir, args.glue_dir)):
+    for rs in load_sets(task, rdir):
         if rs.dev_split == dev_split.name:
             evals[rs.set_name] = tokenized(tokenizer, task, rs.examples, args.max_seq_len)
     regression = task.type == "regression"
@@ -94,26 +155,35 @@ def main(argv: list[str] | None = None) -> int:
         guesses = logits.reshape(len(logits), -1)[:, 0] if regression else logits.argmax(-1)
         return compute_metrics(task.metrics, guesses, np.asarray(pred.label_ids))
 
+    class Elapsed(TrainerCallback):
+        """Writes the training seconds so far into each checkpoint once the Trainer has saved it whole."""
+
+        def on_save(self, targs, state, control, **kwargs):
+            folder = Path(targs.output_dir) / f"checkpoint-{state.global_step}"
+            atomic.write_text(folder / ELAPSED, json.dumps(
+                {"seconds": clock["before"] + time.perf_counter() - clock["start"], "step": state.global_step}))
+
+    saving = {"save_strategy": "steps", "save_steps": args.save_every_steps,
+              "save_total_limit": 2} if args.save_every_steps else {"save_strategy": "no"}
     targs = TrainingArguments(
-        output_dir=str(out / "trainer"), report_to="none", seed=args.seed, num_train_epochs=args.epochs,
+        output_dir=str(trainer_dir), report_to="none", seed=args.seed, num_train_epochs=args.epochs,
         learning_rate=args.lr, per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=128,
         warmup_steps=0.1,  # a float below 1: a fraction of the steps
         weight_decay=0.01, max_grad_norm=1.0, lr_scheduler_type="linear",
-        eval_strategy="epoch", save_strategy="no", logging_strategy="epoch", disable_tqdm=True,
+        # every step's loss in the Trainer's log, which its checkpoints keep: the last epoch's mean loss is then the
+        # same whether or not the run was resumed (an epoch-long log would average only the steps after a resume)
+        eval_strategy="epoch", logging_strategy="steps", logging_steps=1, disable_tqdm=True, **saving,
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available())  # pinning needs a GPU
     trainer = Trainer(model=model, args=targs, train_dataset=tokenized(tokenizer, task, train_ex, args.max_seq_len),
                       eval_dataset=evals, processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
-                      compute_metrics=metrics)
+                      compute_metrics=metrics, callbacks=[Elapsed()])
+    trainer.remove_callback(PrinterCallback)  # it would print every step's log line; the evaluations are logged below
     out.mkdir(parents=True, exist_ok=True)
-    config = {"tasks": task.name, "method": METHOD, "tool": "transformers.Trainer", "seed": args.seed,
-              "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "max_seq_len": args.max_seq_len,
-              "max_train_samples": SUBSAMPLE.get(task.name), "resolved_model": model_path, "pooling": "cls (pooler)",
-              "method_options": {}, "resolved_device": "cpu" if not torch.cuda.is_available() else "cuda",
-              "torch": torch.__version__, "threads": torch.get_num_threads()}
-    atomic.write_text(out / "config.json", json.dumps(config, indent=2))
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
+    if resume is None:
+        atomic.write_text(out / "config.json", json.dumps(config, indent=2))
+    clock["start"] = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    seconds = clock["before"] + time.perf_counter() - clock["start"]
     steps_per_epoch = trainer.state.max_steps / args.epochs
     by_epoch: dict[int, dict] = {}
     for h in trainer.state.log_history:
@@ -131,12 +201,15 @@ def main(argv: list[str] | None = None) -> int:
         if robust:
             record["robustness"] = robust
         lines.append(json.dumps(record))
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    # the last epoch's mean training loss, from the per-step log
+    first_of_last = trainer.state.max_steps - steps_per_epoch
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h and h["step"] > first_of_last]
     lines.append(json.dumps({"epoch": args.epochs - 1, "step": trainer.state.global_step, "split": "train",
                              "method": METHOD, "seed": args.seed, "train_seconds": round(seconds, 3),
-                             "steps": trainer.state.global_step, "loss": losses[-1] if losses else None,
+                             "steps": trainer.state.global_step, "loss": float(np.mean(losses)) if losses else None,
                              "reg_loss": 0.0, "steps_per_epoch": steps_per_epoch}))
     atomic.write_text(out / "metrics.jsonl", "\n".join(lines) + "\n")
+    shutil.rmtree(trainer_dir, ignore_errors=True)  # the checkpoints: the run is whole in metrics.jsonl
     for line in lines[:-1]:
         logger.info("%s", line)
     print(f"{task.name} seed {args.seed}: {len(lines) - 1} evaluations, {seconds:.0f} s; run folder {out}")
