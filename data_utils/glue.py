@@ -17,7 +17,7 @@ import hashlib
 import itertools
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -44,14 +44,6 @@ class Example:
     line: int  # 1-based line number in the file
 
 
-@dataclass
-class SplitRows:
-    """What :func:`parse_split` read: the good rows, and the ``(line, reason)`` of every skipped one."""
-
-    examples: list[Example]
-    skipped: list[tuple[int, str]] = field(default_factory=list)
-
-
 def split_path(glue_dir: str | Path, task: TaskDef, split: SplitDef) -> Path:
     return Path(glue_dir) / task.data_dir / split.file
 
@@ -59,31 +51,6 @@ def split_path(glue_dir: str | Path, task: TaskDef, split: SplitDef) -> Path:
 def check_bad_rows(bad_rows: str) -> None:
     if bad_rows not in BAD_ROWS:
         raise ConfigError(f"--bad_rows {bad_rows!r}; choose one of {', '.join(BAD_ROWS)}")
-
-
-def _decode(path: Path, raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8-sig")  # strips MRPC's byte-order mark
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        bad = raw[exc.start:exc.start + 4]
-        raise DataError(f"{path}:{line}: bytes that are not UTF-8 ({bad!r})") from None
-
-
-def _lines(text: str) -> list[str]:
-    """The file's lines without their LF / CRLF endings, and without the empty lines that end it."""
-    lines = [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
-    while lines and lines[-1] == "":
-        lines.pop()
-    return lines
-
-
-def data_line_count(raw: bytes, split: SplitDef) -> int:
-    """How many data lines (rows, good or malformed) the file's bytes hold: as :func:`parse_split` counts them."""
-    lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in raw.split(b"\n")]
-    while lines and lines[-1] == b"":
-        lines.pop()
-    return max(0, len(lines) - (1 if split.header else 0))
 
 
 def skipped_summary(path: Path, skipped: list[tuple[int, str]]) -> str:
@@ -159,8 +126,9 @@ _EMPTY_LINES = (b"\n", b"\r\n", b"\r", b"")
 
 
 def file_digest(path: Path, task: TaskDef, split: SplitDef) -> tuple[bytes, int]:
-    """The sha256 digest of the file's bytes and its number of data lines (as :func:`data_line_count`), read
-    line by line: memory independent of the file's size."""
+    """The sha256 digest of the file's bytes and its number of data lines (rows, good or malformed: the lines
+    after the header, not counting the empty lines that end the file), read line by line: memory independent of
+    the file's size."""
     h = hashlib.sha256()
     lines = last_text = 0
     with _open(path, task, split) as f:
@@ -173,7 +141,7 @@ def file_digest(path: Path, task: TaskDef, split: SplitDef) -> tuple[bytes, int]
 
 
 def _file_lines(path: Path, task: TaskDef, split: SplitDef, hasher=None) -> Iterator[str]:
-    """The file's lines as :func:`_lines` gives them (no LF/CRLF, no empty lines at the end), decoded one at a
+    """The file's lines without their LF / CRLF endings and without the empty lines that end it, decoded one at a
     time; ``hasher`` (a hashlib object) is fed every byte read."""
     with _open(path, task, split) as f:
         empty = 0  # empty lines seen and not yet given: they are rows only if a non-empty line follows
@@ -204,14 +172,6 @@ def iter_split(path: Path, task: TaskDef, split: SplitDef, bad_rows: str = "erro
     check_bad_rows(bad_rows)
     return _parse_lines(path, _file_lines(path, task, split, hasher), task, split, bad_rows,
                         [] if skipped is None else skipped)
-
-
-def parse_split(path: Path, raw: bytes, task: TaskDef, split: SplitDef, bad_rows: str = "error") -> SplitRows:
-    """Parse the bytes ``raw`` of the file ``path`` (named in errors) as ``split`` of ``task``."""
-    check_bad_rows(bad_rows)
-    out = SplitRows(examples=[])
-    out.examples = list(_parse_lines(path, iter(_lines(_decode(path, raw))), task, split, bad_rows, out.skipped))
-    return out
 
 
 def _parse_lines(path: Path, lines: Iterator[str], task: TaskDef, split: SplitDef, bad_rows: str,

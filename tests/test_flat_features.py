@@ -13,7 +13,8 @@ import data_utils.features as features_mod
 from data_utils.batching import collate, eval_batches
 from data_utils.features import (CACHE_FORMAT, TRUNCATION, Features, _cache_key, load_features, tokenize_examples,
                                  tokenizer_fingerprint)
-from data_utils.glue import DataError, data_line_count, file_digest, iter_split, parse_split, split_path
+from data_utils.glue import DataError, file_digest, iter_split, split_path
+from tests.whole_file_reader import data_line_count, parse_split
 from tests.conftest import real_glue_dir
 from tests.glue_fixtures import ALL_TASKS, write_glue, write_tiny_tokenizer
 

@@ -315,7 +315,8 @@ def _tsv_bytes(draw) -> bytes:
 
 def _read_both(tmp_path, raw: bytes, bad_rows: str):
     """(examples, skipped) or the DataError message, from parse_split on the bytes and iter_split on the file."""
-    from data_utils.glue import DataError, iter_split, parse_split
+    from data_utils.glue import DataError, iter_split
+    from tests.whole_file_reader import parse_split
     from data_utils.task_def import load_task_defs
 
     task = load_task_defs()["rte"]
@@ -343,7 +344,8 @@ def test_the_glue_readers_agree_on_any_file(tmp_path_factory, raw, bad_rows):
     sha256's of the bytes, and every line counted is a row read or skipped."""
     import hashlib
 
-    from data_utils.glue import data_line_count, file_digest
+    from data_utils.glue import file_digest
+    from tests.whole_file_reader import data_line_count
 
     task, split, path, (by_bytes, by_stream) = _read_both(tmp_path_factory.mktemp("tsv"), raw, bad_rows)
     assert by_bytes == by_stream
