@@ -385,8 +385,24 @@ def test_skip_drops_malformed_rows_with_one_warning(tmp_path, tasks, caplog):
     assert len(skipped) == 1 and "\n" not in skipped[0]
     msg = skipped[0]
     assert f"{path}: skipped 4 malformed row(s)" in msg
-    assert f"{path}:3 (short row)" in msg and f"{path}:6 (score is not finite)" in msg and "and 1 more" in msg
-    assert f"{path}:12" not in msg  # only the first few are named
+    # only the first three are named, the rest counted
+    assert msg == (f"{path}: skipped 4 malformed row(s) (--bad_rows skip): {path}:3 (short row), {path}:6 (score is "
+                   f"not finite), {path}:9 (score 99 outside [0, 5]) and 1 more")
+
+
+def test_skip_warning_names_three_rows_without_a_remainder(tmp_path, tasks, caplog):
+    root = write_glue(tmp_path / "g", tasks=("stsb",))
+    rel = "STS-B/train.tsv"
+    _break(root, rel, 4, f"{STS_META}\tthe cat .\ta cat .\thigh")
+    _break(root, rel, 7, f"{STS_META}\tthe cat .\ta cat .\tNaN")
+    path = _break(root, rel, 8, f"{STS_META}\tthe cat .\ta cat .\t2.5\textra")  # 11 fields of 10
+    task = tasks["stsb"]
+    with caplog.at_level("WARNING"):
+        rows = read_split(root, task, task.splits["train"], bad_rows="skip")
+    assert len(rows) == N_TRAIN - 3
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert skipped == [f"{path}: skipped 3 malformed row(s) (--bad_rows skip): {path}:4 (score is not a number), "
+                       f"{path}:7 (score is not a number), {path}:8 (long row)"]
 
 
 def test_skip_keeps_row_numbers_as_indices(tmp_path, tasks):
