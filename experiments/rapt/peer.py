@@ -48,9 +48,10 @@ logger = logging.getLogger(__name__)
 METHOD = "standard_hf"  # the row's name in reports
 SUBSAMPLE = {"sst": 8000}  # as the campaign grids train SST-2
 ELAPSED = "elapsed.json"  # in each checkpoint folder: training seconds up to it, written once the checkpoint is whole
-# what a resumed run must share with the run that wrote its checkpoints (config.json's keys)
+# what a resumed run must share with the run that wrote its checkpoints (config.json's keys; how often it saves
+# may change)
 RECIPE = ("tasks", "method", "tool", "seed", "epochs", "lr", "batch_size", "max_seq_len", "max_train_samples",
-          "resolved_model", "pooling", "save_every_steps", "data")
+          "resolved_model", "pooling", "data")
 
 
 def last_checkpoint(trainer_dir: Path) -> Path | None:
