@@ -14,6 +14,7 @@ from experiments.rapt import campaign, figure1, layers
 from experiments.rapt.paper import PAPER_DEV, TASK_ORDER
 from experiments.rapt.report import build_report, per_seed_markdown, report_markdown
 from experiments.rapt.results import scan_results
+from experiments.rapt.stats import detectable_difference
 from mt_dnn.cli_utils import run_cli
 from data_utils.task_def import ConfigError
 from tests.metrics_records import write_run
@@ -92,7 +93,13 @@ def test_report_means_stds_and_paired_statistics(tmp_path, capsys):
     holm = 3 * (1 - 2 / math.pi * math.atan(2.0))
     assert [c["p_holm"] for c in report["paired"]] == pytest.approx([holm] * 3)
     assert all(c["family"] == 3 for c in report["paired"])
-    assert f"| RTE | rapt | standard | 2 | +4.00 | 2.83 | 2 | 0 | 0.295 | {holm:.3f} | within seed noise |" in md
+    # the sizes at p < 0.05 and at Holm's first step (0.05 / 3), from the power equation (checked on its own in
+    # test_robustness_report against the noncentral t integrated by hand)
+    det = _sizes(2, math.sqrt(8))
+    assert rte["detectable"] == pytest.approx(detectable_difference(2, math.sqrt(8)))
+    assert rte["detectable_holm"] == pytest.approx(detectable_difference(2, math.sqrt(8), alpha=0.05 / 3))
+    assert (f"| RTE | rapt | standard | 2 | +4.00 | 2.83 | 2 | 0 | 0.295 | {holm:.3f} | {det} | "
+            "within seed noise |") in md
     assert "over the 3 tests of this section's tables" in md
     # rapt has no STS-B run: no average over every task, only over the two tasks both have on seeds 1-2
     assert paired[("average", "rapt", "standard")]["over"] == ["rte", "mrpc"]
@@ -101,6 +108,11 @@ def test_report_means_stds_and_paired_statistics(tmp_path, capsys):
     assert "| standard | 65.0 (ep 2) | 70.0 (ep 1) |" in per_seed
     assert "| standard | 80.0/85.0 (ep 1) | 82.0/88.0 (ep 1) |" in per_seed
     assert "STS-B P/S:\n\n| Method | seed 1 |\n|---|---|\n| standard | 50.0/40.0 (ep 1) |\n" in per_seed
+
+
+def _sizes(n: int, sd: float, family: int = 3) -> str:
+    """The two 'detectable' cells of a paired row: at p < 0.05 and at 0.05 / family."""
+    return f"{detectable_difference(n, sd):.2f} | {detectable_difference(n, sd, alpha=0.05 / family):.2f}"
 
 
 def test_paired_test_on_the_average_uses_each_seeds_mean_task_score(tmp_path):
@@ -121,7 +133,8 @@ def test_paired_test_on_the_average_uses_each_seeds_mean_task_score(tmp_path):
     assert report["rows"]["rapt"]["average_std"] == pytest.approx(0.25 / math.sqrt(2))
     md = report_markdown(report, "x")
     holm = 3 * (1 - 2 / math.pi * math.atan(2.0))  # RTE's p, the smallest of the three, times 3 (as above)
-    assert f"| Average | rapt | standard | 2 | +3.00 | 2.83 | 2 | 0 | 0.374 | {holm:.3f} | within seed noise |" in md
+    assert (f"| Average | rapt | standard | 2 | +3.00 | 2.83 | 2 | 0 | 0.374 | {holm:.3f} | {_sizes(2, math.sqrt(8))} | "
+            "within seed noise |") in md
     assert "| 75.6 ± 2.7 | 2 |" in md
 
 
@@ -141,8 +154,8 @@ def test_paired_average_over_the_tasks_with_most_seeds_while_others_lack_seeds(t
     # the rows without a p (seed 1 only) are not in the family: still three tests, as above
     holm = 3 * (1 - 2 / math.pi * math.atan(2.0))
     assert (f"| Average (RTE, MRPC) | rapt | standard | 2 | +3.00 | 2.83 | 2 | 0 | 0.374 | {holm:.3f} | "
-            "within seed noise |") in md
-    assert "| Average | rapt | standard | 1 | +6.67 | - | 1 | 0 | - | - | - |" in md
+            f"{_sizes(2, math.sqrt(8))} | within seed noise |") in md
+    assert "| Average | rapt | standard | 1 | +6.67 | - | 1 | 0 | - | - | - | - | - |" in md
 
 
 def test_best_of_rows_pick_the_best_member_per_task(tmp_path):

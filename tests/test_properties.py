@@ -253,7 +253,7 @@ def test_the_detectable_difference_scales_with_sd_and_shrinks_with_seeds(n, sd, 
     times the two-sided critical value (a test at 80 % power needs more than a barely significant mean)."""
     from scipy.stats import t
 
-    from experiments.rapt.robustness_report import detectable_difference
+    from experiments.rapt.stats import detectable_difference
 
     d = detectable_difference(n, sd)
     assert detectable_difference(n, sd * scale) == pytest.approx(d * scale, rel=1e-4)

@@ -194,6 +194,7 @@ def test_paired_section_is_one_holm_family():
     rows = ON_AVERAGE + PER_TASK
     ps = [_check_paired_row(row, *_row_values(row)) for row in rows]
     _check_holm_and_verdicts(rows, ps, 9, TABLE2, "over the {n} tests of this section's tables")
+    _check_sizes(rows, ps)
     assert sum(p is not None for p in ps) >= 50
 
 
@@ -327,9 +328,15 @@ def test_robustness_report_recomputed_from_its_archive():
                 assert any(r[0] == "standard_hf" for r in rows)
     # the dev-chosen tests of every task are one family
     _check_holm_and_verdicts(family, ps, 9, text, "over the {n} tests of this section's dev-chosen tables")
-    # both detectable differences, from the row's seeds and sd: at p < 0.05, and at 0.05 / m (Holm's first step)
+    _check_sizes(family, ps)
+    assert checked >= 8
+
+
+def _check_sizes(rows: list[list[str]], ps: list[float | None]) -> None:
+    """One family's 'detectable' and 'detectable (Holm)' cells (columns 10 and 11), from each row's seeds and sd:
+    the effect found with 80% power at p < 0.05, and at 0.05 / m (Holm's first step), m the tests with a p."""
     m = sum(p is not None for p in ps)
-    for row, p in zip(family, ps, strict=True):
+    for row, p in zip(rows, ps, strict=True):
         if p is None:
             assert row[10:12] == ["-", "-"], row
             continue
@@ -338,7 +345,6 @@ def test_robustness_report_recomputed_from_its_archive():
             want = _detectable(n, sd, alpha)
             # the effect is proportional to the sd, which the table rounds to +-0.005
             assert abs(float(cell) - want) <= 0.005 + want / sd * 0.0051, (row, alpha, want)
-    assert checked >= 8
 
 
 def _detectable(n: int, sd: float, alpha: float) -> float:

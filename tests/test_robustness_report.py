@@ -11,7 +11,7 @@ from scipy.stats import ttest_rel
 from experiments.rapt.archive import archive_entry, load_archive
 from experiments.rapt.report import build_report, report_markdown
 from experiments.rapt.results import scan_results
-from experiments.rapt.robustness_report import detectable_difference
+from experiments.rapt.stats import detectable_difference
 from tests.metrics_records import write_run
 
 
@@ -164,20 +164,20 @@ def test_the_section_as_written(tmp_path):
     assert lines[1] == (
         "At each run's best dev evaluation (chosen on dev only): the dev primary metric and the robustness set's "
         "(AdvGLUE dev: adversarial, human-checked GLUE dev examples), x100, mean ± sd over seeds; gap = dev - set "
-        "(how much accuracy a method loses under attack). Paired tests as above, on the same seeds; 'detectable' = "
-        "the smallest true mean difference a paired t-test over these seeds would find with 80% power at p < 0.05 "
-        "given the observed sd of the differences (the size a 'lead' needs); 'detectable (Holm)' = the same at p < "
-        "0.05/m, m the family's tests (the level Holm's first step asks of the smallest p): the smallest effect the "
-        "corrected verdict would find with that power were it the family's only real difference, so a true effect "
-        "up to about this size can hide within 'within seed noise'. s/step: the runs' own clocks, mean over seeds "
-        "(training steps only), and its ratio to standard's on the same device (see Training time). p (Holm) = p adjusted by "
-        "Holm's step-down method over the 2 tests of this section's dev-chosen tables that have a p (the smallest p "
-        "times 2, the next times 1, and so on, never below the one before and at most 1), so that the chance of any "
-        "false 'beyond seed noise' among them stays below 0.05. Verdict: 'beyond seed noise' when p (Holm) < 0.05; "
-        "'lead (not after Holm)' when only p is below 0.05, a result to test with more seeds rather than a finding; "
-        "else 'within seed noise'. Of these 2 tests, 0 are below 0.05, where about 0.1 would be by chance alone if "
-        "no method differed; 0 stay below it after the Holm correction. The tests at the last epoch (by-epoch "
-        "tables) are a family of their own.")
+        "(how much accuracy a method loses under attack). Paired tests as above, on the same seeds. s/step: the "
+        "runs' own clocks, mean over seeds (training steps only), and its ratio to standard's on the same device "
+        "(see Training time). p (Holm) = p adjusted by Holm's step-down method over the 2 tests of this section's "
+        "dev-chosen tables that have a p (the smallest p times 2, the next times 1, and so on, never below the one "
+        "before and at most 1), so that the chance of any false 'beyond seed noise' among them stays below 0.05. "
+        "Verdict: 'beyond seed noise' when p (Holm) < 0.05; 'lead (not after Holm)' when only p is below 0.05, a "
+        "result to test with more seeds rather than a finding; else 'within seed noise'. Of these 2 tests, 0 are "
+        "below 0.05, where about 0.1 would be by chance alone if no method differed; 0 stay below it after the Holm "
+        "correction. detectable = the smallest true mean difference a paired t-test over these seeds would find "
+        "with 80% power at p < 0.05 given the observed sd of the differences (the size a lead needs); detectable "
+        "(Holm) = the same at p < 0.05/m, m the family's tests (the level Holm's first step asks of the smallest p): "
+        "the size the corrected verdict needs were it the family's only real difference, so a true effect up to "
+        "about this size can hide within 'within seed noise'. The tests at the last epoch (by-epoch tables) are a "
+        "family of their own.")
     # rapt - standard on AdvGLUE: +5, +1 (mean 3, sd 2.83); on dev: +2, -1 (mean 0.5, sd 2.12)
     p_dev, p_adv = ttest_rel([62.0, 63.0], [60.0, 64.0]).pvalue, ttest_rel([45.0, 47.0], [40.0, 46.0]).pvalue
     sd_dev, sd_adv = np.std([2.0, -1.0], ddof=1), np.std([5.0, 1.0], ddof=1)

@@ -12,7 +12,8 @@ from data_utils.task_def import ConfigError
 from experiments.rapt.paper import METRIC_LABEL, PAPER_DEV, PAPER_METRICS, TASK_LABEL, cell_keys, task_order
 from experiments.rapt import robustness_report
 from experiments.rapt.results import RunResult
-from experiments.rapt.stats import TIE, adjust, family_text, mean_std, paired_comparisons, seed_averages, verdict
+from experiments.rapt.stats import (TIE, adjust, family_text, mean_std, paired_comparisons, seed_averages, size,
+                                    size_text, verdict)
 
 
 def training_times(by: dict[str, dict[str, dict[int, RunResult]]], names: list[str], tasks: list[str]) -> dict:
@@ -130,6 +131,7 @@ def build_report(results: list[RunResult], method_order: list[str] | None = None
                         "average_paper": prow["average"]}
     paired = paired_comparisons(by, names, tasks, best_of or {}, baselines)
     adjust(paired)  # the section's tests are one family
+    size(paired)
     report = {"tasks": tasks, "methods": names, "rows": rows, "best_of": chosen, "paper": paper,
               "times": training_times(by, [n for n in names if n not in chosen], tasks),
               "paired": paired,
@@ -200,11 +202,12 @@ def _paired_line(c: dict, tasks: list[str]) -> str:
     """One paired comparison as a markdown table row."""
     p, holm = (f"{c[k]:.3f}" if c[k] is not None else "-" for k in ("p_value", "p_holm"))
     sd = f"{c['sd_diff']:.2f}" if c.get("sd_diff") is not None else "-"
+    det, det_holm = (f"{c[k]:.2f}" if c[k] is not None else "-" for k in ("detectable", "detectable_holm"))
     task = TASK_LABEL.get(c["task"], c["task"])
     if c["task"] == "average":
         task = "Average" + ("" if c["over"] == tasks else " (" + ", ".join(TASK_LABEL.get(t, t) for t in c["over"]) + ")")
     return (f"| {task} | {c['a']} | {c['b']} | {c['n']} | {c['mean_diff']:+.2f} | {sd} | {c['a_wins']} | "
-            f"{c['b_wins']} | {p} | {holm} | {verdict(c)} |")
+            f"{c['b_wins']} | {p} | {holm} | {det} | {det_holm} | {verdict(c)} |")
 
 
 def report_markdown(report: dict, title: str) -> str:
@@ -266,15 +269,15 @@ def report_markdown(report: dict, title: str) -> str:
               "the most common seeds, while other tasks lack seeds); per task on the primary metric. mean(A-B) x100; "
               f"sd = sample std of the per-seed differences; wins = seeds where A > B by more than {TIE} (smaller differences are ties and count for neither: archived results keep one decimal); p = "
               "paired t-test (scipy.stats.ttest_rel), shown with >= 2 seeds whose differences are not all equal. "
-              + family_text(report["paired"], "this section's")]
+              + family_text(report["paired"], "this section's") + " " + size_text()]
     averages = [c for c in report["paired"] if c["task"] == "average"]
     per_task = [c for c in report["paired"] if c["task"] != "average"]
     for heading, group in (("On the Average", averages), ("Per task", per_task)):
         if not group:
             continue
         lines += ["", f"### {heading}", "",
-                  "| Task | A | B | Seeds | mean(A-B) | sd | A wins | B wins | p | p (Holm) | verdict |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| Task | A | B | Seeds | mean(A-B) | sd | A wins | B wins | p | p (Holm) | detectable | "
+                  "detectable (Holm) | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         lines += [_paired_line(c, report["tasks"]) for c in group]
     lines += robustness_report.markdown(report.get("robustness", {}), report.get("times", {}))
     lines += ["", "## Runs not in the table", ""] + _missing_lines(report)

@@ -1,46 +1,16 @@
 """The robustness part of a campaign report: dev against robustness-set (AdvGLUE) accuracy per method, the gap
-between them, paired tests on both, and the smallest paired difference the seeds could detect.
+between them, paired tests on both, and the smallest paired differences the seeds could detect.
 
 Every number comes from each run's best dev evaluation (the epoch chosen on dev, as in Table 2); the
 robustness score is the one logged at that same evaluation, so nothing is chosen on the robustness set.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from experiments.rapt.paper import TASK_LABEL
 from experiments.rapt.results import Evaluation, RunResult
-from experiments.rapt.stats import ALPHA, adjust, family_text, paired, verdict
-
-POWER = 0.8
-
-
-def detectable_difference(n: int, sd: float | None, power: float = POWER, alpha: float = ALPHA) -> float | None:
-    """The smallest true mean paired difference that a two-sided paired t-test at ``alpha`` over ``n`` seeds
-    detects with probability ``power``, when the per-seed differences have standard deviation ``sd``: the
-    effect size delta solving P(|T| > t_crit) = power, T ~ noncentral t (df n-1, noncentrality delta*sqrt(n)/sd).
-    None with fewer than 2 seeds, no sd, or an sd of 0."""
-    from scipy.optimize import brentq
-    from scipy.stats import nct, t
-
-    if n < 2 or sd is None or not math.isfinite(sd) or sd == 0:
-        return None  # an sd of 0 (equal differences): the t-test is undefined, and a zero spread sizes nothing
-    df = n - 1
-    crit = t.ppf(1 - alpha / 2, df)
-
-    def power_at(delta: float) -> float:
-        nc = delta * math.sqrt(n) / sd
-        # P(T > crit) + P(T < -crit); the lower tail as P(T' > crit) with T' ~ nct(-nc), since scipy's nct.cdf
-        # gives NaN far in that tail (df 1, large nc) where nct.sf does not
-        return float(nct.sf(crit, df, nc) + nct.sf(crit, df, -nc)) - power
-
-    hi = sd
-    while power_at(hi) < 0:
-        hi *= 2
-    return float(brentq(power_at, 0.0, hi, xtol=1e-6 * sd))
-
+from experiments.rapt.stats import adjust, family_text, paired, size, size_text, verdict
 
 def _scores(run: RunResult, evaluation: Evaluation | None = None) -> tuple[float, dict[str, float]] | None:
     """(dev primary x100, {set: primary x100}) at ``evaluation`` (default: the run's best dev evaluation), each
@@ -80,9 +50,6 @@ def _paired_tests(task: str, set_name: str, rows: dict[str, dict[int, tuple[floa
                 c = paired(task, a, b, seeds, np.array([rows[a][s][k] for s in seeds]),
                            np.array([rows[b][s][k] for s in seeds]))
                 c["on"] = what
-                # sized only where the t-test is defined (>= 2 seeds, differences not all equal)
-                c["detectable"] = (detectable_difference(c["n"], c["sd_diff"])
-                                   if c["p_value"] is not None else None)
                 out.append(c)
     return out
 
@@ -152,19 +119,8 @@ def build(by: dict[str, dict[str, dict[int, RunResult]]], names: list[str], base
     for family in ([c for cell in cells for c in cell["paired"]],
                    [c for cell in cells if "by_epoch" in cell for c in cell["by_epoch"]["paired_last"]]):
         adjust(family)
-        for c in family:
-            c["detectable_holm"] = holm_detectable(c)
+        size(family)
     return out
-
-
-def holm_detectable(c: dict) -> float | None:
-    """The detectable difference of a test of a Holm family (``c`` after :func:`stats.adjust`): at p < ALPHA / m,
-    m the family's tests with a p, the level Holm's first step asks of the smallest p. It is the smallest true
-    difference the corrected verdict would call beyond seed noise with ``POWER``, were it the family's only real
-    one (with more real ones, later steps ask less). None where the test has no p."""
-    if c["p_value"] is None:
-        return None
-    return detectable_difference(c["n"], c["sd_diff"], alpha=ALPHA / c["family"])
 
 
 def _ms(values: np.ndarray) -> list[float | None]:
@@ -194,19 +150,14 @@ def markdown(section: dict, times: dict | None = None) -> list[str]:
     cpu_clock = any("cpu_s_per_step" in row for rows in (times or {}).values() for row in rows.values())
     intro = ("At each run's best dev evaluation (chosen on dev only): the dev primary metric and the robustness "
              "set's (AdvGLUE dev: adversarial, human-checked GLUE dev examples), x100, mean ± sd over seeds; gap = "
-             "dev - set (how much accuracy a method loses under attack). Paired tests as above, on the same seeds; "
-             f"'detectable' = the smallest true mean difference a paired t-test over these seeds would find with "
-             f"{POWER:.0%} power at p < {ALPHA} given the observed sd of the differences (the size a 'lead' needs); "
-             f"'detectable (Holm)' = the same at p < {ALPHA}/m, m the family's tests (the level Holm's first step asks "
-             "of the smallest p): the smallest effect the corrected verdict would find with that power were it the "
-             "family's only real difference, so a true effect up to about this size can hide within 'within seed "
-             "noise'. s/step: the runs' "
+             "dev - set (how much accuracy a method loses under attack). Paired tests as above, on the same seeds. "
+             "s/step: the runs' "
              "own clocks, mean over seeds (training steps only), and its ratio to standard's on the same device (see "
              "Training time).")
     if cpu_clock:
         intro += (" CPU s/step instead where a task's CPU runs recorded their process's CPU time (not moved by "
                   "other programs on the machine or by pauses).")
-    intro += (" " + family_text(tests, "this section's dev-chosen")
+    intro += (" " + family_text(tests, "this section's dev-chosen") + " " + size_text()
               + " The tests at the last epoch (by-epoch tables) are a family of their own.")
     lines = ["", "## Robustness (dev and robustness sets)", "", intro]
     for task, by_set in section.items():

@@ -1,5 +1,8 @@
-"""Paired statistics of a campaign: per-seed differences between methods, paired t-tests, per-seed averages."""
+"""Paired statistics of a campaign: per-seed differences between methods, paired t-tests, per-seed averages, the
+Holm correction of a family of tests and the smallest differences they could detect."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -25,6 +28,7 @@ def seed_averages(runs: dict[str, dict[int, RunResult]], tasks: list[str], seeds
 
 
 ALPHA = 0.05  # a paired test's level, after the correction for the number of tests in its family
+POWER = 0.8  # the chance a test must have of finding a true difference for its size to count as detectable
 TIE = 0.05  # x100 points: differences this small are ties (archived results keep one decimal of the x100 score)
 
 
@@ -132,3 +136,51 @@ def family_line(tests: list[dict]) -> str:
     return (f"Of these {len(ps)} tests, {below} {'is' if below == 1 else 'are'} below {ALPHA}, where about "
             f"{len(ps) * ALPHA:.1f} would be by chance alone if no method differed; {after} "
             f"{'stays' if after == 1 else 'stay'} below it after the Holm correction.")
+
+
+def detectable_difference(n: int, sd: float | None, power: float = POWER, alpha: float = ALPHA) -> float | None:
+    """The smallest true mean paired difference that a two-sided paired t-test at ``alpha`` over ``n`` seeds
+    detects with probability ``power``, when the per-seed differences have standard deviation ``sd``: the
+    effect size delta solving P(|T| > t_crit) = power, T ~ noncentral t (df n-1, noncentrality delta*sqrt(n)/sd).
+    None with fewer than 2 seeds, no sd, or an sd of 0."""
+    from scipy.optimize import brentq
+    from scipy.stats import nct, t
+
+    if n < 2 or sd is None or not math.isfinite(sd) or sd == 0:
+        return None  # an sd of 0 (equal differences): the t-test is undefined, and a zero spread sizes nothing
+    df = n - 1
+    crit = t.ppf(1 - alpha / 2, df)
+
+    def power_at(delta: float) -> float:
+        nc = delta * math.sqrt(n) / sd
+        # P(T > crit) + P(T < -crit); the lower tail as P(T' > crit) with T' ~ nct(-nc), since scipy's nct.cdf
+        # gives NaN far in that tail (df 1, large nc) where nct.sf does not
+        return float(nct.sf(crit, df, nc) + nct.sf(crit, df, -nc)) - power
+
+    hi = sd
+    while power_at(hi) < 0:
+        hi *= 2
+    return float(brentq(power_at, 0.0, hi, xtol=1e-6 * sd))
+
+
+def size_text() -> str:
+    """What the 'detectable' and 'detectable (Holm)' columns of :func:`size` mean, in one sentence."""
+    return (f"detectable = the smallest true mean difference a paired t-test over these seeds would find with "
+            f"{POWER:.0%} power at p < {ALPHA} given the observed sd of the differences (the size a lead needs); "
+            f"detectable (Holm) = the same at p < {ALPHA}/m, m the family's tests (the level Holm's first step asks of "
+            "the smallest p): the size the corrected verdict needs were it the family's only real difference, so a "
+            "true effect up to about this size can hide within 'within seed noise'.")
+
+
+def size(tests: list[dict]) -> None:
+    """Add to each test of one family (after :func:`adjust`) ``detectable``, the smallest true mean difference
+    its paired t-test finds with ``POWER`` at p < ``ALPHA`` given the observed sd of the differences (the size a
+    lead needs), and ``detectable_holm``, the same at p < ``ALPHA`` / m, m the family's tests with a p: the level
+    Holm's first step asks of the smallest p, so the size the corrected verdict needs were it the family's only
+    real difference (with more real ones, later steps ask less). Both None where the test has no p (fewer than 2
+    seeds, or differences all equal)."""
+    for c in tests:
+        defined = c["p_value"] is not None
+        c["detectable"] = detectable_difference(c["n"], c["sd_diff"]) if defined else None
+        c["detectable_holm"] = (detectable_difference(c["n"], c["sd_diff"], alpha=ALPHA / c["family"])
+                                if defined else None)
