@@ -113,15 +113,6 @@ def _open(path: Path, task: TaskDef, split: SplitDef):
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
-def read_bytes(path: Path, task: TaskDef, split: SplitDef) -> bytes:
-    """The file's bytes; a missing file or a folder is a :class:`DataError`."""
-    with _open(path, task, split) as f:
-        try:
-            return f.read()
-        except OSError as exc:
-            raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-
-
 _EMPTY_LINES = (b"\n", b"\r\n", b"\r", b"")
 
 

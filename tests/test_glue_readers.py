@@ -434,3 +434,25 @@ def test_bad_rows_choice_is_checked(glue, tasks):
 
     with pytest.raises(ConfigError, match="--bad_rows 'drop'; choose one of error, skip"):
         read_split(glue, tasks["rte"], tasks["rte"].splits["dev"], bad_rows="drop")
+
+
+def test_file_digest_counts_data_lines_with_and_without_a_header(tmp_path, tasks):
+    """file_digest: sha256 of the bytes, and the data lines after the header (CoLA's train file has none; RTE's
+    has one), empty lines at the end not counted; a missing file names its task and split."""
+    import hashlib
+
+    from data_utils.glue import file_digest
+
+    root = write_glue(tmp_path / "g", tasks=("cola", "rte"))
+    for name in ("cola", "rte"):
+        task = tasks[name]
+        split = task.splits["train"]
+        path = split_path(root, task, split)
+        path.write_bytes(path.read_bytes() + b"\n\r\n")  # empty lines at the end: not rows
+        raw = path.read_bytes()
+        assert file_digest(path, task, split) == (hashlib.sha256(raw).digest(), N_TRAIN), name
+    assert not tasks["cola"].splits["train"].header and tasks["rte"].splits["train"].header
+    task = tasks["rte"]
+    with pytest.raises(DataError) as err:
+        file_digest(tmp_path / "nowhere.tsv", task, task.splits["dev"])
+    assert str(err.value) == f"{tmp_path / 'nowhere.tsv'}: file not found (task rte, split dev)"
