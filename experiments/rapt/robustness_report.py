@@ -12,6 +12,7 @@ from experiments.rapt.paper import TASK_LABEL
 from experiments.rapt.results import Evaluation, RunResult
 from experiments.rapt.stats import adjust, family_text, paired, size, size_text, verdict
 
+
 def _scores(run: RunResult, evaluation: Evaluation | None = None) -> tuple[float, dict[str, float]] | None:
     """(dev primary x100, {set: primary x100}) at ``evaluation`` (default: the run's best dev evaluation), each
     set's score the mean over the dev splits that scored it; None where it scored no robustness set."""
@@ -151,9 +152,8 @@ def markdown(section: dict, times: dict | None = None) -> list[str]:
     intro = ("At each run's best dev evaluation (chosen on dev only): the dev primary metric and the robustness "
              "set's (AdvGLUE dev: adversarial, human-checked GLUE dev examples), x100, mean ± sd over seeds; gap = "
              "dev - set (how much accuracy a method loses under attack). Paired tests as above, on the same seeds. "
-             "s/step: the runs' "
-             "own clocks, mean over seeds (training steps only), and its ratio to standard's on the same device (see "
-             "Training time).")
+             "s/step: the runs' own clocks, mean over seeds (training steps only), and its ratio to standard's on the "
+             "same device (see Training time).")
     if cpu_clock:
         intro += (" CPU s/step instead where a task's CPU runs recorded their process's CPU time (not moved by "
                   "other programs on the machine or by pauses).")
