@@ -318,3 +318,32 @@ def test_report_has_training_time_and_ratios(tmp_path):
     assert times["rapt"]["/standard"] == pytest.approx(2.0) and times["rapt"]["/smart"] == pytest.approx(2 / 3)
     md = report_markdown(report, "t")
     assert "| RTE | rapt | ? | 1 | 2.0 | 12.00 | 2.00 | 0.67 |" in md
+
+
+def test_verdict_summary_names_the_findings_and_leads_of_each_family():
+    """The paragraph at the top of a report: per family, the number of tests with a p, those beyond seed noise
+    after the Holm correction and the leads, each named with its difference and p, smallest p first; tests
+    without a p are not counted."""
+    from experiments.rapt.report import verdict_summary
+
+    def test(task, a, b, mean, p, holm, **extra):
+        return {"task": task, "a": a, "b": b, "mean_diff": mean, "p_value": p, "p_holm": holm, **extra}
+
+    paired = [test("rte", "rapt", "standard", -1.2, 0.20, 1.0), test("cola", "smart", "standard", -7.47, 0.026, 0.3),
+              test("average", "rapt", "smart", 2.5, 0.001, 0.004, over=["rte", "cola"]),
+              test("mrpc", "rapt", "standard", 0.4, None, None),
+              test("average", "smart", "standard", -0.5, 0.04, 0.3, over=["rte"])]
+    robust = [test("sst", "smart", "standard", -3.83, 0.023, 0.66, on="advglue"),
+              test("sst", "rapt", "standard", 0.0, 0.99, 1.0, on="dev")]
+    report = {"tasks": ["rte", "cola"], "paired": paired,
+              "robustness": {"sst": {"advglue": {"paired": robust}}}}
+    assert verdict_summary(report) == (
+        "**Verdicts** (the sections below give every test). Paired comparisons: 4 tests; beyond seed noise after "
+        "the Holm correction: Average rapt - smart +2.50 (p 0.001); leads (p < 0.05 before the correction only): "
+        "CoLA smart - standard -7.47 (p 0.026); Average (RTE) smart - standard -0.50 (p 0.040). Robustness, at the "
+        "dev-chosen evaluation: 2 tests; beyond seed noise after the Holm correction: none; leads (p < 0.05 before "
+        "the correction only): SST advglue smart - standard -3.83 (p 0.023).")
+    report["paired"], report["robustness"] = paired[:1], {}
+    assert verdict_summary(report) == (
+        "**Verdicts** (the sections below give every test). Paired comparisons: 1 test; beyond seed noise after "
+        "the Holm correction: none; no lead (none below p 0.05 before the correction).")

@@ -203,11 +203,43 @@ def _paired_line(c: dict, tasks: list[str]) -> str:
     p, holm = (f"{c[k]:.3f}" if c[k] is not None else "-" for k in ("p_value", "p_holm"))
     sd = f"{c['sd_diff']:.2f}" if c.get("sd_diff") is not None else "-"
     det, det_holm = (f"{c[k]:.2f}" if c[k] is not None else "-" for k in ("detectable", "detectable_holm"))
-    task = TASK_LABEL.get(c["task"], c["task"])
-    if c["task"] == "average":
-        task = "Average" + ("" if c["over"] == tasks else " (" + ", ".join(TASK_LABEL.get(t, t) for t in c["over"]) + ")")
-    return (f"| {task} | {c['a']} | {c['b']} | {c['n']} | {c['mean_diff']:+.2f} | {sd} | {c['a_wins']} | "
+    return (f"| {_task_label(c, tasks)} | {c['a']} | {c['b']} | {c['n']} | {c['mean_diff']:+.2f} | {sd} | {c['a_wins']} | "
             f"{c['b_wins']} | {p} | {holm} | {det} | {det_holm} | {verdict(c)} |")
+
+
+def _task_label(c: dict, tasks: list[str]) -> str:
+    """A paired test's task column: the task's label, or 'Average' (with the tasks it is over, where not all)."""
+    if c["task"] != "average":
+        return TASK_LABEL.get(c["task"], c["task"])
+    return "Average" + ("" if c["over"] == tasks else " (" + ", ".join(TASK_LABEL.get(t, t) for t in c["over"]) + ")")
+
+
+def _test_name(c: dict, tasks: list[str]) -> str:
+    """A paired test in a few words: 'CoLA smart - standard -7.47 (p 0.026)'; the set it is on where it is one
+    of the robustness section's ('SST advglue ...')."""
+    label = _task_label(c, tasks) + (f" {c['on']}" if "on" in c else "")
+    return f"{label} {c['a']} - {c['b']} {c['mean_diff']:+.2f} (p {c['p_value']:.3f})"
+
+
+def verdict_summary(report: dict) -> str:
+    """One paragraph at the top of the report: per family of paired tests (the paired comparisons; the robustness
+    section's dev-chosen tests), how many there are, which are beyond seed noise after the Holm correction and
+    which are leads (below 0.05 before it only), smallest p first."""
+    families = [("Paired comparisons", report["paired"])]
+    robust = [c for by_set in report.get("robustness", {}).values() for cell in by_set.values()
+              for c in cell["paired"]]
+    if robust:
+        families.append(("Robustness, at the dev-chosen evaluation", robust))
+    parts = []
+    for heading, tests in families:
+        tested = sorted((c for c in tests if c["p_value"] is not None), key=lambda c: c["p_value"])
+        beyond = [_test_name(c, report["tasks"]) for c in tested if verdict(c) == "beyond seed noise"]
+        leads = [_test_name(c, report["tasks"]) for c in tested if verdict(c) == "lead (not after Holm)"]
+        parts.append(f"{heading}: {len(tested)} test{'' if len(tested) == 1 else 's'}; beyond seed noise after the Holm correction: "
+                     + ("; ".join(beyond) if beyond else "none")
+                     + ("; leads (p < 0.05 before the correction only): " + "; ".join(leads) if leads else
+                        "; no lead (none below p 0.05 before the correction)") + ".")
+    return "**Verdicts** (the sections below give every test). " + " ".join(parts)
 
 
 def report_markdown(report: dict, title: str) -> str:
@@ -227,6 +259,7 @@ def report_markdown(report: dict, title: str) -> str:
     for group, picks in report["best_of"].items():
         lines += ["", f"`{group}` takes, per task, the member with the best mean primary dev metric over the seeds "
                   "its members share (a choice made on dev, as the paper's BEST rows): " + ", ".join(f"{t}: {m}" for t, m in picks.items()) + "."]
+    lines += ["", verdict_summary(report)]
     lines += ["", "## The paper (BERT-base, dev, mean of 5 seeds)", "",
               "Same columns. 'Average (these tasks)' is computed as ours; 'Paper Average' is the published column "
               "(the mean of all 12 numbers of the row, over all 8 GLUE tasks).", "",
