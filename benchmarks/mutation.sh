@@ -44,8 +44,8 @@ tests_for() {
     experiments/rapt/results.py) echo "tests/test_results_scan.py tests/test_campaign_report.py tests/test_archive.py tests/test_robustness_report.py
                                        tests/test_robustness_figure.py tests/test_peer.py tests/test_trust_data.py
                                        tests/test_campaign.py tests/test_task_def.py" ;;
-    data_utils/glue.py) echo "tests/test_glue_readers.py tests/test_trust_data.py tests/test_predict_input.py
-                              tests/test_glue_large_tasks.py tests/test_robustness_reader.py tests/test_properties.py" ;;
+    data_utils/glue.py) echo "tests/test_glue_readers.py tests/test_flat_features.py tests/test_trust_data.py
+                              tests/test_predict_input.py tests/test_glue_large_tasks.py tests/test_properties.py" ;;
     data_utils/task_def.py) echo "tests/test_task_def.py tests/test_robustness_reader.py tests/test_glue_readers.py
                                   tests/test_trust_data.py" ;;
     *) echo "no test list for $1" >&2; return 1 ;;
