@@ -343,7 +343,12 @@ def test_verdict_summary_names_the_findings_and_leads_of_each_family():
         "CoLA smart - standard -7.47 (p 0.026); Average (RTE) smart - standard -0.50 (p 0.040). Robustness, at the "
         "dev-chosen evaluation: 2 tests; beyond seed noise after the Holm correction: none; leads (p < 0.05 before "
         "the correction only): SST advglue smart - standard -3.83 (p 0.023).")
-    report["paired"], report["robustness"] = paired[:1], {}
+    # findings and no lead: nothing else below 0.05 (the findings are below it themselves)
+    report["paired"], report["robustness"] = paired[2:3], {}
+    assert verdict_summary(report) == (
+        "**Verdicts** (the sections below give every test). Paired comparisons: 1 test; beyond seed noise after "
+        "the Holm correction: Average rapt - smart +2.50 (p 0.001); no other test below p 0.05.")
+    report["paired"] = paired[:1]
     assert verdict_summary(report) == (
         "**Verdicts** (the sections below give every test). Paired comparisons: 1 test; beyond seed noise after "
         "the Holm correction: none; no lead (none below p 0.05 before the correction).")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from experiments.rapt.peer import main
 from experiments.rapt.results import load_result
 
@@ -53,10 +55,9 @@ def _peer_args(root, glue, adv, model, *extra):
 
 
 def test_a_cut_off_peer_run_resumes_to_the_numbers_of_an_uncut_one(tmp_path, tiny_model_dir, capsys, monkeypatch):
-    """A run cut off at step 5 (of 6; checkpoints at 2 and 4) and run again resumes from checkpoint-4 and ends with
+    """A run cut off at step 5 (of 6; checkpoints at 2, 3 and 4) and run again resumes from checkpoint-4 and ends with
     the same evaluations, losses and step count as a run that was never cut; a changed recipe is refused, and the
     checkpoints are gone once the run has ended."""
-    import pytest
     import transformers
 
     from mt_dnn.cli_utils import run_cli
@@ -91,7 +92,8 @@ def test_a_cut_off_peer_run_resumes_to_the_numbers_of_an_uncut_one(tmp_path, tin
     with pytest.raises(RuntimeError, match="cut off"):
         main(_peer_args(cut, glue, adv, tiny_model_dir))
     monkeypatch.setattr(transformers.Trainer, "training_step", real_step)
-    assert sorted(p.name for p in (folder / "trainer").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    # saved at step 2, at the end of epoch 1 (step 3, after its evaluation) and at step 4; the Trainer keeps two
+    assert sorted(p.name for p in (folder / "trainer").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
     assert not (folder / "metrics.jsonl").exists()
 
     # another learning rate is another run: refused, with what changed
@@ -126,3 +128,51 @@ def test_a_cut_off_peer_run_resumes_to_the_numbers_of_an_uncut_one(tmp_path, tin
             assert x["loss"] == pytest.approx(sum(uncut_losses[3:]) / 3, abs=1e-6)
             assert y["loss"] == pytest.approx(x["loss"], abs=1e-6)
     assert b[-1]["train_seconds"] > 0
+
+
+@pytest.mark.parametrize("cut", ["step 5 after an epoch-end checkpoint", "in the last evaluation"])
+def test_a_run_cut_after_an_epoch_end_checkpoint_still_evaluates_every_epoch(tmp_path, tiny_model_dir, monkeypatch,
+                                                                            cut):
+    """Checkpoints every 3 steps with 3 steps per epoch: each falls on an epoch's last step, where the Trainer on
+    its own would save before evaluating the epoch (a run resumed from there would never evaluate it). A run cut
+    in epoch 2, or while it evaluates epoch 2, resumes to both epochs' evaluations, as a run never cut has them."""
+    import transformers
+
+    from tests.glue_fixtures import write_glue
+
+    glue = write_glue(tmp_path / "glue", tasks=("rte",))
+    adv = tmp_path / "adv"
+    adv.mkdir()
+    rows = [{"idx": i, "sentence1": "the cat sat", "sentence2": "a dog ran", "label": i % 2} for i in range(5)]
+    (adv / "dev.json").write_text(json.dumps({"rte": rows}))
+    every3 = ("--save_every_steps", "3")
+    assert main(_peer_args(tmp_path / "whole", glue, adv, tiny_model_dir, *every3)) == 0
+    name, n = ("training_step", 5) if cut.startswith("step") else ("evaluate", 5)  # evaluate: 3 calls per epoch
+    real, calls = getattr(transformers.Trainer, name), []
+
+    def cut_off(self, *a, **k):
+        calls.append(1)
+        if len(calls) == n:
+            raise RuntimeError("cut off")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(transformers.Trainer, name, cut_off)
+    with pytest.raises(RuntimeError, match="cut off"):
+        main(_peer_args(tmp_path / "cut", glue, adv, tiny_model_dir, *every3))
+    monkeypatch.setattr(transformers.Trainer, name, real)
+    folder = tmp_path / "cut" / "rte" / "standard_hf" / "s3-peer"
+    # the epoch-1 checkpoint holds epoch 1's evaluation; no checkpoint at the very end
+    assert sorted(p.name for p in (folder / "trainer").glob("checkpoint-*")) == ["checkpoint-3"]
+    state = json.loads((folder / "trainer" / "checkpoint-3" / "trainer_state.json").read_text())
+    assert sum("eval_dev_loss" in h for h in state["log_history"]) == 1
+    assert main(_peer_args(tmp_path / "cut", glue, adv, tiny_model_dir, *every3)) == 0
+
+    def dev(root):
+        return [(r["epoch"], r["step"], r["metrics"], r["robustness"])
+                for r in map(json.loads, (root / "rte" / "standard_hf" / "s3-peer" / "metrics.jsonl").read_text()
+                             .splitlines()) if r["split"] == "dev"]
+
+    uncut, resumed = dev(tmp_path / "whole"), dev(tmp_path / "cut")
+    assert [d[:2] for d in resumed] == [d[:2] for d in uncut] == [(0, 3), (1, 6)]
+    for a, b in zip(uncut, resumed):
+        assert a[2] == pytest.approx(b[2], abs=1e-6) and a[3] == b[3]

@@ -13,9 +13,10 @@ The run is written as a campaign run folder, ``ROOT/<task>/standard_hf/s<seed>-p
 the row "standard, transformers.Trainer" beside ours.
 
 Every ``--save_every_steps`` steps the Trainer saves a checkpoint (weights, optimizer, schedule, RNG states and
-its log, under ``trainer/``); running the same command again resumes a cut-off run from its newest complete
-checkpoint, and refuses one whose recipe, encoder or data files differ from the run's. The checkpoints are
-removed when the run ends.
+its log, under ``trainer/``), and at each epoch's end after that epoch's evaluation; running the same command again
+resumes a cut-off run from its newest complete checkpoint, and refuses one whose recipe, encoder, data files or
+device differ from the run's. The checkpoints are removed when the run ends. ``train_seconds`` counts the training
+steps only (evaluations and checkpoint saves left out, as ``mt_dnn.train`` counts them), across a cut.
 """
 from __future__ import annotations
 
@@ -48,10 +49,10 @@ logger = logging.getLogger(__name__)
 METHOD = "standard_hf"  # the row's name in reports
 SUBSAMPLE = {"sst": 8000}  # as the campaign grids train SST-2
 ELAPSED = "elapsed.json"  # in each checkpoint folder: training seconds up to it, written once the checkpoint is whole
-# what a resumed run must share with the run that wrote its checkpoints (config.json's keys; how often it saves
-# may change)
+# what a resumed run must share with the run that wrote its checkpoints (config.json's keys; the Trainer keeps
+# saving as often as its checkpoint says, and the run's clock is one device's)
 RECIPE = ("tasks", "method", "tool", "seed", "epochs", "lr", "batch_size", "max_seq_len", "max_train_samples",
-          "resolved_model", "pooling", "data")
+          "resolved_model", "pooling", "save_every_steps", "data", "resolved_device")
 
 
 def last_checkpoint(trainer_dir: Path) -> Path | None:
@@ -134,10 +135,10 @@ def main(argv: list[str] | None = None) -> int:
               "method_options": {}, "resolved_device": "cpu" if not torch.cuda.is_available() else "cuda",
               "torch": torch.__version__, "threads": torch.get_num_threads()}
     trainer_dir = out / "trainer"
-    resume, clock = resume_point(out, config), {"before": 0.0}
+    resume, clock = resume_point(out, config), {"steps": 0.0}  # seconds of training steps, before a cut too
     if resume is not None:
-        clock["before"] = json.loads((resume / ELAPSED).read_text())["seconds"]
-        logger.info("resuming %s from %s (%.0f s of training before it)", out, resume.name, clock["before"])
+        clock["steps"] = json.loads((resume / ELAPSED).read_text())["seconds"]
+        logger.info("resuming %s from %s (%.0f s of training before it)", out, resume.name, clock["steps"])
     else:
         shutil.rmtree(trainer_dir, ignore_errors=True)  # a run cut off before its first whole checkpoint
 
@@ -156,13 +157,30 @@ def main(argv: list[str] | None = None) -> int:
         guesses = logits.reshape(len(logits), -1)[:, 0] if regression else logits.argmax(-1)
         return compute_metrics(task.metrics, guesses, np.asarray(pred.label_ids))
 
-    class Elapsed(TrainerCallback):
-        """Writes the training seconds so far into each checkpoint once the Trainer has saved it whole."""
+    class Checkpoints(TrainerCallback):
+        """The run's clock (training steps only: evaluations and checkpoint saves are left out, as in mt_dnn.train),
+        written into each checkpoint once the Trainer has saved it whole; and the order of saving and evaluating
+        at an epoch's end. The Trainer would save a checkpoint at the epoch's last step before it evaluates the
+        epoch, and a run resumed from it would never evaluate that epoch: such a save waits for the epoch's end,
+        after the evaluation (none at the very end, where metrics.jsonl is written instead)."""
+
+        def on_step_begin(self, targs, state, control, **kwargs):
+            clock["begin"] = time.perf_counter()
+
+        def on_step_end(self, targs, state, control, **kwargs):
+            clock["steps"] += time.perf_counter() - clock["begin"]
+            if state.global_step % (state.max_steps // args.epochs) == 0:
+                control.should_save = False  # an epoch's last step: saved at the epoch's end, after its evaluation
+            return control
+
+        def on_epoch_end(self, targs, state, control, **kwargs):
+            if args.save_every_steps and state.global_step < state.max_steps:
+                control.should_save = True
+            return control
 
         def on_save(self, targs, state, control, **kwargs):
             folder = Path(targs.output_dir) / f"checkpoint-{state.global_step}"
-            atomic.write_text(folder / ELAPSED, json.dumps(
-                {"seconds": clock["before"] + time.perf_counter() - clock["start"], "step": state.global_step}))
+            atomic.write_text(folder / ELAPSED, json.dumps({"seconds": clock["steps"], "step": state.global_step}))
 
     saving = {"save_strategy": "steps", "save_steps": args.save_every_steps,
               "save_total_limit": 2} if args.save_every_steps else {"save_strategy": "no"}
@@ -177,14 +195,13 @@ def main(argv: list[str] | None = None) -> int:
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available())  # pinning needs a GPU
     trainer = Trainer(model=model, args=targs, train_dataset=tokenized(tokenizer, task, train_ex, args.max_seq_len),
                       eval_dataset=evals, processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
-                      compute_metrics=metrics, callbacks=[Elapsed()])
+                      compute_metrics=metrics, callbacks=[Checkpoints()])
     trainer.remove_callback(PrinterCallback)  # it would print every step's log line; the evaluations are logged below
     out.mkdir(parents=True, exist_ok=True)
     if resume is None:
         atomic.write_text(out / "config.json", json.dumps(config, indent=2))
-    clock["start"] = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
-    seconds = clock["before"] + time.perf_counter() - clock["start"]
+    seconds = clock["steps"]
     steps_per_epoch = trainer.state.max_steps / args.epochs
     by_epoch: dict[int, dict] = {}
     for h in trainer.state.log_history:

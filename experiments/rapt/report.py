@@ -238,6 +238,7 @@ def verdict_summary(report: dict) -> str:
         parts.append(f"{heading}: {len(tested)} test{'' if len(tested) == 1 else 's'}; beyond seed noise after the Holm correction: "
                      + ("; ".join(beyond) if beyond else "none")
                      + ("; leads (p < 0.05 before the correction only): " + "; ".join(leads) if leads else
+                        "; no other test below p 0.05" if beyond else
                         "; no lead (none below p 0.05 before the correction)") + ".")
     return "**Verdicts** (the sections below give every test). " + " ".join(parts)
 
