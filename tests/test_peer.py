@@ -176,3 +176,27 @@ def test_a_run_cut_after_an_epoch_end_checkpoint_still_evaluates_every_epoch(tmp
     assert [d[:2] for d in resumed] == [d[:2] for d in uncut] == [(0, 3), (1, 6)]
     for a, b in zip(uncut, resumed):
         assert a[2] == pytest.approx(b[2], abs=1e-6) and a[3] == b[3]
+
+
+def test_peer_flag_errors_and_overwrite_of_a_cut_off_run(tmp_path, tiny_model_dir, capsys):
+    """A negative --save_every_steps is a one-line error before anything runs; --overwrite starts a cut-off run
+    (checkpoints, no metrics.jsonl) over instead of resuming it."""
+    from mt_dnn.cli_utils import run_cli
+    from tests.glue_fixtures import write_glue
+
+    glue = write_glue(tmp_path / "glue", tasks=("rte",))
+    adv = tmp_path / "adv"
+    adv.mkdir()
+    (adv / "dev.json").write_text(json.dumps({"rte": [{"idx": 0, "sentence1": "a", "sentence2": "b", "label": 0}]}))
+    root = tmp_path / "camp"
+    assert run_cli(main, _peer_args(root, glue, adv, tiny_model_dir, "--save_every_steps", "-1")) == 2
+    assert capsys.readouterr().err.strip() == "error: --save_every_steps must be >= 0"
+    assert not root.exists()
+    folder = root / "rte" / "standard_hf" / "s3-peer"
+    stale = folder / "trainer" / "checkpoint-4"
+    stale.mkdir(parents=True)
+    (stale / "elapsed.json").write_text(json.dumps({"seconds": 1.0, "step": 4}))
+    (folder / "config.json").write_text(json.dumps({"lr": 0.5}))  # another recipe: a resume would be refused
+    assert main(_peer_args(root, glue, adv, tiny_model_dir, "--overwrite")) == 0
+    assert "resuming" not in capsys.readouterr().err
+    assert json.loads((folder / "config.json").read_text())["lr"] == 1e-4 and not (folder / "trainer").exists()
