@@ -12,8 +12,8 @@ from data_utils.task_def import ConfigError
 from experiments.rapt.paper import METRIC_LABEL, PAPER_DEV, PAPER_METRICS, TASK_LABEL, cell_keys, task_order
 from experiments.rapt import robustness_report
 from experiments.rapt.results import RunResult
-from experiments.rapt.stats import (TIE, adjust, family_text, mean_std, paired_comparisons, seed_averages, size,
-                                    size_text, verdict)
+from experiments.rapt.stats import (TIE, adjust, family_text, mean_std, paired_cells, paired_comparisons,
+                                    paired_header, seed_averages, size, size_text, verdict)
 
 
 def training_times(by: dict[str, dict[str, dict[int, RunResult]]], names: list[str], tasks: list[str]) -> dict:
@@ -200,11 +200,7 @@ def _missing_lines(report: dict) -> list[str]:
 
 def _paired_line(c: dict, tasks: list[str]) -> str:
     """One paired comparison as a markdown table row."""
-    p, holm = (f"{c[k]:.3f}" if c[k] is not None else "-" for k in ("p_value", "p_holm"))
-    sd = f"{c['sd_diff']:.2f}" if c.get("sd_diff") is not None else "-"
-    det, det_holm = (f"{c[k]:.2f}" if c[k] is not None else "-" for k in ("detectable", "detectable_holm"))
-    return (f"| {_task_label(c, tasks)} | {c['a']} | {c['b']} | {c['n']} | {c['mean_diff']:+.2f} | {sd} | {c['a_wins']} | "
-            f"{c['b_wins']} | {p} | {holm} | {det} | {det_holm} | {verdict(c)} |")
+    return f"| {_task_label(c, tasks)} " + paired_cells(c)
 
 
 def _task_label(c: dict, tasks: list[str]) -> str:
@@ -235,8 +231,8 @@ def verdict_summary(report: dict) -> str:
         tested = sorted((c for c in tests if c["p_value"] is not None), key=lambda c: c["p_value"])
         beyond = [_test_name(c, report["tasks"]) for c in tested if verdict(c) == "beyond seed noise"]
         leads = [_test_name(c, report["tasks"]) for c in tested if verdict(c) == "lead (not after Holm)"]
-        parts.append(f"{heading}: {len(tested)} test{'' if len(tested) == 1 else 's'}; beyond seed noise after the Holm correction: "
-                     + ("; ".join(beyond) if beyond else "none")
+        parts.append(f"{heading}: {len(tested)} test{'' if len(tested) == 1 else 's'}; beyond seed noise after the "
+                     "Holm correction: " + ("; ".join(beyond) if beyond else "none")
                      + ("; leads (p < 0.05 before the correction only): " + "; ".join(leads) if leads else
                         "; no other test below p 0.05" if beyond else
                         "; no lead (none below p 0.05 before the correction)") + ".")
@@ -309,9 +305,7 @@ def report_markdown(report: dict, title: str) -> str:
     for heading, group in (("On the Average", averages), ("Per task", per_task)):
         if not group:
             continue
-        lines += ["", f"### {heading}", "",
-                  "| Task | A | B | Seeds | mean(A-B) | sd | A wins | B wins | p | p (Holm) | detectable | "
-                  "detectable (Holm) | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", f"### {heading}", ""] + paired_header("Task")
         lines += [_paired_line(c, report["tasks"]) for c in group]
     lines += robustness_report.markdown(report.get("robustness", {}), report.get("times", {}))
     lines += ["", "## Runs not in the table", ""] + _missing_lines(report)

@@ -10,7 +10,7 @@ import numpy as np
 
 from experiments.rapt.paper import TASK_LABEL
 from experiments.rapt.results import Evaluation, RunResult
-from experiments.rapt.stats import adjust, family_text, paired, size, size_text, verdict
+from experiments.rapt.stats import adjust, family_text, paired, paired_cells, paired_header, size, size_text
 
 
 def _scores(run: RunResult, evaluation: Evaluation | None = None) -> tuple[float, dict[str, float]] | None:
@@ -181,15 +181,7 @@ def markdown(section: dict, times: dict | None = None) -> list[str]:
 def _paired_table(tests: list[dict]) -> list[str]:
     if not tests:
         return []
-    lines = ["", "| On | A | B | Seeds | mean(A-B) | sd | A wins | B wins | p | p (Holm) | detectable | "
-                 "detectable (Holm) | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for c in tests:
-        p, holm = (f"{c[k]:.3f}" if c[k] is not None else "-" for k in ("p_value", "p_holm"))
-        sd = f"{c['sd_diff']:.2f}" if c["sd_diff"] is not None else "-"
-        det, det_holm = (f"{c[k]:.2f}" if c[k] is not None else "-" for k in ("detectable", "detectable_holm"))
-        lines.append(f"| {c['on']} | {c['a']} | {c['b']} | {c['n']} | {c['mean_diff']:+.2f} | {sd} | "
-                     f"{c['a_wins']} | {c['b_wins']} | {p} | {holm} | {det} | {det_holm} | {verdict(c)} |")
-    return lines
+    return [""] + paired_header("On") + [f"| {c['on']} " + paired_cells(c) for c in tests]
 
 
 def _by_epoch_lines(label: str, set_name: str, history: dict) -> list[str]:

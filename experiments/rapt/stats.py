@@ -115,6 +115,26 @@ def verdict(c: dict) -> str:
     return "lead (not after Holm)" if c["p_value"] < ALPHA else "within seed noise"
 
 
+# the columns every paired-test table shares, after its first (the task, or what the test is on)
+PAIRED_COLUMNS = ("A", "B", "Seeds", "mean(A-B)", "sd", "A wins", "B wins", "p", "p (Holm)", "detectable",
+                  "detectable (Holm)", "verdict")
+
+
+def paired_cells(c: dict) -> str:
+    """A paired test's :data:`PAIRED_COLUMNS` cells as a markdown row's tail ('| smart | standard | 3 | ... |');
+    '-' where a value is undefined (fewer than 2 seeds, or differences all equal)."""
+    p, holm = (f"{c[k]:.3f}" if c[k] is not None else "-" for k in ("p_value", "p_holm"))
+    sd, det, det_holm = (f"{c[k]:.2f}" if c[k] is not None else "-"
+                         for k in ("sd_diff", "detectable", "detectable_holm"))
+    return (f"| {c['a']} | {c['b']} | {c['n']} | {c['mean_diff']:+.2f} | {sd} | {c['a_wins']} | {c['b_wins']} | "
+            f"{p} | {holm} | {det} | {det_holm} | {verdict(c)} |")
+
+
+def paired_header(first: str) -> list[str]:
+    """The header and rule lines of a paired-test table whose first column is ``first``."""
+    return [f"| {first} | " + " | ".join(PAIRED_COLUMNS) + " |", "|---" * (len(PAIRED_COLUMNS) + 1) + "|"]
+
+
 def family_text(tests: list[dict], whose: str) -> str:
     """What 'p (Holm)' and the verdicts mean for the family ``tests`` (the tests of ``whose`` tables), then
     :func:`family_line`."""
