@@ -200,3 +200,40 @@ def test_peer_flag_errors_and_overwrite_of_a_cut_off_run(tmp_path, tiny_model_di
     assert main(_peer_args(root, glue, adv, tiny_model_dir, "--overwrite")) == 0
     assert "resuming" not in capsys.readouterr().err
     assert json.loads((folder / "config.json").read_text())["lr"] == 1e-4 and not (folder / "trainer").exists()
+
+
+def test_a_resume_refuses_changed_encoder_files_or_data_under_the_same_paths(tmp_path, tiny_model_dir, capsys):
+    """The recipe a resume must share holds the digests of the encoder's files and of the data files (as
+    mt_dnn.train's --resume): a file changed under the same path is refused, naming what changed."""
+    import shutil
+
+    from mt_dnn.cli_utils import run_cli
+    from tests.glue_fixtures import write_glue
+
+    glue = write_glue(tmp_path / "glue", tasks=("rte",))
+    adv = tmp_path / "adv"
+    adv.mkdir()
+    (adv / "dev.json").write_text(json.dumps({"rte": [{"idx": 0, "sentence1": "a", "sentence2": "b", "label": 0}]}))
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    root = tmp_path / "camp"
+    assert main(_peer_args(root, glue, adv, model)) == 0
+    folder = root / "rte" / "standard_hf" / "s3-peer"
+    saved = json.loads((folder / "config.json").read_text())
+    assert set(saved["data"]) == {"rte/train", "rte/dev", "rte/advglue"} and len(saved["model_files"]) == 16
+    (folder / "metrics.jsonl").unlink()  # as if cut off after a whole checkpoint
+    (folder / "trainer" / "checkpoint-4").mkdir(parents=True)
+    (folder / "trainer" / "checkpoint-4" / "elapsed.json").write_text(json.dumps({"seconds": 1.0, "step": 4}))
+    config = model / "config.json"
+    config.write_text(config.read_text() + "\n")  # the same encoder folder, one of its files changed
+    capsys.readouterr()
+    assert run_cli(main, _peer_args(root, glue, adv, model)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {folder}: holds a run cut off at checkpoint-4 with another recipe (model_files "
+                          f"'{saved['model_files']}' -> '") and "data" not in err
+    config.write_text(config.read_text()[:-1])  # back as it was; now the dev file changes
+    dev = glue / "RTE" / "dev.tsv"
+    dev.write_text(dev.read_text() + "\n")
+    assert run_cli(main, _peer_args(root, glue, adv, model)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "with another recipe (data {" in err and "model_files" not in err

@@ -35,7 +35,8 @@ import torch
 
 from data_utils import atomic
 from data_utils.batching import seeded_subset
-from data_utils.glue import file_digest, read_split, split_path
+from data_utils.features import data_fingerprint
+from data_utils.glue import read_split
 from data_utils.metrics import compute_metrics
 from data_utils.robustness import load_sets, robustness_dir, set_digests
 from data_utils.task_def import ConfigError, load_task_defs
@@ -43,6 +44,7 @@ from experiments.hf_trainer import load_classifier, tokenized
 from experiments.rapt.results import load_result
 from mt_dnn.cli_utils import run_cli, setup_logging
 from mt_dnn.model import resolve_model
+from mt_dnn.run_folder import model_digest
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ ELAPSED = "elapsed.json"  # in each checkpoint folder: training seconds up to it
 # what a resumed run must share with the run that wrote its checkpoints (config.json's keys; the Trainer keeps
 # saving as often as its checkpoint says, and the run's clock is one device's)
 RECIPE = ("tasks", "method", "tool", "seed", "epochs", "lr", "batch_size", "max_seq_len", "max_train_samples",
-          "resolved_model", "pooling", "save_every_steps", "data", "resolved_device")
+          "resolved_model", "model_files", "pooling", "save_every_steps", "data", "resolved_device")
 
 
 def last_checkpoint(trainer_dir: Path) -> Path | None:
@@ -129,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     config = {"tasks": task.name, "method": METHOD, "tool": "transformers.Trainer", "seed": args.seed,
               "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "max_seq_len": args.max_seq_len,
               "max_train_samples": SUBSAMPLE.get(task.name), "resolved_model": model_path, "pooling": "cls (pooler)",
-              "save_every_steps": args.save_every_steps,
-              "data": {**{s.name: file_digest(split_path(args.glue_dir, task, s), task, s)[0].hex()[:16]
-                          for s in (train_split, dev_split)}, **set_digests([task], rdir)},
+              "model_files": model_digest(model_path), "save_every_steps": args.save_every_steps,
+              # the files it reads, as mt_dnn.train records them for its own --resume
+              "data": {**data_fingerprint(args.glue_dir, [task], with_dev=True), **set_digests([task], rdir)},
               "method_options": {}, "resolved_device": "cpu" if not torch.cuda.is_available() else "cuda",
               "torch": torch.__version__, "threads": torch.get_num_threads()}
     trainer_dir = out / "trainer"
