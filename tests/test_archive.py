@@ -46,6 +46,25 @@ def test_archived_runs_fill_missing_cells_and_folders_win(tmp_path):
     assert per_seed.startswith("| old_smart | 61.2 (ep 3) | 58.8 (ep ?) |")  # an epoch the archive lacks
 
 
+def test_several_archives_count_together_and_a_cell_in_two_of_them_is_refused(tmp_path, capsys):
+    """A study's CPU cells in one archive and its GPU cells in another: the report reads both files."""
+    root = tmp_path / "root"
+    write_fake_runs(root, _grid(tmp_path / "grid.yml"))
+    cpu = _archive(tmp_path / "cpu.json", [
+        {"task": "rte", "method": "old_smart", "seed": 1, "epoch": 2, "metrics": {"acc": 0.612}}])
+    gpu = _archive(tmp_path / "gpu.json", [
+        {"task": "rte", "method": "old_smart", "seed": 2, "epoch": 0, "metrics": {"acc": 0.588},
+         "device": "cuda (NVIDIA H100 80GB HBM3)"}])
+    assert campaign.main(["--root", str(root), "--report", "--archive", str(cpu), str(gpu)]) == 0
+    row = next(line for line in (root / "report.md").read_text().splitlines() if line.startswith("| old_smart |"))
+    assert "60.0 ± 1.7" in row  # both files' cells: mean and sample std of 61.2 and 58.8
+    twice = _archive(tmp_path / "twice.json", [
+        {"task": "rte", "method": "old_smart", "seed": 1, "epoch": 0, "metrics": {"acc": 0.5}}])
+    assert run_cli(campaign.main, ["--root", str(root), "--report", "--archive", str(cpu), str(twice)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {twice}: rte/old_smart seed 1 is archived in {cpu} too")
+
+
 def test_the_grid_report_lists_the_cells_it_lacks_and_says_when_none_are(tmp_path, capsys):
     """Cells of the grid with no folder and no archived result are 'not started'; an archived result counts."""
     root, grid = tmp_path / "root", _grid(tmp_path / "grid.yml")
@@ -364,3 +383,48 @@ def test_training_time_ratios_compare_runs_on_the_same_device_only(tmp_path):
     md = report_markdown(report, "t")
     assert "| RTE | rapt @ cpu | cpu | 1 | 10.0 | 6.00 | 1.50 | 0.50 |" in md
     assert "| RTE | r3f | cuda (H200) | 1 | 0.3 | 0.20 | - | - |" in md
+
+
+def test_a_clock_that_timed_evaluations_is_shown_apart_and_gets_no_ratio(tmp_path, capsys):
+    """The peer's first runs timed their evaluations with their steps: their clock is not ours, so the Training
+    time table marks it and divides by no standard run."""
+    root = tmp_path / "root"
+    root.mkdir()
+    runs = [{"task": "rte", "method": "standard", "seed": 1, "epoch": 0, "metrics": {"acc": 0.5},
+             "train_seconds": 600.0, "steps": 200, "device": "cpu"},
+            {"task": "rte", "method": "smart", "seed": 1, "epoch": 0, "metrics": {"acc": 0.5},
+             "train_seconds": 1800.0, "steps": 200, "device": "cpu"},
+            {"task": "rte", "method": "standard_hf", "seed": 1, "epoch": 0, "metrics": {"acc": 0.5},
+             "train_seconds": 1200.0, "steps": 200, "device": "cpu", "clock": "steps+eval"}]
+    for r in runs:
+        r["robustness"] = {"advglue": {"acc": 0.25}}
+    arch = _archive(tmp_path / "a.json", runs)
+    assert campaign.main(["--root", str(root), "--report", "--archive", str(arch), "--order",
+                          "standard,standard_hf,smart"]) == 0
+    table = (root / "report.md").read_text()
+    assert "| RTE | standard_hf | cpu, clock with evaluations | 1 | 20.0 | 6.00 | - | - |" in table
+    assert "| RTE | smart | cpu | 1 | 30.0 | 9.00 | 3.00 | 1.00 |" in table  # 9 s/step over standard's 3
+    assert "A device marked 'clock with evaluations'" in table
+    robust = table[table.index("## Robustness"):]  # its cost column says which clock, and divides by nothing
+    assert "| standard_hf | 1 | 50.0 | 25.0 | 25.0 | 6.00 (with evaluations) | - |" in robust
+    assert "| smart | 1 | 50.0 | 25.0 | 25.0 | 9.00 | 3.00 |" in robust
+    runs[2]["clock"] = "wall"
+    bad = _archive(tmp_path / "b.json", runs)
+    assert run_cli(campaign.main, ["--root", str(root), "--report", "--archive", str(bad)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {bad}: runs[2]: clock 'wall'; choose one of steps, steps+eval")
+
+
+def test_archiving_folders_records_their_clock_only_when_it_is_not_the_steps_alone(tmp_path):
+    from experiments.rapt.archive import add_runs
+
+    root = tmp_path / "root"
+    write_fake_runs(root, _grid(tmp_path / "grid.yml"))
+    done = sorted(str(f) for f in root.glob("rte/standard/s*") if (f / "metrics.jsonl").is_file())[:2]
+    add_runs(tmp_path / "steps.json", done[:1], source="test")
+    add_runs(tmp_path / "eval.json", done[1:], source="test", clock="steps+eval")
+    assert "clock" not in json.loads((tmp_path / "steps.json").read_text())["runs"][0]
+    assert json.loads((tmp_path / "eval.json").read_text())["runs"][0]["clock"] == "steps+eval"
+    assert [r.clock for r in load_archive(tmp_path / "eval.json")] == ["steps+eval"]
+    with pytest.raises(ConfigError, match="--clock 'wall'; choose one of steps, steps"):
+        add_runs(tmp_path / "x.json", done[:1], source="test", clock="wall")

@@ -22,6 +22,9 @@ NOT_REPLACEMENTS = {
     ("data_utils/download_glue.py", "os.replace(root, final)"): "publishes the checked task folder in one rename",
     ("mt_dnn/run_folder.py", 'os.fdopen(fd, "w")'): "the lock, made with O_EXCL (its existence is the lock)",
     ("experiments/rapt/adopt.py", "tmp.rename(run.folder)"): "publishes the adopted copy in one rename",
+    ("experiments/rapt/gpu_study.py", '(staging / f"part{i}").rename('): "publishes a written part folder in one "
+                                                                         "rename",
+    ("experiments/rapt/gpu_study.py", 'open(cell.folder / "campaign.out", "w")'): "a training's output as it runs",
 }
 
 

@@ -18,7 +18,9 @@ split, named as its run folders name them: ``"metrics": {"dev_matched": {"acc": 
 (the primary metric is then their mean, as for a run folder). ``device`` (``cpu``, ``cuda (NVIDIA H200)``) says
 what a run trained on, so the report compares its clock only with runs on the same device; a top-level
 ``device`` is the default for entries that name none, and without either it is ``?``. ``train_cpu_seconds``
-(optional) is the training process's CPU time in its steps, as its train record gave it.
+(optional) is the training process's CPU time in its steps, as its train record gave it. ``clock`` (optional,
+``steps`` when absent) says what ``train_seconds`` counts: ``steps+eval`` for a run whose tool timed its
+evaluations with its training steps; the report compares such clocks only with their own kind.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from pathlib import Path
 
 from data_utils import atomic
 from data_utils.task_def import ConfigError
-from experiments.rapt.results import Evaluation, RunResult, task_defs
+from experiments.rapt.results import CLOCKS, Evaluation, RunResult, task_defs
 
 REQUIRED = ("task", "method", "seed", "epoch", "metrics")
 
@@ -110,6 +112,9 @@ def load_archive(path: str | Path) -> list[RunResult]:
         steps = _number(entry, "steps", int, where, optional=True)
         seconds = _number(entry, "train_seconds", float, where, optional=True)
         cpu = _number(entry, "train_cpu_seconds", float, where, optional=True)
+        clock = entry.get("clock", "steps")
+        if clock not in CLOCKS:
+            raise ConfigError(f"{where}: clock {clock!r}; choose one of {', '.join(CLOCKS)}")
         config = entry.get("config")
         if config is not None and not isinstance(config, dict):
             raise ConfigError(f"{where}: config must be an object (the run's config.json settings)")
@@ -134,7 +139,22 @@ def load_archive(path: str | Path) -> list[RunResult]:
                                   f"{best.epoch})")
         out.append(RunResult(task, name, seed, path, True, evaluations, seconds, steps, primary, config,
                              device=str(entry.get("device", default_device)), train_cpu_seconds=cpu,
-                             history=history is not None, chosen=best))
+                             history=history is not None, chosen=best, clock=clock))
+    return out
+
+
+def load_archives(paths: list[str | Path]) -> list[RunResult]:
+    """The runs of several archives together (a study's CPU cells in one file, its GPU cells in another); a
+    (task, method, seed) archived in two of them is a one-line ConfigError naming both files."""
+    out: list[RunResult] = []
+    first: dict[tuple[str, str, int], str | Path] = {}
+    for path in paths:
+        for run in load_archive(path):
+            key = (run.task, run.name, run.seed)
+            if key in first:
+                raise ConfigError(f"{path}: {run.task}/{run.name} seed {run.seed} is archived in {first[key]} too")
+            first[key] = path
+            out.append(run)
     return out
 
 
@@ -169,6 +189,7 @@ def archive_entry(result: RunResult) -> dict:
             "train_seconds": round(result.train_seconds, 1) if result.train_seconds else None,
             "steps": result.steps, "device": result.device,
             **({"train_cpu_seconds": round(result.train_cpu_seconds, 1)} if result.train_cpu_seconds else {}),
+            **({"clock": result.clock} if result.clock != "steps" else {}),
             "config": {"method": settings.get("method"), "method_options": settings.get("method_options", {})},
             **({"evaluations": [{"epoch": e.epoch, "step": e.step, **_scores(e)} for e in result.evaluations]}
                if result.history else {})}
@@ -182,12 +203,15 @@ def _write(path: Path, data: dict) -> None:
 
 
 def add_runs(path: str | Path, folders: list[str], source: str | None = None, replace: bool = False,
-             new_only: bool = False) -> list[str]:
+             new_only: bool = False, clock: str = "steps") -> list[str]:
     """Add finished run folders (``ROOT/<task>/<method name>/s<seed>-<hash>``) to the archive ``path`` (made if
     missing, which needs ``source``). A (task, method, seed) already archived is an error unless ``replace``; with
     ``new_only`` the folders not finished yet and the runs archived already are skipped instead (one line each), so
-    the command can be repeated while a campaign runs. Every folder is checked before the file changes. Returns
-    one line per run."""
+    the command can be repeated while a campaign runs. ``clock``: what the folders' ``train_seconds`` count
+    (``steps+eval`` for runs whose tool timed their evaluations with the steps). Every folder is checked before
+    the file changes. Returns one line per run."""
+    if clock not in CLOCKS:
+        raise ConfigError(f"--clock {clock!r}; choose one of {', '.join(CLOCKS)}")
     from experiments.rapt.results import load_result
 
     path = Path(path)
@@ -210,6 +234,7 @@ def add_runs(path: str | Path, folders: list[str], source: str | None = None, re
         if new_only and (not result.finished or (result.task, result.name, result.seed) in index):
             lines.append(f"skipped {folder}: {'archived already' if result.finished else 'not finished'}")
             continue
+        result.clock = clock
         entries.append(archive_entry(result))
     keys = [(e["task"], e["method"], e["seed"]) for e in entries]
     if len(set(keys)) < len(keys):
@@ -243,10 +268,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new", action="store_true",
                    help="add only the finished runs not archived yet, skipping the rest (to repeat while a "
                         "campaign runs: ROOT/*/*/s*)")
+    p.add_argument("--clock", choices=CLOCKS, default="steps",
+                   help="what the runs' train_seconds count: steps (training steps only, as mt_dnn.train and the "
+                        "peer time a run) or steps+eval (runs whose tool timed their evaluations too); the report "
+                        "compares clocks of one kind only")
     args = p.parse_args(argv)
     if args.new and args.replace:
         p.error("--new and --replace contradict each other")
-    for line in add_runs(args.archive, args.runs, args.source, args.replace, args.new):
+    for line in add_runs(args.archive, args.runs, args.source, args.replace, args.new, args.clock):
         print(line)
     return 0
 

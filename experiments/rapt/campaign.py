@@ -60,7 +60,7 @@ from pathlib import Path
 
 from data_utils.task_def import ConfigError
 from experiments.rapt.adopt import adopt_runs
-from experiments.rapt.archive import load_archive, with_archive
+from experiments.rapt.archive import load_archives, with_archive
 from experiments.rapt.costs import dry_run
 from experiments.rapt.grid import load_grid, plan_grids
 from experiments.rapt.launch import LaunchOptions, SlurmOptions, commands, run_campaign
@@ -186,10 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", help="the report's paired tests compare each row with only these rows "
                                        "(comma-separated, e.g. standard,smart; default: every row above it); a row "
                                        "whose runs have not finished yet compares with nothing until they have")
-    p.add_argument("--archive", metavar="FILE",
-                   help="archived best dev results of runs whose folders are gone (JSON; see experiments.rapt.archive)"
-                        ": the report includes them where no run folder covers the cell, and the campaign does not "
-                        "train those cells again (leave --archive out to re-run them)")
+    p.add_argument("--archive", metavar="FILE", nargs="+",
+                   help="archived best dev results of runs whose folders are gone (JSON; see experiments.rapt.archive"
+                        "; several files: their cells together, none in two): the report includes them where no run "
+                        "folder covers the cell, and the campaign does not train those cells again (leave --archive "
+                        "out to re-run them)")
     p.add_argument("--adopt", nargs="+", metavar="RUN_DIR",
                    help="copy these finished runs (same task, seed and flags as a grid cell, e.g. made by "
                         "run_scripts/run_<task>.sh) into the grid's folders, then continue (with --dry_run: "
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     root = Path(args.root)
-    archived = load_archive(args.archive) if args.archive else []
+    archived = load_archives(args.archive) if args.archive else []
     launch = _launch_options(args)
     if args.grid is None:
         if not args.report:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from data_utils.task_def import ConfigError
-from experiments.rapt.archive import load_archive, with_archive
+from experiments.rapt.archive import load_archives, with_archive
 from experiments.rapt.figure1 import campaign_folder, headless_pyplot, save_figure
 from experiments.rapt.paper import TASK_LABEL
 from experiments.rapt.results import RunResult, scan_results
@@ -85,13 +85,13 @@ def draw_baseline(ax, scores: dict[int, float], seeds: set[int], method: str) ->
     return note + "."
 
 
-def gather(folder: str | None, archive: str | None) -> list[RunResult]:
-    """The runs under ``folder`` plus ``archive``'s (a folder wins); the folder may be missing if an archive is
+def gather(folder: str | None, archives: list[str] | None) -> list[RunResult]:
+    """The runs under ``folder`` plus the archives' (a folder wins); the folder may be missing if an archive is
     given."""
     results = []
-    if folder and (Path(folder).exists() or not archive):
+    if folder and (Path(folder).exists() or not archives):
         results = scan_results(campaign_folder(folder))
-    return with_archive(results, load_archive(archive)) if archive else results
+    return with_archive(results, load_archives(archives)) if archives else results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", help="a campaign folder whose --baseline_method runs give the reference line "
                                       "(same seeds as the sweep) and the seed-noise band (mean ± std, all seeds)")
     p.add_argument("--baseline_method", default="standard", help="method name of the baseline runs")
-    p.add_argument("--archive", help="archived sweep runs (JSON, entries with a `config`) beside --root's "
-                                     "folders; a folder wins over an archived cell")
-    p.add_argument("--baseline_archive", help="archived baseline runs beside --baseline's folders")
+    p.add_argument("--archive", nargs="+", help="archived sweep runs (JSON, entries with a `config`) beside "
+                                                "--root's folders; a folder wins over an archived cell")
+    p.add_argument("--baseline_archive", nargs="+", help="archived baseline runs beside --baseline's folders")
     p.add_argument("--out", default="experiments/rapt/results/layers.png",
                    help="the PNG (default: the study's own figure, which it replaces)")
     p.add_argument("--table", default=None, help="markdown table (default: --out with .md)")

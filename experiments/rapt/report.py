@@ -18,8 +18,10 @@ from experiments.rapt.stats import (TIE, adjust, family_text, mean_std, paired_c
 
 def training_times(by: dict[str, dict[str, dict[int, RunResult]]], names: list[str], tasks: list[str]) -> dict:
     """Table 3 style, per task and method: mean training minutes and seconds per step over seeds, the device the
-    runs trained on, and the ratios to ``standard`` and ``smart`` where those ran on the same device. A method
-    whose runs of a task trained on several devices gets one row per device, named ``<method> @ <device>``. The
+    runs trained on, and the ratios to ``standard`` and ``smart`` where those ran on the same device with a clock
+    of the same kind (``RunResult.clock``; a clock that included evaluations shows as ``<device>, clock with
+    evaluations``). A method whose runs of a task trained on several devices (or kinds of clock) gets one row per
+    device, named ``<method> @ <device>``. The
     runs' own clocks: compare runs made under the same conditions (the same --jobs, nothing else on the machine);
     experiments.rapt.speed is the controlled measure. CPU runs that recorded their process's CPU time
     (``train_cpu_seconds``) also get CPU seconds per step (``cpu_s_per_step``) and its ratios (``cpu/standard``,
@@ -29,9 +31,10 @@ def training_times(by: dict[str, dict[str, dict[int, RunResult]]], names: list[s
         rows = {}
         for name in names:
             runs = [r for r in by.get(name, {}).get(task, {}).values() if r.train_seconds and r.steps]
-            devices = sorted({r.device for r in runs})
+            where = {id(r): r.device + (", clock with evaluations" if r.clock == "steps+eval" else "") for r in runs}
+            devices = sorted(set(where.values()))
             for device in devices:
-                on = [r for r in runs if r.device == device]
+                on = [r for r in runs if where[id(r)] == device]
                 row = rows[name if len(devices) == 1 else f"{name} @ {device}"] = {
                     "method": name, "device": device,
                     "minutes": float(np.mean([r.train_seconds for r in on])) / 60.0,
@@ -275,6 +278,11 @@ def report_markdown(report: dict, title: str) -> str:
                   "alone ('?': the records do not say).", "",
                   "| Task | Method | Device | Runs | Minutes | s/step | / standard | / smart |",
                   "|---|---|---|---|---|---|---|---|"]
+        if any(t["device"].endswith("clock with evaluations") for rows_t in report["times"].values()
+               for t in rows_t.values()):
+            lines[-4] += (" A device marked 'clock with evaluations': those runs' tool timed their evaluations with "
+                          "their steps, so their minutes and s/step are not comparable with the other rows' and get "
+                          "no ratio.")
         cpu = any("cpu_s_per_step" in t for rows_t in report["times"].values() for t in rows_t.values())
         if cpu:  # the runs' CPU time too: a clock that other programs on the machine and pauses do not move
             lines[-4] += (" CPU s/step: the training process's CPU time per step (all its threads; CPU runs that "

@@ -42,6 +42,7 @@ def read_records(path: Path) -> list[dict]:
 
 
 DEV_KEYS = ("epoch", "step", "train_seconds", "metrics")
+CLOCKS = ("steps", "steps+eval")  # what a run's train_seconds counts (RunResult.clock)
 
 
 def check_dev_record(path: Path, line: int, record: dict, primary: str) -> None:
@@ -102,6 +103,9 @@ class RunResult:
     # an archived run's best dev evaluation as its entry gives it (its evaluations, rounded, may tie where the
     # run's own scores did not); None: chosen from ``evaluations``
     chosen: Evaluation | None = None
+    # what train_seconds counts: "steps" (training steps only, as mt_dnn.train and the peer time a run) or
+    # "steps+eval" (its evaluations too: an archive entry says so for runs whose tool timed them with the steps)
+    clock: str = "steps"
 
     def settings(self) -> dict:
         """The run's config.json (``method``, ``method_options``, ...), or what its archive entry recorded."""

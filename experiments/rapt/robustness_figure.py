@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                                 description="Dev against robustness-set (AdvGLUE) score per run and method.")
     p.add_argument("--root", required=True, help="a campaign folder (<task>/<method>/s<seed>*/); may be missing "
                                                  "when --archive is given")
-    p.add_argument("--archive", help="archived runs (JSON) beside --root's folders; a folder wins")
+    p.add_argument("--archive", nargs="+", help="archived runs (JSON; several files: their cells together) beside "
+                                                "--root's folders; a folder wins")
     p.add_argument("--tasks", help="comma-separated tasks, one panel each (default: every task with a set)")
     p.add_argument("--methods", help="comma-separated method names, in legend order (default: all)")
     p.add_argument("--robustness_dir", help="folder of the robustness files, for the majority-class line "

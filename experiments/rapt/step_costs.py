@@ -31,7 +31,7 @@ def step_costs(archive: Path = ARCHIVE, benchmark: Path = BENCHMARK) -> dict:
     """``{"source": text, task: {method: seconds per step}}``: measured where a CPU run exists, else scaled."""
     per_run: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run in load_archive(archive):
-        if run.device == "cpu" and run.train_seconds and run.steps:
+        if run.device == "cpu" and run.clock == "steps" and run.train_seconds and run.steps:
             per_run[run.task][run.name].append(run.train_seconds / run.steps)
     bench = json.loads(benchmark.read_text())["median_seconds"]
     table: dict = {"source": (

