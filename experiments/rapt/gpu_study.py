@@ -17,13 +17,15 @@ unpacks), the code of ``--commit`` (``git archive``: every run trains on that on
 commit needs), the GLUE folders of the grids' tasks and the robustness sets' file, and the pure-Python packages
 that the machine may lack (submitit). ``run`` runs the cells of ``--grid NAME=SEEDS`` (default: the robustness
 grid's seeds 6-10, then the core grid's seeds 4-10), each grid with its seeds replaced and ``tf32: false`` added
-(full fp32, as on the CPU), ``--jobs`` trainings side by side on the one GPU in plan order, until ``--seconds``
-less a reserve for the ending are spent: then the trainings still running are stopped (they are lost with the
-machine) and no more start. It writes to ``--out``, which comes back: per grid, ``archive_<grid>.json`` (the
-finished cells, :mod:`experiments.rapt.archive`'s format, each with its device), ``runs.tar.gz`` (every run
-folder's flags, config, metrics and log; no weights) and ``gpu_study.json`` (device, versions, commit, the cells
-finished, stopped or failed, seconds). ``run --cpu_smoke`` runs the first task and first two methods of each grid
-at its first seed for 2 steps on the CPU, to check the chain here before a device call.
+(full fp32, as on the CPU), ``--jobs`` trainings side by side on the one GPU in plan order (a cell two grids share
+runs once), until ``--seconds`` less a reserve for the ending are spent: then the trainings still running are
+killed and no more start. Run folders stay under ``--work`` while the machine does, so another ``run`` on it
+continues where this one stopped. It writes to ``--out``, which comes back, as cells finish (a call cut off early
+still returns what finished): per grid, ``archive_<grid>.json`` (its finished cells in
+:mod:`experiments.rapt.archive`'s format, each with its device), ``gpu_study.json`` (device, versions, commit,
+the cells done, failed, stopped or not started, seconds), and at the end ``runs.tar.gz`` (every run folder's
+flags, config, metrics and logs; no weights). ``run --cpu_smoke`` runs the first task and first two methods of
+each grid at its first seed for 2 steps on the CPU, to check the chain here before a device call.
 """
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ PACK = REPO / "runs" / "gpu_study"
 WORK = Path("/tmp/gpu_study")
 ARCHIVE = "gpu_study.tar.gz"
 DEFAULT_GRIDS = ("robustness=6,7,8,9,10", "core=4,5,6,7,8,9,10")
-RESERVE_S = 60.0  # kept back from --seconds for stopping trainings, archiving and packing the results
+RESERVE_S = 30.0  # kept back from --seconds for stopping trainings and packing the results
 CHUNK = 1 << 20
 
 logger = logging.getLogger(__name__)
@@ -257,6 +259,10 @@ def write_grids(grids: list[tuple[str, list[int]]], unpacked: Path, smoke: bool,
         if absent:
             raise StudyError(f"--grid {name}: its tasks {', '.join(absent)} were not packed (packed: "
                              f"{', '.join(packed_tasks)})")
+        own = [m for m, flags in grid["methods"].items() if isinstance(flags, dict) and "seeds" in flags]
+        if own:
+            raise StudyError(f"--grid {name}: methods {', '.join(own)} have seeds of their own, which --grid's "
+                             "seeds would not replace")
         grid["seeds"] = seeds
         grid.setdefault("flags", {})["tf32"] = False
         if smoke:
@@ -274,7 +280,10 @@ def write_grids(grids: list[tuple[str, list[int]]], unpacked: Path, smoke: bool,
 
 @dataclass
 class Cell:
-    grid: str
+    """One run folder and the grids that plan it (a cell that two grids share, same task, method name and flags,
+    is one folder and runs once)."""
+
+    grids: list[str]
     folder: Path
     argv: list[str]
     state: str = "waiting"  # waiting, running, done, failed, stopped
@@ -283,31 +292,36 @@ class Cell:
 
     @property
     def label(self) -> str:
-        return f"{self.grid}:{self.folder.parent.parent.name}/{self.folder.parent.name}/{self.folder.name}"
+        return f"{self.folder.parent.parent.name}/{self.folder.parent.name}/{self.folder.name}"
 
 
-def plan(grid_files: list[Path], unpacked: Path, env: dict) -> list[Cell]:
-    """Every unfinished cell of the grids, in plan order, with the command the packed campaign builds for it."""
-    cells = []
+def plan(grid_files: list[Path], unpacked: Path, runs: Path, env: dict) -> list[Cell]:
+    """Every cell of the grids that is neither finished nor running, in plan order, with the command the packed
+    campaign builds for it; all grids share the folder ``runs``, so a cell two grids share is planned once."""
+    cells: dict[Path, Cell] = {}
     for path in grid_files:
-        root = unpacked / "runs" / path.stem
         got = subprocess.run([sys.executable, "-m", "experiments.rapt.campaign", "--grid", str(path), "--root",
-                              str(root), "--glue_dir", str(unpacked / "glue_data"), "--model",
+                              str(runs), "--glue_dir", str(unpacked / "glue_data"), "--model",
                               str(unpacked / "encoder"), "--print_commands"],
                              cwd=unpacked / "code", env=env, capture_output=True, text=True)
         if got.returncode != 0:
             raise StudyError(f"{path}: the packed campaign could not plan it: "
                              f"{(got.stderr.strip().splitlines() or ['?'])[-1]}")
         for line in got.stdout.splitlines():
+            if "mt_dnn.train" not in line:
+                continue
             argv = shlex.split(line)
-            if "mt_dnn.train" in argv and "--output_dir" in argv:
-                cells.append(Cell(path.stem, Path(argv[argv.index("--output_dir") + 1]), argv))
-    return cells
+            folder = Path(argv[argv.index("--output_dir") + 1])
+            if folder in cells:
+                cells[folder].grids.append(path.stem)
+            else:
+                cells[folder] = Cell([path.stem], folder, argv)
+    return list(cells.values())
 
 
-def run_cells(cells: list[Cell], jobs: int, deadline: float, env: dict, cwd: Path, log) -> None:
-    """Run the cells ``jobs`` at a time in order; at ``deadline`` stop the running ones (SIGTERM, then SIGKILL
-    after 30 s) and start no more."""
+def run_cells(cells: list[Cell], jobs: int, deadline: float, env: dict, cwd: Path, log, on_done) -> None:
+    """Run the cells ``jobs`` at a time in order, calling ``on_done(cell)`` as each ends; at ``deadline`` kill the
+    running ones (a checkpoint would be lost with the machine anyway) and start no more."""
     waiting = list(cells)
     running: list[Cell] = []
     while waiting or running:
@@ -317,17 +331,13 @@ def run_cells(cells: list[Cell], jobs: int, deadline: float, env: dict, cwd: Pat
                 running.remove(cell)
                 cell.state = "done" if rc == 0 else "failed"
                 log(f"{cell.state} {cell.label} ({time.time() - cell.started:.0f} s, rc {rc})")
+                on_done(cell)
         if time.time() >= deadline:
             for cell in running:
-                cell.process.send_signal(signal.SIGTERM)
-                cell.state = "stopped"
-            until = time.time() + 30
+                cell.process.kill()
             for cell in running:
-                try:
-                    cell.process.wait(timeout=max(0.1, until - time.time()))
-                except subprocess.TimeoutExpired:
-                    cell.process.kill()
-                    cell.process.wait()
+                cell.process.wait()
+                cell.state = "stopped"
                 log(f"stopped {cell.label} at the deadline")
             return
         while waiting and len(running) < jobs:
@@ -352,12 +362,63 @@ def device_name() -> str:
     return "cpu"
 
 
+class Results:
+    """What goes back in ``out``, kept up to date as cells finish, so a call cut off early still returns them:
+    per grid an archive of its finished cells (those of earlier runs on this machine too), the summary, and at the
+    end every run's small files."""
+
+    def __init__(self, out: Path, runs: Path, summary: dict, log):
+        self.out, self.runs, self.summary, self.log = out, runs, summary, log
+        self.book = runs / "cells.json"  # run folder -> its grids, over every run on this machine
+        self.grids_of: dict[str, list[str]] = json.loads(self.book.read_text()) if self.book.is_file() else {}
+
+    def record(self, cells: list[Cell]) -> None:
+        for cell in cells:
+            self.grids_of[str(cell.folder)] = sorted(set(self.grids_of.get(str(cell.folder), [])) | set(cell.grids))
+        atomic.write_json(self.book, self.grids_of)
+
+    def archive(self, folders: list[str]) -> None:
+        """Add the finished ones of ``folders`` to their grids' archives (an error is logged, not fatal: the other
+        cells' results still go back)."""
+        from experiments.rapt.archive import add_runs
+        from mt_dnn.run_folder import is_finished
+
+        for grid, seeds in self.summary["grids"].items():
+            mine = [f for f in folders if grid in self.grids_of.get(f, []) and is_finished(Path(f))]
+            if not mine:
+                continue
+            source = (f"{grid}.yml seeds {','.join(map(str, seeds['seeds']))} on {self.summary['device']}, "
+                      f"{self.summary['jobs']} trainings side by side, full fp32 (tf32 off), commit "
+                      f"{self.summary['commit'][:7]} (experiments.rapt.gpu_study"
+                      f"{' --cpu_smoke' if self.summary['smoke'] else ''})")
+            try:
+                for line in add_runs(self.out / f"archive_{grid}.json", mine, source, new_only=True):
+                    if not line.startswith("skipped"):
+                        self.log(line)
+            except Exception as exc:  # noqa: BLE001 - one bad folder must not cost the rest
+                self.log(f"archive_{grid}.json: not updated: {exc}")
+
+    def write_summary(self, cells: list[Cell], start: float) -> None:
+        for grid, entry in self.summary["grids"].items():
+            mine = [c for c in cells if grid in c.grids]
+            entry.update(cells=len(mine), **{s: [c.label for c in mine if c.state == s]
+                                             for s in ("done", "failed", "stopped", "waiting")})
+        self.summary["seconds"] = round(time.time() - start, 1)
+        atomic.write_json(self.out / "gpu_study.json", self.summary, indent=1)
+
+    def pack_runs(self) -> None:
+        """Every run's flags, config, metrics and log (a failed run's output too) in runs.tar.gz."""
+        with atomic.atomic_path(self.out / "runs.tar.gz") as tmp, tarfile.open(tmp, "w:gz") as tar:
+            for folder in map(Path, sorted(self.grids_of)):
+                for name in ("flags.json", "config.json", "metrics.jsonl", "train.log", "campaign.out"):
+                    if (folder / name).is_file():
+                        tar.add(folder / name, f"{folder.relative_to(self.runs).as_posix()}/{name}")
+
+
 def run(work: Path, out: Path, grids: list[tuple[str, list[int]]] | None, seconds: float, jobs: int | None,
         smoke: bool) -> dict:
-    """Unpack the staged parts and run the grids' cells until the time is spent; write the results to ``out``."""
-    from experiments.rapt.archive import add_runs
-    from mt_dnn.run_folder import is_finished
-
+    """Unpack the staged parts and run the grids' unfinished cells until the time is spent; the results go to
+    ``out`` as they come. Run folders stay in ``work``/runs while the machine does: a later run continues them."""
     start = time.time()
     out.mkdir(parents=True, exist_ok=True)
     log_file = open(out / "gpu_study.log", "a")
@@ -379,12 +440,11 @@ def run(work: Path, out: Path, grids: list[tuple[str, list[int]]] | None, second
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path),
            "ROBUSTNESS_DIR": str(unpacked / "advglue"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "MT_DNN_NO_TQDM": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-           "TOKENIZERS_PARALLELISM": "false", **({"CUDA_VISIBLE_DEVICES": "0"} if not smoke else {})}
-    cells = plan(write_grids(grids, unpacked, smoke, manifest["tasks"]), unpacked, env)
-    log(f"commit {manifest['commit'][:12]}, {device}, {len(cells)} cells, {jobs} at a time, "
-        f"{threads} thread(s) each")
-    run_cells(cells, jobs, start + seconds - RESERVE_S, env, unpacked / "code", log)
-    summary = {"commit": manifest["commit"], "device": device, "jobs": jobs, "grids": {}, "smoke": smoke}
+           "TOKENIZERS_PARALLELISM": "false"}
+    runs = work / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    summary = {"commit": manifest["commit"], "device": device, "jobs": jobs, "smoke": smoke,
+               "grids": {name: {"seeds": seeds} for name, seeds in grids}}
     try:
         import torch
         import transformers
@@ -392,32 +452,30 @@ def run(work: Path, out: Path, grids: list[tuple[str, list[int]]] | None, second
         summary["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__}
     except ImportError:
         pass
-    for name, seeds in grids:
-        mine = [c for c in cells if c.grid == name]
-        done = [c for c in mine if is_finished(c.folder)]
-        if done:
-            source = (f"{name}.yml seeds {','.join(map(str, seeds))} on {device}, {jobs} trainings side by side, "
-                      f"full fp32 (tf32 off), commit {manifest['commit'][:7]} "
-                      f"(experiments.rapt.gpu_study{' --cpu_smoke' if smoke else ''})")
-            for line in add_runs(out / f"archive_{name}.json", [str(c.folder) for c in done], source,
-                                 new_only=True):
-                log(line)
-        summary["grids"][name] = {"seeds": seeds, "cells": len(mine),
-                                  **{s: [c.label for c in mine if c.state == s]
-                                     for s in ("done", "failed", "stopped", "waiting")}}
-    with atomic.atomic_path(out / "runs.tar.gz") as tmp, tarfile.open(tmp, "w:gz") as tar:  # a failed run's output too
-        for cell in cells:
-            where = f"{cell.grid}/{cell.folder.relative_to(unpacked / 'runs' / cell.grid).as_posix()}"
-            for name in ("flags.json", "config.json", "metrics.jsonl", "train.log") + (
-                    ("campaign.out",) if cell.state == "failed" else ()):
-                if (cell.folder / name).is_file():
-                    tar.add(cell.folder / name, f"{where}/{name}")
-    summary["seconds"] = round(time.time() - start, 1)
-    atomic.write_json(out / "gpu_study.json", summary, indent=1)
-    counts = {s: sum(c.state == s for c in cells) for s in ("done", "failed", "stopped", "waiting")}
-    log(f"{counts['done']} done, {counts['failed']} failed, {counts['stopped']} stopped, {counts['waiting']} not "
-        f"started; {summary['seconds']:.0f} s")
-    log_file.close()
+    results = Results(out, runs, summary, log)
+    cells: list[Cell] = []
+    try:
+        cells = plan(write_grids(grids, unpacked, smoke, manifest["tasks"]), unpacked, runs, env)
+        results.record(cells)
+        results.archive(sorted(results.grids_of))  # cells an earlier run on this machine finished
+        log(f"commit {manifest['commit'][:12]}, {device}, {len(cells)} cells to run, {jobs} at a time, "
+            f"{threads} thread(s) each")
+
+        def done(cell: Cell) -> None:
+            if cell.state == "done":  # its weights and checkpoint are only disk here: the results are its records
+                for name in ("checkpoint", "checkpoint.old", "best"):
+                    shutil.rmtree(cell.folder / name, ignore_errors=True)
+                results.archive([str(cell.folder)])
+            results.write_summary(cells, start)
+
+        run_cells(cells, jobs, start + seconds - RESERVE_S, env, unpacked / "code", log, done)
+    finally:
+        results.write_summary(cells, start)
+        results.pack_runs()
+        counts = {s: sum(c.state == s for c in cells) for s in ("done", "failed", "stopped", "waiting")}
+        log(f"{counts['done']} done, {counts['failed']} failed, {counts['stopped']} stopped, {counts['waiting']} "
+            f"not started; {summary['seconds']:.0f} s")
+        log_file.close()
     return summary
 
 
@@ -471,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"staged {a.part} in {a.work}; " + (f"still to stage: {', '.join(left)}" if left else
                                                        "every part is staged"))
         else:
+            if a.jobs is not None and a.jobs < 1:
+                raise StudyError(f"--jobs {a.jobs}: must be at least 1")
             if a.seconds <= RESERVE_S:
                 raise StudyError(f"--seconds {a.seconds:g}: must exceed the {RESERVE_S:.0f} s kept for the ending")
             summary = run(a.work, a.out, parse_grids(a.grid) if a.grid else None, a.seconds, a.jobs, a.cpu_smoke)
