@@ -24,7 +24,6 @@ NOT_REPLACEMENTS = {
     ("experiments/rapt/adopt.py", "tmp.rename(run.folder)"): "publishes the adopted copy in one rename",
     ("experiments/rapt/gpu_study.py", '(staging / f"part{i}").rename('): "publishes a written part folder in one "
                                                                          "rename",
-    ("experiments/rapt/gpu_study.py", 'open(cell.folder / "campaign.out", "w")'): "a training's output as it runs",
 }
 
 

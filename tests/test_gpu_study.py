@@ -129,7 +129,7 @@ def test_cpu_smoke_trains_each_cell_once_on_the_packed_code_and_encoder_and_arch
     for grid, archive in archives.items():
         assert sorted((r["task"], r["method"], r["seed"]) for r in archive["runs"]) == [
             ("rte", "smart", 6), ("rte", "standard", 6)]
-        assert f"{grid}.yml seeds 6 " in archive["source"] and "commit " + manifest["commit"][:7] in archive["source"]
+        assert f"{grid}.yml on cpu" in archive["source"] and "commit " + manifest["commit"][:7] in archive["source"]
     standard = [next(r for r in a["runs"] if r["method"] == "standard") for a in archives.values()]
     assert standard[0] == standard[1]  # the one run, in both archives
     steps = {next(r for r in a["runs"] if r["method"] == "smart")["config"]["method_options"].get("step_size")
@@ -151,11 +151,19 @@ def test_cpu_smoke_trains_each_cell_once_on_the_packed_code_and_encoder_and_arch
     # a second run on the same machine continues: nothing is left to train, and it returns every finished cell
     again = tmp_path / "again"
     assert gpu_study.main(["run", "--cpu_smoke", "--work", str(work), "--out", str(again)]) == 0
+
     def by_cell(runs):
         return sorted(runs, key=lambda r: (r["task"], r["method"], r["seed"]))
 
     assert by_cell(json.loads((again / "archive_core.json").read_text())["runs"]) == by_cell(archives["core"]["runs"])
     assert json.loads((again / "gpu_study.json").read_text())["grids"]["core"]["cells"] == 0
+    # a grid's archive holds its cells that a run of another grid finished (membership comes from the grid, not
+    # from what is left to train)
+    (runs / "cells.json").unlink()
+    third = tmp_path / "third"
+    assert gpu_study.main(["run", "--cpu_smoke", "--grid", "core=6", "--work", str(work), "--out", str(third)]) == 0
+    assert by_cell(json.loads((third / "archive_core.json").read_text())["runs"]) == by_cell(archives["core"]["runs"])
+    assert not (third / "archive_robustness.json").exists()
 
 
 def test_the_deadline_stops_running_trainings_and_starts_no_more(tmp_path):
@@ -186,9 +194,9 @@ def test_an_archive_that_cannot_take_a_folder_is_logged_and_the_rest_go_on(tmp_p
     summary = {"grids": {"robustness": {"seeds": [6]}}, "device": "cpu", "jobs": 1, "commit": "0" * 40,
                "smoke": True}
     results = gpu_study.Results(out, runs, summary, lines.append)
-    results.record([Cell(["robustness"], bad, [])])
+    results.record({str(bad): ["robustness"]})
     results.archive([str(bad)])
-    assert lines and lines[-1].startswith("archive_robustness.json: not updated: ")
+    assert lines and lines[-1].startswith(f"archive_robustness.json: {bad} not added: ")
     assert not (out / "archive_robustness.json").exists()
     results.pack_runs()
     import tarfile
@@ -208,3 +216,19 @@ def test_the_command_line_says_what_is_missing_in_one_line(tmp_path, capsys):
     assert gpu_study.main(["pack", "--commit", "HEAD", "--grid", "core"]) == 2
     assert capsys.readouterr().err.strip() == ("error: --grid 'core': give NAME=SEEDS, e.g. robustness=6,7,8 or "
                                                "core=4-10")
+
+
+def test_an_error_while_cells_run_kills_the_trainings_still_running(tmp_path):
+    cells = []
+    for seed, seconds in ((1, 0), (2, 60)):
+        folder = tmp_path / "rte" / "standard" / f"s{seed}-x"
+        folder.mkdir(parents=True)
+        cells.append(Cell(["g"], folder, [sys.executable, "-c", f"import time; time.sleep({seconds})"]))
+
+    def broken(cell):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        gpu_study.run_cells(cells, jobs=2, deadline=time.time() + 60, env=None, cwd=tmp_path, log=lambda line: None,
+                            on_done=broken)
+    assert cells[1].state == "stopped" and cells[1].process.returncode is not None  # not left running

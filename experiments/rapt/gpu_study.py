@@ -37,7 +37,6 @@ import logging
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -295,6 +294,27 @@ class Cell:
         return f"{self.folder.parent.parent.name}/{self.folder.parent.name}/{self.folder.name}"
 
 
+LIST_FOLDERS = ("import sys; from pathlib import Path; from experiments.rapt.grid import load_grid, plan_runs; "
+                "print('\\n'.join(str(r.folder) for r in plan_runs(load_grid(sys.argv[1]), Path(sys.argv[2]), "
+                "sys.argv[3], sys.argv[4])))")
+
+
+def members(grid_files: list[Path], unpacked: Path, runs: Path, env: dict) -> dict[str, list[str]]:
+    """Every run folder of each grid, finished or not, as the packed commit's grid code plans it: which grids'
+    archives a folder belongs to, also when an earlier run on this machine finished it."""
+    out: dict[str, list[str]] = {}
+    for path in grid_files:
+        got = subprocess.run([sys.executable, "-c", LIST_FOLDERS, str(path), str(runs), str(unpacked / "encoder"),
+                              str(unpacked / "glue_data")], cwd=unpacked / "code", env=env, capture_output=True,
+                             text=True)
+        if got.returncode != 0:
+            raise StudyError(f"{path}: the packed grid code could not plan it: "
+                             f"{(got.stderr.strip().splitlines() or ['?'])[-1]}")
+        for folder in filter(None, got.stdout.splitlines()):
+            out.setdefault(folder, []).append(path.stem)
+    return out
+
+
 def plan(grid_files: list[Path], unpacked: Path, runs: Path, env: dict) -> list[Cell]:
     """Every cell of the grids that is neither finished nor running, in plan order, with the command the packed
     campaign builds for it; all grids share the folder ``runs``, so a cell two grids share is planned once."""
@@ -324,6 +344,18 @@ def run_cells(cells: list[Cell], jobs: int, deadline: float, env: dict, cwd: Pat
     running ones (a checkpoint would be lost with the machine anyway) and start no more."""
     waiting = list(cells)
     running: list[Cell] = []
+    try:
+        _loop(waiting, running, jobs, deadline, env, cwd, log, on_done)
+    except BaseException:  # an error here (or Ctrl-C) must not leave trainings running past the call
+        for cell in running:
+            cell.process.kill()
+            cell.process.wait()
+            cell.state = "stopped"
+        raise
+
+
+def _loop(waiting: list[Cell], running: list[Cell], jobs: int, deadline: float, env: dict, cwd: Path, log,
+          on_done) -> None:
     while waiting or running:
         for cell in list(running):
             rc = cell.process.poll()
@@ -342,7 +374,7 @@ def run_cells(cells: list[Cell], jobs: int, deadline: float, env: dict, cwd: Pat
             return
         while waiting and len(running) < jobs:
             cell = waiting.pop(0)
-            with open(cell.folder / "campaign.out", "w") as out:  # where the campaign's own jobs write it too
+            with open(cell.folder / "campaign.out", "a") as out:  # where the campaign's own jobs write it too
                 cell.process = subprocess.Popen(cell.argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
             cell.state, cell.started = "running", time.time()
             running.append(cell)
@@ -372,31 +404,31 @@ class Results:
         self.book = runs / "cells.json"  # run folder -> its grids, over every run on this machine
         self.grids_of: dict[str, list[str]] = json.loads(self.book.read_text()) if self.book.is_file() else {}
 
-    def record(self, cells: list[Cell]) -> None:
-        for cell in cells:
-            self.grids_of[str(cell.folder)] = sorted(set(self.grids_of.get(str(cell.folder), [])) | set(cell.grids))
+    def record(self, grids_of: dict[str, list[str]]) -> None:
+        """Add which grids each run folder belongs to (``members``) to the book."""
+        for folder, grids in grids_of.items():
+            self.grids_of[folder] = sorted(set(self.grids_of.get(folder, [])) | set(grids))
         atomic.write_json(self.book, self.grids_of)
 
     def archive(self, folders: list[str]) -> None:
-        """Add the finished ones of ``folders`` to their grids' archives (an error is logged, not fatal: the other
-        cells' results still go back)."""
+        """Add the finished ones of ``folders`` to their grids' archives, one folder at a time (an error is logged,
+        not fatal: the other cells' results still go back)."""
         from experiments.rapt.archive import add_runs
         from mt_dnn.run_folder import is_finished
 
-        for grid, seeds in self.summary["grids"].items():
-            mine = [f for f in folders if grid in self.grids_of.get(f, []) and is_finished(Path(f))]
-            if not mine:
-                continue
-            source = (f"{grid}.yml seeds {','.join(map(str, seeds['seeds']))} on {self.summary['device']}, "
-                      f"{self.summary['jobs']} trainings side by side, full fp32 (tf32 off), commit "
-                      f"{self.summary['commit'][:7]} (experiments.rapt.gpu_study"
-                      f"{' --cpu_smoke' if self.summary['smoke'] else ''})")
-            try:
-                for line in add_runs(self.out / f"archive_{grid}.json", mine, source, new_only=True):
-                    if not line.startswith("skipped"):
-                        self.log(line)
-            except Exception as exc:  # noqa: BLE001 - one bad folder must not cost the rest
-                self.log(f"archive_{grid}.json: not updated: {exc}")
+        for folder in folders:
+            for grid in self.grids_of.get(folder, []):
+                if grid not in self.summary["grids"] or not is_finished(Path(folder)):
+                    continue
+                source = (f"{grid}.yml on {self.summary['device']}, {self.summary['jobs']} trainings side by side, "
+                          f"full fp32 (tf32 off), commit {self.summary['commit'][:7]} (experiments.rapt.gpu_study"
+                          f"{' --cpu_smoke' if self.summary['smoke'] else ''})")
+                try:
+                    for line in add_runs(self.out / f"archive_{grid}.json", [folder], source, new_only=True):
+                        if not line.startswith("skipped"):
+                            self.log(line)
+                except Exception as exc:  # noqa: BLE001 - one bad folder must not cost the rest
+                    self.log(f"archive_{grid}.json: {folder} not added: {exc}")
 
     def write_summary(self, cells: list[Cell], start: float) -> None:
         for grid, entry in self.summary["grids"].items():
@@ -420,6 +452,7 @@ def run(work: Path, out: Path, grids: list[tuple[str, list[int]]] | None, second
     """Unpack the staged parts and run the grids' unfinished cells until the time is spent; the results go to
     ``out`` as they come. Run folders stay in ``work``/runs while the machine does: a later run continues them."""
     start = time.time()
+    work, out = work.resolve(), out.resolve()  # the campaign runs from the unpacked code, not from here
     out.mkdir(parents=True, exist_ok=True)
     log_file = open(out / "gpu_study.log", "a")
 
@@ -455,26 +488,34 @@ def run(work: Path, out: Path, grids: list[tuple[str, list[int]]] | None, second
     results = Results(out, runs, summary, log)
     cells: list[Cell] = []
     try:
-        cells = plan(write_grids(grids, unpacked, smoke, manifest["tasks"]), unpacked, runs, env)
-        results.record(cells)
+        grid_files = write_grids(grids, unpacked, smoke, manifest["tasks"])
+        results.record(members(grid_files, unpacked, runs, env))
         results.archive(sorted(results.grids_of))  # cells an earlier run on this machine finished
+        cells = plan(grid_files, unpacked, runs, env)
         log(f"commit {manifest['commit'][:12]}, {device}, {len(cells)} cells to run, {jobs} at a time, "
             f"{threads} thread(s) each")
 
         def done(cell: Cell) -> None:
-            if cell.state == "done":  # its weights and checkpoint are only disk here: the results are its records
-                for name in ("checkpoint", "checkpoint.old", "best"):
-                    shutil.rmtree(cell.folder / name, ignore_errors=True)
-                results.archive([str(cell.folder)])
-            results.write_summary(cells, start)
+            try:
+                if cell.state == "done":  # its weights and checkpoint are only disk here: its records go back
+                    for name in ("checkpoint", "checkpoint.old", "best"):
+                        shutil.rmtree(cell.folder / name, ignore_errors=True)
+                    results.archive([str(cell.folder)])
+                results.write_summary(cells, start)
+            except Exception as exc:  # noqa: BLE001 - the other trainings go on
+                log(f"after {cell.label}: {exc}")
 
         run_cells(cells, jobs, start + seconds - RESERVE_S, env, unpacked / "code", log, done)
-    finally:
-        results.write_summary(cells, start)
-        results.pack_runs()
+    finally:  # each step on its own: an error in one must neither hide the run's error nor skip the others
+        for step in (lambda: results.archive(sorted(results.grids_of)), lambda: results.write_summary(cells, start),
+                     results.pack_runs):
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001
+                log(f"at the end: {exc}")
         counts = {s: sum(c.state == s for c in cells) for s in ("done", "failed", "stopped", "waiting")}
         log(f"{counts['done']} done, {counts['failed']} failed, {counts['stopped']} stopped, {counts['waiting']} "
-            f"not started; {summary['seconds']:.0f} s")
+            f"not started; {summary.get('seconds', time.time() - start):.0f} s")
         log_file.close()
     return summary
 
