@@ -384,14 +384,12 @@ def _loop(waiting: list[Cell], running: list[Cell], jobs: int, deadline: float, 
 
 
 def device_name() -> str:
-    try:
-        import torch
+    """This machine's first GPU as run records name it (``cuda (<GPU name>)``), else ``cpu``."""
+    import torch
 
-        if torch.cuda.is_available():
-            return f"cuda ({torch.cuda.get_device_name(0)})"
-    except ImportError:
-        pass
-    return "cpu"
+    from mt_dnn.runtime import device_label
+
+    return device_label(torch.device("cuda", 0)) if torch.cuda.is_available() else "cpu"
 
 
 class Results:

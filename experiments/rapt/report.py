@@ -35,8 +35,9 @@ def training_times(by: dict[str, dict[str, dict[int, RunResult]]], names: list[s
             devices = sorted(set(where.values()))
             for device in devices:
                 on = [r for r in runs if where[id(r)] == device]
+                other_clock = {"clock": on[0].clock} if on[0].clock != "steps" else {}  # one kind per device label
                 row = rows[name if len(devices) == 1 else f"{name} @ {device}"] = {
-                    "method": name, "device": device,
+                    "method": name, "device": device, **other_clock,
                     "minutes": float(np.mean([r.train_seconds for r in on])) / 60.0,
                     "s_per_step": float(np.mean([r.train_seconds / r.steps for r in on])), "runs": len(on)}
                 if device == "cpu" and all(r.train_cpu_seconds for r in on):
@@ -278,8 +279,7 @@ def report_markdown(report: dict, title: str) -> str:
                   "alone ('?': the records do not say).", "",
                   "| Task | Method | Device | Runs | Minutes | s/step | / standard | / smart |",
                   "|---|---|---|---|---|---|---|---|"]
-        if any(t["device"].endswith("clock with evaluations") for rows_t in report["times"].values()
-               for t in rows_t.values()):
+        if any(t.get("clock") == "steps+eval" for rows_t in report["times"].values() for t in rows_t.values()):
             lines[-4] += (" A device marked 'clock with evaluations': those runs' tool timed their evaluations with "
                           "their steps, so their minutes and s/step are not comparable with the other rows' and get "
                           "no ratio.")

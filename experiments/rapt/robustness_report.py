@@ -140,7 +140,7 @@ def _cost(times: dict, task: str, name: str, cpu: bool = False) -> str:
     value, ratio = (row or {}).get("cpu_s_per_step" if cpu else "s_per_step"), (row or {}).get(
         "cpu/standard" if cpu else "/standard")
     cells = [f"{x:.2f}" if x is not None else "-" for x in (value, ratio)]
-    if value is not None and row.get("device", "").endswith("clock with evaluations"):
+    if value is not None and row.get("clock") == "steps+eval":
         cells[0] += " (with evaluations)"  # a clock of another kind than the section's: see Training time
     return " | ".join(cells)
 
