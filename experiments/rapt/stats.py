@@ -163,24 +163,30 @@ def detectable_difference(n: int, sd: float | None, power: float = POWER, alpha:
     detects with probability ``power``, when the per-seed differences have standard deviation ``sd``: the
     effect size delta solving P(|T| > t_crit) = power, T ~ noncentral t (df n-1, noncentrality delta*sqrt(n)/sd).
     None with fewer than 2 seeds, no sd, or an sd of 0."""
+    if n < 2 or sd is None or not math.isfinite(sd) or sd == 0:
+        return None  # an sd of 0 (equal differences): the t-test is undefined, and a zero spread sizes nothing
+    return detectable_by_t(n - 1, sd / math.sqrt(n), power, alpha)
+
+
+def detectable_by_t(df: int, se: float, power: float = POWER, alpha: float = ALPHA) -> float:
+    """The smallest true difference delta that a two-sided t-test at ``alpha`` with ``df`` degrees of freedom
+    finds with probability ``power`` when its statistic is (difference) / ``se``: delta solving
+    P(|T| > t_crit) = power, T ~ noncentral t (df, noncentrality delta / se)."""
     from scipy.optimize import brentq
     from scipy.stats import nct, t
 
-    if n < 2 or sd is None or not math.isfinite(sd) or sd == 0:
-        return None  # an sd of 0 (equal differences): the t-test is undefined, and a zero spread sizes nothing
-    df = n - 1
     crit = t.ppf(1 - alpha / 2, df)
 
     def power_at(delta: float) -> float:
-        nc = delta * math.sqrt(n) / sd
+        nc = delta / se
         # P(T > crit) + P(T < -crit); the lower tail as P(T' > crit) with T' ~ nct(-nc), since scipy's nct.cdf
         # gives NaN far in that tail (df 1, large nc) where nct.sf does not
         return float(nct.sf(crit, df, nc) + nct.sf(crit, df, -nc)) - power
 
-    hi = sd
+    hi = se
     while power_at(hi) < 0:
         hi *= 2
-    return float(brentq(power_at, 0.0, hi, xtol=1e-6 * sd))
+    return float(brentq(power_at, 0.0, hi, xtol=1e-6 * se))
 
 
 def size_text() -> str:
