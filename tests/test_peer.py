@@ -26,6 +26,7 @@ def test_peer_run_is_a_campaign_row_with_robustness_scores(tmp_path, tiny_model_
     dev = [r for r in records if r["split"] == "dev"]
     assert [r["epoch"] for r in dev] == [0, 1] and records[-1]["split"] == "train"
     assert records[-1]["steps"] == 2 * 3  # 24 fixture rows, batch 8, 2 epochs
+    assert records[-1]["steps_per_epoch"] == 3 and isinstance(records[-1]["steps_per_epoch"], int)
     for r in dev:  # 5 AdvGLUE rows: accuracy is a multiple of 1/5
         acc = r["robustness"]["advglue"]["acc"]
         assert abs(acc * 5 - round(acc * 5)) < 1e-9

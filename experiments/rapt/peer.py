@@ -159,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         guesses = logits.reshape(len(logits), -1)[:, 0] if regression else logits.argmax(-1)
         return compute_metrics(task.metrics, guesses, np.asarray(pred.label_ids))
 
+    def epoch_steps(state) -> int:
+        """Optimizer steps per epoch (the Trainer plans a whole number of them per epoch)."""
+        return state.max_steps // args.epochs
+
     class Checkpoints(TrainerCallback):
         """The run's clock (training steps only: evaluations and checkpoint saves are left out, as in mt_dnn.train),
         written into each checkpoint once the Trainer has saved it whole; and the order of saving and evaluating
@@ -171,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def on_step_end(self, targs, state, control, **kwargs):
             clock["steps"] += time.perf_counter() - clock["begin"]
-            if state.global_step % (state.max_steps // args.epochs) == 0:
+            if state.global_step % epoch_steps(state) == 0:
                 control.should_save = False  # an epoch's last step: saved at the epoch's end, after its evaluation
             return control
 
@@ -204,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         atomic.write_text(out / "config.json", json.dumps(config, indent=2))
     trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     seconds = clock["steps"]
-    steps_per_epoch = trainer.state.max_steps / args.epochs
+    steps_per_epoch = epoch_steps(trainer.state)
     by_epoch: dict[int, dict] = {}
     for h in trainer.state.log_history:
         for name in evals:
