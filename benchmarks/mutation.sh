@@ -44,6 +44,7 @@ tests_for() {
     experiments/rapt/results.py) echo "tests/test_results_scan.py tests/test_campaign_report.py tests/test_archive.py tests/test_robustness_report.py
                                        tests/test_robustness_figure.py tests/test_peer.py tests/test_trust_data.py
                                        tests/test_campaign.py tests/test_task_def.py" ;;
+    experiments/rapt/recipe.py) echo "tests/test_recipe.py" ;;
     data_utils/glue.py) echo "tests/test_glue_readers.py tests/test_flat_features.py tests/test_trust_data.py
                               tests/test_predict_input.py tests/test_glue_large_tasks.py tests/test_properties.py" ;;
     data_utils/task_def.py) echo "tests/test_task_def.py tests/test_robustness_reader.py tests/test_glue_readers.py
@@ -57,7 +58,7 @@ if [ ${#MODULES[@]} -eq 0 ]; then
   MODULES=(mt_dnn/losses.py data_utils/metrics.py mt_dnn/perturbation.py mt_dnn/step.py mt_dnn/model.py
            data_utils/batching.py data_utils/features.py data_utils/submission.py data_utils/robustness.py
            experiments/rapt/robustness_report.py experiments/rapt/stats.py experiments/rapt/results.py
-           data_utils/glue.py data_utils/task_def.py)
+           experiments/rapt/recipe.py data_utils/glue.py data_utils/task_def.py)
 fi
 python -c "import mutmut" 2>/dev/null || { echo "error: mutmut is not installed (pip install -e '.[mutation]')" >&2; exit 1; }
 

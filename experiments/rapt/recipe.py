@@ -122,6 +122,7 @@ def build(grid_path: str, archives: list[str], noise: list[str], default: str, n
              f"detectable = the smallest true d this test finds with {POWER:.0%} power at p < {ALPHA}. The two "
              "runs share a seed, which the test ignores (it treats them as independent draws).", ""]
     tests: list[dict] = []
+    untested: list[str] = []  # tasks without a default run or without seed noise
     for task in tasks:
         runs = {r.name: r for r in results if r.task == task}
         seeds = sorted({r.seed for r in results if r.task == task})
@@ -143,16 +144,18 @@ def build(grid_path: str, archives: list[str], noise: list[str], default: str, n
         noise_found = pick_noise(noise, task, noise_method)
         if default not in scores:
             lines += [f"The default recipe `{default}` has no finished run on {label}: nothing to test.", ""]
+            untested.append(label)
             continue
         if noise_found is None:
             lines += [f"No noise archive has two or more `{noise_method}` runs on {label}: nothing to test.", ""]
+            untested.append(label)
             continue
         path, n, sd = noise_found
         size = detectable_by_t(n - 1, math.sqrt(2) * sd)
         lines += [f"Seed noise: `{noise_method}` at the default recipe, {n} seeds in `{path}`: s = {sd:.2f} "
                   f"(so two seeds differ by about {math.sqrt(2) * sd:.2f}); detectable d = {size:.1f}.", ""]
         for name, test in compare(scores, default, n, sd).items():
-            tests.append({"task": task, "label": label, "name": name, "score": scores[name],
+            tests.append({"label": label, "name": name, "score": scores[name],
                           "default": scores[default], **test})
     if tests:
         for test, adjusted in zip(tests, holm([t["p"] for t in tests])):
@@ -164,7 +167,7 @@ def build(grid_path: str, archives: list[str], noise: list[str], default: str, n
             lr, e = settings[t["name"]]
             lines.append(f"| {t['label']} | {t['name']} | {number(lr)} | {e} | {t['score']:.1f} | {t['default']:.1f} "
                          f"| {t['d']:+.1f} | {t['t']:+.2f} | {t['p']:.3f} | {t['p_holm']:.3f} | {verdict(t)} |")
-        lines += ["", _summary(tests, tasks, default), ""]
+        lines += ["", _summary(tests, tasks, untested, default)]
     return lines
 
 
@@ -179,9 +182,8 @@ def _cell(run: RunResult, task: str) -> str:
     return f"{task_score(run, task):.1f} (ep {best.epoch + 1})" + (f"; {', '.join(sets)}" if sets else "")
 
 
-def _summary(tests: list[dict], tasks: list[str], default: str) -> str:
-    """Which recipes are better beyond seed noise on every task of the grid (each task tested), or none."""
-    tested = {t["task"] for t in tests}
+def _summary(tests: list[dict], tasks: list[str], untested: list[str], default: str) -> str:
+    """Which recipes are better beyond seed noise on every task of the grid, or none; which tasks were not tested."""
     better = {}
     for t in tests:
         better.setdefault(t["name"], set())
@@ -190,7 +192,6 @@ def _summary(tests: list[dict], tasks: list[str], default: str) -> str:
     labels = {TASK_LABEL.get(t, t) for t in tasks}
     everywhere = [name for name, won in better.items() if won == labels]
     somewhere = [f"{name} ({', '.join(sorted(won))})" for name, won in better.items() if won and won != labels]
-    untested = [TASK_LABEL.get(t, t) for t in tasks if t not in tested]
     head = (f"Recipes better than `{default}` beyond seed noise on every task: {', '.join(everywhere)}."
             if everywhere else f"No recipe is better than `{default}` beyond seed noise on every task.")
     if somewhere:
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(path).is_file():
             raise ConfigError(f"{path}: no such file")
     lines = build(args.grid, args.archive, args.noise, args.default, args.noise_method)
-    atomic.write_text(args.out, "\n".join(lines) + "\n")
+    atomic.write_text(args.out, "\n".join(lines).rstrip("\n") + "\n")
     print(f"wrote {args.out}")
     return 0
 
