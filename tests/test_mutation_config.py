@@ -15,7 +15,8 @@ def test_every_module_and_test_file_the_script_names_exists():
                           "data_utils/batching.py", "data_utils/features.py", "data_utils/metrics.py",
                           "data_utils/submission.py", "data_utils/robustness.py",
                           "experiments/rapt/robustness_report.py", "experiments/rapt/stats.py",
-                          "experiments/rapt/results.py", "data_utils/glue.py", "data_utils/task_def.py"}
+                          "experiments/rapt/results.py", "experiments/rapt/recipe.py", "data_utils/glue.py",
+                          "data_utils/task_def.py"}
     for module, tests in cases.items():
         assert (REPO / module).is_file(), module
         for test in tests.split():
