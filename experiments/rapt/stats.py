@@ -165,13 +165,15 @@ def detectable_difference(n: int, sd: float | None, power: float = POWER, alpha:
     None with fewer than 2 seeds, no sd, or an sd of 0."""
     if n < 2 or sd is None or not math.isfinite(sd) or sd == 0:
         return None  # an sd of 0 (equal differences): the t-test is undefined, and a zero spread sizes nothing
-    return detectable_by_t(n - 1, sd / math.sqrt(n), power, alpha)
+    return detectable_by_t(n - 1, sd / math.sqrt(n), power, alpha, scale=sd)
 
 
-def detectable_by_t(df: int, se: float, power: float = POWER, alpha: float = ALPHA) -> float:
+def detectable_by_t(df: int, se: float, power: float = POWER, alpha: float = ALPHA,
+                     scale: float | None = None) -> float:
     """The smallest true difference delta that a two-sided t-test at ``alpha`` with ``df`` degrees of freedom
     finds with probability ``power`` when its statistic is (difference) / ``se``: delta solving
-    P(|T| > t_crit) = power, T ~ noncentral t (df, noncentrality delta / se)."""
+    P(|T| > t_crit) = power, T ~ noncentral t (df, noncentrality delta / se). ``scale`` (default ``se``) is the
+    root search's first upper bound and its tolerance unit (x 1e-6)."""
     from scipy.optimize import brentq
     from scipy.stats import nct, t
 
@@ -183,10 +185,11 @@ def detectable_by_t(df: int, se: float, power: float = POWER, alpha: float = ALP
         # gives NaN far in that tail (df 1, large nc) where nct.sf does not
         return float(nct.sf(crit, df, nc) + nct.sf(crit, df, -nc)) - power
 
-    hi = se
+    scale = se if scale is None else scale
+    hi = scale
     while power_at(hi) < 0:
         hi *= 2
-    return float(brentq(power_at, 0.0, hi, xtol=1e-6 * se))
+    return float(brentq(power_at, 0.0, hi, xtol=1e-6 * scale))
 
 
 def size_text() -> str:
