@@ -59,7 +59,8 @@ def _noise():
 def test_tests_against_default_with_seed_noise_and_holm(tmp_path):
     cells = [_entry("rte", "lr1e-4", 1, 0.55, advglue=0.40), _entry("rte", "lr5e-5", 1, 0.56, epoch=1),
              _entry("rte", "lr1e-4_ep6", 1, 0.65, epoch=5),
-             _entry("cola", "lr1e-4", 1, 0.29), _entry("cola", "lr5e-5", 1, 0.27), _entry("cola", "lr1e-4_ep6", 1, 0.35)]
+             _entry("cola", "lr1e-4", 1, 0.29), _entry("cola", "lr5e-5", 1, 0.27),
+             _entry("cola", "lr1e-4_ep6", 1, 0.35)]
     grid, arch, noise = _files(tmp_path, cells, _noise())
     out = tmp_path / "recipe.md"
     assert run_cli(recipe.main, ["--grid", grid, "--archive", arch, "--noise", noise, "--default", "lr1e-4",
@@ -94,7 +95,8 @@ def test_tests_against_default_with_seed_noise_and_holm(tmp_path):
     assert "| 1e-4 | 29.0 (ep 3) | 35.0 (ep 3) |" in text  # CoLA: MCC, not the mean with accuracy
     # the detectable d: the true difference at which the test (df 2, statistic d / (sqrt(2) s)) has 80 % power
     from scipy.stats import nct, t as student
-    for s_, line in ((2.0, "s = 2.00 (so two seeds differ by about 2.83)"), (1.0, "s = 1.00 (so two seeds differ by about 1.41)")):
+    for s_, line in ((2.0, "s = 2.00 (so two seeds differ by about 2.83)"),
+                     (1.0, "s = 1.00 (so two seeds differ by about 1.41)")):
         found = text[text.index(line):].split("detectable d = ")[1].split(".\n")[0]
         se, crit = math.sqrt(2) * s_, student.ppf(0.975, 2)
         power = lambda d: nct.sf(crit, 2, d / se) + nct.sf(crit, 2, -d / se)
@@ -105,25 +107,26 @@ def test_a_recipe_better_on_every_task_is_named(tmp_path):
     # noise with 20 seeds: sd small enough that a 10-point gain is beyond noise after Holm
     noise = ([_entry("rte", "standard", s, 0.55 + (0.01 if s % 2 else -0.01)) for s in range(1, 21)]
              + [_entry("cola", "standard", s, 0.29 + (0.01 if s % 2 else -0.01)) for s in range(1, 21)])
-    cells = [_entry("rte", "lr1e-4", 1, 0.55), _entry("rte", "lr1e-4_ep6", 1, 0.65), _entry("rte", "lr5e-5", 1, 0.60),
-             _entry("cola", "lr1e-4", 1, 0.29), _entry("cola", "lr1e-4_ep6", 1, 0.39), _entry("cola", "lr5e-5", 1, 0.29)]
+    cells = [_entry("rte", "lr1e-4", 1, 0.55), _entry("rte", "lr1e-4_ep6", 1, 0.65),
+             _entry("rte", "lr5e-5", 1, 0.60), _entry("cola", "lr1e-4", 1, 0.29),
+             _entry("cola", "lr1e-4_ep6", 1, 0.39), _entry("cola", "lr5e-5", 1, 0.29)]
     grid, arch, noise_path = _files(tmp_path, cells, noise)
     lines = recipe.build(grid, [arch], [noise_path], "lr1e-4", "standard")
     text = "\n".join(lines)
     assert "Recipes better than `lr1e-4` beyond seed noise on every task: lr1e-4_ep6." in text
     assert "Better on some tasks only: lr5e-5 (RTE)." in text
     cola_worse = recipe.compare({"a": 20.0, "b": 29.0}, "b", 20, 1.0)["a"]
-    assert cola_worse["d"] == -9.0 and recipe.verdict({**cola_worse, "p_holm": cola_worse["p"]}) == \
+    assert cola_worse["d"] == -9.0 and recipe.verdict({**cola_worse, "p_holm": cola_worse["p_value"]}) == \
         "worse beyond seed noise"
 
 
 def test_noise_comes_from_the_archive_with_most_seeds(tmp_path):
     few = _write(tmp_path / "few.json", [_entry("rte", "standard", s, 0.5 + 0.05 * s) for s in (1, 2)])
     many = _write(tmp_path / "many.json", [_entry("rte", "standard", s, 0.5 + 0.01 * s) for s in (1, 2, 3, 4)])
-    path, n, sd = recipe.pick_noise([few, many], "rte", "standard")
+    path, n, sd = recipe.pick_noise(recipe.load_noise([few, many]), "rte", "standard")
     assert (path, n) == (many, 4)
     assert sd == pytest.approx(math.sqrt(sum((x - 2.5) ** 2 for x in (1, 2, 3, 4)) / 3))
-    assert recipe.pick_noise([few], "cola", "standard") is None
+    assert recipe.pick_noise(recipe.load_noise([few]), "cola", "standard") is None
 
 
 def test_missing_default_or_noise_says_so(tmp_path):
@@ -160,16 +163,17 @@ def test_an_untested_task_and_several_sets_are_named(tmp_path):
     (0.5, 0.01, 0.2, "lead (not after Holm)"), (-0.5, 0.01, 0.2, "behind (not after Holm)"),
     (3.0, 0.05, 0.05, "within seed noise"), (-3.0, 0.2, 0.5, "within seed noise")])
 def test_verdicts(d, p, p_holm, expected):
-    assert recipe.verdict({"d": d, "p": p, "p_holm": p_holm}) == expected
+    assert recipe.verdict({"d": d, "p_value": p, "p_holm": p_holm}) == expected
 
 
 def test_seed_noise_needs_two_runs_and_a_tie_takes_the_first_archive(tmp_path):
     two = _write(tmp_path / "two.json", [_entry("rte", "standard", s, 0.5 + 0.02 * s) for s in (1, 2)])
     other = _write(tmp_path / "other.json", [_entry("rte", "standard", s, 0.5) for s in (3, 4)])
-    assert recipe.pick_noise([two, other], "rte", "standard") == (two, 2, pytest.approx(math.sqrt(2)))
-    assert recipe.pick_noise([other, two], "rte", "standard")[0] == other
+    found = recipe.pick_noise(recipe.load_noise([two, other]), "rte", "standard")
+    assert found == (two, 2, pytest.approx(math.sqrt(2)))
+    assert recipe.pick_noise(recipe.load_noise([other, two]), "rte", "standard")[0] == other
     one = _write(tmp_path / "one.json", [_entry("rte", "standard", 1, 0.5)])
-    assert recipe.pick_noise([one], "rte", "standard") is None
+    assert recipe.pick_noise(recipe.load_noise([one]), "rte", "standard") is None
 
 
 def test_a_missing_file_is_a_one_line_error(tmp_path, capsys):

@@ -35,6 +35,7 @@ from experiments.rapt.grid import load_grid
 from experiments.rapt.paper import TASK_LABEL
 from experiments.rapt.results import RunResult
 from experiments.rapt.stats import ALPHA, POWER, detectable_by_t, holm, mean_std, task_score
+from experiments.rapt.stats import verdict as paired_verdict
 from mt_dnn.cli_utils import run_cli, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -64,11 +65,17 @@ def seed_noise(results: list[RunResult], task: str, method: str) -> tuple[int, f
     return len(scores), mean_std(scores)[1]
 
 
-def pick_noise(archives: list[str], task: str, method: str) -> tuple[str, int, float] | None:
-    """The archive with the most ``method`` runs on ``task`` (the first of a tie): (its path, n, sd)."""
+def load_noise(paths: list[str]) -> dict[str, list[RunResult]]:
+    """Each noise archive's runs, read once, by path (in the order given)."""
+    return {path: load_archives([path]) for path in paths}
+
+
+def pick_noise(archives: dict[str, list[RunResult]], task: str, method: str) -> tuple[str, int, float] | None:
+    """Of ``archives`` (path -> runs, :func:`load_noise`), the one with the most ``method`` runs on ``task`` (the
+    first of a tie): (its path, n, sd)."""
     best = None
-    for path in archives:
-        found = seed_noise(load_archives([path]), task, method)
+    for path, runs in archives.items():
+        found = seed_noise(runs, task, method)
         if found and (best is None or found[0] > best[1]):
             best = (path, *found)
     return best
@@ -85,16 +92,19 @@ def compare(cells: dict[str, float], default: str, n: int, sd: float) -> dict[st
         if name == default:
             continue
         d = score - cells[default]
-        out[name] = {"d": d, "t": d / se, "p": float(2 * student.sf(abs(d) / se, n - 1))}
+        out[name] = {"d": d, "t": d / se, "p_value": float(2 * student.sf(abs(d) / se, n - 1))}
     return out
 
 
 def verdict(test: dict) -> str:
-    if test["p_holm"] < ALPHA:
-        return "better beyond seed noise" if test["d"] > 0 else "worse beyond seed noise"
-    if test["p"] < ALPHA:
-        return "lead (not after Holm)" if test["d"] > 0 else "behind (not after Holm)"
-    return "within seed noise"
+    """The paired tests' verdict (:func:`experiments.rapt.stats.verdict`, the same levels) with its direction:
+    better or worse beyond seed noise, a lead or behind before the correction, or within seed noise."""
+    plain = paired_verdict(test)
+    if plain == "beyond seed noise":
+        return ("better " if test["d"] > 0 else "worse ") + plain
+    if plain == "lead (not after Holm)" and test["d"] <= 0:
+        return "behind (not after Holm)"
+    return plain
 
 
 def number(value: float) -> str:
@@ -109,6 +119,7 @@ def build(grid_path: str, archives: list[str], noise: list[str], default: str, n
     if default not in settings:
         raise ConfigError(f"--default {default}: not a method of {grid_path} (methods: {', '.join(settings)})")
     results = [r for r in load_archives(archives) if r.name in settings]
+    noise_runs = load_noise(noise)
     lrs = sorted({lr for lr, _ in settings.values()})
     epochs = sorted({e for _, e in settings.values()})
     by_cell = {(lr, e): name for name, (lr, e) in settings.items()}
@@ -141,7 +152,7 @@ def build(grid_path: str, archives: list[str], noise: list[str], default: str, n
             lines.append(f"| {number(lr)} | " + " | ".join(row) + " |")
         lines.append("")
         scores = {name: task_score(run, task) for name, run in runs.items()}
-        noise_found = pick_noise(noise, task, noise_method)
+        noise_found = pick_noise(noise_runs, task, noise_method)
         if default not in scores:
             lines += [f"The default recipe `{default}` has no finished run on {label}: nothing to test.", ""]
             untested.append(label)
@@ -158,7 +169,7 @@ def build(grid_path: str, archives: list[str], noise: list[str], default: str, n
             tests.append({"label": label, "name": name, "score": scores[name],
                           "default": scores[default], **test})
     if tests:
-        for test, adjusted in zip(tests, holm([t["p"] for t in tests])):
+        for test, adjusted in zip(tests, holm([t["p_value"] for t in tests])):
             test["p_holm"] = adjusted
         lines += ["## Against the default recipe", "",
                   "| Task | recipe | lr | epochs | score | default | d | t | p | p (Holm) | verdict |",
@@ -166,7 +177,7 @@ def build(grid_path: str, archives: list[str], noise: list[str], default: str, n
         for t in tests:
             lr, e = settings[t["name"]]
             lines.append(f"| {t['label']} | {t['name']} | {number(lr)} | {e} | {t['score']:.1f} | {t['default']:.1f} "
-                         f"| {t['d']:+.1f} | {t['t']:+.2f} | {t['p']:.3f} | {t['p_holm']:.3f} | {verdict(t)} |")
+                         f"| {t['d']:+.1f} | {t['t']:+.2f} | {t['p_value']:.3f} | {t['p_holm']:.3f} | {verdict(t)} |")
         lines += ["", _summary(tests, tasks, untested, default)]
     return lines
 
