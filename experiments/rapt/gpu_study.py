@@ -414,15 +414,17 @@ class Results:
         from experiments.rapt.archive import add_runs
         from mt_dnn.run_folder import is_finished
 
+        setting = (f"on {self.summary['device']}, {self.summary['jobs']} trainings side by side, full fp32 (tf32 "
+                   f"off), commit {self.summary['commit'][:7]} (experiments.rapt.gpu_study"
+                   f"{' --cpu_smoke' if self.summary['smoke'] else ''})")
         for folder in folders:
-            for grid in self.grids_of.get(folder, []):
-                if grid not in self.summary["grids"] or not is_finished(Path(folder)):
-                    continue
-                source = (f"{grid}.yml on {self.summary['device']}, {self.summary['jobs']} trainings side by side, "
-                          f"full fp32 (tf32 off), commit {self.summary['commit'][:7]} (experiments.rapt.gpu_study"
-                          f"{' --cpu_smoke' if self.summary['smoke'] else ''})")
+            grids = [g for g in self.grids_of.get(folder, []) if g in self.summary["grids"]]
+            if not grids or not is_finished(Path(folder)):
+                continue
+            for grid in grids:
                 try:
-                    for line in add_runs(self.out / f"archive_{grid}.json", [folder], source, new_only=True):
+                    for line in add_runs(self.out / f"archive_{grid}.json", [folder], f"{grid}.yml {setting}",
+                                         new_only=True):
                         if not line.startswith("skipped"):
                             self.log(line)
                 except Exception as exc:  # noqa: BLE001 - one bad folder must not cost the rest
